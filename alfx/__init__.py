@@ -1,0 +1,36 @@
+"""alfx: batch active-learning acquisition functions as pure, jitted JAX functions.
+
+Conventions (the public contract):
+
+* Predictive samples are ``log_probs[N, K, C]``: N pool points, K posterior
+  samples (ensemble members or MC-dropout draws), C classes, natural log.
+  Entropies and information are in nats.
+* Selectable points are a boolean ``mask[N]`` over a fixed-size pool, so no
+  shape depends on how many points are labelled and nothing recompiles
+  between active-learning rounds.
+* Every batch selection returns a `Selection` ``(indices, scores, valid)``.
+* float32 by default; float64 in, float64 out when ``jax_enable_x64`` is on.
+* Bad input raises ``ValueError`` naming the argument and its expected shape.
+"""
+
+from alfx._information import bald
+from alfx._information import co_information
+from alfx._information import entropy
+from alfx._information import joint_entropy
+from alfx._information import MAX_CONFIGURATIONS
+from alfx._information import mutual_information
+from alfx._selection import Selection
+from alfx._selection import top_b
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "MAX_CONFIGURATIONS",
+    "Selection",
+    "bald",
+    "co_information",
+    "entropy",
+    "joint_entropy",
+    "mutual_information",
+    "top_b",
+)

@@ -1,0 +1,230 @@
+"""Exact information-theoretic kernels of the BALD family (nats).
+
+Notation: predictive samples are ``log_probs[N, K, C]``, the log-probability
+``log p(y = c | x_n, omega_k)`` of class ``c`` for pool point ``n`` under
+posterior sample ``k``. Labels of several points are modelled jointly by the
+``K``-sample mixture ``p(y_1..y_B) = mean_k prod_i p(y_i | x_i, omega_k)``.
+
+Zero-probability classes (``log_prob = -inf``) contribute ``0 log 0 = 0``.
+"""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from alfx import _validation
+
+#: Largest number of label configurations ``C**B`` that `joint_entropy` and
+#: `co_information` enumerate. Their memory is ``C**B * K`` floats.
+MAX_CONFIGURATIONS = 2**20
+
+
+def xlogx(p: jax.Array) -> jax.Array:
+  """``p * log(p)`` with ``0 log 0 = 0`` (no NaN for p = 0)."""
+  positive = p > 0
+  return jnp.where(positive, p * jnp.log(jnp.where(positive, p, 1)), 0)
+
+
+def plogp_from_log(log_p: jax.Array) -> jax.Array:
+  """``p * log(p)`` from ``log(p)``, with ``-inf`` giving 0 (no NaN)."""
+  finite = log_p > -jnp.inf
+  safe = jnp.where(finite, log_p, 0)
+  return jnp.where(finite, jnp.exp(safe) * safe, 0)
+
+
+def entropy(log_probs, axis: int = -1) -> jax.Array:
+  """Shannon entropy ``H = -sum_c p_c log p_c`` of categorical distributions.
+
+  Args:
+    log_probs: ``float[..., C, ...]`` normalised log-probabilities along
+      ``axis`` (natural log). ``-inf`` entries are classes of probability 0.
+    axis: the class axis.
+
+  Returns:
+    ``float[...]``: the entropies in nats, ``axis`` removed.
+
+  Example:
+    >>> import jax.numpy as jnp, alfx
+    >>> float(alfx.entropy(jnp.log(jnp.array([0.5, 0.5]))))  # log 2
+    0.693...
+  """
+  log_probs = _validation.as_float_array(log_probs, "log_probs", "[..., C]")
+  return -jnp.sum(plogp_from_log(log_probs), axis=axis)
+
+
+def _mean_log_probs(log_probs: jax.Array) -> jax.Array:
+  """``log mean_k p_k`` over the sample axis of ``[..., K, C]``."""
+  k = log_probs.shape[-2]
+  return jax.nn.logsumexp(log_probs, axis=-2) - math.log(k)
+
+
+def bald(log_probs) -> jax.Array:
+  """BALD score: mutual information between a label and the parameters.
+
+  ``I[Y; Omega | x] = H[mean_k p_k] - mean_k H[p_k]`` (Houlsby et al. 2011),
+  the expected information gain of labelling each pool point on its own.
+  Rounding can make the difference negative by a few ulps; it is clipped at 0.
+
+  Args:
+    log_probs: ``float[N, K, C]`` predictive log-probabilities.
+
+  Returns:
+    ``float[N]`` in ``[0, log C]``.
+
+  Example:
+    >>> import jax.numpy as jnp, alfx
+    >>> lp = jnp.log(jnp.array([[[0.9, 0.1], [0.1, 0.9]]]))  # 2 samples disagree
+    >>> alfx.bald(lp).round(3)
+    Array([0.368], dtype=float32)
+  """
+  log_probs = _validation.check_log_probs(log_probs)
+  return _bald(log_probs)
+
+
+def _bald(log_probs: jax.Array) -> jax.Array:
+  total = -jnp.sum(plogp_from_log(_mean_log_probs(log_probs)), axis=-1)
+  aleatoric = -jnp.mean(jnp.sum(plogp_from_log(log_probs), axis=-1), axis=-1)
+  return jnp.maximum(total - aleatoric, 0)
+
+
+def conditional_entropy(log_probs: jax.Array) -> jax.Array:
+  """``H[Y | x, Omega] = mean_k H[p_k]`` for ``[..., K, C]``: ``[...]``."""
+  return -jnp.mean(jnp.sum(plogp_from_log(log_probs), axis=-1), axis=-1)
+
+
+def _check_enumerable(b: int, c: int, max_configurations: int, name: str):
+  if c**b > max_configurations:
+    raise ValueError(
+        f"{name}: enumerating C**B = {c}**{b} = {c**b} label configurations"
+        f" exceeds max_configurations={max_configurations}; use fewer points,"
+        " or alfx.batchbald, which switches to sampled configurations.")
+
+
+def _log_joint_table(log_probs: jax.Array) -> jax.Array:
+  """``log p(y_1..y_B, omega_k)`` (up to 1/K) over all ``C**B`` configurations.
+
+  Returns ``float[C**B, K]``; row ``r`` is configuration ``r`` in row-major
+  order (the first point's label varies slowest).
+  """
+  b, k, _ = log_probs.shape
+  table = log_probs[0].T  # [C, K]
+  for i in range(1, b):
+    table = (table[:, None, :] + log_probs[i].T[None, :, :]).reshape(-1, k)
+  return table
+
+
+def _log_mean_table(table: jax.Array) -> jax.Array:
+  """``log p(y)`` per configuration from ``log p(y, omega_k)`` rows ``[R, K]``."""
+  return jax.nn.logsumexp(table, axis=-1) - math.log(table.shape[-1])
+
+
+def joint_entropy(log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
+                  ) -> jax.Array:
+  """Exact joint entropy of ``B`` labels under the ``K``-sample mixture.
+
+  ``H[Y_1..Y_B] = -sum_y p(y) log p(y)`` with
+  ``p(y_1..y_B) = mean_k prod_i p(y_i | x_i, omega_k)``, by enumerating the
+  ``C**B`` configurations in log-space (``logsumexp`` over samples), so that
+  products of small probabilities do not underflow.
+
+  Args:
+    log_probs: ``float[B, K, C]`` predictive log-probabilities of the ``B``
+      points.
+    max_configurations: refuse (``ValueError``) when ``C**B`` exceeds this.
+      Memory is ``C**B * K`` floats (``2**20`` configurations with ``K=100``:
+      400 MB in float32).
+
+  Returns:
+    ``float[]``, in ``[max_i H[Y_i], sum_i H[Y_i]]``.
+  """
+  log_probs = _validation.check_log_probs(log_probs, expected="[B, K, C]")
+  b, _, c = log_probs.shape
+  _check_enumerable(b, c, max_configurations, "joint_entropy")
+  return _joint_entropy(log_probs)
+
+
+def _joint_entropy(log_probs: jax.Array) -> jax.Array:
+  log_joint = _log_mean_table(_log_joint_table(log_probs))
+  return -jnp.sum(plogp_from_log(log_joint))
+
+
+def mutual_information(log_probs_a, log_probs_b) -> jax.Array:
+  """Pairwise mutual information ``I[Y_i; Y_j]`` between labels of two sets.
+
+  Under the mixture, ``p(y_i, y_j) = mean_k p(y_i | omega_k) p(y_j | omega_k)``
+  and ``I[Y_i; Y_j] = sum p(y_i, y_j) log(p(y_i, y_j) / (p(y_i) p(y_j)))``: the
+  pairwise term that 2-BALD subtracts. The joint is formed by a matrix product
+  in probability space; an entry that underflows float32 (below ~1e-38)
+  contributes less than 1e-35 nats.
+
+  Args:
+    log_probs_a: ``float[N, K, C]``.
+    log_probs_b: ``float[M, K, C]`` with the same ``K`` and ``C``.
+
+  Returns:
+    ``float[N, M]``, non-negative. Memory ``N * M * C**2`` floats: call it on
+    slices of the pool for large ``N * M``.
+  """
+  log_probs_a = _validation.check_log_probs(log_probs_a, "log_probs_a")
+  log_probs_b = _validation.check_log_probs(log_probs_b, "log_probs_b",
+                                            expected="[M, K, C]")
+  if log_probs_a.shape[1:] != log_probs_b.shape[1:]:
+    raise ValueError(
+        "log_probs_a [N, K, C] and log_probs_b [M, K, C] must share K and C,"
+        f" got {list(log_probs_a.shape)} and {list(log_probs_b.shape)}.")
+  return _mutual_information(log_probs_a, log_probs_b)
+
+
+def _mutual_information(log_probs_a: jax.Array, log_probs_b: jax.Array
+                        ) -> jax.Array:
+  k = log_probs_a.shape[1]
+  joint = jnp.einsum("nkc,mkd->nmcd", jnp.exp(log_probs_a),
+                     jnp.exp(log_probs_b)) / k
+  log_a = _mean_log_probs(log_probs_a)[:, None, :, None]
+  log_b = _mean_log_probs(log_probs_b)[None, :, None, :]
+  positive = joint > 0
+  log_joint = jnp.log(jnp.where(positive, joint, 1))
+  # KL form rather than H_a + H_b - H_ab: no cancellation between entropies.
+  terms = jnp.where(positive, joint * (log_joint - log_a - log_b), 0)
+  return jnp.maximum(jnp.sum(terms, axis=(-2, -1)), 0)
+
+
+def co_information(log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
+                   ) -> jax.Array:
+  """Interaction information (co-information) of ``B`` labels.
+
+  ``I(Y_1; ...; Y_B) = sum over non-empty subsets U of (-1)**(|U|+1) H[Y_U]``,
+  with the sign convention ``I(X;Y;Z) = I(X;Y) - I(X;Y|Z)``: for one label it
+  is ``H[Y_1]``, for two ``I[Y_1; Y_2]``. With it the joint entropy expands by
+  inclusion-exclusion (kbald.md, eq. 4):
+  ``H[Y_1..Y_B] = sum over non-empty U of (-1)**(|U|+1) I(U)``.
+
+  Args:
+    log_probs: ``float[B, K, C]``.
+    max_configurations: refuse when ``C**B`` exceeds this (see
+      `joint_entropy`). The ``2**B`` subset entropies are marginals of one
+      enumerated joint.
+
+  Returns:
+    ``float[]`` (can be negative for ``B >= 3``).
+  """
+  log_probs = _validation.check_log_probs(log_probs, expected="[B, K, C]")
+  b, _, c = log_probs.shape
+  _check_enumerable(b, c, max_configurations, "co_information")
+  return _co_information(log_probs)
+
+
+def _co_information(log_probs: jax.Array) -> jax.Array:
+  b, _, c = log_probs.shape
+  log_joint = _log_mean_table(_log_joint_table(log_probs))
+  log_joint = log_joint.reshape((c,) * b)
+  total = jnp.zeros((), log_probs.dtype)
+  for size in range(1, b + 1):
+    for subset in itertools.combinations(range(b), size):
+      others = tuple(i for i in range(b) if i not in subset)
+      marginal = jax.nn.logsumexp(log_joint, axis=others) if others \
+          else log_joint
+      total += (-1)**(size + 1) * -jnp.sum(plogp_from_log(marginal))
+  return total

@@ -1,0 +1,148 @@
+"""Pool-axis primitives: chunked maps and pool-wide reductions that also run sharded.
+
+Every greedy acquisition in alfx is written over the *local* slice of the pool
+(the whole pool on one device) and uses these primitives for everything that
+looks across the pool: the argmax of a greedy step, reading the row of the
+point just picked, sums over the pool, random draws. With ``axis_name=None``
+they are plain ``jnp``. Inside ``jax.shard_map`` over a mesh axis that splits
+the pool they become small collectives (an all-gather of one value and index
+per device, a ``psum`` of one row), so the same code runs as one SPMD program
+and picks exactly what the single-device run picks: ties go to the lowest
+global index in both cases, and random draws are the single-device draws,
+sliced.
+
+Pool arrays under ``shard_map`` are split in equal contiguous blocks: device
+``d`` holds global rows ``[d * n_local, (d + 1) * n_local)``.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def offset(n_local: int, axis_name=None) -> jax.Array:
+  """Global index of local row 0 (0 on a single device)."""
+  if axis_name is None:
+    return jnp.zeros((), jnp.int32)
+  return (lax.axis_index(axis_name) * n_local).astype(jnp.int32)
+
+
+def global_indices(n_local: int, axis_name=None) -> jax.Array:
+  """``int32[n_local]``: the global pool index of each local row."""
+  return offset(n_local, axis_name) + jnp.arange(n_local, dtype=jnp.int32)
+
+
+def size(n_local: int, axis_name=None) -> int:
+  """Static global pool size."""
+  return n_local if axis_name is None else n_local * lax.axis_size(axis_name)
+
+
+def psum(x, axis_name=None):
+  """Sum of per-shard partial results over the pool axis."""
+  return x if axis_name is None else lax.psum(x, axis_name)
+
+
+def pmax(x, axis_name=None):
+  return x if axis_name is None else lax.pmax(x, axis_name)
+
+
+def argmax(values: jax.Array, axis_name=None) -> tuple[jax.Array, jax.Array]:
+  """Global argmax over the pool: ``(int32 index, value)``; first index on ties.
+
+  Sharded, each device reduces its slice, then two scalar all-reduces (max
+  of the value, min of the index attaining it): no gather of the pool.
+  """
+  local = jnp.argmax(values)
+  value = values[local]
+  index = (offset(values.shape[0], axis_name) + local).astype(jnp.int32)
+  if axis_name is None:
+    return index, value
+  # The lowest global index among those attaining the global max: the same
+  # tie rule as jnp.argmax. pmax/pmin results are replicated by construction.
+  best = lax.pmax(value, axis_name)
+  candidate = jnp.where(value == best, index, jnp.iinfo(jnp.int32).max)
+  return lax.pmin(candidate, axis_name), best
+
+
+def take(x: jax.Array, index: jax.Array, axis_name=None) -> jax.Array:
+  """Row ``x[index]`` for a global pool index, replicated on every device."""
+  if axis_name is None:
+    return x[index]
+  n_local = x.shape[0]
+  local = index - offset(n_local, axis_name)
+  owned = (local >= 0) & (local < n_local)
+  row = x[jnp.clip(local, 0, n_local - 1)]
+  if row.dtype == jnp.bool_:
+    return lax.psum(jnp.where(owned, row, False).astype(jnp.int32),
+                    axis_name) > 0
+  # Only the owner contributes; x + 0 is exact, also for -inf.
+  return lax.psum(jnp.where(owned, row, jnp.zeros_like(row)), axis_name)
+
+
+def set_at(x: jax.Array, index: jax.Array, value, axis_name=None) -> jax.Array:
+  """``x.at[index].set(value)`` for a global index; only its owner writes."""
+  if axis_name is None:
+    return x.at[index].set(value)
+  n_local = x.shape[0]
+  local = index - offset(n_local, axis_name)
+  owned = (local >= 0) & (local < n_local)
+  return x.at[jnp.where(owned, local, n_local)].set(value, mode="drop")
+
+
+def _random_slice(draw: Callable[[tuple[int, ...]], jax.Array],
+                  shape: tuple[int, ...], axis_name) -> jax.Array:
+  if axis_name is None:
+    return draw(shape)
+  n_local = shape[0]
+  full = draw((size(n_local, axis_name),) + tuple(shape[1:]))
+  start = (offset(n_local, axis_name),) + (0,) * (len(shape) - 1)
+  return lax.dynamic_slice(full, start, shape)
+
+
+def uniform(key, shape: tuple[int, ...], dtype=jnp.float32, axis_name=None
+            ) -> jax.Array:
+  """Uniform [0, 1) noise for the local rows, equal to the unsharded draw."""
+  return _random_slice(lambda s: jax.random.uniform(key, s, dtype), shape,
+                       axis_name)
+
+
+def gumbel(key, shape: tuple[int, ...], dtype=jnp.float32, axis_name=None
+           ) -> jax.Array:
+  """Gumbel noise for the local rows, equal to the unsharded draw."""
+  return _random_slice(lambda s: jax.random.gumbel(key, s, dtype), shape,
+                       axis_name)
+
+
+def chunked_map(fn: Callable[..., jax.Array], *arrays: jax.Array,
+                chunk_size: int):
+  """Applies ``fn`` to consecutive ``chunk_size`` rows of the pool arrays.
+
+  Peak memory of ``fn``'s intermediates is bounded by ``chunk_size`` rows,
+  not ``N``. The last chunk is zero-padded (False for bool) and the padded
+  outputs dropped; ``fn`` must treat rows independently (to reduce over the
+  pool, return per-row values and reduce outside, or pass a mask among
+  ``arrays`` to zero out padding).
+
+  Args:
+    fn: maps arrays of ``chunk`` leading rows to a pytree of ``[chunk, ...]``.
+    *arrays: pool arrays sharing the leading axis ``N``.
+    chunk_size: static rows per chunk.
+
+  Returns:
+    ``fn``'s outputs for all ``N`` rows.
+  """
+  n = arrays[0].shape[0]
+  if chunk_size >= n:
+    return fn(*arrays)
+  n_chunks = -(-n // chunk_size)
+  pad = n_chunks * chunk_size - n
+
+  def split(a):
+    a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape((n_chunks, chunk_size) + a.shape[1:])
+
+  out = lax.map(lambda xs: fn(*xs), tuple(split(a) for a in arrays))
+  return jax.tree.map(
+      lambda o: o.reshape((n_chunks * chunk_size,) + o.shape[2:])[:n], out)

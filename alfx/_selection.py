@@ -1,0 +1,70 @@
+"""The result type shared by every batch selection, and top-B selection."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from alfx import _validation
+
+
+class Selection(NamedTuple):
+  """A batch picked from the pool.
+
+  Attributes:
+    indices: ``int32[B]`` pool indices in pick order.
+    scores: ``float[B]`` the greedy gain of each pick (for top-B selections,
+      the utility of the point).
+    valid: ``bool[B]`` False only for picks that are not part of the batch:
+      the unused tail of a dynamic-size selection, or, when called under
+      ``jit`` with fewer selectable points than ``batch_size`` (which the
+      concrete-input checks would have refused), the picks that had no
+      selectable point left. ``indices[~valid]`` carry no meaning.
+  """
+
+  indices: jax.Array
+  scores: jax.Array
+  valid: jax.Array
+
+
+def top_b(utilities, batch_size, *, mask=None):
+  """Selects the ``batch_size`` selectable points with the highest utility.
+
+  The shared helper behind top-k BALD and every uncertainty score. Ties are
+  broken towards the lower index. A selectable point with utility ``-inf``
+  still ranks above every masked-out point.
+
+  Args:
+    utilities: ``float[N]`` utility of each pool point, higher is better. NaN
+      is refused.
+    batch_size: static ``int``, the number of points to pick, ``B``.
+    mask: optional ``bool[N]``, True where a point may be picked. Defaults to
+      all True.
+
+  Returns:
+    A :class:`Selection` with ``indices`` in order of decreasing utility and
+    ``scores`` the utilities of the picks.
+
+  Example:
+    >>> import jax.numpy as jnp, alfx
+    >>> alfx.top_b(jnp.array([0.1, 0.7, 0.3]), 2).indices
+    Array([1, 2], dtype=int32)
+  """
+  utilities = _validation.check_utilities(utilities)
+  mask = _validation.check_mask(mask, utilities.shape[0])
+  _validation.check_batch_size(batch_size, mask)
+  return _top_b(utilities, mask, batch_size)
+
+
+def _top_b(utilities, mask, batch_size):
+  """`top_b` without input checks; jit/vmap/shard friendly."""
+  lowest = jnp.finfo(utilities.dtype).min
+  # Selectable -inf is lifted to the lowest finite value so that it still
+  # outranks the masked-out points (which become -inf).
+  ranked = jnp.where(mask, jnp.maximum(utilities, lowest), -jnp.inf)
+  _, indices = jax.lax.top_k(ranked, batch_size)
+  return Selection(
+      indices=indices.astype(jnp.int32),
+      scores=utilities[indices],
+      valid=mask[indices],
+  )
