@@ -13,12 +13,17 @@ Conventions (the public contract):
 * Bad input raises ``ValueError`` naming the argument and its expected shape.
 """
 
+from alfx._bald import batchbald
+from alfx._bald import topk_bald
 from alfx._information import bald
 from alfx._information import co_information
 from alfx._information import entropy
 from alfx._information import joint_entropy
 from alfx._information import MAX_CONFIGURATIONS
 from alfx._information import mutual_information
+from alfx._kbald import conservative_bald
+from alfx._kbald import kbald
+from alfx._kbald import kbald_dynamic
 from alfx._selection import Selection
 from alfx._selection import top_b
 
@@ -28,9 +33,14 @@ __all__ = (
     "MAX_CONFIGURATIONS",
     "Selection",
     "bald",
+    "batchbald",
     "co_information",
+    "conservative_bald",
     "entropy",
     "joint_entropy",
+    "kbald",
+    "kbald_dynamic",
     "mutual_information",
     "top_b",
+    "topk_bald",
 )

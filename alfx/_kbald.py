@@ -1,0 +1,450 @@
+"""k-BALD, its dynamic-size variant and conservative BALD (kbald.md, sec. 2, 4).
+
+Notation as in `alfx._bald`: ``S`` the points picked so far, ``s = |S|``,
+``I(U)`` the co-information of the labels of a set ``U`` (``I({i}) = H[Y_i]``,
+``I({i, j}) = I[Y_i; Y_j]``).
+
+k-BALD of order ``k`` approximates BatchBALD by inclusion-exclusion truncated
+at ``k``-wise terms (kbald.md eq. 6). The greedy gain of a candidate ``n`` is
+
+  ``gain_k(n | S) = BALD(n) + sum_{T subset S, 1 <= |T| <= k-1} (-1)**|T| I(T + {n})``.
+
+Writing ``I(T + {n}) = sum_{V subset T} (-1)**|V| H[Y_n | Y_V]`` and
+collecting the terms of each ``V`` gives one formula for every order:
+
+  ``gain_k(n | S) = -E_k H[Y_n | omega_k] + sum_{u=0}^{k-1} a_u(s) D_u(n)``,
+  ``D_u(n) = sum_{U subset S, |U| = u} H[Y_n | Y_U]`` (``D_0 = H[Y_n]``),
+  ``a_u(s) = sum_{i=0}^{k-1-u} (-1)**i binom(s - u, i)``.
+
+For ``k = 1`` it is BALD, for ``k = 2`` ``BALD(n) - sum_{j in S} I[Y_n; Y_j]``,
+and for ``k > s`` only ``a_s = 1`` survives: the BatchBALD gain
+``H[Y_n | Y_S] - E_k H[Y_n | omega_k]``. The ``D_u`` are per-point state of
+the scan; when ``j`` joins ``S`` only the subsets containing it are new:
+``D_u(n) += sum_{U' subset S_old, |U'| = u-1} H[Y_n | Y_U', Y_j]``. Each of
+those is the table kernel of `alfx._bald` on the ``C**u`` configurations of
+``U' + {j}``, all subsets of one size stacked into one table.
+"""
+
+import functools
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+
+from alfx import _bald
+from alfx import _information
+from alfx import _pool
+from alfx import _selection
+from alfx import _validation
+
+
+def kbald_coefficients(batch_size: int, order: int) -> np.ndarray:
+  """``a[s, u] = sum_{i=0}^{order-1-u} (-1)**i binom(s-u, i)`` for ``u <= s``.
+
+  ``[batch_size, order]``; entries with ``u > s`` are 0 (``D_u = 0`` there).
+  """
+  a = np.zeros((batch_size, order))
+  for s in range(batch_size):
+    for u in range(min(order, s + 1)):
+      a[s, u] = sum((-1)**i * math.comb(s - u, i) for i in range(order - u))
+  return a
+
+
+def _colex_subsets(m: int, size: int) -> np.ndarray:
+  """All ``size``-subsets of ``range(m)`` in colex order, ``[binom(m, size), size]``.
+
+  In colex order the subsets of ``range(p)`` come first for every ``p``, so
+  the subsets of the first ``p`` picks are a prefix of length
+  ``binom(p, size)``.
+  """
+  subsets = sorted(itertools.combinations(range(m), size),
+                   key=lambda x: tuple(reversed(x)))
+  return np.asarray(subsets, np.int32).reshape(len(subsets), size)
+
+
+def _table_configurations(batch_size: int, order: int, c: int) -> int:
+  """Rows of all increment tables of one step: sum_u binom(B-1, u-1) C**u."""
+  return sum(math.comb(batch_size - 1, u - 1) * c**u for u in range(1, order))
+
+
+def _check_order(order, batch_size: int, c: int) -> int:
+  order = _validation.check_positive_int(order, "order")
+  order = min(order, batch_size)
+  rows = _table_configurations(batch_size, order, c)
+  if c**order > _information.MAX_CONFIGURATIONS or \
+      rows > _information.MAX_CONFIGURATIONS:
+    raise ValueError(
+        f"order={order} with C={c} and batch_size={batch_size} needs joint"
+        f" tables of C**order = {c**order} configurations ({rows} table rows"
+        f" per step), above alfx.MAX_CONFIGURATIONS ="
+        f" {_information.MAX_CONFIGURATIONS}; use a lower order, or"
+        " alfx.batchbald.")
+  return order
+
+
+def _check_scalar(x, name: str) -> jax.Array:
+  """A non-negative finite float scalar (checked when concrete)."""
+  if x is None:
+    raise ValueError(f"{name} is required: a non-negative float scalar.")
+  x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+  if x.shape != ():
+    raise ValueError(f"{name} must be a scalar (shape []), got shape"
+                     f" {list(x.shape)}.")
+  if not (jnp.issubdtype(x.dtype, jnp.floating)
+          or jnp.issubdtype(x.dtype, jnp.integer)):
+    raise ValueError(f"{name} must be a float scalar, got dtype {x.dtype}.")
+  if _validation.is_concrete(x):
+    value = float(x)
+    if not math.isfinite(value) or value < 0:
+      raise ValueError(f"{name} must be finite and >= 0, got {value}.")
+  return x
+
+
+class _KBaldState:
+  """Static set-up of the order-k increments (subset tables, coefficients)."""
+
+  def __init__(self, log_probs, batch_size: int, order: int, chunk: int):
+    _, k, c = log_probs.shape
+    self.order = order
+    self.c = c
+    self.chunk = chunk
+    self.row_block = _bald.row_block_size(chunk, c)
+    self.coefficients = jnp.asarray(kbald_coefficients(batch_size, order),
+                                    log_probs.dtype)
+    self.subsets = {u: _colex_subsets(max(batch_size - 1, 0), u - 1)
+                    for u in range(1, order)}
+    # counts[u][t]: subsets U' of the t - 1 points picked before the previous
+    # pick (which is pick t - 1); 0 at t = 0, where there is no previous pick.
+    self.counts = {
+        u: jnp.asarray([0] + [math.comb(t - 1, u - 1)
+                              for t in range(1, batch_size + 1)], jnp.int32)
+        for u in range(1, order)}
+    del k
+
+  def increment_tables(self, picked, t):
+    """Per size ``u``: blocks of the tables of ``U' + {j}``, ``j`` pick t-1."""
+    tables = {}
+    previous = picked[jnp.maximum(t - 1, 0)]
+    for u, subsets in self.subsets.items():
+      n_sub = subsets.shape[0]
+      members = jnp.concatenate(
+          [picked[subsets], jnp.broadcast_to(previous,
+                                             (n_sub, 1) + previous.shape)],
+          axis=1)  # [n_sub, u, K, C]
+      log_tables = jax.vmap(_information._log_joint_table)(members)  # pylint: disable=protected-access
+      weights, mass = _bald.posterior_table(log_tables)
+      count = self.counts[u][t]
+      mass = jnp.where((jnp.arange(n_sub) < count)[:, None], mass, 0)
+      rows = n_sub * self.c**u
+      weights = weights.reshape(rows, -1)
+      blocks = _bald.table_blocks(weights, mass.reshape(rows), self.row_block)
+      n_blocks, _, rb = blocks[0].shape
+      if n_blocks == 1:
+        tables[u] = (blocks, None)
+      else:
+        # Active subsets are a prefix (colex order): skip the other blocks.
+        tables[u] = (blocks, -(-(count * self.c**u) // rb))
+    return tables
+
+  def gains_and_update(self, probs_t, cond, marginal, d, picked, t):
+    """Adds the increments of pick ``t - 1`` to ``D`` and returns the gains."""
+    tables = self.increment_tables(picked, t)
+    a = self.coefficients[t]
+
+    def fn(p, cond_c, marginal_c, d_c):
+      columns = []
+      gain = -cond_c + a[0] * marginal_c
+      for u in range(1, self.order):
+        blocks, num_blocks = tables[u]
+        column = d_c[:, u - 1] + _bald.chunk_table_entropy(p, blocks,
+                                                            num_blocks)
+        gain = gain + a[u] * column
+        columns.append(column)
+      return jnp.stack(columns, axis=1), gain
+
+    return _bald.map_chunks(fn, probs_t, cond, marginal, d,
+                            chunk_size=self.chunk)
+
+
+def kbald(log_probs, batch_size, *, order=2, mask=None,
+          chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+  r"""Greedy k-BALD: BatchBALD's inclusion-exclusion truncated at ``order``.
+
+  kbald.md sec. 2. The gain of adding ``n`` to the picked set ``S`` is
+
+    ``BALD(n) + sum_{T subset S, 1 <= |T| <= order-1} (-1)**|T| I(T + {n})``
+
+  with ``I`` the co-information: ``order=1`` is top-k BALD, ``order=2``
+  subtracts ``sum_{j in S} I[Y_n; Y_j]`` (2-BALD), ``order=3`` adds back the
+  co-information with every pair of picked points. ``order >= batch_size``
+  is exact BatchBALD (the same picks and gains as `batchbald` in its exact
+  regime). The scan keeps ``D_u(n) = sum_{|U| = u, U subset S} H[Y_n | Y_U]``
+  for ``u < order`` per pool point and adds, per step, only the terms that
+  contain the point just picked (see the module docstring).
+
+  Args:
+    log_probs: ``float[N, K, C]`` predictive log-probabilities.
+    batch_size: static ``int`` ``B``.
+    order: static ``int >= 1``; values above ``batch_size`` act as
+      ``batch_size``.
+    mask: optional ``bool[N]``, True where a point may be picked.
+    chunk_size: static ``int``, pool points per chunk.
+
+  Returns:
+    `alfx.Selection`; ``scores`` are the order-``k`` gains (they can be
+    negative for ``order >= 2``, kbald.md Figure 3).
+
+  Cost: step ``s`` costs ``sum_{u=1}^{order-1} binom(s-1, u-1) 2 C**(u+1) K N``
+  FLOPs, i.e. ``2 C**2 K N`` for 2-BALD and ``2 (s-1) C**3 K N`` more for
+  3-BALD. Memory beyond the input: one copy of the probabilities
+  (``N K C``), ``(order - 1) N`` floats of state, the increment tables
+  (``sum_u binom(B-1, u-1) C**u K`` floats) and ``chunk_size * C * rows``
+  floats of temporaries.
+
+  Raises:
+    ValueError: on bad shapes or values, or tables above
+      ``alfx.MAX_CONFIGURATIONS``.
+  """
+  log_probs = _validation.check_log_probs(log_probs)
+  n, _, c = log_probs.shape
+  mask = _validation.check_mask(mask, n)
+  batch_size = _validation.check_batch_size(batch_size, mask)
+  order = _check_order(order, batch_size, c)
+  chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
+  return _kbald(log_probs, mask, batch_size, order, chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "order",
+                                             "chunk_size", "axis_name"))
+def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
+  """`kbald` without input checks, over the local slice of the pool."""
+  n, k, c = log_probs.shape
+  chunk = min(chunk_size, n)
+  marginal, cond = _bald.pool_entropies(log_probs, chunk)
+  if order == 1:
+    bald = marginal - cond
+
+    def step1(available, t):
+      del t
+      index, score, valid, available = _bald.pick(bald, available, axis_name)
+      return available, (index, score, valid)
+
+    _, (indices, scores, valid) = lax.scan(
+        step1, mask, jnp.arange(batch_size, dtype=jnp.int32))
+    return _selection.Selection(indices, scores, valid)
+
+  probs_t = _bald.transposed_probs(log_probs)
+  state = _KBaldState(log_probs, batch_size, order, chunk)
+
+  def step(carry, t):
+    available, picked, d = carry
+    d, gains = state.gains_and_update(probs_t, cond, marginal, d, picked, t)
+    index, score, valid, available = _bald.pick(gains, available, axis_name)
+    picked = picked.at[t].set(_pool.take(log_probs, index, axis_name))
+    return (available, picked, d), (index, score, valid)
+
+  init = (mask, jnp.zeros((batch_size, k, c), log_probs.dtype),
+          jnp.zeros((n, order - 1), log_probs.dtype))
+  _, (indices, scores, valid) = lax.scan(
+      step, init, jnp.arange(batch_size, dtype=jnp.int32))
+  return _selection.Selection(indices, scores, valid)
+
+
+def _triple_information(picked, lp, t, batch_size):
+  """``sum_{l < m < t} I(Y_l; Y_m; Y_j)`` for the candidate ``lp`` = ``j``."""
+  pairs = [(l, m) for m in range(batch_size - 1) for l in range(m)]
+  if not pairs:
+    return jnp.zeros((), lp.dtype)
+  pairs = np.asarray(pairs, np.int32)
+  members = jnp.concatenate(
+      [picked[pairs], jnp.broadcast_to(lp, (len(pairs), 1) + lp.shape)],
+      axis=1)  # [n_pairs, 3, K, C]
+  co = jax.vmap(_information._co_information)(members)  # pylint: disable=protected-access
+  return jnp.sum(jnp.where(jnp.asarray(pairs[:, 1]) < t, co, 0))
+
+
+def kbald_dynamic(log_probs, max_batch_size, *, tolerance, mask=None,
+                  chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+  r"""2-BALD with a dynamic batch size: stop when 3-BALD disagrees.
+
+  kbald.md, "Dynamic Acquisition Batch Sizes". Points are picked greedily by
+  their 2-BALD gain ``g2``. Alongside, the 2- and 3-BALD values of the
+  growing batch ``A`` are tracked:
+  ``V2(A) = sum_i BALD(i) - sum_{i<j} I[Y_i; Y_j]`` (the sum of the ``g2``)
+  and ``V3(A) = V2(A) + sum_{i<j<l} I(Y_i; Y_j; Y_l)`` (co-information of
+  picked triples only: no per-candidate order-3 terms). The candidate of
+  step ``t`` joins the batch iff
+
+    ``g2 > 0``  and  ``|V3(A + {n}) - V2(A + {n})| <= tolerance * |V3(A + {n})|``.
+
+  The first candidate that fails ends the batch: it and every later entry
+  have ``valid=False`` (``indices`` and ``scores`` 0), and no more gains are
+  computed. The first two picks always pass the divergence test (there is no
+  triple yet).
+
+  Args:
+    log_probs: ``float[N, K, C]`` predictive log-probabilities.
+    max_batch_size: static ``int``, the largest batch ``B``.
+    tolerance: non-negative float scalar (may be traced: no recompilation
+      when it changes), the relative divergence allowed between 3- and 2-BALD.
+    mask: optional ``bool[N]``, True where a point may be picked.
+    chunk_size: static ``int``, pool points per chunk.
+
+  Returns:
+    `alfx.Selection` of static length ``max_batch_size``; the batch is the
+    prefix where ``valid`` is True. ``scores`` are the 2-BALD gains.
+
+  Cost: that of ``kbald(order=2)`` up to the stop, plus
+  ``binom(t, 2) C**3 K`` per step for the triples (no pool-size factor).
+  """
+  log_probs = _validation.check_log_probs(log_probs)
+  n, _, c = log_probs.shape
+  mask = _validation.check_mask(mask, n)
+  max_batch_size = _validation.check_batch_size(max_batch_size, mask,
+                                                "max_batch_size")
+  tolerance = _check_scalar(tolerance, "tolerance")
+  chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
+  _check_order(min(3, max_batch_size), max_batch_size, c)
+  return _kbald_dynamic(log_probs, mask, tolerance, max_batch_size,
+                        chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("max_batch_size", "chunk_size",
+                                             "axis_name"))
+def _kbald_dynamic(log_probs, mask, tolerance, max_batch_size, chunk_size,
+                   axis_name=None):
+  """`kbald_dynamic` without input checks, over the local slice of the pool."""
+  n, k, c = log_probs.shape
+  dtype = log_probs.dtype
+  chunk = min(chunk_size, n)
+  marginal, cond = _bald.pool_entropies(log_probs, chunk)
+  probs_t = _bald.transposed_probs(log_probs)
+  state = _KBaldState(log_probs, max_batch_size, 2, chunk)
+  tolerance = jnp.asarray(tolerance, dtype)
+  zero = jnp.zeros((), dtype)
+
+  def run(carry, t):
+    available, picked, d, v2, v3, _ = carry
+    d, gains = state.gains_and_update(probs_t, cond, marginal, d, picked, t)
+    index, g2, valid, available = _bald.pick(gains, available, axis_name)
+    lp = _pool.take(log_probs, index, axis_name)
+    new_v2 = v2 + g2
+    new_v3 = v3 + g2 + _triple_information(picked, lp, t, max_batch_size)
+    accept = valid & (g2 > 0) & (
+        jnp.abs(new_v3 - new_v2) <= tolerance * jnp.abs(new_v3))
+    picked = picked.at[t].set(lp)
+    carry = (available, picked, d, new_v2, new_v3, ~accept)
+    return carry, (jnp.where(accept, index, 0), jnp.where(accept, g2, 0),
+                   accept)
+
+  def skip(carry, t):
+    del t
+    return carry, (jnp.zeros((), jnp.int32), zero, jnp.zeros((), bool))
+
+  def step(carry, t):
+    # Data-dependent: under vmap both branches run (correct, not faster).
+    return lax.cond(carry[-1], skip, run, carry, t)
+
+  init = (mask, jnp.zeros((max_batch_size, k, c), dtype),
+          jnp.zeros((n, 1), dtype), zero, zero, jnp.zeros((), bool))
+  _, (indices, scores, valid) = lax.scan(
+      step, init, jnp.arange(max_batch_size, dtype=jnp.int32))
+  return _selection.Selection(indices, scores, valid)
+
+
+def conservative_bald(log_probs, max_batch_size, *, threshold, budget=None,
+                      mask=None, chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+  r"""Conservative BALD: top BALD picks, excluding points that overlap a pick.
+
+  kbald.md, "Future Work". Repeatedly picks the remaining candidate of
+  highest BALD score ``j`` and removes from the candidates every ``n`` with
+  ``I[Y_n; Y_j] > threshold``. The batch ends when no candidate remains or,
+  with a ``budget``, before the pick that would make the pairwise total
+  correlation of the batch
+
+    ``TC2(A) = sum_{i < j in A} I[Y_i; Y_j]``
+
+  (the 2-BALD estimate of ``TC[Y_A] = sum_i H[Y_i] - H[Y_A]``, kbald.md
+  "Total Correlation") exceed ``budget``. Entries after the end have
+  ``valid=False`` (``indices`` and ``scores`` 0).
+
+  Args:
+    log_probs: ``float[N, K, C]`` predictive log-probabilities.
+    max_batch_size: static ``int``, the largest batch ``B``.
+    threshold: non-negative float scalar (may be traced), nats.
+    budget: optional non-negative float scalar (may be traced), nats; None
+      for no budget.
+    mask: optional ``bool[N]``, True where a point may be picked.
+    chunk_size: static ``int``, pool points per chunk.
+
+  Returns:
+    `alfx.Selection`; ``scores`` are the BALD scores of the picks.
+
+  Cost: per pick one pass over the pool, ``2 C**2 K N`` FLOPs (the mutual
+  information of every candidate with the pick). Memory beyond the input: one
+  copy of the probabilities and ``2 N`` floats of state.
+  """
+  log_probs = _validation.check_log_probs(log_probs)
+  n = log_probs.shape[0]
+  mask = _validation.check_mask(mask, n)
+  max_batch_size = _validation.check_batch_size(max_batch_size, mask,
+                                                "max_batch_size")
+  threshold = _check_scalar(threshold, "threshold")
+  if budget is not None:
+    budget = _check_scalar(budget, "budget")
+  chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
+  return _conservative_bald(log_probs, mask, threshold, budget, max_batch_size,
+                            chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("max_batch_size", "chunk_size",
+                                             "axis_name"))
+def _conservative_bald(log_probs, mask, threshold, budget, max_batch_size,
+                       chunk_size, axis_name=None):
+  """`conservative_bald` without input checks, over the local pool slice."""
+  n, _, c = log_probs.shape
+  dtype = log_probs.dtype
+  chunk = min(chunk_size, n)
+  row_block = _bald.row_block_size(chunk, c)
+  marginal, cond = _bald.pool_entropies(log_probs, chunk)
+  bald = marginal - cond
+  probs_t = _bald.transposed_probs(log_probs)
+  threshold = jnp.asarray(threshold, dtype)
+  zero = jnp.zeros((), dtype)
+
+  def run(carry, t):
+    del t
+    available, pair_tc, tc, _ = carry
+    index, score, valid, _ = _bald.pick(bald, available, axis_name)
+    new_tc = tc + _pool.take(pair_tc, index, axis_name)
+    if budget is not None:
+      valid = valid & (new_tc <= budget)
+    lp = _pool.take(log_probs, index, axis_name)
+    weights, mass = _bald.posterior_table(lp.T)  # p(omega | y_j), p(y_j)
+    blocks = _bald.table_blocks(weights, mass, row_block)
+
+    def fn(p, marginal_c):
+      mi = marginal_c - _bald.chunk_table_entropy(p, blocks)
+      return jnp.maximum(mi, 0)
+
+    mi = _bald.map_chunks(fn, probs_t, marginal, chunk_size=chunk)
+    available = available & (mi <= threshold)
+    available = _pool.set_at(available, index, False, axis_name)
+    carry = (available, pair_tc + mi, new_tc, ~valid)
+    return carry, (jnp.where(valid, index, 0), jnp.where(valid, score, 0),
+                   valid)
+
+  def skip(carry, t):
+    del t
+    return carry, (jnp.zeros((), jnp.int32), zero, jnp.zeros((), bool))
+
+  def step(carry, t):
+    return lax.cond(carry[-1], skip, run, carry, t)
+
+  init = (mask, jnp.zeros((n,), dtype), zero, jnp.zeros((), bool))
+  _, (indices, scores, valid) = lax.scan(
+      step, init, jnp.arange(max_batch_size, dtype=jnp.int32))
+  return _selection.Selection(indices, scores, valid)
