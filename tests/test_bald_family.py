@@ -1,0 +1,666 @@
+"""BALD family (topk_bald, batchbald, kbald, kbald_dynamic, conservative_bald).
+
+Every selection is checked against the float64 brute-force greedy references
+in `reference_bald` (every label configuration enumerated), then all of them
+go through one shared suite of invariants: masks, duplicates, ties, jit and
+eager, vmap against a loop, no recompilation, float64, chunk sizes, bad input.
+"""
+
+import functools
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import alfx
+from alfx import _bald
+from alfx import _kbald
+from conftest import seed_for
+import reference as ref
+import reference_bald as rb
+
+
+def _f32(x):
+  return jnp.asarray(x, jnp.float32)
+
+
+def assert_greedy_matches(sel, gain_fn, n, mask=None, atol=2e-5):
+  """Checks a greedy selection step by step against reference gains.
+
+  Replays alfx's own picks: at every step the reference gain of each
+  available candidate is computed; alfx's pick must attain the reference
+  maximum (up to ``atol``, float32 against float64), equal the reference
+  argmax whenever the runner-up is more than ``10 * atol`` behind, and its
+  score must equal the reference gain of the pick.
+  """
+  available = np.ones(n, bool) if mask is None else np.array(mask, bool)
+  picks = []
+  for index, score, valid in zip(np.asarray(sel.indices),
+                                 np.asarray(sel.scores),
+                                 np.asarray(sel.valid)):
+    assert valid
+    candidates = np.flatnonzero(available)
+    gains = np.array([gain_fn(picks, int(i)) for i in candidates])
+    assert available[index], (index, picks)
+    got = gains[candidates == index][0]
+    np.testing.assert_allclose(score, got, atol=atol)
+    assert got >= gains.max() - atol, (picks, index, got, gains.max())
+    top2 = np.sort(gains)[-2:] if len(gains) > 1 else None
+    if top2 is not None and top2[1] - top2[0] > 10 * atol:
+      assert index == candidates[np.argmax(gains)]
+    picks.append(int(index))
+    available[index] = False
+
+
+# --------------------------------------------------------------------------
+# Each method against its reference.
+
+
+class ReferenceTest(chex.TestCase):
+
+  def rng(self):
+    return np.random.default_rng(seed_for(self.id()))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters((9, 4, 3, 3), (7, 1, 2, 4), (10, 6, 4, 3),
+                            (8, 5, 2, 5))
+  def test_batchbald_exact_matches_enumeration(self, n, k, c, b):
+    rng = self.rng()
+    lp = rb_log_probs(rng, n, k, c)
+    mask = rng.random(n) < 0.85
+    mask[:b] = True
+    fn = self.variant(lambda x, m: alfx.batchbald(x, b, mask=m, chunk_size=3))
+    sel = fn(_f32(lp), jnp.asarray(mask))
+    pool = rb.Pool(lp)
+    assert_greedy_matches(sel, lambda s, i: pool.mi(s + [i]) - pool.mi(s), n,
+                          mask)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters((2, 10, 4, 3, 4), (3, 10, 4, 3, 5),
+                            (3, 9, 3, 2, 6), (4, 8, 3, 2, 5), (2, 8, 1, 3, 3))
+  def test_kbald_matches_co_information_sums(self, order, n, k, c, b):
+    rng = self.rng()
+    lp = rb_log_probs(rng, n, k, c)
+    mask = rng.random(n) < 0.9
+    mask[:b] = True
+    fn = self.variant(
+        lambda x, m: alfx.kbald(x, b, order=order, mask=m, chunk_size=4))
+    sel = fn(_f32(lp), jnp.asarray(mask))
+    pool = rb.Pool(lp)
+    assert_greedy_matches(sel, lambda s, i: rb.kbald_gain(pool, s, i, order),
+                          n, mask)
+
+  def test_topk_bald_is_top_b_of_reference_bald(self):
+    rng = self.rng()
+    lp = rb_log_probs(rng, 40, 5, 4)
+    mask = rng.random(40) < 0.7
+    bald = rb.bald_scores(lp)
+    sel = alfx.topk_bald(_f32(lp), 8, mask=jnp.asarray(mask))
+    order = sorted(np.flatnonzero(mask), key=lambda i: (-bald[i], i))[:8]
+    np.testing.assert_array_equal(sel.indices, order)
+    np.testing.assert_allclose(sel.scores, bald[order], atol=2e-6)
+    ranked = alfx.top_b(alfx.bald(_f32(lp)), 8, mask=jnp.asarray(mask))
+    np.testing.assert_array_equal(sel.indices, ranked.indices)
+
+  def test_kbald_order_one_is_topk_bald(self):
+    lp = _f32(rb_log_probs(self.rng(), 30, 6, 5))
+    a = alfx.kbald(lp, 6, order=1)
+    b = alfx.topk_bald(lp, 6)
+    chex.assert_trees_all_equal(a, b)
+
+  @parameterized.parameters((4, 3, 3), (5, 2, 2))
+  def test_kbald_order_batch_size_is_exact_batchbald(self, b, k, c):
+    lp = _f32(rb_log_probs(self.rng(), 14, k, c))
+    full = alfx.batchbald(lp, b, chunk_size=5)
+    for order in (b, b + 2):  # orders above batch_size act as batch_size
+      approx = alfx.kbald(lp, b, order=order, chunk_size=5)
+      np.testing.assert_array_equal(approx.indices, full.indices)
+      np.testing.assert_allclose(approx.scores, full.scores, atol=1e-6)
+
+  def test_batchbald_first_pick_is_bald_and_gains_add_up(self):
+    lp = rb_log_probs(self.rng(), 12, 5, 3)
+    sel = alfx.batchbald(_f32(lp), 5)
+    assert sel.indices[0] == alfx.topk_bald(_f32(lp), 1).indices[0]
+    # The gains telescope to the joint mutual information of the batch, and
+    # shrink (submodularity).
+    np.testing.assert_allclose(np.sum(sel.scores),
+                               rb.batch_mutual_information(lp, sel.indices),
+                               atol=5e-5)
+    assert np.all(np.diff(np.asarray(sel.scores)) <= 1e-6)
+
+
+def rb_log_probs(rng, n, k, c, zero_fraction=0.1):
+  return ref.random_log_probs(rng, n, k, c, scale=2.5,
+                              zero_fraction=zero_fraction)
+
+
+def test_kbald_formula_equals_co_information_definition(rng):
+  """The a_u(s) D_u formula of `alfx._kbald` against eq. 6 (float64 only)."""
+  lp = rb_log_probs(rng, 6, 4, 3)
+  pool = rb.Pool(lp)
+  for s in range(0, 5):
+    picks = list(range(s))
+    n = 5
+    cond_h = {u: sum(pool.h(list(v) + [n]) - pool.h(v)
+                     for v in itertools.combinations(picks, u))
+              for u in range(s + 1)}  # D_u = sum_{|U|=u} H[Y_n | Y_U]
+    for order in range(1, 7):
+      a = _kbald.kbald_coefficients(s + 1, order)[s]
+      formula = -pool.cond[n] + sum(a[u] * cond_h[u]
+                                    for u in range(min(order, s + 1)))
+      np.testing.assert_allclose(formula, rb.kbald_gain(pool, picks, n, order),
+                                 atol=1e-10)
+    # Orders above s leave only the BatchBALD gain; order 2 is BALD - sum MI.
+    np.testing.assert_allclose(
+        rb.kbald_gain(pool, picks, n, s + 1),
+        pool.mi(picks + [n]) - pool.mi(picks), atol=1e-10)
+    np.testing.assert_allclose(
+        rb.kbald_gain(pool, picks, n, 2),
+        pool.bald(n) - sum(pool.pair_mi(j, n) for j in picks), atol=1e-10)
+
+
+# --------------------------------------------------------------------------
+# BatchBALD's sampled regime.
+
+
+def test_batchbald_sampled_close_to_exact_greedy(rng):
+  """C=3, B=7, 200 sampled rows from step 5: exact MI within 1%."""
+  n, k, c, b = 24, 10, 3, 7
+  lp = rb_log_probs(rng, n, k, c, zero_fraction=0.0)
+  exact, _ = rb.batchbald_greedy(lp, b)
+  target = rb.batch_mutual_information(lp, exact)
+  keys = jax.random.split(jax.random.key(seed_for("sampled")), 4)
+  sels = jax.vmap(lambda key: alfx.batchbald(_f32(lp), b, num_samples=200,
+                                             key=key))(keys)
+  assert _bald.exact_steps(c, 200, b) == 5  # steps 5 and 6 are sampled
+  for indices in np.asarray(sels.indices):
+    assert len(set(indices.tolist())) == b
+    got = rb.batch_mutual_information(lp, indices)
+    assert got >= 0.99 * target, (got, target)
+  # The exact steps agree with the exact greedy.
+  np.testing.assert_array_equal(np.asarray(sels.indices)[:, :5],
+                                np.tile(exact[:5], (4, 1)))
+
+
+def test_batchbald_sampled_estimate_converges(rng):
+  """Sampled gains approach the exact marginal gains as num_samples grows."""
+  n, k, c, b = 16, 8, 3, 11
+  lp = rb_log_probs(rng, n, k, c, zero_fraction=0.0)
+  pool = rb.Pool(lp)
+  errors = {}
+  for num_samples in (50, 500, 5000):
+    first_sampled = _bald.exact_steps(c, num_samples, b)
+    keys = jax.random.split(jax.random.key(num_samples), 4)
+    sels = jax.vmap(lambda key, m=num_samples: alfx.batchbald(
+        _f32(lp), b, num_samples=m, key=key))(keys)
+    err = []
+    for indices, scores in zip(np.asarray(sels.indices),
+                               np.asarray(sels.scores)):
+      for s in range(first_sampled, b):
+        prefix = indices[:s].tolist()
+        exact_gain = pool.mi(prefix + [int(indices[s])]) - pool.mi(prefix)
+        err.append(abs(scores[s] - exact_gain))
+    errors[num_samples] = float(np.mean(err))
+  # Standard error ~ 1/sqrt(M): a factor ~3.2 per decade.
+  assert errors[5000] < errors[500] < errors[50], errors
+  assert errors[5000] < errors[50] / 3, errors
+  assert errors[5000] < 0.02, errors
+
+
+def test_batchbald_sampled_regime_survives_underflow(rng):
+  """Confident predictions: products of 11 probabilities underflow float32."""
+  n, k, c, b = 20, 6, 2, 12
+  logits = 40.0 * rng.standard_normal((n, k, c))
+  lp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+      -1, keepdims=True)) - logits.max(-1, keepdims=True)
+  assert np.exp(lp.min(-1)).min() < 1e-10
+  for num_samples in (2**11, 60):  # exact to the end; sampled from step 6
+    sel = alfx.batchbald(_f32(lp), b, num_samples=num_samples,
+                         key=jax.random.key(1))
+    assert np.all(np.isfinite(sel.scores)) and sel.valid.all()
+    assert len(set(np.asarray(sel.indices).tolist())) == b
+  exact = alfx.batchbald(_f32(lp), b, num_samples=2**11)
+  pool = rb.Pool(lp)
+  assert_greedy_matches(exact, lambda s, i: pool.mi(s + [i]) - pool.mi(s), n,
+                        atol=1e-4)
+
+
+def test_zero_probability_classes_give_finite_correct_gains():
+  with np.errstate(divide="ignore"):
+    lp = np.log(np.array([
+        [[1.0, 0, 0], [1.0, 0, 0]],          # certain: BALD 0
+        [[0.5, 0.5, 0], [0, 0.5, 0.5]],
+        [[0.5, 0.5, 0], [0, 0.5, 0.5]],
+        [[0, 0, 1.0], [1.0, 0, 0]],          # samples disagree completely
+        [[0.2, 0.8, 0], [0.9, 0, 0.1]],
+    ]))
+  pool = rb.Pool(lp)
+  for sel, gain in [
+      (alfx.batchbald(_f32(lp), 4), lambda s, i: pool.mi(s + [i]) - pool.mi(s)),
+      (alfx.batchbald(_f32(lp), 4, num_samples=2, key=jax.random.key(0)),
+       None),
+      (alfx.kbald(_f32(lp), 4, order=3),
+       lambda s, i: rb.kbald_gain(pool, s, i, 3)),
+      (alfx.kbald_dynamic(_f32(lp), 4, tolerance=10.0), None),
+      (alfx.conservative_bald(_f32(lp), 4, threshold=10.0), None)]:
+    assert np.all(np.isfinite(sel.scores)), sel
+    if gain is not None:
+      assert_greedy_matches(sel, gain, 5)
+
+
+# --------------------------------------------------------------------------
+# kbald_dynamic and conservative_bald.
+
+
+def _duplicates(copies, k=5, c=5, confidence=0.6):
+  """``copies`` identical points, sample k confident on class k mod C."""
+  p = np.full((k, c), (1 - confidence) / (c - 1))
+  p[np.arange(k), np.arange(k) % c] = confidence
+  return np.repeat(np.log(p)[None], copies, axis=0)
+
+
+def test_kbald_dynamic_on_duplicates_follows_the_rule():
+  """A pool of copies (kbald.md Figure 3): 2-BALD gains fall below zero.
+
+  Copy m has 2-BALD gain BALD - (m-1) I[Y; Y'] (0.382, 0.277, 0.173, 0.068,
+  -0.037 nats) while 3-BALD adds back the triple co-information, so the
+  relative divergence |V3 - V2| / |V3| grows: 0, 0, 0.048, 0.156, 0.326.
+  """
+  lp = _duplicates(8)
+  pool = rb.Pool(lp)
+  batch = list(range(5))
+  rel = [abs(rb.kbald_value(pool, batch[:m], 3)
+             - rb.kbald_value(pool, batch[:m], 2))
+         / abs(rb.kbald_value(pool, batch[:m], 3)) for m in range(1, 6)]
+  g2 = [rb.kbald_gain(pool, batch[:m], m, 2) for m in range(5)]
+  assert g2[3] > 0 > g2[4] and rel[2] < 0.1 < rel[3] and rel[1] == 0
+  for tolerance, size in [(1e6, 4), (0.1, 3), (0.01, 2), (0.0, 2)]:
+    sel = alfx.kbald_dynamic(_f32(lp), 7, tolerance=tolerance)
+    np.testing.assert_array_equal(sel.valid, np.arange(7) < size)
+    # Copies tie: lowest indices first; the tail is zeroed.
+    np.testing.assert_array_equal(sel.indices, np.where(
+        np.arange(7) < size, np.arange(7), 0))
+    np.testing.assert_allclose(sel.scores[:size], g2[:size], atol=2e-5)
+    assert np.all(np.asarray(sel.scores)[size:] == 0)
+  # Plain 2-BALD keeps picking copies with negative gains.
+  fixed = alfx.kbald(_f32(lp), 7, order=2)
+  assert np.all(np.asarray(fixed.scores)[4:] < 0)
+
+
+@pytest.mark.parametrize("tolerance", [0.02, 0.2, 1.0])
+def test_kbald_dynamic_matches_reference(rng, tolerance):
+  lp = np.concatenate([rb_log_probs(rng, 9, 4, 3), _duplicates(3, 4, 3, 0.8)])
+  mask = rng.random(12) < 0.9
+  sel = alfx.kbald_dynamic(_f32(lp), 7, tolerance=tolerance,
+                           mask=jnp.asarray(mask))
+  picks, gains, valid = rb.kbald_dynamic_reference(lp, 7, tolerance, mask)
+  np.testing.assert_array_equal(sel.valid, valid)
+  np.testing.assert_array_equal(sel.indices, picks)
+  np.testing.assert_allclose(sel.scores, gains, atol=2e-5)
+
+
+@pytest.mark.parametrize("threshold,budget", [(0.05, None), (0.2, None),
+                                              (1.0, 0.3), (0.0, None),
+                                              (10.0, 0.0)])
+def test_conservative_bald_matches_reference(rng, threshold, budget):
+  lp = np.concatenate([rb_log_probs(rng, 10, 4, 3), _duplicates(4, 4, 3, 0.8)])
+  mask = rng.random(14) < 0.9
+  sel = alfx.conservative_bald(_f32(lp), 8, threshold=threshold,
+                               budget=budget, mask=jnp.asarray(mask))
+  picks, scores, valid = rb.conservative_reference(lp, 8, threshold, budget,
+                                                   mask)
+  np.testing.assert_array_equal(sel.valid, valid)
+  np.testing.assert_array_equal(sel.indices, picks)
+  np.testing.assert_allclose(sel.scores, scores, atol=2e-5)
+
+
+def test_conservative_bald_drops_duplicates_of_a_pick():
+  lp = np.concatenate([_duplicates(4, 4, 4, 0.95),
+                       rb_log_probs(np.random.default_rng(0), 6, 4, 4)])
+  bald = rb.bald_scores(lp)
+  assert bald[:4].min() > bald[4:].max()  # the copies rank first
+  sel = alfx.conservative_bald(_f32(lp), 4, threshold=0.05)
+  assert sel.indices[0] == 0 and not np.isin(sel.indices[1:], [1, 2, 3]).any()
+  plain = alfx.topk_bald(_f32(lp), 4)
+  np.testing.assert_array_equal(plain.indices, [0, 1, 2, 3])
+
+
+# --------------------------------------------------------------------------
+# One suite of invariants for every method.
+
+KEY = jax.random.key(7)
+
+METHODS = {
+    "topk_bald": lambda lp, b, **kw: alfx.topk_bald(lp, b, **kw),
+    "batchbald": lambda lp, b, **kw: alfx.batchbald(lp, b, chunk_size=5, **kw),
+    "batchbald_sampled": lambda lp, b, **kw: alfx.batchbald(
+        lp, b, num_samples=12, key=KEY, chunk_size=5, **kw),
+    "kbald2": lambda lp, b, **kw: alfx.kbald(lp, b, order=2, chunk_size=5,
+                                             **kw),
+    "kbald3": lambda lp, b, **kw: alfx.kbald(lp, b, order=3, chunk_size=5,
+                                             **kw),
+    "kbald_dynamic": lambda lp, b, **kw: alfx.kbald_dynamic(
+        lp, b, tolerance=1e4, chunk_size=5, **kw),
+    "conservative_bald": lambda lp, b, **kw: alfx.conservative_bald(
+        lp, b, threshold=1e4, chunk_size=5, **kw),
+}
+FIXED_SIZE = ("topk_bald", "batchbald", "batchbald_sampled", "kbald2",
+              "kbald3")
+CORES = {  # the jitted core of each method, for counting compilations
+    "topk_bald": _kbald._kbald, "batchbald": _bald._batchbald,
+    "batchbald_sampled": _bald._batchbald, "kbald2": _kbald._kbald,
+    "kbald3": _kbald._kbald, "kbald_dynamic": _kbald._kbald_dynamic,
+    "conservative_bald": _kbald._conservative_bald,
+}
+every_method = pytest.mark.parametrize("name", list(METHODS))
+
+
+def _pool_lp(rng, n=17, k=4, c=3):
+  return _f32(rb_log_probs(rng, n, k, c))
+
+
+@every_method
+def test_masks_and_no_duplicates(rng, name):
+  lp = _pool_lp(rng)
+  for _ in range(2):
+    mask = rng.random(17) < 0.6
+    mask[:4] = True
+    sel = METHODS[name](lp, 4, mask=jnp.asarray(mask))
+    picked = np.asarray(sel.indices)[np.asarray(sel.valid)]
+    assert mask[picked].all()
+    assert len(set(picked.tolist())) == len(picked)
+    assert sel.indices.dtype == jnp.int32 and sel.scores.dtype == jnp.float32
+    chex.assert_shape((sel.indices, sel.scores, sel.valid), (4,))
+    if name in FIXED_SIZE:
+      assert sel.valid.all()
+
+
+@every_method
+def test_batch_equal_to_selectable_points(rng, name):
+  lp = _pool_lp(rng)
+  mask = np.zeros(17, bool)
+  mask[[1, 5, 6, 11, 16]] = True
+  sel = METHODS[name](lp, 5, mask=jnp.asarray(mask))
+  if name in FIXED_SIZE:
+    assert sel.valid.all()
+    assert sorted(np.asarray(sel.indices).tolist()) == [1, 5, 6, 11, 16]
+  with pytest.raises(ValueError, match="larger than the number of selectable"):
+    METHODS[name](lp, 6, mask=jnp.asarray(mask))
+  with pytest.raises(ValueError, match="larger than the pool"):
+    METHODS[name](lp, 18)
+  with pytest.raises(ValueError, match="selects no points"):
+    METHODS[name](lp, 1, mask=jnp.zeros(17, bool))
+
+
+@every_method
+def test_ties_go_to_the_lowest_index(rng, name):
+  base = rb_log_probs(rng, 4, 4, 3, zero_fraction=0.0)
+  # Copies of each point spread over different chunks (chunk_size=5).
+  lp = _f32(np.concatenate([base, base, base]))
+  sel = METHODS[name](lp, 3)
+  again = METHODS[name](lp, 3)
+  chex.assert_trees_all_equal(sel, again)
+  bald = rb.bald_scores(base)
+  assert sel.indices[0] == int(np.argmax(bald))  # copies 4, 8 tie with it
+  if name in ("topk_bald", "conservative_bald"):
+    # Pure BALD ranking: the best point's copies in index order.
+    best = int(np.argmax(bald))
+    if name == "topk_bald":
+      np.testing.assert_array_equal(sel.indices, [best, best + 4, best + 8])
+
+
+@every_method
+def test_jit_and_eager_agree(rng, name):
+  lp = _pool_lp(rng, n=8)
+  mask = jnp.asarray(rng.random(8) < 0.8).at[:3].set(True)
+  base = METHODS[name](lp, 3, mask=mask)
+  jitted = jax.jit(lambda x, m: METHODS[name](x, 3, mask=m))(lp, mask)
+  chex.assert_trees_all_close(jitted, base, atol=1e-6)
+  with jax.disable_jit():  # op by op: scan, switch and map as Python loops
+    eager = METHODS[name](lp, 3, mask=mask)
+  np.testing.assert_array_equal(eager.indices, base.indices)
+  np.testing.assert_allclose(eager.scores, base.scores, atol=1e-5)
+
+
+@every_method
+def test_chunk_sizes_agree(rng, name):
+  lp = _pool_lp(rng)
+  mask = jnp.asarray(rng.random(17) < 0.8).at[:4].set(True)
+  base = METHODS[name](lp, 4, mask=mask)
+  if name in ("batchbald", "kbald2", "kbald3", "conservative_bald",
+              "kbald_dynamic"):
+    fn = {"batchbald": alfx.batchbald,
+          "kbald2": functools.partial(alfx.kbald, order=2),
+          "kbald3": functools.partial(alfx.kbald, order=3),
+          "conservative_bald": functools.partial(alfx.conservative_bald,
+                                                 threshold=1e4),
+          "kbald_dynamic": functools.partial(alfx.kbald_dynamic,
+                                             tolerance=1e4)}[name]
+    for chunk in (3, 64):  # 17 = 5 * 3 + 2: overlapping last chunk
+      other = fn(lp, 4, mask=mask, chunk_size=chunk)
+      np.testing.assert_array_equal(other.indices, base.indices)
+      np.testing.assert_allclose(other.scores, base.scores, atol=1e-5)
+
+
+@every_method
+def test_vmap_equals_loop(rng, name):
+  lps = jnp.stack([_pool_lp(rng) for _ in range(3)])
+  masks = jnp.asarray(rng.random((3, 17)) < 0.8).at[:, :4].set(True)
+  batched = jax.vmap(lambda x, m: METHODS[name](x, 4, mask=m))(lps, masks)
+  for e in range(3):
+    one = METHODS[name](lps[e], 4, mask=masks[e])
+    np.testing.assert_array_equal(batched.indices[e], one.indices)
+    np.testing.assert_array_equal(batched.valid[e], one.valid)
+    np.testing.assert_allclose(batched.scores[e], one.scores, atol=1e-6)
+
+
+def test_vmap_over_keys_equals_loop(rng):
+  lp = _pool_lp(rng)
+  keys = jax.random.split(jax.random.key(3), 3)
+  batched = jax.vmap(lambda key: alfx.batchbald(lp, 5, num_samples=12,
+                                                key=key))(keys)
+  for e in range(3):
+    one = alfx.batchbald(lp, 5, num_samples=12, key=keys[e])
+    np.testing.assert_array_equal(batched.indices[e], one.indices)
+    np.testing.assert_allclose(batched.scores[e], one.scores, atol=1e-6)
+
+
+@every_method
+def test_no_recompilation_when_mask_or_values_change(rng, name):
+  core = CORES[name]
+  lp = _pool_lp(rng, n=19)
+  METHODS[name](lp, 3)
+  before = core._cache_size()
+  for _ in range(3):
+    mask = jnp.asarray(rng.random(19) < 0.7).at[:3].set(True)
+    METHODS[name](_pool_lp(rng, n=19), 3, mask=mask)
+  assert core._cache_size() == before
+
+
+def test_no_recompilation_when_tolerance_threshold_or_budget_change(rng):
+  lp = _pool_lp(rng)
+  alfx.kbald_dynamic(lp, 4, tolerance=0.1)
+  alfx.conservative_bald(lp, 4, threshold=0.1, budget=0.5)
+  sizes = (_kbald._kbald_dynamic._cache_size(),
+           _kbald._conservative_bald._cache_size())
+  alfx.kbald_dynamic(lp, 4, tolerance=0.3)
+  alfx.conservative_bald(lp, 4, threshold=0.2, budget=1.5)
+  assert sizes == (_kbald._kbald_dynamic._cache_size(),
+                   _kbald._conservative_bald._cache_size())
+
+
+@every_method
+def test_float64_in_float64_out(rng, name):
+  lp = rb_log_probs(rng, 9, 3, 3)
+  with jax.enable_x64(True):
+    sel = METHODS[name](jnp.asarray(lp, jnp.float64), 3)
+    assert sel.scores.dtype == jnp.float64
+  pool = rb.Pool(lp)
+  gain = {
+      "topk_bald": lambda s, i: pool.bald(i),
+      "batchbald": lambda s, i: pool.mi(s + [i]) - pool.mi(s),
+      "kbald2": lambda s, i: rb.kbald_gain(pool, s, i, 2),
+      "kbald3": lambda s, i: rb.kbald_gain(pool, s, i, 3),
+      "kbald_dynamic": lambda s, i: rb.kbald_gain(pool, s, i, 2),
+      "conservative_bald": lambda s, i: pool.bald(i),
+  }.get(name)
+  if gain is not None:
+    assert_greedy_matches(sel, gain, 9, atol=1e-10)
+
+
+@every_method
+def test_under_jit_missing_points_are_invalid(rng, name):
+  lp = _pool_lp(rng)
+  mask = jnp.zeros(17, bool).at[jnp.array([2, 9])].set(True)
+  sel = jax.jit(lambda x, m: METHODS[name](x, 4, mask=m))(lp, mask)
+  np.testing.assert_array_equal(sel.valid, [True, True, False, False])
+  assert set(np.asarray(sel.indices[:2]).tolist()) == {2, 9}
+  assert np.all(np.isfinite(sel.scores))
+
+
+# --------------------------------------------------------------------------
+# Bad input.
+
+
+class TestBadInput:
+
+  @every_method
+  def test_log_probs(self, name):
+    with pytest.raises(ValueError, match=r"log_probs must have shape \[N, K, C\]"):
+      METHODS[name](jnp.zeros((4, 3)), 1)
+    bad = np.log(np.full((5, 2, 3), 1 / 3))
+    bad[2, 1, 0] = np.nan
+    with pytest.raises(ValueError, match="log_probs.*NaN"):
+      METHODS[name](bad, 1)
+    with pytest.raises(ValueError, match="normalised"):
+      METHODS[name](jnp.zeros((5, 2, 3)), 1)
+    with pytest.raises(ValueError, match=r"mask must have shape \[N=5\]"):
+      METHODS[name](_f32(np.log(np.full((5, 2, 3), 1 / 3))), 1,
+                    mask=jnp.ones(4, bool))
+
+  @every_method
+  def test_batch_size(self, name):
+    lp = _f32(np.log(np.full((5, 2, 3), 1 / 3)))
+    for bad in (0, 2.0, True):
+      with pytest.raises(ValueError, match="batch_size"):
+        METHODS[name](lp, bad)
+
+  def test_method_arguments(self):
+    lp = _f32(np.log(np.full((6, 4, 3), 1 / 3)))
+    with pytest.raises(ValueError, match="order must be a positive"):
+      alfx.kbald(lp, 2, order=0)
+    with pytest.raises(ValueError, match="MAX_CONFIGURATIONS"):
+      alfx.kbald(_f32(np.log(np.full((6, 2, 40), 1 / 40))), 5, order=4)
+    with pytest.raises(ValueError, match="chunk_size"):
+      alfx.kbald(lp, 2, chunk_size=0)
+    with pytest.raises(ValueError, match="num_samples"):
+      alfx.batchbald(lp, 2, num_samples=0)
+    with pytest.raises(ValueError, match="key is required"):
+      alfx.batchbald(lp, 4, num_samples=9)  # 3**3 > 9: sampled regime
+    with pytest.raises(ValueError, match=r"num_samples=3 must be at least K=4"):
+      alfx.batchbald(lp, 4, num_samples=3, key=KEY)
+    # No key is needed while every step is exact.
+    assert alfx.batchbald(lp, 3, num_samples=9).valid.all()
+    with pytest.raises(ValueError, match="PRNG key"):
+      alfx.batchbald(lp, 4, num_samples=9, key=jnp.zeros(3))
+
+  def test_scalars(self):
+    lp = _f32(np.log(np.full((6, 4, 3), 1 / 3)))
+    for fn, name in [
+        (lambda v: alfx.kbald_dynamic(lp, 3, tolerance=v), "tolerance"),
+        (lambda v: alfx.conservative_bald(lp, 3, threshold=v), "threshold"),
+        (lambda v: alfx.conservative_bald(lp, 3, threshold=0.1, budget=v),
+         "budget")]:
+      for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+          fn(bad)
+      with pytest.raises(ValueError, match=rf"{name} must be a scalar"):
+        fn(jnp.zeros(2))
+    with pytest.raises(ValueError, match="tolerance is required"):
+      alfx.kbald_dynamic(lp, 3, tolerance=None)
+    with pytest.raises(ValueError, match="max_batch_size"):
+      alfx.kbald_dynamic(lp, 7, tolerance=0.1)
+
+
+# --------------------------------------------------------------------------
+# Sharded over the pool axis (two host devices, in a fresh process).
+
+_SHARDED_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    sys.path.insert(0, {root!r})
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from alfx import _bald, _kbald
+    rng = np.random.default_rng(0)
+    logits = 2.5 * rng.standard_normal((22, 4, 3))
+    lp = jnp.asarray(jax.nn.log_softmax(logits), jnp.float32)
+    lp = jnp.concatenate([lp, lp[:4]])  # ties across the two shards
+    mask = jnp.asarray(rng.random(26) < 0.85).at[:6].set(True)
+    key = jax.random.key(5)
+    cores = {{
+        "sampled": lambda x, m, a=None: _bald._batchbald(
+            x, m, key, 5, 10, 4, axis_name=a),
+        "kbald2": lambda x, m, a=None: _kbald._kbald(x, m, 5, 2, 4, axis_name=a),
+    }}
+    if {full}:
+      cores.update({{
+        "batchbald": lambda x, m, a=None: _bald._batchbald(
+            x, m, None, 5, 1000, 4, axis_name=a),
+        "kbald1": lambda x, m, a=None: _kbald._kbald(x, m, 5, 1, 4, axis_name=a),
+        "kbald3": lambda x, m, a=None: _kbald._kbald(x, m, 5, 3, 4, axis_name=a),
+        "dynamic": lambda x, m, a=None: _kbald._kbald_dynamic(
+            x, m, 0.3, 5, 4, axis_name=a),
+        "conservative": lambda x, m, a=None: _kbald._conservative_bald(
+            x, m, 0.1, 0.5, 5, 4, axis_name=a),
+      }})
+    mesh = jax.make_mesh((2,), ("pool",))
+    sharded = NamedSharding(mesh, P("pool"))
+    out = {{}}
+    for name, core in cores.items():
+      single = core(lp, mask)
+      fn = jax.shard_map(lambda x, m, core=core: core(x, m, "pool"), mesh=mesh,
+                         in_specs=(P("pool"), P("pool")), out_specs=P(),
+                         check_vma=False)
+      split = fn(jax.device_put(lp, sharded), jax.device_put(mask, sharded))
+      out[name] = [np.asarray(single.indices).tolist(),
+                   np.asarray(split.indices).tolist(),
+                   float(np.max(np.abs(single.scores - split.scores))),
+                   np.asarray(single.valid).tolist(),
+                   np.asarray(split.valid).tolist()]
+    print(json.dumps(out))
+""")
+
+
+def _run_sharded(full):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, "-c", _SHARDED_SCRIPT.format(root=root, full=full)],
+      capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  for name, (single, split, score_diff, valid1, valid2) in out.items():
+    assert single == split, (name, single, split)
+    assert valid1 == valid2, name
+    assert score_diff < 1e-5, (name, score_diff)
+  return out
+
+
+def test_sharded_over_the_pool_equals_single_device():
+  """BatchBALD (exact steps, then sampled) and 2-BALD on two devices."""
+  assert set(_run_sharded(False)) == {"sampled", "kbald2"}
+
+
+@pytest.mark.slow
+def test_every_core_sharded_over_the_pool_equals_single_device():
+  assert len(_run_sharded(True)) == 7
