@@ -34,16 +34,19 @@ from alfx import _pool
 from alfx import _selection
 from alfx import _validation
 
-#: Pool points per chunk of the greedy scans (see each function's memory).
-DEFAULT_CHUNK_SIZE = 64
+#: Largest number of pool points per chunk of the greedy scans.
+DEFAULT_CHUNK_SIZE = 1024
 
 #: Default number of sampled label configurations of `batchbald`.
 DEFAULT_NUM_SAMPLES = 10_000
 
 # Elements of the largest temporary of the table kernel, [chunk * C, rows]:
-# 2**17 float32 = 512 KB, half the L2 cache of one core here, so the product
-# is consumed by the entropy while it is still in cache.
-_TILE_ELEMENTS = 2**17
+# 2**19 float32 = 2 MB, so that the product is consumed by the entropy while
+# it is still in cache (measured: 1 MB L2 per core, 32 MB L3 here).
+_TILE_ELEMENTS = 2**19
+# Fewest candidates per chunk: each chunk reads its table block once, and
+# below ~32 candidates that read costs more than the arithmetic on it.
+_MIN_CHUNK = 32
 
 
 # --------------------------------------------------------------------------
@@ -146,11 +149,6 @@ def posterior_table(log_table):
   return weights, jnp.where(possible[..., 0], jnp.exp(log_mass), 0)
 
 
-def row_block_size(chunk_size: int, c: int) -> int:
-  """Table rows per block, so that ``[chunk * C, rows]`` fits `_TILE_ELEMENTS`."""
-  return max(8, _TILE_ELEMENTS // (chunk_size * c))
-
-
 def table_blocks(weights, row_weights, row_block: int):
   """Splits a table ``W[R, K]``, ``rho[R]`` into ``[nb, K, rb]``, ``[nb, rb]``.
 
@@ -166,34 +164,62 @@ def table_blocks(weights, row_weights, row_block: int):
   return jnp.swapaxes(w, 1, 2), rho
 
 
-def chunk_table_entropy(probs_chunk, blocks, num_blocks=None):
-  """``sum_r rho_r H[p(Y_n | y_r)]`` for a chunk of candidates.
+def tiling(n: int, c: int, rows: int, chunk_size: int) -> tuple[int, int]:
+  """``(candidates per chunk, table rows per block)`` of `table_entropy`.
+
+  The ``[chunk * C, block]`` product should stay in cache until the entropy
+  consumes it (`_TILE_ELEMENTS`), yet a chunk needs at least `_MIN_CHUNK`
+  candidates to amortise reading the table block. ``chunk_size`` caps the
+  chunk (and so the memory).
+  """
+  chunk = min(chunk_size, n, max(_MIN_CHUNK, _TILE_ELEMENTS // (c * rows)))
+  return chunk, max(8, _TILE_ELEMENTS // (chunk * c))
+
+
+def _chunk_entropy(probs_chunk, weights_t, row_weights):
+  """``sum_r rho_r H[p(Y_n | y_r)]`` for ``[m, C, K]`` candidates: ``[m]``."""
+  m, c, k = probs_chunk.shape
+  q = probs_chunk.reshape(m * c, k) @ weights_t  # [m*C, rb]
+  # A matvec with rho (rather than a weighted reduce) is the fastest form
+  # measured here for consuming the product.
+  h = _information.xlogx(q) @ row_weights
+  return -jnp.sum(h.reshape(m, c), axis=-1)
+
+
+def table_entropy(probs_t, weights, row_weights, *, chunk_size: int,
+                  num_rows=None):
+  """``sum_r rho_r H[p(Y_n | y_r)]`` for every pool point: the core kernel.
+
+  ``p(Y_n = c | y_r) = sum_k W[r, k] p(c | x_n, omega_k)``. Loops over blocks
+  of table rows (outer) and chunks of candidates (inner), so the block is
+  copied once and the temporaries stay below ``_TILE_ELEMENTS`` floats.
 
   Args:
-    probs_chunk: ``[m, C, K]`` candidate probabilities.
-    blocks: ``(W_t[nb, K, rb], rho[nb, rb])`` from `table_blocks`.
-    num_blocks: optional traced count of leading blocks to use (the rest are
-      skipped, not computed); all ``nb`` when None.
+    probs_t: ``[N, C, K]`` pool probabilities (`transposed_probs`).
+    weights: ``W[R, K]``, rows ``p(omega | y_r)``.
+    row_weights: ``rho[R]``.
+    chunk_size: static cap on candidates per chunk.
+    num_rows: optional traced number of leading rows in use; blocks past it
+      are skipped (not computed). Rows past it must have ``rho = 0``.
 
   Returns:
-    ``[m]``.
+    ``[N]``. Cost ``2 R K C N`` FLOPs and ``R C N`` logarithms.
   """
-  weights_t, row_weights = blocks
-  m, c, k = probs_chunk.shape
-  flat = probs_chunk.reshape(m * c, k)
+  n, c, _ = probs_t.shape
+  chunk, row_block = tiling(n, c, weights.shape[0], chunk_size)
+  weights_t, row_weights = table_blocks(weights, row_weights, row_block)
+  n_blocks, _, rb = weights_t.shape
 
   def block(i):
-    # [m*C, rb] product consumed at once by the entropy; a matvec with rho
-    # (rather than a weighted reduce) is the fastest form measured here.
-    return _information.xlogx(flat @ weights_t[i]) @ row_weights[i]
+    w, r = weights_t[i], row_weights[i]
+    return map_chunks(lambda p: _chunk_entropy(p, w, r), probs_t,
+                      chunk_size=chunk)
 
-  if num_blocks is None and weights_t.shape[0] == 1:
-    h = block(0)
-  else:
-    stop = weights_t.shape[0] if num_blocks is None else num_blocks
-    h = lax.fori_loop(0, stop, lambda i, acc: acc + block(i),
-                      jnp.zeros((m * c,), flat.dtype))
-  return -jnp.sum(h.reshape(m, c), axis=-1)
+  if n_blocks == 1:
+    return block(0)
+  stop = n_blocks if num_rows is None else -(-num_rows // rb)
+  return lax.fori_loop(0, stop, lambda i, acc: acc + block(i),
+                       jnp.zeros((n,), probs_t.dtype))
 
 
 # --------------------------------------------------------------------------
@@ -332,17 +358,13 @@ def _batchbald(log_probs, mask, key, batch_size, num_samples, chunk_size,
   """`batchbald` without input checks, over the local slice of the pool."""
   n, k, c = log_probs.shape
   dtype = log_probs.dtype
-  chunk = min(chunk_size, n)
-  row_block = row_block_size(chunk, c)
-  marginal, cond = pool_entropies(log_probs, chunk)
+  marginal, cond = pool_entropies(log_probs, min(chunk_size, n))
   probs_t = transposed_probs(log_probs)
   n_exact = exact_steps(c, num_samples, batch_size)
   sampled = n_exact < batch_size
 
   def entropies(weights, row_weights):
-    blocks = table_blocks(weights, row_weights, row_block)
-    return map_chunks(lambda p: chunk_table_entropy(p, blocks), probs_t,
-                      chunk_size=chunk)
+    return table_entropy(probs_t, weights, row_weights, chunk_size=chunk_size)
 
   def exact_branch(s):
     def branch(picked, table):

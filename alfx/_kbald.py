@@ -106,12 +106,10 @@ def _check_scalar(x, name: str) -> jax.Array:
 class _KBaldState:
   """Static set-up of the order-k increments (subset tables, coefficients)."""
 
-  def __init__(self, log_probs, batch_size: int, order: int, chunk: int):
-    _, k, c = log_probs.shape
+  def __init__(self, log_probs, batch_size: int, order: int, chunk_size: int):
     self.order = order
-    self.c = c
-    self.chunk = chunk
-    self.row_block = _bald.row_block_size(chunk, c)
+    self.c = log_probs.shape[-1]
+    self.chunk_size = chunk_size
     self.coefficients = jnp.asarray(kbald_coefficients(batch_size, order),
                                     log_probs.dtype)
     self.subsets = {u: _colex_subsets(max(batch_size - 1, 0), u - 1)
@@ -122,51 +120,39 @@ class _KBaldState:
         u: jnp.asarray([0] + [math.comb(t - 1, u - 1)
                               for t in range(1, batch_size + 1)], jnp.int32)
         for u in range(1, order)}
-    del k
 
-  def increment_tables(self, picked, t):
-    """Per size ``u``: blocks of the tables of ``U' + {j}``, ``j`` pick t-1."""
-    tables = {}
+  def increment(self, probs_t, picked, t, u):
+    """``sum_{U' subset S_old, |U'| = u-1} H[Y_n | Y_U', Y_j]``, ``j`` = pick t-1.
+
+    The tables of all subsets are stacked into one (colex order: the active
+    subsets are a prefix, the rest get zero weight and are skipped).
+    """
+    subsets = self.subsets[u]
+    n_sub = subsets.shape[0]
     previous = picked[jnp.maximum(t - 1, 0)]
-    for u, subsets in self.subsets.items():
-      n_sub = subsets.shape[0]
-      members = jnp.concatenate(
-          [picked[subsets], jnp.broadcast_to(previous,
-                                             (n_sub, 1) + previous.shape)],
-          axis=1)  # [n_sub, u, K, C]
-      log_tables = jax.vmap(_information._log_joint_table)(members)  # pylint: disable=protected-access
-      weights, mass = _bald.posterior_table(log_tables)
-      count = self.counts[u][t]
-      mass = jnp.where((jnp.arange(n_sub) < count)[:, None], mass, 0)
-      rows = n_sub * self.c**u
-      weights = weights.reshape(rows, -1)
-      blocks = _bald.table_blocks(weights, mass.reshape(rows), self.row_block)
-      n_blocks, _, rb = blocks[0].shape
-      if n_blocks == 1:
-        tables[u] = (blocks, None)
-      else:
-        # Active subsets are a prefix (colex order): skip the other blocks.
-        tables[u] = (blocks, -(-(count * self.c**u) // rb))
-    return tables
+    members = jnp.concatenate(
+        [picked[subsets],
+         jnp.broadcast_to(previous, (n_sub, 1) + previous.shape)],
+        axis=1)  # [n_sub, u, K, C]
+    log_tables = jax.vmap(_information._log_joint_table)(members)  # pylint: disable=protected-access
+    weights, mass = _bald.posterior_table(log_tables)
+    count = self.counts[u][t]
+    mass = jnp.where((jnp.arange(n_sub) < count)[:, None], mass, 0)
+    rows = n_sub * self.c**u
+    return _bald.table_entropy(
+        probs_t, weights.reshape(rows, -1), mass.reshape(rows),
+        chunk_size=self.chunk_size, num_rows=count * self.c**u)
 
   def gains_and_update(self, probs_t, cond, marginal, d, picked, t):
     """Adds the increments of pick ``t - 1`` to ``D`` and returns the gains."""
-    tables = self.increment_tables(picked, t)
     a = self.coefficients[t]
-
-    def fn(p, cond_c, marginal_c, d_c):
-      columns = []
-      gain = -cond_c + a[0] * marginal_c
-      for u in range(1, self.order):
-        blocks, num_blocks = tables[u]
-        column = d_c[:, u - 1] + _bald.chunk_table_entropy(p, blocks,
-                                                            num_blocks)
-        gain = gain + a[u] * column
-        columns.append(column)
-      return jnp.stack(columns, axis=1), gain
-
-    return _bald.map_chunks(fn, probs_t, cond, marginal, d,
-                            chunk_size=self.chunk)
+    gain = -cond + a[0] * marginal
+    columns = []
+    for u in range(1, self.order):
+      column = d[:, u - 1] + self.increment(probs_t, picked, t, u)
+      gain = gain + a[u] * column
+      columns.append(column)
+    return jnp.stack(columns, axis=1), gain
 
 
 def kbald(log_probs, batch_size, *, order=2, mask=None,
@@ -222,8 +208,7 @@ def kbald(log_probs, batch_size, *, order=2, mask=None,
 def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
   """`kbald` without input checks, over the local slice of the pool."""
   n, k, c = log_probs.shape
-  chunk = min(chunk_size, n)
-  marginal, cond = _bald.pool_entropies(log_probs, chunk)
+  marginal, cond = _bald.pool_entropies(log_probs, min(chunk_size, n))
   if order == 1:
     bald = marginal - cond
 
@@ -237,7 +222,7 @@ def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
     return _selection.Selection(indices, scores, valid)
 
   probs_t = _bald.transposed_probs(log_probs)
-  state = _KBaldState(log_probs, batch_size, order, chunk)
+  state = _KBaldState(log_probs, batch_size, order, chunk_size)
 
   def step(carry, t):
     available, picked, d = carry
@@ -319,10 +304,9 @@ def _kbald_dynamic(log_probs, mask, tolerance, max_batch_size, chunk_size,
   """`kbald_dynamic` without input checks, over the local slice of the pool."""
   n, k, c = log_probs.shape
   dtype = log_probs.dtype
-  chunk = min(chunk_size, n)
-  marginal, cond = _bald.pool_entropies(log_probs, chunk)
+  marginal, cond = _bald.pool_entropies(log_probs, min(chunk_size, n))
   probs_t = _bald.transposed_probs(log_probs)
-  state = _KBaldState(log_probs, max_batch_size, 2, chunk)
+  state = _KBaldState(log_probs, max_batch_size, 2, chunk_size)
   tolerance = jnp.asarray(tolerance, dtype)
   zero = jnp.zeros((), dtype)
 
@@ -407,9 +391,7 @@ def _conservative_bald(log_probs, mask, threshold, budget, max_batch_size,
   """`conservative_bald` without input checks, over the local pool slice."""
   n, _, c = log_probs.shape
   dtype = log_probs.dtype
-  chunk = min(chunk_size, n)
-  row_block = _bald.row_block_size(chunk, c)
-  marginal, cond = _bald.pool_entropies(log_probs, chunk)
+  marginal, cond = _bald.pool_entropies(log_probs, min(chunk_size, n))
   bald = marginal - cond
   probs_t = _bald.transposed_probs(log_probs)
   threshold = jnp.asarray(threshold, dtype)
@@ -424,13 +406,8 @@ def _conservative_bald(log_probs, mask, threshold, budget, max_batch_size,
       valid = valid & (new_tc <= budget)
     lp = _pool.take(log_probs, index, axis_name)
     weights, mass = _bald.posterior_table(lp.T)  # p(omega | y_j), p(y_j)
-    blocks = _bald.table_blocks(weights, mass, row_block)
-
-    def fn(p, marginal_c):
-      mi = marginal_c - _bald.chunk_table_entropy(p, blocks)
-      return jnp.maximum(mi, 0)
-
-    mi = _bald.map_chunks(fn, probs_t, marginal, chunk_size=chunk)
+    mi = jnp.maximum(marginal - _bald.table_entropy(
+        probs_t, weights, mass, chunk_size=chunk_size), 0)
     available = available & (mi <= threshold)
     available = _pool.set_at(available, index, False, axis_name)
     carry = (available, pair_tc + mi, new_tc, ~valid)
