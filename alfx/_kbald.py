@@ -41,6 +41,11 @@ from alfx import _selection
 from alfx import _validation
 
 
+# Increment tables are split into blocks of whole subsets (at least this
+# many rows) so that the blocks of subsets not yet active are skipped.
+_MIN_BLOCK_ROWS = 64
+
+
 def kbald_coefficients(batch_size: int, order: int) -> np.ndarray:
   """``a[s, u] = sum_{i=0}^{order-1-u} (-1)**i binom(s-u, i)`` for ``u <= s``.
 
@@ -139,9 +144,19 @@ class _KBaldState:
     count = self.counts[u][t]
     mass = jnp.where((jnp.arange(n_sub) < count)[:, None], mass, 0)
     rows = n_sub * self.c**u
-    return _bald.table_entropy(
-        probs_t, weights.reshape(rows, -1), mass.reshape(rows),
-        chunk_size=self.chunk_size, num_rows=count * self.c**u)
+
+    def compute(operands):
+      weights, mass, count = operands
+      return _bald.table_entropy(
+          probs_t, weights.reshape(rows, -1), mass.reshape(rows),
+          chunk_size=self.chunk_size, num_rows=count * self.c**u,
+          block_rows=self.c**u * -(-_MIN_BLOCK_ROWS // self.c**u))
+
+    # No previous pick at t = 0. The predicate is the step counter, so this
+    # stays a real conditional (a skipped pass over the pool) under vmap.
+    return lax.cond(t > 0, compute,
+                    lambda _: jnp.zeros(probs_t.shape[:1], probs_t.dtype),
+                    (weights, mass, count))
 
   def gains_and_update(self, probs_t, cond, marginal, d, picked, t):
     """Adds the increments of pick ``t - 1`` to ``D`` and returns the gains."""
@@ -177,7 +192,8 @@ def kbald(log_probs, batch_size, *, order=2, mask=None,
     order: static ``int >= 1``; values above ``batch_size`` act as
       ``batch_size``.
     mask: optional ``bool[N]``, True where a point may be picked.
-    chunk_size: static ``int``, pool points per chunk.
+    chunk_size: static ``int``, the most pool points per chunk (see
+      `alfx.batchbald`).
 
   Returns:
     `alfx.Selection`; ``scores`` are the order-``k`` gains (they can be
@@ -187,8 +203,8 @@ def kbald(log_probs, batch_size, *, order=2, mask=None,
   FLOPs, i.e. ``2 C**2 K N`` for 2-BALD and ``2 (s-1) C**3 K N`` more for
   3-BALD. Memory beyond the input: one copy of the probabilities
   (``N K C``), ``(order - 1) N`` floats of state, the increment tables
-  (``sum_u binom(B-1, u-1) C**u K`` floats) and ``chunk_size * C * rows``
-  floats of temporaries.
+  (``sum_u binom(B-1, u-1) C**u K`` floats) and temporaries of at most
+  ``max(2**19, chunk_size * C * 64)`` floats.
 
   Raises:
     ValueError: on bad shapes or values, or tables above
@@ -276,7 +292,8 @@ def kbald_dynamic(log_probs, max_batch_size, *, tolerance, mask=None,
     tolerance: non-negative float scalar (may be traced: no recompilation
       when it changes), the relative divergence allowed between 3- and 2-BALD.
     mask: optional ``bool[N]``, True where a point may be picked.
-    chunk_size: static ``int``, pool points per chunk.
+    chunk_size: static ``int``, the most pool points per chunk (see
+      `alfx.batchbald`).
 
   Returns:
     `alfx.Selection` of static length ``max_batch_size``; the batch is the
@@ -362,7 +379,8 @@ def conservative_bald(log_probs, max_batch_size, *, threshold, budget=None,
     budget: optional non-negative float scalar (may be traced), nats; None
       for no budget.
     mask: optional ``bool[N]``, True where a point may be picked.
-    chunk_size: static ``int``, pool points per chunk.
+    chunk_size: static ``int``, the most pool points per chunk (see
+      `alfx.batchbald`).
 
   Returns:
     `alfx.Selection`; ``scores`` are the BALD scores of the picks.
