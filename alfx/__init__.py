@@ -14,7 +14,6 @@ Conventions (the public contract):
 """
 
 from alfx._bald import batchbald
-from alfx._bald import topk_bald
 from alfx._information import bald
 from alfx._information import co_information
 from alfx._information import entropy
@@ -24,6 +23,7 @@ from alfx._information import mutual_information
 from alfx._kbald import conservative_bald
 from alfx._kbald import kbald
 from alfx._kbald import kbald_dynamic
+from alfx._kbald import topk_bald
 from alfx._selection import Selection
 from alfx._selection import top_b
 

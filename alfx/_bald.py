@@ -1,4 +1,4 @@
-"""Top-k BALD and BatchBALD as one compiled greedy scan (kbald.md, eq. 1-2).
+"""BatchBALD as one compiled greedy scan, and the kernel of the BALD family.
 
 Notation: ``log_probs[N, K, C]`` predictive log-probabilities, ``S`` the
 points picked so far (``s = |S|``), ``Y_S`` their labels. Labels are modelled
@@ -7,7 +7,7 @@ jointly by the ``K``-sample mixture
 
 The BatchBALD gain of a candidate ``n`` is
 ``I[Y_S, Y_n; Omega] - I[Y_S; Omega] = H[Y_n | Y_S] - E_k H[Y_n | omega_k]``.
-Everything rests on one kernel, `_table_entropy`: given a table of label
+Everything rests on one kernel, `table_entropy`: given a table of label
 configurations ``y_r`` of the picked points, with the posterior over samples
 ``W[r, k] = p(omega_k | y_r)`` and a weight ``rho_r`` per row, it returns for
 every pool point ``sum_r rho_r H[p(Y_n | y_r)]`` with
@@ -224,31 +224,6 @@ def table_entropy(probs_t, weights, row_weights, *, chunk_size: int,
   stop = n_blocks if num_rows is None else -(-num_rows // rb)
   return lax.fori_loop(0, stop, lambda i, acc: acc + block(i),
                        jnp.zeros((n,), probs_t.dtype))
-
-
-# --------------------------------------------------------------------------
-# Top-k BALD.
-
-
-def topk_bald(log_probs, batch_size, *, mask=None):
-  """Top-B BALD (1-BALD): the ``batch_size`` points of highest BALD score.
-
-  ``BALD(n) = H[Y_n] - E_k H[Y_n | omega_k]`` (Houlsby et al. 2011), each
-  point scored on its own, ignoring redundancy within the batch. Equal to
-  ``kbald(..., order=1)``; picks as a greedy scan of ``batch_size`` pool-wide
-  argmaxes (shardable over the pool axis, ties to the lower index).
-
-  Args:
-    log_probs: ``float[N, K, C]`` predictive log-probabilities.
-    batch_size: static ``int``, the number of points ``B``.
-    mask: optional ``bool[N]``, True where a point may be picked.
-
-  Returns:
-    `alfx.Selection`; ``scores`` are the BALD scores of the picks, in
-    decreasing order. Cost ``O(N K C)``; memory ``O(N)`` beyond the input.
-  """
-  from alfx import _kbald  # pylint: disable=g-import-not-at-top
-  return _kbald.kbald(log_probs, batch_size, order=1, mask=mask)
 
 
 # --------------------------------------------------------------------------

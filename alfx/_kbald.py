@@ -1,4 +1,6 @@
-"""k-BALD, its dynamic-size variant and conservative BALD (kbald.md, sec. 2, 4).
+"""Top-k BALD, k-BALD, its dynamic-size variant and conservative BALD.
+
+kbald.md, sections 2 and 4.
 
 Notation as in `alfx._bald`: ``S`` the points picked so far, ``s = |S|``,
 ``I(U)`` the co-information of the labels of a set ``U`` (``I({i}) = H[Y_i]``,
@@ -252,6 +254,30 @@ def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
   _, (indices, scores, valid) = lax.scan(
       step, init, jnp.arange(batch_size, dtype=jnp.int32))
   return _selection.Selection(indices, scores, valid)
+
+
+# --------------------------------------------------------------------------
+# Top-k BALD: k-BALD of order 1.
+
+
+def topk_bald(log_probs, batch_size, *, mask=None):
+  """Top-B BALD (1-BALD): the ``batch_size`` points of highest BALD score.
+
+  ``BALD(n) = H[Y_n] - E_k H[Y_n | omega_k]`` (Houlsby et al. 2011), each
+  point scored on its own, ignoring redundancy within the batch. Equal to
+  ``kbald(..., order=1)``; picks as a greedy scan of ``batch_size`` pool-wide
+  argmaxes (shardable over the pool axis, ties to the lower index).
+
+  Args:
+    log_probs: ``float[N, K, C]`` predictive log-probabilities.
+    batch_size: static ``int``, the number of points ``B``.
+    mask: optional ``bool[N]``, True where a point may be picked.
+
+  Returns:
+    `alfx.Selection`; ``scores`` are the BALD scores of the picks, in
+    decreasing order. Cost ``O(N K C)``; memory ``O(N)`` beyond the input.
+  """
+  return kbald(log_probs, batch_size, order=1, mask=mask)
 
 
 def _triple_information(picked, lp, t, batch_size):

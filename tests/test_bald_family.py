@@ -111,11 +111,15 @@ class ReferenceTest(chex.TestCase):
     ranked = alfx.top_b(alfx.bald(_f32(lp)), 8, mask=jnp.asarray(mask))
     np.testing.assert_array_equal(sel.indices, ranked.indices)
 
-  def test_kbald_order_one_is_topk_bald(self):
+  def test_kbald_order_one_is_top_b_of_alfx_bald(self):
+    # Against the foundation's BALD kernel (log-space, an independent path).
     lp = _f32(rb_log_probs(self.rng(), 30, 6, 5))
-    a = alfx.kbald(lp, 6, order=1)
-    b = alfx.topk_bald(lp, 6)
-    chex.assert_trees_all_equal(a, b)
+    mask = jnp.arange(30) % 7 != 3
+    got = alfx.kbald(lp, 6, order=1, mask=mask)
+    want = alfx.top_b(alfx.bald(lp), 6, mask=mask)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+    chex.assert_trees_all_equal(got, alfx.topk_bald(lp, 6, mask=mask))
 
   @parameterized.parameters((4, 3, 3))
   def test_kbald_order_batch_size_is_exact_batchbald(self, b, k, c):
