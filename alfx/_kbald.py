@@ -239,7 +239,7 @@ def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
         step1, mask, jnp.arange(batch_size, dtype=jnp.int32))
     return _selection.Selection(indices, scores, valid)
 
-  probs_t = _bald.transposed_probs(log_probs)
+  probs_t = _bald.transposed_probs(log_probs, chunk_size)
   state = _KBaldState(log_probs, batch_size, order, chunk_size)
 
   def step(carry, t):
@@ -348,7 +348,7 @@ def _kbald_dynamic(log_probs, mask, tolerance, max_batch_size, chunk_size,
   n, k, c = log_probs.shape
   dtype = log_probs.dtype
   marginal, cond = _bald.pool_entropies(log_probs, min(chunk_size, n))
-  probs_t = _bald.transposed_probs(log_probs)
+  probs_t = _bald.transposed_probs(log_probs, chunk_size)
   state = _KBaldState(log_probs, max_batch_size, 2, chunk_size)
   tolerance = jnp.asarray(tolerance, dtype)
   zero = jnp.zeros((), dtype)
@@ -437,7 +437,7 @@ def _conservative_bald(log_probs, mask, threshold, budget, max_batch_size,
   dtype = log_probs.dtype
   marginal, cond = _bald.pool_entropies(log_probs, min(chunk_size, n))
   bald = marginal - cond
-  probs_t = _bald.transposed_probs(log_probs)
+  probs_t = _bald.transposed_probs(log_probs, chunk_size)
   threshold = jnp.asarray(threshold, dtype)
   zero = jnp.zeros((), dtype)
 
