@@ -113,37 +113,44 @@ def pick(gains, available, axis_name=None):
 # Entropy kernels.
 
 
+def _entropies(lp):
+  """``(H[Y_n], E_k H[Y_n | omega_k])`` of ``[m, K, C]`` log-probabilities."""
+  mean = jnp.sum(jnp.exp(lp), axis=1) / lp.shape[1]
+  marginal = -jnp.sum(_information.xlogx(mean), axis=-1)
+  return marginal, _information.conditional_entropy(lp)
+
+
 def pool_entropies(log_probs, chunk_size):
   """``(H[Y_n], E_k H[Y_n | omega_k])``, both ``[N]``, chunked over the pool."""
-  k = log_probs.shape[1]
-
-  def fn(lp):
-    mean = jnp.sum(jnp.exp(lp), axis=1) / k
-    marginal = -jnp.sum(_information.xlogx(mean), axis=-1)
-    return marginal, _information.conditional_entropy(lp)
-
-  return map_chunks(fn, log_probs, chunk_size=chunk_size)
+  return map_chunks(_entropies, log_probs, chunk_size=chunk_size)
 
 
-def transposed_probs(log_probs, chunk_size: int = DEFAULT_CHUNK_SIZE):
-  """``p[N, C, K]``: each candidate's ``[C, K]`` block is a matmul operand.
+def prepare(log_probs, chunk_size: int = DEFAULT_CHUNK_SIZE):
+  """``(p[N, C, K], H[Y_n], E_k H[Y_n | omega_k])`` in one pass over the pool.
 
-  Written chunk by chunk into one buffer: ``swapaxes(exp(log_probs))`` as a
-  whole is laid out by XLA as an exp in the input's layout plus a separate
-  transposing copy, two pool-sized buffers and 2.4x the time (measured at
-  ``N=60,000, K=100``).
+  ``p`` is the transposed probabilities: each candidate's ``[C, K]`` block is
+  a matmul operand of the table kernel. It is written chunk by chunk into one
+  buffer: ``swapaxes(exp(log_probs))`` as a whole is laid out by XLA as an
+  exp in the input's layout plus a separate transposing copy, two pool-sized
+  buffers and 2.4x the time (measured at ``N=60,000, K=100``).
   """
   n, k, c = log_probs.shape
   chunk = min(chunk_size, n)
 
   def body(i, out):
+    probs_t, marginal, cond = out
     start = jnp.minimum(i * chunk, n - chunk)
-    block = lax.dynamic_slice_in_dim(log_probs, start, chunk)
-    return lax.dynamic_update_slice_in_dim(
-        out, jnp.swapaxes(jnp.exp(block), 1, 2), start, 0)
+    lp = lax.dynamic_slice_in_dim(log_probs, start, chunk)
+    m, h = _entropies(lp)
+    return (lax.dynamic_update_slice_in_dim(
+        probs_t, jnp.swapaxes(jnp.exp(lp), 1, 2), start, 0),
+            lax.dynamic_update_slice_in_dim(marginal, m, start, 0),
+            lax.dynamic_update_slice_in_dim(cond, h, start, 0))
 
+  dtype = log_probs.dtype
   return lax.fori_loop(0, -(-n // chunk), body,
-                       jnp.zeros((n, c, k), log_probs.dtype))
+                       (jnp.zeros((n, c, k), dtype), jnp.zeros((n,), dtype),
+                        jnp.zeros((n,), dtype)))
 
 
 def posterior_table(log_table):
@@ -211,7 +218,7 @@ def table_entropy(probs_t, weights, row_weights, *, chunk_size: int,
   copied once and the temporaries stay below ``_TILE_ELEMENTS`` floats.
 
   Args:
-    probs_t: ``[N, C, K]`` pool probabilities (`transposed_probs`).
+    probs_t: ``[N, C, K]`` pool probabilities (`prepare`).
     weights: ``W[R, K]``, rows ``p(omega | y_r)``.
     row_weights: ``rho[R]``.
     chunk_size: static cap on candidates per chunk.
@@ -357,10 +364,9 @@ def batchbald(log_probs, batch_size, *, mask=None,
 def _batchbald(log_probs, mask, key, batch_size, num_samples, chunk_size,
                axis_name=None):
   """`batchbald` without input checks, over the local slice of the pool."""
-  n, k, c = log_probs.shape
+  _, k, c = log_probs.shape
   dtype = log_probs.dtype
-  marginal, cond = pool_entropies(log_probs, min(chunk_size, n))
-  probs_t = transposed_probs(log_probs, chunk_size)
+  probs_t, marginal, cond = prepare(log_probs, chunk_size)
   n_exact = exact_steps(c, num_samples, batch_size)
   sampled = n_exact < batch_size
 

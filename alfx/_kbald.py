@@ -226,8 +226,8 @@ def kbald(log_probs, batch_size, *, order=2, mask=None,
 def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
   """`kbald` without input checks, over the local slice of the pool."""
   n, k, c = log_probs.shape
-  marginal, cond = _bald.pool_entropies(log_probs, min(chunk_size, n))
   if order == 1:
+    marginal, cond = _bald.pool_entropies(log_probs, min(chunk_size, n))
     bald = marginal - cond
 
     def step1(available, t):
@@ -239,7 +239,7 @@ def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
         step1, mask, jnp.arange(batch_size, dtype=jnp.int32))
     return _selection.Selection(indices, scores, valid)
 
-  probs_t = _bald.transposed_probs(log_probs, chunk_size)
+  probs_t, marginal, cond = _bald.prepare(log_probs, chunk_size)
   state = _KBaldState(log_probs, batch_size, order, chunk_size)
 
   def step(carry, t):
@@ -347,8 +347,7 @@ def _kbald_dynamic(log_probs, mask, tolerance, max_batch_size, chunk_size,
   """`kbald_dynamic` without input checks, over the local slice of the pool."""
   n, k, c = log_probs.shape
   dtype = log_probs.dtype
-  marginal, cond = _bald.pool_entropies(log_probs, min(chunk_size, n))
-  probs_t = _bald.transposed_probs(log_probs, chunk_size)
+  probs_t, marginal, cond = _bald.prepare(log_probs, chunk_size)
   state = _KBaldState(log_probs, max_batch_size, 2, chunk_size)
   tolerance = jnp.asarray(tolerance, dtype)
   zero = jnp.zeros((), dtype)
@@ -433,11 +432,10 @@ def conservative_bald(log_probs, max_batch_size, *, threshold, budget=None,
 def _conservative_bald(log_probs, mask, threshold, budget, max_batch_size,
                        chunk_size, axis_name=None):
   """`conservative_bald` without input checks, over the local pool slice."""
-  n, _, c = log_probs.shape
+  n = log_probs.shape[0]
   dtype = log_probs.dtype
-  marginal, cond = _bald.pool_entropies(log_probs, min(chunk_size, n))
+  probs_t, marginal, cond = _bald.prepare(log_probs, chunk_size)
   bald = marginal - cond
-  probs_t = _bald.transposed_probs(log_probs, chunk_size)
   threshold = jnp.asarray(threshold, dtype)
   zero = jnp.zeros((), dtype)
 

@@ -206,7 +206,7 @@ def test_sampled_estimate_converges(rng):
   pool = rb.Pool(lp)
   batch = list(range(n, n + s))
   exact = np.array([pool.h(batch + [i]) - pool.h(batch) for i in range(n)])
-  probs_t = _bald.transposed_probs(_f32(lp[:n]))
+  probs_t = _bald.prepare(_f32(lp[:n]))[0]
   errors = {}
   estimate = jax.jit(lambda table, rho: _bald.table_entropy(
       probs_t, _bald.posterior_table(table)[0], rho, chunk_size=64))
