@@ -13,6 +13,9 @@ Conventions (the public contract):
 * Bad input raises ``ValueError`` naming the argument and its expected shape.
 """
 
+from alfx._diversity import badge
+from alfx._diversity import coreset
+from alfx._diversity import typiclust
 from alfx._information import bald
 from alfx._information import co_information
 from alfx._information import entropy
@@ -21,16 +24,33 @@ from alfx._information import MAX_CONFIGURATIONS
 from alfx._information import mutual_information
 from alfx._selection import Selection
 from alfx._selection import top_b
+from alfx._uncertainty import least_confidence
+from alfx._uncertainty import margin
+from alfx._uncertainty import mean_std
+from alfx._uncertainty import predictive_entropy
+from alfx._uncertainty import random_batch
+from alfx._uncertainty import stochastic_batch
+from alfx._uncertainty import variation_ratios
 
 __version__ = "0.1.0"
 
 __all__ = (
     "MAX_CONFIGURATIONS",
     "Selection",
+    "badge",
     "bald",
     "co_information",
+    "coreset",
     "entropy",
     "joint_entropy",
+    "least_confidence",
+    "margin",
+    "mean_std",
     "mutual_information",
+    "predictive_entropy",
+    "random_batch",
+    "stochastic_batch",
     "top_b",
+    "typiclust",
+    "variation_ratios",
 )
