@@ -58,8 +58,20 @@ def _sq_dist_to_row(x, row):
 
 
 def _tile_sq_dists(x, x_sq, c, c_sq):
-  """``[n, m]`` squared distances from a matmul, clipped at 0."""
+  """``[n, m]`` squared distances from a matmul, clipped at 0.
+
+  Callers pass rows shifted by a common point near the data (the pool mean,
+  a cluster's mean): distances do not change, and the norms, hence the
+  cancellation error of ``|x|^2 + |c|^2 - 2 x.c``, stay small when the
+  embeddings sit far from the origin.
+  """
   return jnp.maximum(x_sq[:, None] + c_sq[None, :] - 2 * (x @ c.T), 0)
+
+
+def _pool_mean(x, axis_name=None):
+  """``[D]`` mean of all pool rows (the shift of the tiled distances)."""
+  total = _pool.psum(jnp.sum(x, axis=0), axis_name)
+  return total / _pool.size(x.shape[0], axis_name)
 
 
 def _d2_sample(key, d2, available, axis_name=None):
@@ -96,7 +108,7 @@ def _padded_set_indices(members, block):
   return indices.astype(jnp.int32), jnp.sum(members, dtype=jnp.int32)
 
 
-def _min_sq_dist_to_set(x, x_sq, members, *, chunk_size, block_size,
+def _min_sq_dist_to_set(x, members, *, shift, chunk_size, block_size,
                         axis_name=None):
   """``[N]`` squared distance of every pool row to its nearest member row.
 
@@ -111,11 +123,14 @@ def _min_sq_dist_to_set(x, x_sq, members, *, chunk_size, block_size,
 
   def block_rows(j):
     pos = j * block + jnp.arange(block, dtype=jnp.int32)
-    rows = x[lax.dynamic_slice(indices, (j * block,), (block,))]
+    rows = x[lax.dynamic_slice(indices, (j * block,), (block,))] - shift
     valid = pos < count
     return _all_gather(rows, axis_name), _all_gather(valid, axis_name)
 
-  def per_chunk(xc, xc_sq):
+  def per_chunk(xc):
+    xc = xc - shift
+    xc_sq = _sq_norms(xc)
+
     def body(j, best):
       rows, valid = block_rows(j)
       d2 = _tile_sq_dists(xc, xc_sq, rows, _sq_norms(rows))
@@ -125,7 +140,7 @@ def _min_sq_dist_to_set(x, x_sq, members, *, chunk_size, block_size,
     best = jnp.full(xc.shape[:1], jnp.inf, x.dtype)
     return lax.fori_loop(0, n_blocks, body, best)
 
-  return _pool.chunked_map(per_chunk, x, x_sq, chunk_size=chunk_size)
+  return _pool.chunked_map(per_chunk, x, chunk_size=chunk_size)
 
 
 # ----------------------------------------------------------------------------
@@ -283,7 +298,7 @@ def coreset(embeddings, labeled, batch_size, *, mask=None,
 def _coreset(x, labeled, selectable, batch_size, chunk_size, block_size,
              axis_name=None):
   """`coreset` without checks; per-point state ``[N]``, shardable."""
-  min_d2 = _min_sq_dist_to_set(x, _sq_norms(x), labeled,
+  min_d2 = _min_sq_dist_to_set(x, labeled, shift=_pool_mean(x, axis_name),
                                chunk_size=chunk_size, block_size=block_size,
                                axis_name=axis_name)
 
@@ -308,7 +323,7 @@ def _coreset(x, labeled, selectable, batch_size, chunk_size, block_size,
 # k-means.
 
 
-def _nearest_centroid(x, x_sq, centroids, n_active, *, chunk_size,
+def _nearest_centroid(x, centroids, n_active, *, shift, chunk_size,
                       block_size):
   """``(int32[N] index, [N] squared distance)`` of the nearest active centroid.
 
@@ -317,10 +332,14 @@ def _nearest_centroid(x, x_sq, centroids, n_active, *, chunk_size,
   ``ceil(n_active / block_size)`` blocks are computed. Ties go to the lower
   centroid index.
   """
+  centroids = centroids - shift
   c_sq = _sq_norms(centroids)
   n_blocks = -(-n_active // block_size)
 
-  def per_chunk(xc, xc_sq):
+  def per_chunk(xc):
+    xc = xc - shift
+    xc_sq = _sq_norms(xc)
+
     def body(j, carry):
       best_d2, best_i = carry
       start = j * block_size
@@ -340,7 +359,7 @@ def _nearest_centroid(x, x_sq, centroids, n_active, *, chunk_size,
     best_d2, best_i = lax.fori_loop(0, n_blocks, body, init)
     return best_i, best_d2
 
-  return _pool.chunked_map(per_chunk, x, x_sq, chunk_size=chunk_size)
+  return _pool.chunked_map(per_chunk, x, chunk_size=chunk_size)
 
 
 def _kmeans_plus_plus(x, points, n_active, key, n_centroids, axis_name=None):
@@ -400,7 +419,6 @@ def _kmeans(x, points, n_active, key, *, max_clusters, max_iterations, tol,
   n, d = x.shape
   m_pad = -(-max_clusters // block_size) * block_size
   dtype = x.dtype
-  x_sq = _sq_norms(x)
   w = points.astype(dtype)
   n_points = _pool.psum(jnp.sum(w), axis_name)
   # Reductions over rows (fused by XLA, no [N, D] temporary).
@@ -412,7 +430,7 @@ def _kmeans(x, points, n_active, key, *, max_clusters, max_iterations, tol,
   centroids, _ = _kmeans_plus_plus(x, points, n_active, key, m_pad, axis_name)
 
   def assign(centroids):
-    labels, _ = _nearest_centroid(x, x_sq, centroids, n_active,
+    labels, _ = _nearest_centroid(x, centroids, n_active, shift=mean,
                                   chunk_size=chunk_size, block_size=block_size)
     return jnp.where(points, labels, m_pad)
 
@@ -447,7 +465,7 @@ def _kmeans(x, points, n_active, key, *, max_clusters, max_iterations, tol,
 # TypiClust.
 
 
-def _most_typical(x, x_sq, members, *, k_nn, block_size):
+def _most_typical(x, members, *, k_nn, block_size):
   """The member of highest typicality among ``members`` (a traced set).
 
   Typicality (Hacohen et al. 2022) is ``1 / (mean_{j in kNN(n)} |x_n - x_j| +
@@ -462,11 +480,13 @@ def _most_typical(x, x_sq, members, *, k_nn, block_size):
   k_eff = jnp.minimum(k_nn, m // 2)
   positions = jnp.arange(block, dtype=jnp.int32)
   dtype = x.dtype
+  w = members.astype(dtype)
+  shift = jnp.sum(w[:, None] * x, axis=0) / jnp.maximum(jnp.sum(w), 1)
 
   def gather(i):
     ids = lax.dynamic_slice(indices, (i * block,), (block,))
-    rows = x[ids]
-    return ids, rows, x_sq[ids], i * block + positions
+    rows = x[ids] - shift
+    return ids, rows, _sq_norms(rows), i * block + positions
 
   def row_block(i, best):
     _, rows, rows_sq, row_pos = gather(i)
@@ -598,7 +618,6 @@ def _typiclust_select(x, labels, labeled, selectable, batch_size, max_clusters,
   """TypiClust's selection stage given cluster ``labels`` (``int32[N]``,
   ``max_clusters`` for points outside the clustering)."""
   points = labels < max_clusters
-  x_sq = _sq_norms(x)
   sizes = jax.ops.segment_sum(points.astype(jnp.int32), labels, max_clusters)
   covered0 = jax.ops.segment_sum(labeled.astype(jnp.int32), labels,
                                  max_clusters)
@@ -619,7 +638,7 @@ def _typiclust_select(x, labels, labeled, selectable, batch_size, max_clusters,
     cluster = jnp.argmax(eligible).astype(jnp.int32)
     valid = jnp.any(eligible)
     members = candidates & (labels == cluster)
-    index, typicality = _most_typical(x, x_sq, members, k_nn=k_nn,
+    index, typicality = _most_typical(x, members, k_nn=k_nn,
                                       block_size=block_size)
     covered = covered.at[cluster].add(valid.astype(jnp.int32))
     candidates = candidates.at[index].set(candidates[index] & ~valid)

@@ -288,14 +288,18 @@ def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
   # and a splice keep the two tiers exact in any dtype.
   first = jnp.where(supported, log_w + noise, -jnp.inf)
   second = jnp.where(mask & ~supported, noise, -jnp.inf)
-  _, idx_first = lax.top_k(first, batch_size)
-  _, idx_second = lax.top_k(second, batch_size)
+  val_first, idx_first = lax.top_k(first, batch_size)
+  val_second, idx_second = lax.top_k(second, batch_size)
   n_first = jnp.sum(supported)
   slot = jnp.arange(batch_size)
-  from_second = idx_second[jnp.clip(slot - n_first, 0, batch_size - 1)]
-  indices = jnp.where(slot < n_first, idx_first, from_second).astype(jnp.int32)
+  tail = jnp.clip(slot - n_first, 0, batch_size - 1)
+  use_first = slot < n_first
+  indices = jnp.where(use_first, idx_first, idx_second[tail]).astype(jnp.int32)
+  # A pick is valid when it came from a selectable point (a -inf key means
+  # none was left: possible only under the caller's jit).
+  valid = jnp.where(use_first, val_first, val_second[tail]) > -jnp.inf
   return _selection.Selection(indices=indices, scores=utilities[indices],
-                              valid=mask[indices])
+                              valid=valid)
 
 
 # ----------------------------------------------------------------------------
