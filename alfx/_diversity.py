@@ -96,15 +96,64 @@ def _d2_sample(key, d2, available, axis_name=None):
   return index, value > -jnp.inf
 
 
-def _padded_set_indices(members, block):
-  """Indices of the True entries of ``members``, padded to whole blocks.
+#: Width of the narrow blocks that finish a set after its full blocks.
+SMALL_BLOCK_SIZE = 32
 
-  Returns ``(indices int32[ceil(N / block) * block], count)``; entries past
-  ``count`` are 0 and must be masked by the caller.
+
+def _row_chunks(fn, x, *, chunk_size):
+  """``fn`` over consecutive row chunks of ``x``; outputs ``[N, ...]``.
+
+  Like `alfx._pool.chunked_map` but without padding ``x`` (which would copy
+  the whole pool): the last chunk is the last ``chunk_size`` rows, overlapping
+  the previous one, and its rows are simply computed twice. ``fn`` must treat
+  rows independently.
   """
-  n = members.shape[0]
-  size = -(-n // block) * block
-  (indices,) = jnp.nonzero(members, size=size, fill_value=0)
+  n = x.shape[0]
+  chunk = min(chunk_size, n)
+  n_chunks = -(-n // chunk)
+  if n_chunks == 1:
+    return fn(x)
+  out_struct = jax.eval_shape(fn, x[:chunk])
+  out = jax.tree.map(lambda s: jnp.zeros((n,) + s.shape[1:], s.dtype),
+                     out_struct)
+
+  def body(i, out):
+    start = jnp.minimum(i * chunk, n - chunk)
+    res = fn(lax.dynamic_slice_in_dim(x, start, chunk))
+    return jax.tree.map(
+        lambda o, r: lax.dynamic_update_slice_in_dim(o, r, start, 0), out, res)
+
+  return lax.fori_loop(0, n_chunks, body, out)
+
+
+def _fold_blocks(count, block, fn, carry, axis_name=None):
+  """Folds ``fn(carry, start, size)`` over ``[0, count)`` in static-size blocks.
+
+  Full blocks of ``block`` rows, then blocks of ``SMALL_BLOCK_SIZE`` for the
+  rest, so that a small set (10 labelled points, 20 centroids) costs a narrow
+  tile, not a full one, while a large set runs at full-tile efficiency; at
+  most ``SMALL_BLOCK_SIZE - 1`` padded rows are computed. ``count`` is
+  traced; rows past it must be masked by ``fn`` (``start + arange(size) <
+  count``). Sharded, the trip counts are the largest shard's.
+  """
+  small = min(SMALL_BLOCK_SIZE, block)
+  n_big = _pool.pmax(count // block, axis_name)
+  carry = lax.fori_loop(0, n_big, lambda j, c: fn(c, j * block, block), carry)
+  done = n_big * block
+  n_small = _pool.pmax(-(-jnp.maximum(count - done, 0) // small), axis_name)
+  return lax.fori_loop(0, n_small,
+                       lambda j, c: fn(c, done + j * small, small), carry)
+
+
+def _set_indices(members, block):
+  """``(int32[N + block] indices of the True entries, count)``.
+
+  Entries past ``count`` are 0 (callers mask them); the ``block`` extra
+  entries keep every slice of `_fold_blocks` in bounds (a dynamic slice
+  past the end would be clamped, silently shifted).
+  """
+  (indices,) = jnp.nonzero(members, size=members.shape[0] + block,
+                           fill_value=0)
   return indices.astype(jnp.int32), jnp.sum(members, dtype=jnp.int32)
 
 
@@ -113,34 +162,29 @@ def _min_sq_dist_to_set(x, members, *, shift, chunk_size, block_size,
   """``[N]`` squared distance of every pool row to its nearest member row.
 
   ``+inf`` where the set is empty. Cost ``O(N * |set| * D)`` in
-  ``[chunk_size, block_size]`` tiles; the loop over the set's blocks stops
-  after ``ceil(|set| / block_size)`` blocks (the largest shard's count when
-  sharded: each step all-gathers one block per shard, replicated).
+  ``[chunk_size, block_size]`` tiles, the set's blocks looped over with a
+  trip count from its (traced) size (`_fold_blocks`). Sharded, each block
+  step all-gathers one block of member rows per shard (replicated).
   """
   block = min(block_size, x.shape[0])
-  indices, count = _padded_set_indices(members, block)
-  n_blocks = _pool.pmax(-(-count // block), axis_name)
-
-  def block_rows(j):
-    pos = j * block + jnp.arange(block, dtype=jnp.int32)
-    rows = x[lax.dynamic_slice(indices, (j * block,), (block,))] - shift
-    valid = pos < count
-    return _all_gather(rows, axis_name), _all_gather(valid, axis_name)
+  indices, count = _set_indices(members, block)
 
   def per_chunk(xc):
     xc = xc - shift
     xc_sq = _sq_norms(xc)
 
-    def body(j, best):
-      rows, valid = block_rows(j)
+    def fold(best, start, size):
+      ids = lax.dynamic_slice_in_dim(indices, start, size)
+      rows = _all_gather(x[ids] - shift, axis_name)
+      valid = _all_gather(start + jnp.arange(size) < count, axis_name)
       d2 = _tile_sq_dists(xc, xc_sq, rows, _sq_norms(rows))
       d2 = jnp.where(valid[None, :], d2, jnp.inf)
       return jnp.minimum(best, jnp.min(d2, axis=1))
 
     best = jnp.full(xc.shape[:1], jnp.inf, x.dtype)
-    return lax.fori_loop(0, n_blocks, body, best)
+    return _fold_blocks(count, block, fold, best, axis_name)
 
-  return _pool.chunked_map(per_chunk, x, chunk_size=chunk_size)
+  return _row_chunks(per_chunk, x, chunk_size=chunk_size)
 
 
 # ----------------------------------------------------------------------------
@@ -327,39 +371,35 @@ def _nearest_centroid(x, centroids, n_active, *, shift, chunk_size,
                       block_size):
   """``(int32[N] index, [N] squared distance)`` of the nearest active centroid.
 
-  ``centroids`` is ``[M_pad, D]`` with ``M_pad`` a multiple of
-  ``block_size``; only the first ``n_active`` (traced) count, and only
-  ``ceil(n_active / block_size)`` blocks are computed. Ties go to the lower
-  centroid index.
+  ``centroids`` is ``[M, D]`` with ``M >= n_active + block_size``; only the
+  first ``n_active`` (traced) count and only their blocks are computed
+  (`_fold_blocks`). Ties go to the lower centroid index.
   """
   centroids = centroids - shift
   c_sq = _sq_norms(centroids)
-  n_blocks = -(-n_active // block_size)
 
   def per_chunk(xc):
     xc = xc - shift
     xc_sq = _sq_norms(xc)
 
-    def body(j, carry):
+    def fold(carry, start, size):
       best_d2, best_i = carry
-      start = j * block_size
-      c = lax.dynamic_slice_in_dim(centroids, start, block_size)
-      cs = lax.dynamic_slice_in_dim(c_sq, start, block_size)
-      ids = start + jnp.arange(block_size, dtype=jnp.int32)
+      c = lax.dynamic_slice_in_dim(centroids, start, size)
+      cs = lax.dynamic_slice_in_dim(c_sq, start, size)
+      ids = start + jnp.arange(size, dtype=jnp.int32)
       d2 = jnp.where(ids[None, :] < n_active, _tile_sq_dists(xc, xc_sq, c, cs),
                      jnp.inf)
       d2_min = jnp.min(d2, axis=1)
       better = d2_min < best_d2  # strict: earlier blocks win ties
-      return (jnp.where(better, d2_min, best_d2),
-              jnp.where(better, start + jnp.argmin(d2, axis=1).astype(
-                  jnp.int32), best_i))
+      arg = start + jnp.argmin(d2, axis=1).astype(jnp.int32)
+      return jnp.where(better, d2_min, best_d2), jnp.where(better, arg, best_i)
 
     init = (jnp.full(xc.shape[:1], jnp.inf, x.dtype),
             jnp.zeros(xc.shape[:1], jnp.int32))
-    best_d2, best_i = lax.fori_loop(0, n_blocks, body, init)
+    best_d2, best_i = _fold_blocks(n_active, block_size, fold, init)
     return best_i, best_d2
 
-  return _pool.chunked_map(per_chunk, x, chunk_size=chunk_size)
+  return _row_chunks(per_chunk, x, chunk_size=chunk_size)
 
 
 def _kmeans_plus_plus(x, points, n_active, key, n_centroids, axis_name=None):
@@ -417,7 +457,7 @@ def _kmeans(x, points, n_active, key, *, max_clusters, max_iterations, tol,
     previous centroid.
   """
   n, d = x.shape
-  m_pad = -(-max_clusters // block_size) * block_size
+  m_pad = max_clusters + block_size  # room for the last block's slice
   dtype = x.dtype
   w = points.astype(dtype)
   n_points = _pool.psum(jnp.sum(w), axis_name)
@@ -470,40 +510,37 @@ def _most_typical(x, members, *, k_nn, block_size):
 
   Typicality (Hacohen et al. 2022) is ``1 / (mean_{j in kNN(n)} |x_n - x_j| +
   1e-5)`` over the ``k = min(k_nn, m // 2)`` nearest other members, ``m`` the
-  number of members. Computed in ``[block, block]`` tiles with a running
-  top-``k_nn``; ``ceil(m / block)**2`` tiles. Returns ``(pool index,
-  typicality)``; ties to the lower index.
+  number of members. Computed in ``[block, block]`` tiles (`_fold_blocks`
+  over rows and over columns, about ``(m / block)**2`` tiles) with a running
+  top-``k_nn`` per row; distances are taken relative to the members' mean.
+  Returns ``(pool index, typicality)``; ties to the lower index.
   """
   block = min(block_size, x.shape[0])
-  indices, m = _padded_set_indices(members, block)
-  n_blocks = -(-m // block)
+  indices, m = _set_indices(members, block)
   k_eff = jnp.minimum(k_nn, m // 2)
-  positions = jnp.arange(block, dtype=jnp.int32)
   dtype = x.dtype
   w = members.astype(dtype)
   shift = jnp.sum(w[:, None] * x, axis=0) / jnp.maximum(jnp.sum(w), 1)
 
-  def gather(i):
-    ids = lax.dynamic_slice(indices, (i * block,), (block,))
-    rows = x[ids] - shift
-    return ids, rows, _sq_norms(rows), i * block + positions
+  def gather(start, size):
+    rows = x[lax.dynamic_slice_in_dim(indices, start, size)] - shift
+    return rows, _sq_norms(rows), start + jnp.arange(size, dtype=jnp.int32)
 
-  def row_block(i, best):
-    _, rows, rows_sq, row_pos = gather(i)
+  def row_fold(best, row_start, row_size):
+    rows, rows_sq, row_pos = gather(row_start, row_size)
 
-    def col_block(j, knn):
-      _, cols, cols_sq, col_pos = gather(j)
+    def col_fold(knn, col_start, col_size):
+      cols, cols_sq, col_pos = gather(col_start, col_size)
       d2 = _tile_sq_dists(rows, rows_sq, cols, cols_sq)
       invalid = (col_pos[None, :] >= m) | (col_pos[None, :] == row_pos[:, None])
       d2 = jnp.where(invalid, jnp.inf, d2)
       neg_smallest, _ = lax.top_k(-jnp.concatenate([knn, d2], axis=1), k_nn)
       return -neg_smallest
 
-    knn = lax.fori_loop(0, n_blocks, col_block,
-                        jnp.full((block, k_nn), jnp.inf, dtype))
+    knn = _fold_blocks(m, block, col_fold,
+                       jnp.full((row_size, k_nn), jnp.inf, dtype))
     use = jnp.arange(k_nn) < k_eff
-    dist = jnp.where(use[None, :], jnp.sqrt(jnp.where(use[None, :], knn, 0)),
-                     0)
+    dist = jnp.sqrt(jnp.where(use[None, :], knn, 0))
     mean_dist = jnp.sum(dist, axis=1) / jnp.maximum(k_eff, 1).astype(dtype)
     typicality = jnp.where(row_pos < m, 1 / (mean_dist + 1e-5), -jnp.inf)
     local = jnp.argmax(typicality)
@@ -512,8 +549,8 @@ def _most_typical(x, members, *, k_nn, block_size):
     return (jnp.where(better, typicality[local], best_typ),
             jnp.where(better, row_pos[local], best_pos))
 
-  best_typ, best_pos = lax.fori_loop(
-      0, n_blocks, row_block,
+  best_typ, best_pos = _fold_blocks(
+      m, block, row_fold,
       (jnp.asarray(-jnp.inf, dtype), jnp.zeros((), jnp.int32)))
   return indices[best_pos], best_typ
 

@@ -182,7 +182,8 @@ class TestBadgeBadInput:
 
 @pytest.mark.parametrize("n,d,n_labeled,b,chunk,block", [
     (30, 3, 0, 5, 7, 3), (50, 4, 6, 8, 16, 4), (64, 2, 20, 10, 64, 256),
-    (40, 5, 39, 1, 9, 8), (25, 3, 1, 24, 4, 1)])
+    (40, 5, 39, 1, 9, 8), (25, 3, 1, 24, 4, 1),
+    (200, 3, 100, 6, 48, 40)])  # full blocks of 40, then blocks of 32
 def test_coreset_exact_picks_in_float64(rng, n, d, n_labeled, b, chunk, block):
   x = rng.standard_normal((n, d))
   labeled = np.zeros(n, bool)
@@ -285,13 +286,16 @@ class TestCoresetBadInput:
 
 
 @pytest.mark.parametrize("n_active,block,chunk", [(1, 4, 8), (5, 2, 7),
-                                                  (9, 4, 100), (12, 4, 13)])
+                                                  (9, 4, 100), (12, 4, 13),
+                                                  (75, 40, 16), (80, 40, 41)])
 def test_nearest_centroid_matches_dense(rng, n_active, block, chunk):
   x = rng.standard_normal((41, 3))
-  centroids = rng.standard_normal((12, 3))
+  centroids = rng.standard_normal((n_active, 3))
   with jax.enable_x64(True):
+    # Rows past n_active (and the block of slack) are garbage to be ignored.
+    padded = np.concatenate([centroids, 1e-3 * x[:block]])
     idx, d2 = _diversity._nearest_centroid(
-        jnp.asarray(x), jnp.asarray(centroids), jnp.int32(n_active),
+        jnp.asarray(x), jnp.asarray(padded), jnp.int32(n_active),
         shift=jnp.asarray(x[0]), chunk_size=chunk, block_size=block)
   want_idx, want_d2 = refb.nearest_centroid(x, centroids[:n_active])
   np.testing.assert_array_equal(idx, want_idx)
@@ -357,7 +361,8 @@ def test_kmeans_is_a_fixed_point_and_finds_blobs(rng):
 
 
 @pytest.mark.parametrize("m,k_nn,block", [(1, 20, 4), (2, 20, 4), (7, 3, 2),
-                                          (30, 20, 8), (45, 5, 64)])
+                                          (30, 20, 8), (45, 5, 64),
+                                          (57, 20, 40)])
 def test_most_typical_matches_dense(rng, m, k_nn, block):
   n = 60
   x = rng.standard_normal((n, 3))
