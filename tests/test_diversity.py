@@ -454,7 +454,7 @@ def test_typiclust_float64_and_no_n_by_n(rng):
     assert sel.scores.dtype == jnp.float64
   size = _max_intermediate_size(
       lambda x, l, s, k: _diversity._typiclust(x, l, s, k, 3, 8, 20, 5, 10,
-                                               1e-4, 32, 16),
+                                               1e-4, None, 32, 16),
       _f32(x), jnp.zeros(n, bool), jnp.ones(n, bool), jax.random.key(0))
   assert size < n * n // 16, size
 
@@ -495,3 +495,56 @@ def test_tiled_distances_are_translation_invariant_in_float32(rng):
          for v in (x, x + offset)]
   assert int(got[0][0]) == int(got[1][0])
   np.testing.assert_allclose(got[0][1], got[1][1], rtol=1e-3)
+
+
+def test_most_typical_over_a_candidate_subset(rng):
+  """Typicality of the candidates is exact: all members are neighbours."""
+  n = 80
+  x = rng.standard_normal((n, 3))
+  members = rng.random(n) < 0.6
+  candidates = members & (rng.random(n) < 0.3)
+  with jax.enable_x64(True):
+    index, typ = _diversity._most_typical(
+        jnp.asarray(x), jnp.asarray(members), k_nn=6, block_size=8,
+        candidates=jnp.asarray(candidates))
+  ids = np.flatnonzero(members)
+  all_typ = refb.typicality(x[ids], 6)
+  cand_typ = np.where(candidates[ids], all_typ, -np.inf)
+  assert int(index) == ids[np.argmax(cand_typ)]
+  np.testing.assert_allclose(typ, cand_typ.max(), rtol=1e-9)
+
+
+def test_typiclust_max_candidates(rng):
+  """A cap above every cluster is exact; a small cap picks within the same
+  clusters, with exact typicality values."""
+  n, n_clusters, b = 120, 5, 7
+  x = rng.standard_normal((n, 3))
+  labels = rng.integers(0, n_clusters, n)
+  labeled = rng.random(n) < 0.05
+  selectable = ~labeled
+  args = (jnp.asarray(x), jnp.asarray(labels, jnp.int32), jnp.asarray(labeled),
+          jnp.asarray(selectable), b, n_clusters, 4, 5, 8)
+  with jax.enable_x64(True):
+    exact = _diversity._typiclust_select(*args)
+    capped_high = _diversity._typiclust_select(
+        *args, max_candidates=n, key=jax.random.key(0))
+    capped = _diversity._typiclust_select(*args, max_candidates=3,
+                                          key=jax.random.key(0))
+  np.testing.assert_array_equal(exact.indices, capped_high.indices)
+  want_idx, _ = refb.typiclust_select(x, labels, labeled, selectable, b,
+                                      n_clusters, 4, 5)
+  np.testing.assert_array_equal(exact.indices, want_idx)
+  got, scores = np.asarray(capped.indices), np.asarray(capped.scores)
+  assert scores.dtype == np.float64
+  _check_selection(capped, b, selectable)
+  assert not np.array_equal(got, want_idx)  # the cap did change the search
+  candidates = selectable.copy()
+  for t in range(b):
+    cluster = labels[want_idx[t]]
+    assert labels[got[t]] == cluster
+    ids = np.flatnonzero(candidates & (labels == cluster))
+    typ = refb.typicality(x[ids], 4)
+    np.testing.assert_allclose(scores[t],
+                               typ[np.flatnonzero(ids == got[t])[0]],
+                               rtol=1e-9)
+    candidates[got[t]] = False
