@@ -522,9 +522,10 @@ def test_typiclust_max_candidates(rng):
   labels = rng.integers(0, n_clusters, n)
   labeled = rng.random(n) < 0.05
   selectable = ~labeled
-  args = (jnp.asarray(x), jnp.asarray(labels, jnp.int32), jnp.asarray(labeled),
-          jnp.asarray(selectable), b, n_clusters, 4, 5, 8)
   with jax.enable_x64(True):
+    args = (jnp.asarray(x), jnp.asarray(labels, jnp.int32),
+            jnp.asarray(labeled), jnp.asarray(selectable), b, n_clusters, 4, 5,
+            8)
     exact = _diversity._typiclust_select(*args)
     capped_high = _diversity._typiclust_select(
         *args, max_candidates=n, key=jax.random.key(0))
