@@ -323,8 +323,10 @@ def test_kmeans_matches_lloyd_reference(rng):
   key = jax.random.key(4)
   with jax.enable_x64(True):
     xj = jnp.asarray(x)
-    init, _ = _diversity._kmeans_plus_plus(xj, jnp.asarray(points),
-                                           jnp.int32(k), key, 8)
+    # The seeding _kmeans runs: same key, same shift (the points' mean).
+    init, _ = _diversity._kmeans_plus_plus(
+        xj, jnp.asarray(points), jnp.int32(k), key, 8,
+        shift=jnp.asarray(x[points].mean(0)), chunk_size=32)
     centroids, labels, iters = _diversity._kmeans(
         xj, jnp.asarray(points), jnp.int32(k), key, max_clusters=8,
         max_iterations=200, tol=0.0, chunk_size=32, block_size=4)
