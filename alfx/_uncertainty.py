@@ -191,6 +191,25 @@ def _mean_std(log_probs):
 # Stochastic batch acquisition.
 
 
+def _pool_top_k(values, k, axis_name=None):
+  """``(values[k], global int32 indices[k])`` of the ``k`` largest over the pool.
+
+  Ties go to the lower global index. Sharded, each device takes its local
+  top ``k``, and the ``P * k`` candidates (all-gathered, ordered by device)
+  are reduced by a second top-k, which is stable: no gather of the pool.
+  (`alfx.top_b` uses ``lax.top_k`` on the local slice only; this is the
+  shard-aware equivalent.)
+  """
+  vals, local = lax.top_k(values, k)
+  index = _pool.offset(values.shape[0], axis_name) + local.astype(jnp.int32)
+  if axis_name is None:
+    return vals, index
+  vals = lax.all_gather(vals, axis_name, tiled=True)
+  index = lax.all_gather(index, axis_name, tiled=True)
+  vals, pos = lax.top_k(vals, k)
+  return vals, index[pos]
+
+
 def _check_beta(beta):
   """``beta`` is a traced scalar (no recompilation); checked when concrete."""
   if isinstance(beta, bool) or not (isinstance(beta, (int, float))
@@ -258,7 +277,8 @@ def stochastic_batch(utilities, batch_size, *, key, mode="power", beta=1.0,
                                              "axis_name"))
 def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
                       axis_name=None):
-  """`stochastic_batch` without checks. ``'softrank'`` sorts the whole pool."""
+  """`stochastic_batch` without checks; shardable over the pool, except
+  ``'softrank'``, whose ranks need a sort of the whole pool."""
   dtype = utilities.dtype
   beta = jnp.asarray(beta, dtype)
   noise = _pool.gumbel(key, utilities.shape, dtype, axis_name=axis_name)
@@ -274,6 +294,9 @@ def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
     log_w = jnp.where(beta == 0, 0, beta * safe)
     supported = mask & finite_below
   else:  # softrank
+    if axis_name is not None:
+      raise NotImplementedError("softrank ranks need a global sort of the pool;"
+                                " it runs on a single device only.")
     # Rank 1 = highest utility among the selectable points; ties to the
     # lower index (a stable sort of the negated utilities).
     lowest = jnp.finfo(dtype).min
@@ -288,9 +311,9 @@ def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
   # and a splice keep the two tiers exact in any dtype.
   first = jnp.where(supported, log_w + noise, -jnp.inf)
   second = jnp.where(mask & ~supported, noise, -jnp.inf)
-  val_first, idx_first = lax.top_k(first, batch_size)
-  val_second, idx_second = lax.top_k(second, batch_size)
-  n_first = jnp.sum(supported)
+  val_first, idx_first = _pool_top_k(first, batch_size, axis_name)
+  val_second, idx_second = _pool_top_k(second, batch_size, axis_name)
+  n_first = _pool.psum(jnp.sum(supported, dtype=jnp.int32), axis_name)
   slot = jnp.arange(batch_size)
   tail = jnp.clip(slot - n_first, 0, batch_size - 1)
   use_first = slot < n_first
@@ -298,8 +321,8 @@ def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
   # A pick is valid when it came from a selectable point (a -inf key means
   # none was left: possible only under the caller's jit).
   valid = jnp.where(use_first, val_first, val_second[tail]) > -jnp.inf
-  return _selection.Selection(indices=indices, scores=utilities[indices],
-                              valid=valid)
+  scores = jax.vmap(lambda i: _pool.take(utilities, i, axis_name))(indices)
+  return _selection.Selection(indices=indices, scores=scores, valid=valid)
 
 
 # ----------------------------------------------------------------------------
@@ -338,8 +361,8 @@ def random_batch(batch_size, *, key, mask):
 def _random_batch(mask, key, batch_size, axis_name=None):
   noise = _pool.uniform(key, mask.shape, axis_name=axis_name)
   # Unselectable points get -1 < every uniform draw in [0, 1).
-  _, indices = lax.top_k(jnp.where(mask, noise, -1.0), batch_size)
+  values, indices = _pool_top_k(jnp.where(mask, noise, -1.0), batch_size,
+                                axis_name)
   return _selection.Selection(
-      indices=indices.astype(jnp.int32),
-      scores=jnp.zeros((batch_size,), jnp.float32),
-      valid=mask[indices])
+      indices=indices, scores=jnp.zeros((batch_size,), jnp.float32),
+      valid=values >= 0)

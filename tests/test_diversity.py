@@ -1,6 +1,9 @@
 """BADGE, CoreSet, k-means and TypiClust against dense float64 references."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import chex
 import jax.extend.core as jex_core
@@ -551,3 +554,18 @@ def test_typiclust_max_candidates(rng):
                                typ[np.flatnonzero(ids == got[t])[0]],
                                rtol=1e-9)
     candidates[got[t]] = False
+
+
+def test_sharded_picks_equal_single_device():
+  """Under shard_map over 4 CPU devices the picks are the single-device ones.
+
+  Runs tests/sharded_baselines.py in a subprocess (the host device count is
+  fixed when JAX starts): BADGE, CoreSet, k-means (labels, centroids,
+  iterations), random and power/softmax stochastic batches.
+  """
+  script = os.path.join(os.path.dirname(__file__), "sharded_baselines.py")
+  result = subprocess.run(
+      [sys.executable, script, str(seed_for("sharded") % 1000)],
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert result.stdout.count("same") == 6, result.stdout
