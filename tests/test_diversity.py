@@ -569,3 +569,25 @@ def test_sharded_picks_equal_single_device():
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
   assert result.stdout.count("same") == 6, result.stdout
+
+
+@pytest.mark.slow  # op-by-op dispatch of every loop step: ~10-30 s
+def test_eager_equals_compiled(rng):
+  """Under jax.disable_jit() (op by op, Python loops) the picks are the same."""
+  n = 80
+  x = _f32(rng.standard_normal((n, 4)))
+  p = _f32(_random_probs(rng, n, 3))
+  labeled = jnp.asarray(rng.random(n) < 0.1)
+  key = jax.random.key(0)
+  runs = [
+      lambda: alfx.badge(x, p, 3, key=key, mask=~labeled),
+      lambda: alfx.coreset(x, labeled, 3, chunk_size=32, block_size=40),
+      lambda: alfx.typiclust(x, labeled, 3, key=key, max_clusters=16,
+                             chunk_size=32, block_size=40, max_candidates=9),
+  ]
+  for run in runs:
+    compiled = run()
+    with jax.disable_jit():
+      eager = run()
+    np.testing.assert_array_equal(eager.indices, compiled.indices)
+    np.testing.assert_allclose(eager.scores, compiled.scores, rtol=1e-5)

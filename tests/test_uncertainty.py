@@ -393,3 +393,18 @@ def test_random_batch_bad_input():
                       mask=jnp.array([True, False, True]))
   with pytest.raises(ValueError, match="key is required"):
     alfx.random_batch(1, key=None, mask=jnp.ones(3, bool))
+
+
+@pytest.mark.slow  # op-by-op dispatch of every loop step: ~10-30 s
+def test_eager_equals_compiled(rng):
+  u = _f32(rng.random(40))
+  mask = jnp.asarray(rng.random(40) < 0.7)
+  runs = [lambda mode=mode: alfx.stochastic_batch(
+      u, 4, key=jax.random.key(0), mode=mode, mask=mask)
+          for mode in ("power", "softmax", "softrank")]
+  runs.append(lambda: alfx.random_batch(4, key=jax.random.key(0), mask=mask))
+  for run in runs:
+    compiled = run()
+    with jax.disable_jit():
+      eager = run()
+    np.testing.assert_array_equal(eager.indices, compiled.indices)
