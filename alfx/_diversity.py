@@ -11,15 +11,19 @@ on the implicit gradient embeddings). Nothing forms an ``N x N`` matrix:
   the set's (traced) size, so the cost follows the actual set size while
   every shape stays static.
 
-Squared distances of a tile are ``|x|^2 + |c|^2 - 2 x.c`` (a matmul,
-compute-bound), clipped at 0; the one-centre update of a greedy step uses
-``sum((x - c)**2)`` instead, which costs the same single pass over the
-embeddings and has no cancellation.
+Squared distances are ``|x - s|^2 + |c - s|^2 - 2 (x - s).(c - s)``, clipped
+at 0, with ``s`` a point near the data (the pool mean, a cluster's mean) so
+that the cancellation error scales with the data's spread, not with its
+distance from the origin: a matmul per tile (compute-bound), a
+matrix-vector product per greedy step (memory-bound, with ``|x - s|^2``
+computed once).
 
-Sharding: BADGE, CoreSet and the k-means++/Lloyd parts use `alfx._pool` for
-every pool-wide argmax, row read, sum and random draw, and take an
-``axis_name``. TypiClust's within-cluster nearest neighbours gather the
-members of one cluster and are written for a single device.
+Sharding: BADGE, CoreSet and k-means (seeding and Lloyd) use `alfx._pool` for
+every pool-wide argmax, row read, sum and random draw and take an
+``axis_name``; under ``jax.shard_map`` they pick exactly what the
+single-device run picks (tests/sharded_baselines.py). TypiClust's
+within-cluster nearest neighbours read the members of one cluster and are
+written for a single device.
 """
 
 import functools
@@ -251,7 +255,7 @@ def badge(embeddings, probs, batch_size, *, key, mask=None):
   return _badge(embeddings, probs, mask, key, batch_size)
 
 
-def badge_gradient_factors(embeddings, probs):
+def _badge_gradient_factors(embeddings, probs):
   """``(a [N, C], |a|^2 [N], |h|^2 [N])`` of the BADGE gradient embeddings."""
   dtype = jnp.result_type(embeddings.dtype, probs.dtype)
   probs = probs.astype(dtype)
@@ -263,7 +267,7 @@ def badge_gradient_factors(embeddings, probs):
 @functools.partial(jax.jit, static_argnames=("batch_size", "axis_name"))
 def _badge(embeddings, probs, mask, key, batch_size, axis_name=None):
   """`badge` without checks; per-point state ``[N]``, shardable over the pool."""
-  a, a_sq, h_sq = badge_gradient_factors(embeddings, probs)
+  a, a_sq, h_sq = _badge_gradient_factors(embeddings, probs)
   h = embeddings.astype(a.dtype)
   g_sq = a_sq * h_sq
 

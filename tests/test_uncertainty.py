@@ -155,6 +155,11 @@ def test_agreeing_samples_have_no_disagreement(rng):
   np.testing.assert_allclose(alfx.predictive_entropy(certain), [0.0])
 
 
+def test_margin_of_tied_top_classes_is_zero():
+  lp = jnp.log(jnp.array([[0.4, 0.2, 0.4], [0.5, 0.5, 0.0], [0.1, 0.2, 0.7]]))
+  np.testing.assert_allclose(alfx.margin(lp), [0.0, 0.0, -0.5], atol=1e-7)
+
+
 def test_sample_permutation_invariance(rng):
   lp = ref.random_log_probs(rng, 20, 6, 4, zero_fraction=0.1)
   perm = rng.permutation(6)
