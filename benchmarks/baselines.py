@@ -56,8 +56,8 @@ def make_data(n, *, with_log_probs, seed=0):
 
 
 def measure(name, config, fn, args, *, flops=0.0, transcendentals=0.0,
-            bytes_moved=0.0, eager=True, note=""):
-  compiled, first, peak = harness.time_compiled(fn, *args)
+            bytes_moved=0.0, eager=True, note="", repeats=3):
+  compiled, first, peak = harness.time_compiled(fn, *args, repeats=repeats)
   eager_s = None
   if eager:
     eager_s = harness.time_eager(fn, *args)
@@ -149,7 +149,7 @@ def coreset_row(n, x, n_labeled, eager):
       note="N x L tiles, then B passes; never N x N")
 
 
-def typiclust_row(n, x, n_labeled, eager, max_candidates=None):
+def typiclust_row(n, x, n_labeled, eager, max_candidates=None, repeats=3):
   labeled = jnp.zeros((n,), bool).at[:n_labeled].set(True)
   key = jax.random.key(2)
   kwargs = dict(batch_size=B, max_candidates=max_candidates)
@@ -175,7 +175,7 @@ def typiclust_row(n, x, n_labeled, eager, max_candidates=None):
   return measure(
       "typiclust", f"N={n:,} D={D} L={n_labeled} B={B}{cap}",
       lambda x, l, k: run(x, l, key=k), (x, labeled, key), flops=flops,
-      bytes_moved=bytes_moved, eager=eager,
+      bytes_moved=bytes_moved, eager=eager, repeats=repeats,
       note=(f"{n_active} clusters, {iters} Lloyd iters"
             f" ({iters * 2 * n * n_active * D / 1e9:.0f} GFLOP),"
             f" kNN in picked clusters of ~{sum(m) // len(m):,} pts"
@@ -207,7 +207,7 @@ def main():
   if not args.quick:
     # The reference's cap: 500 clusters (L + B >= 500). Eager skipped: op
     # by op, 500-cluster Lloyd iterations take many minutes.
-    rows.append(typiclust_row(n, x, 490, False))
+    rows.append(typiclust_row(n, x, 490, False, repeats=1))
   del x, probs, log_probs
 
   if not args.quick:
@@ -220,7 +220,9 @@ def main():
     del log_probs
     rows.append(badge_row(n, x, probs, False))
     rows.append(coreset_row(n, x, 1_000, False))
-    rows.append(typiclust_row(n, x, 10, False, max_candidates=4096))
+    # Minutes per call: timed once after the compiling call.
+    rows.append(typiclust_row(n, x, 10, False, max_candidates=4096,
+                              repeats=1))
     del x, probs
 
   columns = ["strategy", "config", "compiled", "first call", "eager",
