@@ -14,6 +14,9 @@ Conventions (the public contract):
 """
 
 from alfx._bald import batchbald
+from alfx._diversity import badge
+from alfx._diversity import coreset
+from alfx._diversity import typiclust
 from alfx._information import bald
 from alfx._information import co_information
 from alfx._information import entropy
@@ -26,21 +29,38 @@ from alfx._kbald import kbald_dynamic
 from alfx._kbald import topk_bald
 from alfx._selection import Selection
 from alfx._selection import top_b
+from alfx._uncertainty import least_confidence
+from alfx._uncertainty import margin
+from alfx._uncertainty import mean_std
+from alfx._uncertainty import predictive_entropy
+from alfx._uncertainty import random_batch
+from alfx._uncertainty import stochastic_batch
+from alfx._uncertainty import variation_ratios
 
 __version__ = "0.1.0"
 
 __all__ = (
     "MAX_CONFIGURATIONS",
     "Selection",
+    "badge",
     "bald",
     "batchbald",
     "co_information",
     "conservative_bald",
+    "coreset",
     "entropy",
     "joint_entropy",
     "kbald",
     "kbald_dynamic",
+    "least_confidence",
+    "margin",
+    "mean_std",
     "mutual_information",
+    "predictive_entropy",
+    "random_batch",
+    "stochastic_batch",
     "top_b",
     "topk_bald",
+    "typiclust",
+    "variation_ratios",
 )
