@@ -13,6 +13,12 @@ Conventions (the public contract):
 * Bad input raises ``ValueError`` naming the argument and its expected shape.
 """
 
+from alfx._bait import bait
+from alfx._bait import DENSE_MAX_DIM
+from alfx._bait import fisher_factors
+from alfx._bait import FisherFactors
+from alfx._bait import pool_fisher
+from alfx._bait import PoolFisher
 from alfx._information import bald
 from alfx._information import co_information
 from alfx._information import entropy
@@ -25,12 +31,18 @@ from alfx._selection import top_b
 __version__ = "0.1.0"
 
 __all__ = (
+    "DENSE_MAX_DIM",
+    "FisherFactors",
     "MAX_CONFIGURATIONS",
+    "PoolFisher",
     "Selection",
+    "bait",
     "bald",
     "co_information",
     "entropy",
+    "fisher_factors",
     "joint_entropy",
     "mutual_information",
+    "pool_fisher",
     "top_b",
 )
