@@ -356,6 +356,9 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
   if pool_fisher is not None:
     _check_pool_fisher(pool_fisher, fisher, top_c, method, n, c,
                        embeddings.shape[1])
+  else:  # its own jit: one compile of _bait serves both cases
+    pool_fisher = _pool_fisher(embeddings, probs, fisher, top_c, method,
+                               chunk_size)
   capacity = None
   if method == "structured":
     if labeled_capacity is not None:
@@ -373,18 +376,15 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
 
 @functools.partial(jax.jit, static_argnames=(
     "batch_size", "kind", "top_c", "oversample", "method", "chunk_size",
-    "capacity", "axis_name"))
+    "capacity", "axis_name", "with_state"))
 def _bait(embeddings, probs, labeled, mask, lam, fisher_stats, batch_size,
           kind, top_c, oversample, method, chunk_size, capacity,
-          axis_name=None):
+          axis_name=None, with_state=False):
   """`bait` without input checks; jit/vmap friendly."""
   dtype = _float_dtype(embeddings, probs)
   h = embeddings.astype(dtype)
   probs = probs.astype(dtype)
   lam = jnp.asarray(lam, dtype)
-  if fisher_stats is None:
-    fisher_stats = _pool_fisher(h, probs, kind, top_c, method, chunk_size,
-                                axis_name)
   n_labeled = _pool.psum(jnp.sum(labeled.astype(jnp.int32)), axis_name)
   denom = (n_labeled + batch_size).astype(dtype)
   factors = _class_factors(probs, kind, top_c)
@@ -401,11 +401,15 @@ def _bait(embeddings, probs, labeled, mask, lam, fisher_stats, batch_size,
     overflow = jnp.zeros((), bool)
   else:
     u, w, apply0, overflow = _structured_setup(
-        h, probs, factors, scaled, labeled, lam, denom, fisher_stats, kind,
-        chunk_size, capacity)
-  sel = _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
-                chunk_size, axis_name)
-  return sel._replace(valid=sel.valid & ~overflow)
+        h, probs, factors, scaled, labeled, lam, denom, batch_size / denom,
+        fisher_stats, kind, chunk_size, capacity)
+  u0, w0 = u, w
+  sel, state = _greedy(h, scaled, u, w, mask, apply0, batch_size,
+                       oversample, chunk_size, axis_name)
+  sel = sel._replace(valid=sel.valid & ~overflow)
+  if with_state:
+    return sel, dict(state, u0=u0, w0=w0)
+  return sel
 
 
 # --------------------------------------------------------------------------
@@ -650,13 +654,206 @@ def _sym(x):
 # Structured set-up (large d): block-diagonal + Kronecker low rank.
 
 
-def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, stats,
-                      kind, chunk_size, capacity):
-  raise NotImplementedError
+def _atoms(probs, factors, kind):
+  """``I(x_n) = diag(db_n) (x) h h^T + sign sum_k (u_nk (x) h)(u_nk (x) h)^T``.
+
+  Returns ``(db [N, C] or None, u [N, C, k], sign)``: full is ``diag(p) - p
+  p^T`` (one atom, sign -1); topc is ``A A^T`` (``top_c`` atoms, sign +1).
+  """
+  if kind == "full":
+    return probs, probs[:, :, None], -1.0
+  return None, factors, 1.0
+
+
+def _sum_chunks(fn, arrays, rows, init):
+  """``init + sum over row chunks of fn(*chunk)``; zero padding must add 0."""
+  n = arrays[0].shape[0]
+  n_chunks = -(-n // rows)
+  pad = n_chunks * rows - n
+
+  def split(a):
+    a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape((n_chunks, rows) + a.shape[1:])
+
+  def body(acc, xs):
+    return acc + fn(*xs), None
+
+  return lax.scan(body, init, tuple(split(a) for a in arrays))[0]
+
+
+def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
+                      stats, kind, chunk_size, capacity):
+  """Initial ``U_n, W_n`` and ``X -> (M_0^-1 X, G_0 X)`` without d x d matrices.
+
+  ``M = K + sign E E^T`` with ``K`` block-diagonal (``C`` blocks ``D x D``;
+  ``lam I`` for topc) and ``E`` the labelled atoms ``(u_lk (x) h_l) /
+  sqrt(L + B)`` (``R = capacity * k`` columns), so by Woodbury ``M^-1 = K^-1 -
+  Ek T Ek^T`` with ``Ek = K^-1 E`` and ``T = (sign I + E^T K^-1 E)^-1``. ``F =
+  Fb + (sign / N) sum_m (u_m (x) h_m)(u_m (x) h_m)^T`` over the pool.
+  """
+  n, dim = h.shape
+  c = probs.shape[1]
+  dtype = h.dtype
+  db, u, sign = _atoms(probs, factors, kind)
+  k_atoms = u.shape[2]
+  scalar_k = db is None  # K = lam I: everything Kronecker-cheap.
+
+  # The labelled set, compacted to a static capacity.
+  count = jnp.sum(labeled.astype(jnp.int32))
+  overflow = count > capacity
+  index = jnp.nonzero(labeled, size=capacity, fill_value=0)[0]
+  ok = (jnp.arange(capacity) < count).astype(dtype)
+  hl = h[index]
+  ul = u[index] * (ok / jnp.sqrt(denom))[:, None, None]  # [cap, C, k]
+  r_cols = capacity * k_atoms
+
+  if scalar_k:
+    def kinv_h(x):  # K_a^-1 x for every class: [..., C, D]
+      return jnp.broadcast_to((x / lam)[..., None, :],
+                              x.shape[:-1] + (c, dim))
+
+    def kinv_dense(v):
+      return v / lam
+  else:
+    k_blocks = _weighted_gram(hl, db[index] * (ok / denom)[:, None])
+    k_blocks = k_blocks + lam * jnp.eye(dim, dtype=dtype)
+    k_chol = jnp.linalg.cholesky(k_blocks)
+    k_inv = jax.vmap(lambda l: jax.scipy.linalg.cho_solve(
+        (l, True), jnp.eye(dim, dtype=dtype)))(k_chol)
+    k_inv = _sym(k_inv)  # [C, D, D]
+
+    def kinv_h(x):
+      return jnp.einsum("aij,...j->...ai", k_inv, x)
+
+    def kinv_dense(v):
+      return jnp.einsum("aij,ajq->aiq", k_inv, v)
+
+  # Ek = K^-1 E: [C, D, R], column (l, k) = K^-1 (u_lk (x) h_l).
+  ek = jnp.einsum("lak,lai->ailk", ul, kinv_h(hl)).reshape(c, dim, r_cols)
+  ete = jnp.einsum("lak,li,aiR->lkR", ul, hl, ek).reshape(r_cols, r_cols)
+  inner = _sym(sign * jnp.eye(r_cols, dtype=dtype) + ete)
+  t_inv = _sym(jnp.linalg.inv(inner))
+
+  def minv_dense(v):  # M_0^-1 V for V [C, D, q]
+    coef = t_inv @ jnp.einsum("aiR,aiq->Rq", ek, v)
+    return kinv_dense(v) - jnp.einsum("aiR,Rq->aiq", ek, coef)
+
+  f_blocks = None if scalar_k else stats.blocks
+  rows = _chunk_rows(chunk_size, n, 2 * c * max(r_cols, c))
+
+  def f_lowrank_back(coef_fn, q):
+    """``(sign / N) sum_m (u_m (x) h_m) coef_m`` with ``coef_m [k, q]``."""
+    def one(hc, uc, *rest):
+      coef = coef_fn(hc, uc, *rest)  # [rows, k, q]
+      back = jnp.einsum("mak,mkq->maq", uc, coef)
+      return jnp.einsum("mi,maq->aiq", hc, back)
+    return one
+
+  def f_dense(v):  # F V for V [C, D, q]
+    q = v.shape[-1]
+
+    def coef_fn(hc, uc):
+      hv = jnp.einsum("mi,aiq->maq", hc, v)
+      return jnp.einsum("mak,maq->mkq", uc, hv)
+
+    out = _sum_chunks(f_lowrank_back(coef_fn, q), (h, u), rows,
+                      jnp.zeros((c, dim, q), dtype)) * (sign / n)
+    if f_blocks is not None:
+      out = out + jnp.einsum("aij,ajq->aiq", f_blocks, v)
+    return out
+
+  def f_kron(g, aj):  # F (K^-1 X_j) where block a of K^-1 X_j is aj[a] (x) g_a
+    r = aj.shape[1]
+
+    def coef_fn(hc, uc):
+      kern = jnp.einsum("mi,ai->ma", hc, g)  # h_m . K_a^-1 h_j
+      return jnp.einsum("mak,ar,ma->mkr", uc, aj, kern)
+
+    out = _sum_chunks(f_lowrank_back(coef_fn, r), (h, u), rows,
+                      jnp.zeros((c, dim, r), dtype)) * (sign / n)
+    if f_blocks is not None:
+      out = out + jnp.einsum("aij,aj,ar->air", f_blocks, g, aj)
+    return out
+
+  f_ek = f_dense(ek)  # F Ek [C, D, R]
+  efe = jnp.einsum("aiR,aiS->RS", ek, f_ek)
+  kf_ek = kinv_dense(f_ek)
+
+  # Per point: ex_n = Ek^T X_n [R, r], c_n = T ex_n, U_n, W_n.
+  def per_point(hc, ac, sc):
+    if scalar_k:
+      kern = hc @ hl.T / lam  # [rows, cap]
+      ex = jnp.einsum("nl,lak,nar->nlkr", kern, ul, sc)
+      ex = ex.reshape(hc.shape[0], r_cols, -1)
+      kq = jnp.broadcast_to(jnp.sum(hc * hc, -1, keepdims=True) / lam,
+                            (hc.shape[0], c))
+    else:
+      ex = jnp.einsum("ni,aiR,nar->nRr", hc, ek, sc)
+      kq = jnp.einsum("nai,ni->na", kinv_h(hc), hc)
+    cn = jnp.einsum("RS,nSr->nRr", t_inv, ex)
+    u_n = (jnp.einsum("nar,na,nas->nrs", sc, kq, sc)
+           - jnp.einsum("nRr,nRs->nrs", ex, cn))
+    cross = jnp.einsum("ni,aiR,nar,nRs->nrs", hc, kf_ek, sc, cn)
+    w_n = (jnp.einsum("nRr,RS,nSs->nrs", cn, efe, cn)
+           - cross - jnp.swapaxes(cross, -1, -2))
+    return u_n, w_n
+
+  r = scaled.shape[2]
+  rows_pp = _chunk_rows(chunk_size, n, 2 * c * r_cols + 2 * r_cols * r)
+  u_n, w_n = _pool.chunked_map(per_point, h, factors, scaled,
+                               chunk_size=rows_pp)
+  # X_n^T K^-1 F K^-1 X_n: the one N^2 term.
+  if scalar_k:  # s^2 / lam^2 V_n^T F V_n, precomputed by pool_fisher
+    w_n = w_n + stats.quad * (s2 / (lam * lam))
+  else:
+    w_n = w_n + _full_kfk(h, probs, scaled, kinv_h, k_inv, f_blocks, sign,
+                          chunk_size)
+
+  def apply0(hj, aj):
+    g = kinv_h(hj)  # [C, D]
+    ej = jnp.einsum("aiR,i,ar->Rr", ek, hj, aj)
+    cj = t_inv @ ej
+    z0 = g[:, :, None] * aj[:, None, :] - jnp.einsum("aiR,Rr->air", ek, cj)
+    fz0 = f_kron(g, aj) - jnp.einsum("aiR,Rr->air", f_ek, cj)
+    return z0, minv_dense(fz0)
+
+  return _sym(u_n), _sym(w_n), apply0, overflow
+
+
+def _full_kfk(h, probs, scaled, kinv_h, k_inv, f_blocks, sign, chunk_size):
+  """``X_n^T K^-1 F K^-1 X_n`` for full: block-diagonal part + the N^2 term.
+
+  With ``v_nm = X_n^T K^-1 (p_m (x) h_m)``, ``v_nm[r] = sum_a As_n[a, r] p_ma
+  (K_a^-1 h_n . h_m)``, the low-rank part is ``(sign / N) sum_m v_nm v_nm^T``.
+  """
+  n, dim = h.shape
+  c = probs.shape[1]
+  r = scaled.shape[2]
+  rows = _chunk_rows(chunk_size, n, n * (c + r) + c * dim)
+
+  def one(hc, sc):
+    kh = kinv_h(hc)  # [rows, C, D]
+    diag = jnp.einsum("nai,aij,naj->na", kh, f_blocks, kh)
+    part = jnp.einsum("nar,na,nas->nrs", sc, diag, sc)
+    kern = jnp.einsum("nai,mi->nam", kh, h)
+    v = jnp.einsum("nar,ma,nam->nmr", sc, probs, kern)
+    return part + (sign / n) * jnp.einsum("nmr,nms->nrs", v, v)
+
+  return _pool.chunked_map(one, h, scaled, chunk_size=rows)
 
 
 def _topc_pool_quad(h, factors, chunk_size):
-  raise NotImplementedError
+  """``V_n^T F V_n = (1/N) sum_m (h_n . h_m)^2 (A_n^T A_m)(A_n^T A_m)^T``."""
+  n, dim = h.shape
+  _, c, r = factors.shape
+  rows = _chunk_rows(chunk_size, n, n * (r * r + 1))
+
+  def one(hc, ac):
+    kern = (hc @ h.T)**2  # [rows, N]
+    aa = jnp.einsum("nar,mak->nrmk", ac, factors)
+    return jnp.einsum("nm,nrmk,nsmk->nrs", kern, aa, aa) / n
+
+  return _pool.chunked_map(one, h, factors, chunk_size=rows)
 
 
 # --------------------------------------------------------------------------
@@ -749,31 +946,35 @@ def _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
   eye = jnp.eye(r, dtype=dtype)
   rows = _chunk_rows(chunk_size, n, 4 * c_f * r + 4 * r * r)
 
+  # Step k of the history: [Z_k | Y_k] ([C_f, D, 2r]), S_k^-1 and W_k, where
+  # M_{k+1}^-1 = M_k^-1 - Z S^-1 Z^T and
+  # G_{k+1} = G_k - Z S^-1 Y^T - Y S^-1 Z^T + Z S^-1 W S^-1 Z^T.
   history = dict(
-      z=jnp.zeros((n_steps, c_f, dim, r), dtype),
-      y=jnp.zeros((n_steps, c_f, dim, r), dtype),
+      zy=jnp.zeros((n_steps, c_f, dim, 2 * r), dtype),
       s_inv=jnp.zeros((n_steps, r, r), dtype),
       wj=jnp.zeros((n_steps, r, r), dtype))
 
   def directions(hist, hj, aj, valid):
-    """``Z = M_t^-1 X_j``, ``Y = G_t X_j`` from ``M_0``, ``G_0`` and history."""
+    """``[M_t^-1 X_j | G_t X_j]`` from ``M_0``, ``G_0`` and the history."""
     z0, y0 = apply0(hj, aj)
-    ztx = _kron_t(hj, aj, hist["z"])  # [T, r_k, r]  Z_k^T X_j
-    ytx = _kron_t(hj, aj, hist["y"])  # Y_k^T X_j
-    s_ztx = jnp.einsum("kqs,ksr->kqr", hist["s_inv"], ztx)
-    z = z0 - jnp.einsum("kaiq,kqr->air", hist["z"], s_ztx)
-    corr = (jnp.einsum("kqs,ksr->kqr", hist["s_inv"], ytx)
-            - jnp.einsum("kqs,kst,ktr->kqr", hist["s_inv"], hist["wj"],
-                         s_ztx))
-    y = (y0 - jnp.einsum("kaiq,kqr->air", hist["z"], corr)
-         - jnp.einsum("kaiq,kqr->air", hist["y"], s_ztx))
-    return z * valid, y * valid
+    zytx = _kron_t(hj, aj, hist["zy"])  # [T, 2r, r]: Z_k^T X_j; Y_k^T X_j
+    s_ztx = jnp.einsum("kqs,ksr->kqr", hist["s_inv"], zytx[:, :r])
+    y_coef = jnp.einsum("kqs,ksr->kqr", hist["s_inv"],
+                        zytx[:, r:] - jnp.einsum("kst,ktr->ksr", hist["wj"],
+                                                 s_ztx))
+    # Columns of [Z_k | Y_k] -> corrections of [Z | Y].
+    coef = jnp.concatenate([
+        jnp.concatenate([s_ztx, y_coef], axis=-1),
+        jnp.concatenate([jnp.zeros_like(s_ztx), s_ztx], axis=-1)], axis=1)
+    zy = (jnp.concatenate([z0, y0], axis=-1)
+          - jnp.einsum("kaiq,kqp->aip", hist["zy"], coef))
+    return zy * valid
 
-  def commit(hist, t, hj, aj, z, y, sign):
-    s = _sym(sign * eye + _kron_t(hj, aj, z))
-    s_inv = _sym(jnp.linalg.inv(s))
-    wj = _sym(_kron_t(hj, aj, y))
-    hist = dict(z=hist["z"].at[t].set(z), y=hist["y"].at[t].set(y),
+  def commit(hist, t, hj, aj, zy, sign):
+    proj = _kron_t(hj, aj, zy)  # [2r, r]: Z^T X_j; Y^T X_j
+    s_inv = _sym(jnp.linalg.inv(_sym(sign * eye + proj[:r])))
+    wj = _sym(proj[r:])
+    hist = dict(zy=hist["zy"].at[t].set(zy),
                 s_inv=hist["s_inv"].at[t].set(s_inv),
                 wj=hist["wj"].at[t].set(wj))
     return hist, s_inv, wj
@@ -787,8 +988,7 @@ def _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
         "...rq,qp,...sp->...rs", a_s, wj, a_s)
     return u, w
 
-  def pool_update(u, w, z, y, s_inv, wj):
-    zy = jnp.concatenate([z, y], axis=-1)  # [C_f, D, 2r]
+  def pool_update(u, w, zy, s_inv, wj):
     zy = jnp.transpose(zy, (1, 0, 2)).reshape(dim, c_f * 2 * r)
 
     def one(hc, ac, uc, wc):
@@ -807,9 +1007,9 @@ def _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
     hj = _pool.take(h, j, axis_name)
     aj = _pool.take(scaled, j, axis_name)
     gain = _pool.take(gains, j, axis_name)
-    z, y = directions(hist, hj, aj, valid)
-    hist, s_inv, wj = commit(hist, t, hj, aj, z, y, 1.0)
-    u, w = pool_update(u, w, z, y, s_inv, wj)
+    zy = directions(hist, hj, aj, valid)
+    hist, s_inv, wj = commit(hist, t, hj, aj, zy, 1.0)
+    u, w = pool_update(u, w, zy, s_inv, wj)
     selectable = _pool.set_at(selectable, j, False, axis_name)
     return (u, w, selectable, hist), (j, gain, valid, hj, aj)
 
@@ -826,23 +1026,27 @@ def _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
     # removal leaves the smallest tr((M - X X^T)^-1 F).
     values = jnp.where(alive, _trace_solve(up, wp, -1.0), -jnp.inf)
     k = jnp.argmax(values)
-    z, y = directions(hist, hp[k], ap[k], active)
-    hist, s_inv, wj = commit(hist, n_forward + t, hp[k], ap[k], z, y, -1.0)
-    a = jnp.einsum("kar,aiq,ki->krq", ap, z, hp)
-    b = jnp.einsum("kar,aiq,ki->krq", ap, y, hp)
-    up, wp = update(up, wp, a, b, s_inv, wj)
+    zy = directions(hist, hp[k], ap[k], active)
+    hist, s_inv, wj = commit(hist, n_forward + t, hp[k], ap[k], zy, -1.0)
+    ab = jnp.einsum("kar,aiq,ki->krq", ap, zy, hp)
+    up, wp = update(up, wp, ab[..., :r], ab[..., r:], s_inv, wj)
     alive = alive.at[k].set(alive[k] & ~active)
-    return (up, wp, alive, hist), None
+    return (up, wp, alive, hist), jnp.where(active, k, -1)
 
-  alive = valid
+  alive, final_history = valid, history
+  dropped = jnp.zeros((0,), jnp.int32)
   if oversample > 1:
-    (_, _, alive, _), _ = lax.scan(
+    (_, _, alive, final_history), dropped = lax.scan(
         backward_step, (up, wp, valid, history),
         jnp.arange((oversample - 1) * batch_size))
   # Kept picks in forward order; a shortfall (only under jit) is invalid.
   order = jnp.argsort(~alive, stable=True)[:batch_size]
-  return Selection(indices=picks[order].astype(jnp.int32),
-                   scores=gains[order], valid=alive[order])
+  sel = Selection(indices=picks[order].astype(jnp.int32),
+                  scores=gains[order], valid=alive[order])
+  # For tests: the per-point state after the forward pass and the history.
+  state = dict(u=u, w=w, picks=picks, valid=valid, alive=alive,
+               dropped=dropped, **final_history)
+  return sel, state
 
 
 # --------------------------------------------------------------------------
