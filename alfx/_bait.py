@@ -502,6 +502,53 @@ def _chunk_rows(chunk_size, n, per_row):
   return max(1, min(n, _CHUNK_FLOATS // max(per_row, 1)))
 
 
+def _map_rows(fn, arrays, rows):
+  """``fn`` over consecutive ``rows``-row chunks of the pool arrays.
+
+  Like `_pool.chunked_map`, but without padding (which copies every input):
+  chunks are dynamic slices and the last one overlaps its predecessor, so
+  ``fn`` is traced once and the overlapping rows are written twice with equal
+  values. ``fn`` must treat rows independently.
+  """
+  n = arrays[0].shape[0]
+  if rows >= n:
+    return fn(*arrays)
+  n_chunks = -(-n // rows)
+  shapes = jax.eval_shape(fn, *(jax.ShapeDtypeStruct((rows,) + a.shape[1:],
+                                                     a.dtype) for a in arrays))
+  init = jax.tree.map(lambda x: jnp.zeros((n,) + x.shape[1:], x.dtype), shapes)
+
+  def body(i, outs):
+    start = jnp.minimum(i * rows, n - rows)
+    res = fn(*(lax.dynamic_slice_in_dim(a, start, rows) for a in arrays))
+    return jax.tree.map(
+        lambda o, x: lax.dynamic_update_slice_in_dim(o, x, start, 0), outs,
+        res)
+
+  return lax.fori_loop(0, n_chunks, body, init)
+
+
+def _sum_rows(fn, arrays, rows, init, masked):
+  """``init + sum over row chunks of fn(*chunk)`` without padding copies.
+
+  The last chunk overlaps its predecessor; its already-counted rows are
+  zeroed in ``arrays[masked]``, whose zero rows must contribute nothing.
+  """
+  n = arrays[0].shape[0]
+  if rows >= n:
+    return init + fn(*arrays)
+
+  def body(i, acc):
+    start = jnp.minimum(i * rows, n - rows)
+    chunk = [lax.dynamic_slice_in_dim(a, start, rows) for a in arrays]
+    fresh = (start + jnp.arange(rows)) >= i * rows
+    x = chunk[masked]
+    chunk[masked] = x * fresh.reshape((rows,) + (1,) * (x.ndim - 1))
+    return acc + fn(*chunk)
+
+  return lax.fori_loop(0, -(-n // rows), body, init)
+
+
 # --------------------------------------------------------------------------
 # Packed pairs of classes and block products.
 
@@ -580,16 +627,8 @@ def _pool_gram(h, weights, chunk_size):
   n, dim = h.shape
   t = weights.shape[1]
   rows = _chunk_rows(chunk_size, n, t * dim)
-  n_chunks = -(-n // rows)
-  pad = n_chunks * rows - n
-  hp = jnp.pad(h, ((0, pad), (0, 0))).reshape(n_chunks, rows, dim)
-  wp = jnp.pad(weights, ((0, pad), (0, 0))).reshape(n_chunks, rows, t)
-
-  def body(acc, xs):
-    return acc + _weighted_gram(*xs), None
-
   zero = jnp.zeros((t, dim, dim), h.dtype)
-  return lax.scan(body, zero, (hp, wp))[0]
+  return _sum_rows(_weighted_gram, (h, weights), rows, zero, masked=1)
 
 
 def _labeled_gram(h, weights, labeled, chunk_size):
@@ -643,7 +682,7 @@ def _quad_forms(h, blocks, chunk_size):
     return total
 
   rows = _chunk_rows(chunk_size, n, t * dim)
-  return _pool.chunked_map(one, h, chunk_size=rows)
+  return _map_rows(one, (h,), rows)
 
 
 # --------------------------------------------------------------------------
@@ -703,22 +742,6 @@ def _atoms(probs, factors, kind):
   if kind == "full":
     return probs, probs[:, :, None], -1.0
   return None, factors, 1.0
-
-
-def _sum_chunks(fn, arrays, rows, init):
-  """``init + sum over row chunks of fn(*chunk)``; zero padding must add 0."""
-  n = arrays[0].shape[0]
-  n_chunks = -(-n // rows)
-  pad = n_chunks * rows - n
-
-  def split(a):
-    a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-    return a.reshape((n_chunks, rows) + a.shape[1:])
-
-  def body(acc, xs):
-    return acc + fn(*xs), None
-
-  return lax.scan(body, init, tuple(split(a) for a in arrays))[0]
 
 
 def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
@@ -796,8 +819,8 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
       hv = jnp.einsum("mi,aiq->maq", hc, v)
       return jnp.einsum("mak,maq->mkq", uc, hv)
 
-    out = _sum_chunks(f_lowrank_back(coef_fn, q), (h, u), rows,
-                      jnp.zeros((c, dim, q), dtype)) * (sign / n)
+    out = _sum_rows(f_lowrank_back(coef_fn, q), (h, u), rows,
+                    jnp.zeros((c, dim, q), dtype), masked=1) * (sign / n)
     if f_blocks is not None:
       out = out + jnp.einsum("aij,ajq->aiq", f_blocks, v)
     return out
@@ -809,8 +832,8 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
       kern = jnp.einsum("mi,ai->ma", hc, g)  # h_m . K_a^-1 h_j
       return jnp.einsum("mak,ar,ma->mkr", uc, aj, kern)
 
-    out = _sum_chunks(f_lowrank_back(coef_fn, r), (h, u), rows,
-                      jnp.zeros((c, dim, r), dtype)) * (sign / n)
+    out = _sum_rows(f_lowrank_back(coef_fn, r), (h, u), rows,
+                    jnp.zeros((c, dim, r), dtype), masked=1) * (sign / n)
     if f_blocks is not None:
       out = out + jnp.einsum("aij,aj,ar->air", f_blocks, g, aj)
     return out
@@ -840,8 +863,7 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
 
   r = scaled.shape[2]
   rows_pp = _chunk_rows(chunk_size, n, 2 * c * r_cols + 2 * r_cols * r)
-  u_n, w_n = _pool.chunked_map(per_point, h, factors, scaled,
-                               chunk_size=rows_pp)
+  u_n, w_n = _map_rows(per_point, (h, factors, scaled), rows_pp)
   # X_n^T K^-1 F K^-1 X_n: the one N^2 term.
   if scalar_k:  # s^2 / lam^2 V_n^T F V_n, precomputed by pool_fisher
     w_n = w_n + stats.quad * (s2 / (lam * lam))
@@ -879,7 +901,7 @@ def _full_kfk(h, probs, scaled, kinv_h, k_inv, f_blocks, sign, chunk_size):
     v = jnp.einsum("nar,ma,nam->nmr", sc, probs, kern)
     return part + (sign / n) * jnp.einsum("nmr,nms->nrs", v, v)
 
-  return _pool.chunked_map(one, h, scaled, chunk_size=rows)
+  return _map_rows(one, (h, scaled), rows)
 
 
 def _topc_pool_quad(h, factors, chunk_size):
@@ -893,7 +915,7 @@ def _topc_pool_quad(h, factors, chunk_size):
     aa = jnp.einsum("nar,mak->nrmk", ac, factors)
     return jnp.einsum("nm,nrmk,nsmk->nrs", kern, aa, aa) / n
 
-  return _pool.chunked_map(one, h, factors, chunk_size=rows)
+  return _map_rows(one, (h, factors), rows)
 
 
 # --------------------------------------------------------------------------
@@ -1058,7 +1080,7 @@ def _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
       ab = _contract_factors(ac, proj)
       return update(uc, wc, ab[..., :r], ab[..., r:], s_inv, wj)
 
-    return _pool.chunked_map(one, h, scaled, u, w, chunk_size=rows)
+    return _map_rows(one, (h, scaled, u, w), rows)
 
   def forward_step(carry, t):
     u, w, selectable, hist = carry
@@ -1138,8 +1160,7 @@ def _bait_diagonal(h, q, labeled, mask, lam, denom, f_diag, batch_size,
 
   def forward_step(carry, _):
     m, selectable = carry
-    gains = _pool.chunked_map(lambda a, b: values(m, a, b, 1.0), q, h2,
-                              chunk_size=rows)
+    gains = _map_rows(lambda a, b: values(m, a, b, 1.0), (q, h2), rows)
     j, _ = _pool.argmax(jnp.where(selectable, gains, -jnp.inf), axis_name)
     valid = _pool.take(selectable, j, axis_name)
     qj = _pool.take(q, j, axis_name)
