@@ -17,6 +17,12 @@ from alfx._bald import batchbald
 from alfx._diversity import badge
 from alfx._diversity import coreset
 from alfx._diversity import typiclust
+from alfx._bait import bait
+from alfx._bait import DENSE_MAX_DIM
+from alfx._bait import fisher_factors
+from alfx._bait import FisherFactors
+from alfx._bait import pool_fisher
+from alfx._bait import PoolFisher
 from alfx._information import bald
 from alfx._information import co_information
 from alfx._information import entropy
@@ -40,15 +46,20 @@ from alfx._uncertainty import variation_ratios
 __version__ = "0.1.0"
 
 __all__ = (
+    "DENSE_MAX_DIM",
+    "FisherFactors",
     "MAX_CONFIGURATIONS",
+    "PoolFisher",
     "Selection",
     "badge",
+    "bait",
     "bald",
     "batchbald",
     "co_information",
     "conservative_bald",
     "coreset",
     "entropy",
+    "fisher_factors",
     "joint_entropy",
     "kbald",
     "kbald_dynamic",
@@ -59,6 +70,7 @@ __all__ = (
     "predictive_entropy",
     "random_batch",
     "stochastic_batch",
+    "pool_fisher",
     "top_b",
     "topk_bald",
     "typiclust",
