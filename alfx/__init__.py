@@ -13,24 +13,74 @@ Conventions (the public contract):
 * Bad input raises ``ValueError`` naming the argument and its expected shape.
 """
 
+from alfx._flax import ensemble_predictions
+from alfx._flax import FitResult
+from alfx._flax import Forward
+from alfx._flax import init_ensemble
+from alfx._flax import linen_forward
+from alfx._flax import make_fit
+from alfx._flax import make_train_step
+from alfx._flax import mc_dropout_predictions
+from alfx._flax import nnx_forward
+from alfx._flax import Predictions
+from alfx._flax import sample_labeled
 from alfx._information import bald
 from alfx._information import co_information
 from alfx._information import entropy
 from alfx._information import joint_entropy
 from alfx._information import MAX_CONFIGURATIONS
 from alfx._information import mutual_information
+from alfx._loop import Data
+from alfx._loop import History
+from alfx._loop import initial_state
+from alfx._loop import Loop
+from alfx._loop import LoopState
+from alfx._loop import make_loop
+from alfx._loop import RoundMetrics
+from alfx._loop import run_loop
+from alfx._loop import vmap_loop
+from alfx._registry import get_strategy
+from alfx._registry import register_strategy
+from alfx._registry import Strategy
+from alfx._registry import StrategyContext
+from alfx._registry import strategy_names
 from alfx._selection import Selection
 from alfx._selection import top_b
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "Data",
+    "FitResult",
+    "Forward",
+    "History",
+    "Loop",
+    "LoopState",
     "MAX_CONFIGURATIONS",
+    "Predictions",
+    "RoundMetrics",
     "Selection",
+    "Strategy",
+    "StrategyContext",
     "bald",
     "co_information",
+    "ensemble_predictions",
     "entropy",
+    "get_strategy",
+    "init_ensemble",
+    "initial_state",
     "joint_entropy",
+    "linen_forward",
+    "make_fit",
+    "make_loop",
+    "make_train_step",
+    "mc_dropout_predictions",
     "mutual_information",
+    "nnx_forward",
+    "register_strategy",
+    "run_loop",
+    "sample_labeled",
+    "strategy_names",
     "top_b",
+    "vmap_loop",
 )
