@@ -113,7 +113,7 @@ def _random():
     # top-B of i.i.d. uniform noise over the selectable points: a uniform draw
     # without replacement (ties have probability zero).
     noise = _pool.uniform(key, (context.log_probs.shape[0],))
-    return _selection.top_b(noise, batch_size, mask=mask)
+    return _selection._top_b(noise, mask, batch_size)  # pylint: disable=protected-access
 
   return strategy
 
@@ -122,8 +122,10 @@ def _topk_bald():
 
   def strategy(key, context, batch_size, mask):
     del key
-    return _selection.top_b(_information.bald(context.log_probs), batch_size,
-                            mask=mask)
+    # The unchecked cores: strategies run inside the caller's trace, where
+    # value checks cannot run (and would trip on closed-over constants).
+    return _selection._top_b(_information._bald(context.log_probs), mask,  # pylint: disable=protected-access
+                             batch_size)
 
   return strategy
 

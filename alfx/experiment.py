@@ -535,12 +535,12 @@ def main(argv=None) -> int:
             file=sys.stderr)
   else:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    for s in strategies:
-      alfx.get_strategy(s, **strategy_options(s, args))  # unknown name raises
   if not strategies:
     p.error("no strategies to run.")
 
   try:
+    for s in strategies:
+      alfx.get_strategy(s, **strategy_options(s, args))  # unknown name raises
     if args.data:
       datasets = [load_npz_data(args.data, args.test_fraction)]
     else:
