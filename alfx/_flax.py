@@ -438,11 +438,16 @@ def make_train_step(forward: Forward, optimizer: optax.GradientTransformation):
     -> (params, opt_state, loss)``; ``key`` drives dropout.
   """
 
+  return jax.jit(_train_step(forward, optimizer))
+
+
+def _train_step(forward, optimizer):
+  """The unjitted step (inlined into the training scan)."""
+
   def loss_fn(params, x, y, w, key):
     logits, _ = forward(params, x, key)
     return cross_entropy_loss(logits, y, w)
 
-  @jax.jit
   def step(params, opt_state, x, y, w, key):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y, w, key)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -480,7 +485,7 @@ def make_fit(forward: Forward, optimizer: optax.GradientTransformation, *,
   """
   num_steps = _validation.check_positive_int(num_steps, "num_steps")
   batch_size = _validation.check_positive_int(batch_size, "batch_size")
-  step = make_train_step(forward, optimizer)
+  step = _train_step(forward, optimizer)
 
   def core(params, inputs, labels, labeled, key):
     opt_state = optimizer.init(params)
