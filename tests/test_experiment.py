@@ -164,3 +164,28 @@ def test_module_entry_point_lists_strategies():
                        capture_output=True, text=True, env=env, cwd=root,
                        check=True).stdout
   assert "random" in out and "bald" in out
+
+
+EXAMPLES = [
+    ("mc_dropout_batchbald.py", ["--rounds", "1"], "batchbald"),
+    ("ensemble_bait.py", ["--rounds", "1", "--strategies", "random,bait-full"],
+     "bait-full"),
+    ("vmap_seeds.py", ["--seeds", "2", "--rounds", "1"], "bald"),
+    ("nnx_active_learning.py", ["--rounds", "1"], "kbald-2"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,args,needs", EXAMPLES)
+def test_examples_run(script, args, needs):
+  import alfx  # pylint: disable=g-import-not-at-top
+  if needs not in alfx.strategy_names():
+    pytest.skip(f"{needs} is not registered in this build")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root + os.pathsep +
+             os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run([sys.executable, os.path.join(root, "examples",
+                                                        script)] + args,
+                          capture_output=True, text=True, env=env, cwd=root)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "accuracy" in result.stdout
