@@ -136,9 +136,14 @@ register_strategy("bald", _topk_bald,
                   description="top-B BALD scores (1-BALD, Houlsby et al. 2011)")
 
 
-def flip_selected(labeled: jax.Array, selection: _selection.Selection
-                  ) -> jax.Array:
-  """``labeled`` with the valid picks of ``selection`` set to True."""
-  n = labeled.shape[0]
-  index = jnp.where(selection.valid, selection.indices, n)
-  return labeled.at[index].set(True, mode="drop")
+def flip_selected(labeled: jax.Array, selection: _selection.Selection,
+                  axis_name=None) -> jax.Array:
+  """``labeled`` with the valid picks of ``selection`` set to True.
+
+  ``selection.indices`` are global pool indices; with ``axis_name`` (under
+  ``shard_map`` over the pool) each shard sets only the picks it owns.
+  """
+  n_local = labeled.shape[0]
+  local = selection.indices - _pool.offset(n_local, axis_name)
+  owned = selection.valid & (local >= 0) & (local < n_local)
+  return labeled.at[jnp.where(owned, local, n_local)].set(True, mode="drop")

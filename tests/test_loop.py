@@ -309,3 +309,17 @@ def test_flip_selected_ignores_invalid_picks():
                        scores=jnp.zeros(2), valid=jnp.array([True, False]))
   np.testing.assert_array_equal(_registry.flip_selected(labeled, sel),
                                 [False, True, True, False])
+
+
+def test_flip_selected_per_shard_equals_unsharded(rng):
+  # vmap with an axis name stands in for shard_map over 4 pool shards.
+  labeled = jnp.asarray(rng.random(24) < 0.3)
+  picks = rng.choice(np.flatnonzero(~np.asarray(labeled)), 5, replace=False)
+  sel = alfx.Selection(indices=jnp.asarray(picks, jnp.int32),
+                       scores=jnp.zeros(5), valid=jnp.arange(5) < 4)
+  whole = _registry.flip_selected(labeled, sel)
+  shards = jax.vmap(lambda l: _registry.flip_selected(l, sel, "pool"),
+                    axis_name="pool")(labeled.reshape(4, 6))
+  np.testing.assert_array_equal(shards.reshape(-1), whole)
+  np.testing.assert_array_equal(
+      whole, np.asarray(labeled) | np.isin(np.arange(24), picks[:4]))
