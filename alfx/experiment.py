@@ -327,7 +327,6 @@ def run_dataset(dataset: Dataset, strategies, args, progress):
         state, selection = acquire(predictions, state)
         jax.block_until_ready(state)
         acq_times.append(time.perf_counter() - t)
-        assert np.all(np.asarray(selection.valid)), "acquisition ran dry"
       else:
         labeled_before = np.asarray(state.labeled).sum(-1)
         # The final evaluation reuses the compiled train-and-predict program
@@ -370,7 +369,8 @@ def write_csv(rows, path):
 
 
 def curves(rows):
-  """``{(dataset, strategy): (labels[R+1], accuracy[seeds, R+1])}``."""
+  """``{(dataset, strategy): (labels[R+1], accuracy[seeds, R+1])}``, in the
+  order of the rows."""
   out = {}
   keys = list(dict.fromkeys((r["dataset"], r["strategy"]) for r in rows))
   for dataset, strategy in keys:
@@ -380,8 +380,10 @@ def curves(rows):
     rounds = sorted({r["round"] for r in sel})
     acc = np.array([[next(r["accuracy"] for r in sel if r["seed"] == s and
                           r["round"] == t) for t in rounds] for s in seeds])
-    labels = np.array([next(r["num_labeled"] for r in sel if r["seed"] ==
-                            seeds[0] and r["round"] == t) for t in rounds])
+    # Equal across seeds except for dynamic-size strategies: their mean.
+    labels = np.array([[next(r["num_labeled"] for r in sel if r["seed"] == s
+                             and r["round"] == t) for t in rounds]
+                       for s in seeds]).mean(0)
     out[(dataset, strategy)] = (labels, acc)
   return out
 
@@ -435,7 +437,7 @@ def summary_table(rows, summary) -> str:
     aulc = area_under_curve(labels, acc)
     t = timing.get((dataset, strategy), {})
     lines.append(
-        f"| {dataset} | {strategy} | {labels[0]}-{labels[-1]} |"
+        f"| {dataset} | {strategy} | {labels[0]:g}-{labels[-1]:g} |"
         f" {acc[:, -1].mean():.3f} ± {acc[:, -1].std():.3f} |"
         f" {np.mean(aulc):.3f} ± {np.std(aulc):.3f} |"
         f" {t.get('acquisition_seconds', float('nan')):.3f} |"
