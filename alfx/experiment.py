@@ -290,12 +290,12 @@ def run_dataset(dataset: Dataset, strategies, args, progress):
   params, state0 = stack(params), stack(states)
 
   def loop_for(strategy):
-    return alfx.vmap_loop(alfx.make_loop(
+    loop = alfx.make_loop(
         forward, optimizer, strategy, batch_size=args.batch_size,
         num_steps=args.train_steps, train_batch_size=args.train_batch_size,
         mc_dropout_samples=mc, chunk_size=args.chunk_size,
-        strategy_options=strategy_options(strategy, args)
-        if isinstance(strategy, str) else None))
+        strategy_options=strategy_options(strategy, args))
+    return alfx.vmap_loop(loop, seeds_per_batch=args.seeds_per_batch)
 
   # Training and prediction do not depend on the strategy: compile them once
   # per dataset; only the acquisition compiles per strategy.
@@ -499,6 +499,10 @@ def build_parser():
                  help="pool rows per prediction chunk")
   p.add_argument("--seeds", type=int, default=3,
                  help="repetitions, run together with jax.vmap (default 3)")
+  p.add_argument("--seeds-per-batch", type=int, default=None,
+                 help="run the seeds in groups of this many inside the"
+                      " compiled program (jax.lax.map) instead of all at once"
+                      " (jax.vmap, the default)")
   p.add_argument("--seed", type=int, default=0, help="first seed")
   p.add_argument("--out", default=os.path.join("runs", "experiment"),
                  help="output folder (default runs/experiment)")
@@ -508,6 +512,8 @@ def build_parser():
 
 
 def _check_args(p, args):
+  if args.seeds_per_batch is not None and args.seeds_per_batch < 1:
+    p.error("--seeds-per-batch must be >= 1.")
   for name in ("batch_size", "initial", "seeds", "train_steps",
                "train_batch_size", "num_samples", "chunk_size"):
     if getattr(args, name) < 1:

@@ -136,6 +136,12 @@ def test_vmap_over_seeds_equals_python_loop(rng):
     np.testing.assert_array_equal(batched.num_labeled[r], [6, 10, 14, 18])
     np.testing.assert_array_equal(batched.state.labeled[r],
                                   one.state.labeled)
+  # Groups of 2 seeds in a compiled loop (3 = 2 + a remainder of 1): the same.
+  grouped = alfx.run_loop(alfx.vmap_loop(loop, seeds_per_batch=2), params,
+                          stacked, data, 1)
+  np.testing.assert_array_equal(grouped.indices[:, 0], batched.indices[:, 0])
+  np.testing.assert_allclose(grouped.accuracy[:, 0], batched.accuracy[:, 0],
+                             atol=1e-6)
 
 
 def test_run_loop_history_and_callback(rng):
