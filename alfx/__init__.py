@@ -13,6 +13,9 @@ Conventions (the public contract):
 * Bad input raises ``ValueError`` naming the argument and its expected shape.
 """
 
+from alfx._diversity import badge
+from alfx._diversity import coreset
+from alfx._diversity import typiclust
 from alfx._flax import ensemble_predictions
 from alfx._flax import FitResult
 from alfx._flax import Forward
@@ -42,10 +45,17 @@ from alfx._loop import vmap_loop
 from alfx._registry import get_strategy
 from alfx._registry import register_strategy
 from alfx._registry import Strategy
-from alfx._registry import StrategyContext
 from alfx._registry import strategy_names
+from alfx._registry import StrategyContext
 from alfx._selection import Selection
 from alfx._selection import top_b
+from alfx._uncertainty import least_confidence
+from alfx._uncertainty import margin
+from alfx._uncertainty import mean_std
+from alfx._uncertainty import predictive_entropy
+from alfx._uncertainty import random_batch
+from alfx._uncertainty import stochastic_batch
+from alfx._uncertainty import variation_ratios
 
 __version__ = "0.1.0"
 
@@ -62,25 +72,35 @@ __all__ = (
     "Selection",
     "Strategy",
     "StrategyContext",
+    "badge",
     "bald",
     "co_information",
+    "coreset",
     "ensemble_predictions",
     "entropy",
     "get_strategy",
     "init_ensemble",
     "initial_state",
     "joint_entropy",
+    "least_confidence",
     "linen_forward",
     "make_fit",
     "make_loop",
     "make_train_step",
+    "margin",
     "mc_dropout_predictions",
+    "mean_std",
     "mutual_information",
     "nnx_forward",
+    "predictive_entropy",
+    "random_batch",
     "register_strategy",
     "run_loop",
     "sample_labeled",
+    "stochastic_batch",
     "strategy_names",
     "top_b",
+    "typiclust",
+    "variation_ratios",
     "vmap_loop",
 )

@@ -19,9 +19,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from alfx import _diversity
 from alfx import _information
 from alfx import _pool
 from alfx import _selection
+from alfx import _uncertainty
 
 
 class StrategyContext(NamedTuple):
@@ -104,28 +106,83 @@ def get_strategy(name: str, **options) -> Strategy:
 
 
 # ----------------------------------------------------------------------------
-# Built-in strategies.
-
-
-def _random():
-
-  def strategy(key, context, batch_size, mask):
-    # top-B of i.i.d. uniform noise over the selectable points: a uniform draw
-    # without replacement (ties have probability zero).
-    noise = _pool.uniform(key, (context.log_probs.shape[0],))
-    return _selection._top_b(noise, mask, batch_size)  # pylint: disable=protected-access
-
-  return strategy
+# Built-in strategies. Each factory takes the strategy's options and returns
+# the uniform call; the public functions do the work (their shape checks run
+# under the caller's trace, their value checks are skipped there).
 
 
 def _topk_bald():
 
   def strategy(key, context, batch_size, mask):
     del key
-    # The unchecked cores: strategies run inside the caller's trace, where
-    # value checks cannot run (and would trip on closed-over constants).
-    return _selection._top_b(_information._bald(context.log_probs), mask,  # pylint: disable=protected-access
-                             batch_size)
+    return _selection.top_b(_information.bald(context.log_probs), batch_size,
+                            mask=mask)
+
+  return strategy
+
+
+def _random():
+
+  def strategy(key, context, batch_size, mask):
+    del context
+    return _uncertainty.random_batch(batch_size, key=key, mask=mask)
+
+  return strategy
+
+
+def _top_score(score):
+
+  def factory():
+
+    def strategy(key, context, batch_size, mask):
+      del key
+      return _selection.top_b(score(context.log_probs), batch_size, mask=mask)
+
+    return strategy
+
+  return factory
+
+
+def _stochastic(score, mode):
+
+  def factory(beta=1.0):
+
+    def strategy(key, context, batch_size, mask):
+      return _uncertainty.stochastic_batch(score(context.log_probs),
+                                           batch_size, key=key, mode=mode,
+                                           beta=beta, mask=mask)
+
+    return strategy
+
+  return factory
+
+
+def _badge():
+
+  def strategy(key, context, batch_size, mask):
+    return _diversity.badge(context.embeddings, context.probs, batch_size,
+                            key=key, mask=mask)
+
+  return strategy
+
+
+def _coreset():
+
+  def strategy(key, context, batch_size, mask):
+    del key
+    return _diversity.coreset(context.embeddings, context.labeled, batch_size,
+                              mask=mask)
+
+  return strategy
+
+
+def _typiclust(max_clusters=500, k_nn=20, min_cluster_size=5):
+
+  def strategy(key, context, batch_size, mask):
+    return _diversity.typiclust(context.embeddings, context.labeled,
+                                batch_size, key=key, mask=mask,
+                                max_clusters=max_clusters, k_nn=k_nn,
+                                min_cluster_size=min_cluster_size)
 
   return strategy
 
@@ -134,6 +191,32 @@ register_strategy("random", _random,
                   description="uniform without replacement over the pool")
 register_strategy("bald", _topk_bald,
                   description="top-B BALD scores (1-BALD, Houlsby et al. 2011)")
+for _name, _score, _text in (
+    ("entropy", _uncertainty.predictive_entropy,
+     "predictive entropy of the mean prediction"),
+    ("margin", _uncertainty.margin,
+     "smallest gap between the top two mean probabilities"),
+    ("least-confidence", _uncertainty.least_confidence,
+     "lowest top mean probability"),
+    ("variation-ratios", _uncertainty.variation_ratios,
+     "disagreement of the samples' votes"),
+    ("mean-std", _uncertainty.mean_std,
+     "mean over classes of the samples' standard deviation")):
+  register_strategy(_name, _top_score(_score), description=f"top-B {_text}")
+for _mode in ("power", "softmax", "softrank"):
+  register_strategy(
+      f"{_mode}bald", _stochastic(_information.bald, _mode),
+      description=f"{_mode} sampling of BALD scores (Kirsch et al. 2021),"
+      " option beta")
+register_strategy("badge", _badge,
+                  description="k-means++ seeding on gradient embeddings"
+                  " (Ash et al. 2020)")
+register_strategy("coreset", _coreset,
+                  description="k-center greedy on embeddings (Sener and"
+                  " Savarese 2018)")
+register_strategy("typiclust", _typiclust,
+                  description="most typical points of uncovered k-means"
+                  " clusters (Hacohen et al. 2022)")
 
 
 def flip_selected(labeled: jax.Array, selection: _selection.Selection,

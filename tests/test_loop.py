@@ -274,17 +274,23 @@ def test_bald_strategy_is_top_b_of_bald(rng):
 def test_random_strategy_is_uniform_without_replacement(rng):
   ctx = _context(rng, n=12)
   mask = jnp.asarray(rng.random(12) < 0.6).at[:3].set(True)
-  strategy = jax.jit(lambda k: alfx.get_strategy("random")(k, ctx, 2, mask))
+  random = alfx.get_strategy("random")
+  strategy = jax.jit(lambda k, c, m: random(k, c, 2, m))
   draws = 4000
-  picks = np.asarray(jax.vmap(strategy)(
-      jax.random.split(jax.random.key(int(rng.integers(99))), draws)).indices)
+  keys = jax.random.split(jax.random.key(int(rng.integers(99))), draws)
+  picks = np.asarray(jax.vmap(strategy, in_axes=(0, None, None))(
+      keys, ctx, mask).indices)
   assert np.asarray(mask)[picks].all()
   assert (picks[:, 0] != picks[:, 1]).all()
   counts = np.bincount(picks.ravel(), minlength=12)[np.asarray(mask)]
   expected = 2 * draws / int(mask.sum())
   assert np.all(np.abs(counts - expected) < 6 * np.sqrt(expected))
-  a = strategy(jax.random.key(1)).indices
-  np.testing.assert_array_equal(a, strategy(jax.random.key(1)).indices)
+  a = strategy(jax.random.key(1), ctx, mask).indices
+  np.testing.assert_array_equal(a, strategy(jax.random.key(1), ctx,
+                                            mask).indices)
+  others = {tuple(np.asarray(strategy(jax.random.key(s), ctx, mask).indices))
+            for s in range(2, 12)}
+  assert len(others) > 1  # different keys, different picks
 
 
 def test_register_a_custom_strategy_and_use_it_in_the_loop(rng):

@@ -1,0 +1,374 @@
+"""Uncertainty scores, stochastic batch acquisition and random selection.
+
+The score functions map predictive samples ``log_probs[N, K, C]`` to one
+utility per pool point, higher = more informative, so that every one of them
+feeds `alfx.top_b` (the deterministic top-B batch) or `stochastic_batch`
+(Kirsch et al. 2021) unchanged. Scores of the mean predictive
+``pbar = mean_k p_k`` (entropy, margin, least confidence) also accept a
+rank-2 ``log_probs[N, C]``, read as a single sample (``K = 1``); the scores
+that measure disagreement between samples (variation ratios, mean standard
+deviation) require the sample axis and refuse rank-2 input, which would make
+them identically zero.
+
+Randomised selections are Gumbel-top-k: adding independent Gumbel noise to
+``log w_n`` and taking the ``B`` largest is exactly sequential sampling of
+``B`` points without replacement with probabilities proportional to the
+weights ``w_n`` (Plackett-Luce), and needs no host round-trip. The noise
+comes from `alfx._pool.gumbel`, so that a sharded run draws the
+single-device noise.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from alfx import _pool
+from alfx import _selection
+from alfx import _validation
+from alfx._information import plogp_from_log
+
+#: The modes of `stochastic_batch`.
+STOCHASTIC_MODES = ("power", "softmax", "softrank")
+
+
+# ----------------------------------------------------------------------------
+# Input checks.
+
+
+def _check_scored_log_probs(log_probs, name: str, allow_rank_2: bool
+                            ) -> jax.Array:
+  """``log_probs[N, K, C]`` (or ``[N, C]``, as ``K = 1``) -> ``[N, K, C]``."""
+  expected = "[N, K, C] or [N, C]" if allow_rank_2 else "[N, K, C]"
+  x = _validation.as_float_array(log_probs, "log_probs", expected)
+  if allow_rank_2 and x.ndim == 2:
+    x = _validation.check_log_probs(x, expected="[N, C]", rank=2)
+    return x[:, None, :]
+  if x.ndim == 2:
+    raise ValueError(
+        f"{name} needs posterior samples: log_probs must have shape [N, K, C]"
+        f" (rank 3), got shape {list(x.shape)}; with a single sample (rank-2"
+        " [N, C]) it would be zero for every point.")
+  return _validation.check_log_probs(x, expected=expected, rank=3)
+
+
+def _mean_probs(log_probs: jax.Array) -> jax.Array:
+  """``pbar = mean_k p_k``, ``[N, C]``, via a log-space mixture mean."""
+  k = log_probs.shape[-2]
+  return jnp.exp(jax.nn.logsumexp(log_probs, axis=-2) - math.log(k))
+
+
+# ----------------------------------------------------------------------------
+# Scores.
+
+
+def predictive_entropy(log_probs) -> jax.Array:
+  """Entropy of the mean predictive, ``H[mean_k p_k]`` (max-entropy sampling).
+
+  ``H[pbar] = -sum_c pbar_c log pbar_c`` with ``log pbar`` formed by a
+  ``logsumexp`` over samples, so no probability underflows before the log;
+  zero-probability classes contribute 0. Equals BALD plus the expected
+  aleatoric entropy ``mean_k H[p_k]``.
+
+  Args:
+    log_probs: ``float[N, K, C]`` predictive log-probabilities, or
+      ``float[N, C]`` (one sample, ``K = 1``).
+
+  Returns:
+    ``float[N]`` in ``[0, log C]`` nats, higher = more uncertain.
+  """
+  log_probs = _check_scored_log_probs(log_probs, "predictive_entropy", True)
+  return _predictive_entropy(log_probs)
+
+
+@jax.jit
+def _predictive_entropy(log_probs):
+  k = log_probs.shape[-2]
+  log_mean = jax.nn.logsumexp(log_probs, axis=-2) - math.log(k)
+  return jnp.maximum(-jnp.sum(plogp_from_log(log_mean), axis=-1), 0)
+
+
+def margin(log_probs) -> jax.Array:
+  """Margin utility ``-(pbar_(1) - pbar_(2))`` of the mean predictive.
+
+  ``pbar_(1) >= pbar_(2)`` are the two largest mean class probabilities;
+  margin sampling (Scheffer et al. 2001) labels the points whose top two
+  classes are closest, so the utility is the negated gap: ``0`` for a tie,
+  ``-1`` for a certain prediction.
+
+  Args:
+    log_probs: ``float[N, K, C]`` or ``float[N, C]`` (``K = 1``), ``C >= 2``.
+
+  Returns:
+    ``float[N]`` in ``[-1, 0]``, higher = more uncertain.
+  """
+  log_probs = _check_scored_log_probs(log_probs, "margin", True)
+  if log_probs.shape[-1] < 2:
+    raise ValueError("margin needs at least two classes: log_probs must have"
+                     f" shape [N, K, C] with C >= 2, got C={log_probs.shape[-1]}.")
+  return _margin(log_probs)
+
+
+@jax.jit
+def _margin(log_probs):
+  pbar = _mean_probs(log_probs)
+  # Two max-reductions rather than lax.top_k(pbar, 2), which XLA:CPU runs as
+  # a sort per row (3x slower at N = 10^6). A tied maximum gives margin 0.
+  first = jnp.argmax(pbar, axis=-1)
+  p1 = jnp.max(pbar, axis=-1)
+  others = jnp.arange(pbar.shape[-1]) != first[:, None]
+  p2 = jnp.max(jnp.where(others, pbar, -jnp.inf), axis=-1)
+  return p2 - p1
+
+
+def least_confidence(log_probs) -> jax.Array:
+  """Least-confidence utility ``1 - max_c pbar_c`` of the mean predictive.
+
+  Args:
+    log_probs: ``float[N, K, C]`` or ``float[N, C]`` (``K = 1``).
+
+  Returns:
+    ``float[N]`` in ``[0, 1 - 1/C]``, higher = more uncertain.
+  """
+  log_probs = _check_scored_log_probs(log_probs, "least_confidence", True)
+  return _least_confidence(log_probs)
+
+
+@jax.jit
+def _least_confidence(log_probs):
+  return 1 - jnp.max(_mean_probs(log_probs), axis=-1)
+
+
+def variation_ratios(log_probs) -> jax.Array:
+  """Variation ratio ``1 - f_mode / K`` of the samples' predicted classes.
+
+  Each sample votes for its most probable class (``argmax_c p_k``, ties to
+  the lower class index); ``f_mode`` is the number of votes of the most
+  voted class (Freeman 1965; Gal et al. 2017). ``0`` when all samples agree.
+
+  Args:
+    log_probs: ``float[N, K, C]``; rank-2 input is refused (with one sample
+      the ratio is always 0).
+
+  Returns:
+    ``float[N]`` in ``[0, 1 - 1/min(K, C)]``, multiples of ``1/K``.
+  """
+  log_probs = _check_scored_log_probs(log_probs, "variation_ratios", False)
+  return _variation_ratios(log_probs)
+
+
+@jax.jit
+def _variation_ratios(log_probs):
+  _, k, c = log_probs.shape
+  votes = jax.nn.one_hot(jnp.argmax(log_probs, axis=-1), c, dtype=jnp.int32)
+  mode_count = jnp.max(jnp.sum(votes, axis=-2), axis=-1)
+  # (K - f) / K is exact in floating point for the integer counts.
+  return (k - mode_count).astype(log_probs.dtype) / k
+
+
+def mean_std(log_probs) -> jax.Array:
+  """Mean over classes of the standard deviation of ``p_k(c)`` over samples.
+
+  ``mean_c sqrt(mean_k (p_kc - pbar_c)**2)`` (Kampffmeyer et al. 2016), the
+  population standard deviation over the ``K`` samples, computed from the
+  centred values (no ``E[p^2] - E[p]^2`` cancellation).
+
+  Args:
+    log_probs: ``float[N, K, C]``; rank-2 input is refused (with one sample
+      the deviation is always 0).
+
+  Returns:
+    ``float[N]`` in ``[0, 1/2]``, higher = more disagreement.
+  """
+  log_probs = _check_scored_log_probs(log_probs, "mean_std", False)
+  return _mean_std(log_probs)
+
+
+@jax.jit
+def _mean_std(log_probs):
+  p = jnp.exp(log_probs)
+  centred = p - jnp.mean(p, axis=-2, keepdims=True)
+  return jnp.mean(jnp.sqrt(jnp.mean(centred**2, axis=-2)), axis=-1)
+
+
+# ----------------------------------------------------------------------------
+# Stochastic batch acquisition.
+
+
+def _pool_top_k(values, k, axis_name=None):
+  """``(values[k], global int32 indices[k])`` of the ``k`` largest over the pool.
+
+  Ties go to the lower global index. Sharded, each device takes its local
+  top ``k``, and the ``P * k`` candidates (all-gathered, ordered by device)
+  are reduced by a second top-k, which is stable: no gather of the pool.
+  (`alfx.top_b` uses ``lax.top_k`` on the local slice only; this is the
+  shard-aware equivalent.)
+  """
+  vals, local = lax.top_k(values, k)
+  index = _pool.offset(values.shape[0], axis_name) + local.astype(jnp.int32)
+  if axis_name is None:
+    return vals, index
+  vals = lax.all_gather(vals, axis_name, tiled=True)
+  index = lax.all_gather(index, axis_name, tiled=True)
+  vals, pos = lax.top_k(vals, k)
+  return vals, index[pos]
+
+
+def _check_beta(beta):
+  """``beta`` is a traced scalar (no recompilation); checked when concrete."""
+  if isinstance(beta, bool) or not (isinstance(beta, (int, float))
+                                    or hasattr(beta, "dtype")):
+    raise ValueError(f"beta must be a non-negative float, got {beta!r}.")
+  if jnp.ndim(beta) != 0:
+    raise ValueError(f"beta must be a scalar (shape []), got shape"
+                     f" {list(jnp.shape(beta))}.")
+  if _validation.is_concrete(beta):
+    value = float(beta)
+    if not (math.isfinite(value) and value >= 0):
+      raise ValueError(f"beta must be a finite float >= 0, got {value}.")
+  return beta
+
+
+def stochastic_batch(utilities, batch_size, *, key, mode="power", beta=1.0,
+                     mask=None):
+  """Samples a batch with probabilities from the utilities (Kirsch et al. 2021).
+
+  Stochastic batch acquisition replaces top-B by sampling ``B`` selectable
+  points without replacement, with sampling weights
+
+  * ``mode='power'``: ``w_n = s_n ** beta`` (PowerBALD is power sampling of
+    ``alfx.bald``). Points with ``s_n <= 0`` (or ``-inf``) have weight 0:
+    they are never picked while a selectable point of positive utility
+    remains; if fewer than ``B`` selectable points have positive utility,
+    the rest of the batch is drawn uniformly from the others.
+  * ``mode='softmax'``: ``w_n = exp(beta * s_n)`` (Boltzmann). Points with
+    ``s_n = -inf`` have weight 0 and fill the batch last, as above.
+  * ``mode='softrank'``: ``w_n = r_n ** -beta`` with ``r_n`` the 1-based rank
+    of ``s_n`` among the selectable points, in decreasing order (ties to the
+    lower index). Depends on the order of the utilities only.
+
+  Implemented as Gumbel-top-k: the ``B`` largest ``log w_n + g_n``, with
+  ``g_n`` i.i.d. standard Gumbel, are exactly ``B`` sequential draws without
+  replacement from ``w`` (so ``indices`` are in draw order). ``beta = 0`` is
+  uniform sampling; ``beta -> inf`` tends to `top_b`. The paper's default is
+  ``beta = 1``.
+
+  Args:
+    utilities: ``float[N]`` any utility, higher = more informative (BALD,
+      margin, entropy...). NaN is refused.
+    batch_size: static ``int``, ``B``.
+    key: a PRNG key (``jax.random.key(seed)``).
+    mode: ``'power'``, ``'softmax'`` or ``'softrank'``.
+    beta: float ``>= 0`` (a traced value: changing it does not recompile).
+    mask: optional ``bool[N]``, True where a point may be picked.
+
+  Returns:
+    A :class:`Selection`; ``scores`` are the utilities of the picks.
+
+  Cost: ``O(N)`` for the noise and a top-k (``O(N log N)`` sort for
+  ``'softrank'``); memory a few ``[N]`` vectors.
+  """
+  utilities = _validation.check_utilities(utilities)
+  mask = _validation.check_mask(mask, utilities.shape[0])
+  batch_size = _validation.check_batch_size(batch_size, mask)
+  key = _validation.check_key(key)
+  _validation.check_choice(mode, "mode", STOCHASTIC_MODES)
+  beta = _check_beta(beta)
+  return _stochastic_batch(utilities, mask, key, beta, batch_size, mode)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "mode",
+                                             "axis_name"))
+def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
+                      axis_name=None):
+  """`stochastic_batch` without checks; shardable over the pool, except
+  ``'softrank'``, whose ranks need a sort of the whole pool."""
+  dtype = utilities.dtype
+  beta = jnp.asarray(beta, dtype)
+  noise = _pool.gumbel(key, utilities.shape, dtype, axis_name=axis_name)
+  if mode == "power":
+    positive = utilities > 0
+    safe = jnp.where(positive, utilities, 1)
+    # beta * log s, with s^0 = 1 also for s = +inf (no 0 * inf = NaN).
+    log_w = jnp.where(beta == 0, 0, beta * jnp.log(safe))
+    supported = mask & positive
+  elif mode == "softmax":
+    finite_below = utilities > -jnp.inf
+    safe = jnp.where(finite_below, utilities, 0)
+    log_w = jnp.where(beta == 0, 0, beta * safe)
+    supported = mask & finite_below
+  else:  # softrank
+    if axis_name is not None:
+      raise NotImplementedError("softrank ranks need a global sort of the pool;"
+                                " it runs on a single device only.")
+    # Rank 1 = highest utility among the selectable points; ties to the
+    # lower index (a stable sort of the negated utilities).
+    lowest = jnp.finfo(dtype).min
+    ranked = jnp.where(mask, jnp.maximum(utilities, lowest), -jnp.inf)
+    order = jnp.argsort(-ranked, stable=True)
+    rank = jnp.zeros(utilities.shape, dtype).at[order].set(
+        jnp.arange(1, utilities.shape[0] + 1, dtype=dtype))
+    log_w = -beta * jnp.log(rank)
+    supported = mask
+  # Weight-0 points (power: s <= 0; softmax: s = -inf) come after every
+  # supported point, in uniformly random order among themselves. Two top-k's
+  # and a splice keep the two tiers exact in any dtype.
+  first = jnp.where(supported, log_w + noise, -jnp.inf)
+  second = jnp.where(mask & ~supported, noise, -jnp.inf)
+  val_first, idx_first = _pool_top_k(first, batch_size, axis_name)
+  val_second, idx_second = _pool_top_k(second, batch_size, axis_name)
+  n_first = _pool.psum(jnp.sum(supported, dtype=jnp.int32), axis_name)
+  slot = jnp.arange(batch_size)
+  tail = jnp.clip(slot - n_first, 0, batch_size - 1)
+  use_first = slot < n_first
+  indices = jnp.where(use_first, idx_first, idx_second[tail]).astype(jnp.int32)
+  # A pick is valid when it came from a selectable point (a -inf key means
+  # none was left: possible only under the caller's jit).
+  valid = jnp.where(use_first, val_first, val_second[tail]) > -jnp.inf
+  scores = jax.vmap(lambda i: _pool.take(utilities, i, axis_name))(indices)
+  return _selection.Selection(indices=indices, scores=scores, valid=valid)
+
+
+# ----------------------------------------------------------------------------
+# Random.
+
+
+def random_batch(batch_size, *, key, mask):
+  """Uniformly random batch of selectable points, without replacement.
+
+  The ``B`` selectable points with the largest i.i.d. uniform keys: every
+  ``B``-subset of the selectable points is equally likely, and ``indices``
+  are in a uniformly random order.
+
+  Args:
+    batch_size: static ``int``, ``B``.
+    key: a PRNG key.
+    mask: ``bool[N]``, True where a point may be picked (required: it gives
+      the pool size ``N``).
+
+  Returns:
+    A :class:`Selection` with ``scores`` all 0 (random picks have no gain).
+  """
+  if mask is None:
+    raise ValueError("mask is required: a bool[N] of the selectable points"
+                     " (it gives the pool size N).")
+  mask = mask if isinstance(mask, jax.Array) else jnp.asarray(mask)
+  if mask.ndim != 1:
+    raise ValueError(f"mask must have shape [N], got {list(mask.shape)}.")
+  mask = _validation.check_mask(mask, mask.shape[0])
+  batch_size = _validation.check_batch_size(batch_size, mask)
+  key = _validation.check_key(key)
+  return _random_batch(mask, key, batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "axis_name"))
+def _random_batch(mask, key, batch_size, axis_name=None):
+  noise = _pool.uniform(key, mask.shape, axis_name=axis_name)
+  # Unselectable points get -1 < every uniform draw in [0, 1).
+  values, indices = _pool_top_k(jnp.where(mask, noise, -1.0), batch_size,
+                                axis_name)
+  return _selection.Selection(
+      indices=indices, scores=jnp.zeros((batch_size,), jnp.float32),
+      valid=values >= 0)

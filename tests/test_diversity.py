@@ -1,0 +1,593 @@
+"""BADGE, CoreSet, k-means and TypiClust against dense float64 references."""
+
+import functools
+import os
+import subprocess
+import sys
+
+import chex
+import jax.extend.core as jex_core
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import alfx
+from alfx import _diversity
+from conftest import seed_for
+import reference_baselines as refb
+from test_uncertainty import ALPHA, chi_square_p_value, count_rows
+
+
+def _f32(x):
+  return jnp.asarray(x, jnp.float32)
+
+
+def _random_probs(rng, n, c, scale=2.0):
+  logits = scale * rng.standard_normal((n, c))
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  return p / p.sum(1, keepdims=True)
+
+
+def _blobs(rng, n_blobs, per_blob, d, spread=1.0, distance=50.0):
+  """Well-separated Gaussian blobs; ``per_blob`` an int or a size per blob."""
+  sizes = np.broadcast_to(per_blob, (n_blobs,))
+  centres = distance * rng.standard_normal((n_blobs, d))
+  x = np.concatenate([c + spread * rng.standard_normal((s, d))
+                      for c, s in zip(centres, sizes)])
+  return x, np.repeat(np.arange(n_blobs), sizes)
+
+
+def _max_intermediate_size(fn, *args):
+  """Largest number of elements of any value inside ``fn``'s jaxpr."""
+  biggest = 0
+
+  def visit(jaxpr):
+    nonlocal biggest
+    for eqn in jaxpr.eqns:
+      for v in eqn.outvars:
+        biggest = max(biggest, int(np.prod(v.aval.shape, dtype=np.int64)))
+      for p in eqn.params.values():
+        for sub in (p if isinstance(p, (tuple, list)) else [p]):
+          if isinstance(sub, jex_core.ClosedJaxpr):
+            visit(sub.jaxpr)
+          elif isinstance(sub, jex_core.Jaxpr):
+            visit(sub)
+
+  visit(jax.make_jaxpr(fn)(*args).jaxpr)
+  return biggest
+
+
+def _check_selection(sel, b, selectable):
+  idx = np.asarray(sel.indices)
+  chex.assert_shape(sel.indices, (b,))
+  assert sel.indices.dtype == jnp.int32
+  assert len(set(idx.tolist())) == b, "duplicate picks"
+  assert np.asarray(selectable)[idx].all(), "picked an unselectable point"
+  assert np.asarray(sel.valid).all()
+
+
+# ----------------------------------------------------------------------------
+# BADGE.
+
+
+@pytest.mark.parametrize("n,d,c", [(12, 3, 2), (40, 6, 4), (25, 2, 7)])
+def test_badge_scores_are_dense_gradient_distances(rng, n, d, c):
+  """Factorised distances equal those of the dense [N, C*D] embeddings."""
+  h = rng.standard_normal((n, d))
+  p = _random_probs(rng, n, c)
+  mask = rng.random(n) < 0.8
+  mask[:4] = True
+  g = refb.badge_embeddings(h, p)
+  for x64 in (False, True):
+    with jax.enable_x64(x64):
+      dtype = jnp.float64 if x64 else jnp.float32
+      sel = alfx.badge(jnp.asarray(h, dtype), jnp.asarray(p, dtype), 4,
+                       key=jax.random.key(0), mask=jnp.asarray(mask))
+      assert sel.scores.dtype == dtype
+      idx = np.asarray(sel.indices)
+      _check_selection(sel, 4, mask)
+      norms = np.where(mask, (g**2).sum(1), -np.inf)
+      assert idx[0] == np.argmax(norms)
+      want = [norms[idx[0]]] + [
+          refb.sq_dists(g[idx[t]][None], g[idx[:t]]).min() for t in (1, 2, 3)]
+      tol = dict(rtol=1e-10, atol=1e-12) if x64 else dict(rtol=2e-5, atol=1e-5)
+      np.testing.assert_allclose(sel.scores, want, **tol)
+
+
+def test_badge_draws_follow_the_d2_distribution():
+  """k-means++ on gradient embeddings: pick sequences by a chi-square test."""
+  rng = np.random.default_rng(seed_for("badge_d2"))
+  n = 6
+  h = rng.standard_normal((n, 3))
+  p = _random_probs(rng, n, 3, scale=1.0)
+  mask = np.array([True, True, False, True, True, True])
+  probs = refb.badge_sequence_probabilities(h, p, mask, 3)
+  keys = jax.random.split(jax.random.key(5), 40_000)
+  draw = jax.jit(jax.vmap(
+      lambda k, h, p, m: alfx.badge(h, p, 3, key=k, mask=m),
+      in_axes=(0, None, None, None)))
+  sel = draw(keys, _f32(h), _f32(p), jnp.asarray(mask))
+  assert chi_square_p_value(count_rows(sel.indices), probs) > ALPHA
+  assert sel.valid.all()
+
+
+def test_badge_keys_masks_duplicates_vmap(rng):
+  n, b = 300, 12
+  h = _f32(rng.standard_normal((n, 8)))
+  p = _f32(_random_probs(rng, n, 5))
+  mask = jnp.asarray(rng.random(n) < 0.6)
+  a = alfx.badge(h, p, b, key=jax.random.key(1), mask=mask)
+  _check_selection(a, b, mask)
+  np.testing.assert_array_equal(
+      a.indices, alfx.badge(h, p, b, key=jax.random.key(1), mask=mask).indices)
+  other = alfx.badge(h, p, b, key=jax.random.key(2), mask=mask)
+  assert not np.array_equal(a.indices, other.indices)
+  assert a.indices[0] == other.indices[0]  # the first pick is deterministic
+  keys = jax.random.split(jax.random.key(3), 3)
+  batched = jax.jit(jax.vmap(
+      lambda k, h, p, m: alfx.badge(h, p, b, key=k, mask=m),
+      in_axes=(0, None, None, None)))(keys, h, p, mask)
+  for i, k in enumerate(keys):
+    np.testing.assert_array_equal(
+        batched.indices[i], alfx.badge(h, p, b, key=k, mask=mask).indices)
+
+
+def test_badge_duplicates_fall_back_to_uniform():
+  # Four copies of one point: after the first pick every D^2 is 0.
+  h = jnp.ones((4, 2))
+  p = jnp.tile(jnp.array([[0.7, 0.3]]), (4, 1))
+  sel = alfx.badge(h, p, 4, key=jax.random.key(0))
+  _check_selection(sel, 4, np.ones(4, bool))
+  np.testing.assert_allclose(sel.scores[1:], 0, atol=1e-6)
+
+
+def test_badge_under_jit_marks_shortfall():
+  mask = jnp.array([True, False, True])
+  sel = jax.jit(lambda h, p, m: alfx.badge(h, p, 3, key=jax.random.key(0),
+                                           mask=m))(
+      _f32(np.eye(3)), jnp.full((3, 2), 0.5).at[:, 0].set(0.6).at[:, 1].set(
+          0.4), mask)
+  np.testing.assert_array_equal(sel.valid, [True, True, False])
+
+
+def test_badge_never_forms_n_by_cd(rng):
+  n, d, c = 64, 9, 7
+  h, p = _f32(rng.standard_normal((n, d))), _f32(_random_probs(rng, n, c))
+  size = _max_intermediate_size(
+      lambda h, p, m, k: _diversity._badge(h, p, m, k, 5), h, p,
+      jnp.ones(n, bool), jax.random.key(0))
+  assert size < n * min(c, d) * 2, size
+
+
+class TestBadgeBadInput:
+
+  def test_shapes_and_values(self):
+    h, p = jnp.ones((4, 3)), jnp.full((4, 2), 0.5)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"embeddings must have shape \[N, D\]"):
+      alfx.badge(jnp.ones(4), p, 1, key=key)
+    with pytest.raises(ValueError, match=r"probs must have shape \[N=4, C\]"):
+      alfx.badge(h, jnp.full((3, 2), 0.5), 1, key=key)
+    with pytest.raises(ValueError, match="probs.*summing to 1"):
+      alfx.badge(h, jnp.ones((4, 2)), 1, key=key)
+    with pytest.raises(ValueError, match="embeddings.*NaN"):
+      alfx.badge(h.at[0, 0].set(jnp.nan), p, 1, key=key)
+    with pytest.raises(ValueError, match="key is required"):
+      alfx.badge(h, p, 1, key=None)
+    with pytest.raises(ValueError, match="larger than the number"):
+      alfx.badge(h, p, 3, key=key, mask=jnp.array([1, 1, 0, 0], bool))
+
+
+# ----------------------------------------------------------------------------
+# CoreSet.
+
+
+@pytest.mark.parametrize("n,d,n_labeled,b,chunk,block", [
+    (30, 3, 0, 5, 7, 3), (50, 4, 6, 8, 16, 4), (64, 2, 20, 10, 64, 256),
+    (40, 5, 39, 1, 9, 8), (25, 3, 1, 24, 4, 1),
+    (200, 3, 100, 6, 48, 40)])  # full blocks of 40, then blocks of 32
+def test_coreset_exact_picks_in_float64(rng, n, d, n_labeled, b, chunk, block):
+  x = rng.standard_normal((n, d))
+  labeled = np.zeros(n, bool)
+  labeled[rng.choice(n, n_labeled, replace=False)] = True
+  mask = np.ones(n, bool)
+  if n_labeled + b < n - 2:
+    mask[rng.choice(np.flatnonzero(~labeled), 2, replace=False)] = False
+  want_idx, want_d = refb.kcenter_greedy(x, labeled, mask & ~labeled, b)
+  with jax.enable_x64(True):
+    sel = alfx.coreset(jnp.asarray(x), jnp.asarray(labeled), b,
+                       mask=jnp.asarray(mask), chunk_size=chunk,
+                       block_size=block)
+    assert sel.scores.dtype == jnp.float64
+  np.testing.assert_array_equal(sel.indices, want_idx)
+  np.testing.assert_allclose(sel.scores, want_d, rtol=1e-10)
+  _check_selection(sel, b, mask & ~labeled)
+
+
+class CoresetFloat32Test(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_picks_are_greedy(self):
+    """In float32 each pick is the farthest point up to rounding."""
+    rng = np.random.default_rng(seed_for(self.id()))
+    n, b = 400, 15
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    labeled = rng.random(n) < 0.1
+    fn = functools.partial(alfx.coreset, batch_size=b, chunk_size=128,
+                           block_size=16)
+    sel = self.variant(fn)(_f32(x), jnp.asarray(labeled))
+    idx = np.asarray(sel.indices)
+    d = np.sqrt(refb.sq_dists(x, x))
+    centres = list(np.flatnonzero(labeled))
+    for t in range(b):
+      min_d = np.where(labeled | np.isin(np.arange(n), idx[:t]), -np.inf,
+                       d[:, centres].min(1))
+      assert min_d[idx[t]] >= min_d.max() * (1 - 1e-5)
+      np.testing.assert_allclose(sel.scores[t], min_d[idx[t]], rtol=1e-4)
+      centres.append(idx[t])
+    assert np.all(np.diff(np.asarray(sel.scores)) <= 1e-5)
+
+
+def test_coreset_no_labeled_starts_at_lowest_selectable(rng):
+  x = _f32(rng.standard_normal((20, 3)))
+  mask = jnp.arange(20) >= 3
+  sel = alfx.coreset(x, None, 3, mask=mask)
+  assert int(sel.indices[0]) == 3 and np.isinf(sel.scores[0])
+  _check_selection(sel, 3, mask)
+
+
+def test_coreset_vmap_over_labeled_and_no_recompilation(rng):
+  n = 60
+  x = _f32(rng.standard_normal((n, 4)))
+  labeled = jnp.asarray(rng.random((3, n)) < 0.2)
+  # x is an argument, not a closed-over constant (see test_uncertainty).
+  batched = jax.jit(jax.vmap(lambda xx, l: alfx.coreset(
+      xx, l, 4, chunk_size=16, block_size=4), in_axes=(None, 0)))(x, labeled)
+  for i in range(3):
+    np.testing.assert_array_equal(
+        batched.indices[i],
+        alfx.coreset(x, labeled[i], 4, chunk_size=16, block_size=4).indices)
+  before = _diversity._coreset._cache_size()
+  for _ in range(3):
+    alfx.coreset(x, jnp.asarray(rng.random(n) < 0.5), 4, chunk_size=16,
+                 block_size=4)
+  assert _diversity._coreset._cache_size() - before <= 1
+
+
+def test_coreset_never_forms_n_by_n(rng):
+  n = 512
+  x = _f32(rng.standard_normal((n, 4)))
+  labeled = jnp.asarray(rng.random(n) < 0.5)
+  size = _max_intermediate_size(
+      lambda x, l, s: _diversity._coreset(x, l, s, 5, 64, 32), x, labeled,
+      ~labeled)
+  assert size <= 64 * 32 * 2 and size < n * n // 16, size
+
+
+class TestCoresetBadInput:
+
+  def test_inputs(self):
+    x = jnp.ones((5, 2))
+    with pytest.raises(ValueError, match=r"labeled must have shape \[N=5\]"):
+      alfx.coreset(x, jnp.zeros(4, bool), 1)
+    with pytest.raises(ValueError, match="labeled must be a boolean"):
+      alfx.coreset(x, jnp.zeros(5), 1)
+    with pytest.raises(ValueError, match=r"embeddings must have shape \[N, D\]"):
+      alfx.coreset(jnp.ones((5, 2, 1)), None, 1)
+    with pytest.raises(ValueError, match="embeddings.*inf"):
+      alfx.coreset(x.at[1, 1].set(jnp.inf), None, 1)
+    with pytest.raises(ValueError, match="larger than the number of"
+                       r" selectable points \(2 of N=5"):
+      alfx.coreset(x, jnp.array([1, 1, 1, 0, 0], bool), 3)
+    with pytest.raises(ValueError, match="chunk_size must be a positive"):
+      alfx.coreset(x, None, 1, chunk_size=0)
+
+
+# ----------------------------------------------------------------------------
+# k-means.
+
+
+@pytest.mark.parametrize("n_active,block,chunk", [(1, 4, 8), (5, 2, 7),
+                                                  (9, 4, 100), (12, 4, 13),
+                                                  (75, 40, 16), (80, 40, 41)])
+def test_nearest_centroid_matches_dense(rng, n_active, block, chunk):
+  x = rng.standard_normal((41, 3))
+  centroids = rng.standard_normal((n_active, 3))
+  with jax.enable_x64(True):
+    # Rows past n_active (and the block of slack) are garbage to be ignored.
+    padded = np.concatenate([centroids, 1e-3 * x[:block]])
+    idx, d2 = _diversity._nearest_centroid(
+        jnp.asarray(x), jnp.asarray(padded), jnp.int32(n_active),
+        shift=jnp.asarray(x[0]), chunk_size=chunk, block_size=block)
+  want_idx, want_d2 = refb.nearest_centroid(x, centroids[:n_active])
+  np.testing.assert_array_equal(idx, want_idx)
+  np.testing.assert_allclose(d2, want_d2, rtol=1e-9, atol=1e-12)
+
+
+def test_kmeans_plus_plus_follows_the_d2_distribution():
+  rng = np.random.default_rng(seed_for("kmeans++"))
+  x = rng.standard_normal((6, 2))
+  points = np.array([True, True, True, False, True, True])
+  probs = refb.kmeans_pp_sequence_probabilities(x, points, 3)
+  keys = jax.random.split(jax.random.key(9), 40_000)
+  seed = jax.jit(jax.vmap(
+      lambda k, x, p: _diversity._kmeans_plus_plus(x, p, jnp.int32(3), k, 4)[1],
+      in_axes=(0, None, None)))
+  picks = np.asarray(seed(keys, _f32(x), jnp.asarray(points)))
+  np.testing.assert_array_equal(picks[:, 3], 0)  # inactive slot untouched
+  assert chi_square_p_value(count_rows(picks[:, :3]), probs) > ALPHA
+
+
+def test_kmeans_matches_lloyd_reference(rng):
+  n, d, k = 120, 3, 5
+  x = rng.standard_normal((n, d))
+  points = rng.random(n) < 0.9
+  key = jax.random.key(4)
+  with jax.enable_x64(True):
+    xj = jnp.asarray(x)
+    # The seeding _kmeans runs: same key, same shift (the points' mean).
+    init, _ = _diversity._kmeans_plus_plus(
+        xj, jnp.asarray(points), jnp.int32(k), key, 8,
+        shift=jnp.asarray(x[points].mean(0)), chunk_size=32)
+    centroids, labels, iters = _diversity._kmeans(
+        xj, jnp.asarray(points), jnp.int32(k), key, max_clusters=8,
+        max_iterations=200, tol=0.0, chunk_size=32, block_size=4)
+  want_c, want_labels = refb.lloyd(x, points, np.asarray(init)[:k], 200)
+  assert int(iters) < 200
+  np.testing.assert_array_equal(np.asarray(labels)[points], want_labels)
+  np.testing.assert_array_equal(np.asarray(labels)[~points], 8)
+  np.testing.assert_allclose(np.asarray(centroids)[:k], want_c, rtol=1e-9,
+                             atol=1e-12)
+
+
+def test_kmeans_is_a_fixed_point_and_finds_blobs(rng):
+  x, blob = _blobs(rng, 6, 30, 4)
+  points = jnp.ones(len(x), bool)
+  centroids, labels, iters = jax.jit(functools.partial(
+      _diversity._kmeans, max_clusters=10, max_iterations=100, tol=1e-4,
+      chunk_size=64, block_size=4))(_f32(x), points, jnp.int32(6),
+                                    jax.random.key(0))
+  labels = np.asarray(labels)
+  assert labels.max() < 6 and int(iters) < 100
+  # One cluster per blob.
+  for b in range(6):
+    assert len(set(labels[blob == b])) == 1
+  assert len(set(labels)) == 6
+  want_labels, _ = refb.nearest_centroid(x, np.asarray(centroids)[:6])
+  np.testing.assert_array_equal(labels, want_labels)
+  for c in range(6):
+    np.testing.assert_allclose(centroids[c], x[labels == c].mean(0),
+                               rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------
+# TypiClust.
+
+
+@pytest.mark.parametrize("m,k_nn,block", [(1, 20, 4), (2, 20, 4), (7, 3, 2),
+                                          (30, 20, 8), (45, 5, 64),
+                                          (57, 20, 40)])
+def test_most_typical_matches_dense(rng, m, k_nn, block):
+  n = 60
+  x = rng.standard_normal((n, 3))
+  members = np.zeros(n, bool)
+  members[rng.choice(n, m, replace=False)] = True
+  with jax.enable_x64(True):
+    xj = jnp.asarray(x)
+    index, typ = _diversity._most_typical(
+        xj, jnp.asarray(members), k_nn=k_nn, block_size=block)
+  ids = np.flatnonzero(members)
+  want = refb.typicality(x[ids], k_nn)
+  assert int(index) == ids[np.argmax(want)]
+  np.testing.assert_allclose(typ, want.max(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("b,min_cluster_size", [(4, 5), (9, 5), (12, 0)])
+def test_typiclust_selection_matches_reference(rng, b, min_cluster_size):
+  """Selection stage given clusters: coverage order, sizes, cycling."""
+  n, n_clusters = 90, 6
+  x = rng.standard_normal((n, 2))
+  sizes = [30, 25, 15, 10, 5, 5]
+  labels = np.repeat(np.arange(n_clusters), sizes)[rng.permutation(n)]
+  labels[rng.random(n) < 0.05] = n_clusters  # outside the clustering
+  labeled = (rng.random(n) < 0.08) & (labels < n_clusters)
+  selectable = ~labeled & (labels < n_clusters)
+  selectable[rng.choice(np.flatnonzero(selectable), 3, replace=False)] = False
+  want_idx, want_typ = refb.typiclust_select(
+      x, labels, labeled, selectable, b, n_clusters, 4, min_cluster_size)
+  with jax.enable_x64(True):
+    sel = _diversity._typiclust_select(
+        jnp.asarray(x), jnp.asarray(labels, jnp.int32), jnp.asarray(labeled),
+        jnp.asarray(selectable), b, n_clusters, 4, min_cluster_size, 8)
+  np.testing.assert_array_equal(sel.indices, want_idx)
+  np.testing.assert_allclose(sel.scores, want_typ, rtol=1e-9)
+  _check_selection(sel, b, selectable)
+
+
+def test_typiclust_end_to_end_on_blobs(rng):
+  """L + B blobs, some covered: one most typical pick per uncovered blob."""
+  # Distinct sizes: the order of the picks (largest first) is then defined
+  # by the blobs, whatever ids k-means gives the clusters.
+  x, blob = _blobs(rng, 8, np.arange(20, 28)[rng.permutation(8)], 5)
+  n = len(x)
+  labeled = np.zeros(n, bool)
+  for b_ in (1, 4, 6):  # label one point in three of the blobs
+    labeled[np.flatnonzero(blob == b_)[0]] = True
+  b = 5
+  sel = alfx.typiclust(_f32(x), jnp.asarray(labeled), b, key=jax.random.key(0))
+  _check_selection(sel, b, ~labeled)
+  want_idx, want_typ = refb.typiclust_select(
+      x, blob, labeled, ~labeled, b, 8, 20, 5)
+  np.testing.assert_array_equal(sel.indices, want_idx)
+  np.testing.assert_allclose(sel.scores, want_typ, rtol=1e-4)
+  assert sorted(set(blob[np.asarray(sel.indices)])) == [0, 2, 3, 5, 7]
+
+
+def test_typiclust_keys_masks_vmap_and_recompilation(rng):
+  n, b = 200, 6
+  x = _f32(rng.standard_normal((n, 4)))
+  labeled = jnp.asarray(rng.random(n) < 0.05)
+  mask = jnp.asarray(rng.random(n) < 0.7)
+  run = functools.partial(alfx.typiclust, max_clusters=32, block_size=16,
+                          chunk_size=64)
+  a = run(x, labeled, b, key=jax.random.key(0), mask=mask)
+  _check_selection(a, b, np.asarray(mask) & ~np.asarray(labeled))
+  np.testing.assert_array_equal(
+      a.indices, run(x, labeled, b, key=jax.random.key(0), mask=mask).indices)
+  others = [run(x, labeled, b, key=jax.random.key(s), mask=mask).indices
+            for s in (1, 2, 3)]
+  assert any(not np.array_equal(a.indices, o) for o in others)
+  keys = jax.random.split(jax.random.key(7), 2)
+  batched = jax.jit(jax.vmap(
+      lambda k, x, l, m: run(x, l, b, key=k, mask=m),
+      in_axes=(0, None, None, None)))(keys, x, labeled, mask)
+  for i, k in enumerate(keys):
+    np.testing.assert_array_equal(
+        batched.indices[i], run(x, labeled, b, key=k, mask=mask).indices)
+  before = _diversity._typiclust._cache_size()
+  run(x, jnp.asarray(rng.random(n) < 0.2), b, key=jax.random.key(0))
+  assert _diversity._typiclust._cache_size() - before <= 1
+
+
+def test_typiclust_float64_and_no_n_by_n(rng):
+  n = 256
+  x = rng.standard_normal((n, 3))
+  with jax.enable_x64(True):
+    sel = alfx.typiclust(jnp.asarray(x), None, 3, key=jax.random.key(0),
+                         max_clusters=8, block_size=16, chunk_size=64)
+    assert sel.scores.dtype == jnp.float64
+  size = _max_intermediate_size(
+      lambda x, l, s, k: _diversity._typiclust(x, l, s, k, 3, 8, 20, 5, 10,
+                                               1e-4, None, 32, 16),
+      _f32(x), jnp.zeros(n, bool), jnp.ones(n, bool), jax.random.key(0))
+  assert size < n * n // 16, size
+
+
+class TestTypiclustBadInput:
+
+  def test_inputs(self):
+    x = jnp.ones((6, 2))
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="key is required"):
+      alfx.typiclust(x, None, 1, key=None)
+    with pytest.raises(ValueError, match=r"labeled must have shape \[N=6\]"):
+      alfx.typiclust(x, jnp.zeros(3, bool), 1, key=key)
+    for name in ("max_clusters", "k_nn", "max_iterations", "chunk_size",
+                 "block_size"):
+      with pytest.raises(ValueError, match=f"{name} must be a positive"):
+        alfx.typiclust(x, None, 1, key=key, **{name: 0})
+    with pytest.raises(ValueError, match="min_cluster_size"):
+      alfx.typiclust(x, None, 1, key=key, min_cluster_size=-1)
+    with pytest.raises(ValueError, match="tol"):
+      alfx.typiclust(x, None, 1, key=key, tol=float("nan"))
+    with pytest.raises(ValueError, match="larger than the number"):
+      alfx.typiclust(x, jnp.ones(6, bool).at[0].set(False), 2, key=key)
+
+
+def test_tiled_distances_are_translation_invariant_in_float32(rng):
+  """Embeddings far from the origin: the shifted tiles keep their precision."""
+  x = rng.standard_normal((300, 8)).astype(np.float32)
+  offset = np.float32(1e3) * rng.standard_normal(8).astype(np.float32)
+  labeled = jnp.asarray(rng.random(300) < 0.3)
+  near = alfx.coreset(_f32(x), labeled, 8, chunk_size=64, block_size=16)
+  far = alfx.coreset(_f32(x + offset), labeled, 8, chunk_size=64,
+                     block_size=16)
+  np.testing.assert_array_equal(near.indices, far.indices)
+  np.testing.assert_allclose(near.scores, far.scores, rtol=1e-3)
+  members = jnp.asarray(rng.random(300) < 0.4)
+  got = [_diversity._most_typical(_f32(v), members, k_nn=10, block_size=32)
+         for v in (x, x + offset)]
+  assert int(got[0][0]) == int(got[1][0])
+  np.testing.assert_allclose(got[0][1], got[1][1], rtol=1e-3)
+
+
+def test_most_typical_over_a_candidate_subset(rng):
+  """Typicality of the candidates is exact: all members are neighbours."""
+  n = 80
+  x = rng.standard_normal((n, 3))
+  members = rng.random(n) < 0.6
+  candidates = members & (rng.random(n) < 0.3)
+  with jax.enable_x64(True):
+    index, typ = _diversity._most_typical(
+        jnp.asarray(x), jnp.asarray(members), k_nn=6, block_size=8,
+        candidates=jnp.asarray(candidates))
+  ids = np.flatnonzero(members)
+  all_typ = refb.typicality(x[ids], 6)
+  cand_typ = np.where(candidates[ids], all_typ, -np.inf)
+  assert int(index) == ids[np.argmax(cand_typ)]
+  np.testing.assert_allclose(typ, cand_typ.max(), rtol=1e-9)
+
+
+def test_typiclust_max_candidates(rng):
+  """A cap above every cluster is exact; a small cap picks within the same
+  clusters, with exact typicality values."""
+  n, n_clusters, b = 120, 5, 7
+  x = rng.standard_normal((n, 3))
+  labels = rng.integers(0, n_clusters, n)
+  labeled = rng.random(n) < 0.05
+  selectable = ~labeled
+  with jax.enable_x64(True):
+    args = (jnp.asarray(x), jnp.asarray(labels, jnp.int32),
+            jnp.asarray(labeled), jnp.asarray(selectable), b, n_clusters, 4, 5,
+            8)
+    exact = _diversity._typiclust_select(*args)
+    capped_high = _diversity._typiclust_select(
+        *args, max_candidates=n, key=jax.random.key(0))
+    capped = _diversity._typiclust_select(*args, max_candidates=3,
+                                          key=jax.random.key(0))
+  np.testing.assert_array_equal(exact.indices, capped_high.indices)
+  want_idx, _ = refb.typiclust_select(x, labels, labeled, selectable, b,
+                                      n_clusters, 4, 5)
+  np.testing.assert_array_equal(exact.indices, want_idx)
+  got, scores = np.asarray(capped.indices), np.asarray(capped.scores)
+  assert scores.dtype == np.float64
+  _check_selection(capped, b, selectable)
+  assert not np.array_equal(got, want_idx)  # the cap did change the search
+  candidates = selectable.copy()
+  for t in range(b):
+    cluster = labels[want_idx[t]]
+    assert labels[got[t]] == cluster
+    ids = np.flatnonzero(candidates & (labels == cluster))
+    typ = refb.typicality(x[ids], 4)
+    np.testing.assert_allclose(scores[t],
+                               typ[np.flatnonzero(ids == got[t])[0]],
+                               rtol=1e-9)
+    candidates[got[t]] = False
+
+
+def test_sharded_picks_equal_single_device():
+  """Under shard_map over 4 CPU devices the picks are the single-device ones.
+
+  Runs tests/sharded_baselines.py in a subprocess (the host device count is
+  fixed when JAX starts): BADGE, CoreSet, k-means (labels, centroids,
+  iterations), random and power/softmax stochastic batches.
+  """
+  script = os.path.join(os.path.dirname(__file__), "sharded_baselines.py")
+  result = subprocess.run(
+      [sys.executable, script, str(seed_for("sharded") % 1000)],
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert result.stdout.count("same") == 6, result.stdout
+
+
+@pytest.mark.slow  # op-by-op dispatch of every loop step: ~10-30 s
+def test_eager_equals_compiled(rng):
+  """Under jax.disable_jit() (op by op, Python loops) the picks are the same."""
+  n = 80
+  x = _f32(rng.standard_normal((n, 4)))
+  p = _f32(_random_probs(rng, n, 3))
+  labeled = jnp.asarray(rng.random(n) < 0.1)
+  key = jax.random.key(0)
+  runs = [
+      lambda: alfx.badge(x, p, 3, key=key, mask=~labeled),
+      lambda: alfx.coreset(x, labeled, 3, chunk_size=32, block_size=40),
+      lambda: alfx.typiclust(x, labeled, 3, key=key, max_clusters=16,
+                             chunk_size=32, block_size=40, max_candidates=9),
+  ]
+  for run in runs:
+    compiled = run()
+    with jax.disable_jit():
+      eager = run()
+    np.testing.assert_array_equal(eager.indices, compiled.indices)
+    np.testing.assert_allclose(eager.scores, compiled.scores, rtol=1e-5)
