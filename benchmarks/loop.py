@@ -23,6 +23,7 @@ pass over it. Run: ``python benchmarks/loop.py [--quick]``.
 
 import argparse
 import functools
+import os
 import time
 
 import flax.linen as nn
@@ -48,7 +49,7 @@ class MLP(nn.Module):
     return nn.Dense(10, name="head")(h)
 
 
-def row(name, fn, args, flops, bytes_moved=0.0, eager=True):
+def row(name, fn, args, flops, bytes_moved=0.0, eager=True, note=""):
   best, first, peak = harness.time_compiled(fn, *args)
   eager_s = harness.time_eager(fn, *args) if eager else None
   floor = harness.floor_seconds(flops=flops, bytes_moved=bytes_moved)
@@ -58,14 +59,18 @@ def row(name, fn, args, flops, bytes_moved=0.0, eager=True):
           "peak mem": harness.fmt_bytes(peak),
           "GFLOP": f"{flops / 1e9:.2f}",
           "floor": harness.fmt_seconds(floor),
-          "x floor": f"{best / floor:.1f}", "_best": best}
+          "x floor": f"{best / floor:.1f}", "note": note, "_best": best}
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--quick", action="store_true",
+                      help="one configuration, no eager runs")
+  parser.add_argument("--out", default=os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), "results", "loop.md"))
   args = parser.parse_args()
-  print(harness.machine_description())
+  print(harness.machine_description(), flush=True)
+  load = os.getloadavg()
   digits = load_digits_data(repeated=True)
   data = alfx.Data(jnp.asarray(digits.pool_x), jnp.asarray(digits.pool_y),
                    jnp.asarray(digits.test_x), jnp.asarray(digits.test_y))
@@ -86,7 +91,8 @@ def main():
     predict = jax.jit(functools.partial(_flax._ensemble_predictions, forward,  # pylint: disable=protected-access
                                         chunk_size=1024))
     rows.append(row(f"predict {tag} N={n}", predict, (params, data.pool_inputs),
-                    n * k * per_point, pool_bytes))
+                    n * k * per_point, pool_bytes,
+                    note="K members vmapped, 4 chunks of 1024 rows"))
 
     fit = alfx.make_fit(forward, optax.adam(1e-2), num_steps=steps,
                         batch_size=train_batch)
@@ -96,7 +102,9 @@ def main():
     train_flops = steps * k * 3 * train_batch * per_point
     rows.append(row(f"fit {tag} S={steps}", fit_members,
                     (params, data.pool_inputs, data.pool_labels, labeled, keys),
-                    train_flops, eager=not args.quick and k <= 8))
+                    train_flops, eager=not args.quick and k <= 8,
+                    note=f"{k} members vmapped; {steps} steps of 64x{d}x{hidden}"
+                    " matmuls: small, so per-step overhead shows"))
 
     loop = alfx.make_loop(forward, optax.adam(1e-2), "bald", batch_size=b,
                           num_steps=steps)
@@ -104,7 +112,7 @@ def main():
     round_flops = train_flops + (n + 500) * k * per_point
     rows.append(row(f"round {tag} S={steps} bald", loop.round,
                     (params, state, data), round_flops, pool_bytes,
-                    eager=False))
+                    eager=False, note="fit + test + pool predictions + BALD"))
 
     seeds = 3
     stack = lambda x: jax.tree.map(lambda a: jnp.stack([a] * seeds), x)
@@ -140,7 +148,8 @@ def main():
   mc_flops = n * (2 * d * hidden + k * 2 * hidden * c + per_point)
   rows.append(row(f"predict mc K={k} H={hidden} N={n}", mc,
                   (variables, data.pool_inputs, jax.random.key(3)),
-                  mc_flops, 4 * n * (d + k * c)))
+                  mc_flops, 4 * n * (d + k * c),
+                  note="consistent masks: K x H random bits; x W1 once"))
 
   @jax.jit
   def plain(variables, x, key):
@@ -152,12 +161,23 @@ def main():
   # K * H), the same matmuls.
   rows.append(row(f"predict mc (plain) K={k} H={hidden} N={n}", plain,
                   (variables, data.pool_inputs, jax.random.key(3)),
-                  mc_flops - n * per_point, 4 * n * (d + k * c)))
-  harness.print_table(rows, ["configuration", "compiled", "first call",
-                             "eager", "peak mem", "GFLOP", "floor",
-                             "x floor"])
-  print(f"\n{time.strftime('%Y-%m-%d %H:%M')}; eager skipped for whole rounds"
-        " (a 100-step training scan op by op takes minutes).")
+                  mc_flops - n * per_point, 4 * n * (d + k * c),
+                  note="per-example masks: K x N x H random bits dominate"))
+  table = harness.print_table(rows, ["configuration", "compiled",
+                                     "first call", "eager", "peak mem",
+                                     "GFLOP", "floor", "x floor", "note"])
+  header = (f"# Flax predictions, training and the round\n\n"
+            f"{harness.machine_description()}\n\n"
+            f"Load average at start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+            f" ({os.cpu_count()} cores); run"
+            f" {time.strftime('%Y-%m-%d %H:%M')}"
+            f"{' with --quick' if args.quick else ''}. Eager: skipped for"
+            " whole rounds and large fits (a training scan op by op takes"
+            " minutes).\n\n")
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    f.write(header + table + "\n")
+  print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
