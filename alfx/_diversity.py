@@ -47,18 +47,14 @@ DEFAULT_BLOCK_SIZE = 256
 # Shared pieces.
 
 
-def _all_gather(x, axis_name):
-  """Concatenates the shards' ``x`` along axis 0 (identity on one device)."""
-  return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
-
-
 def _sq_norms(x):
   return jnp.sum(x * x, axis=-1)
 
 
 def _centred_sq_norms(x, shift, chunk_size):
   """``[N]`` values ``|x_n - shift|^2``, one pass in row chunks."""
-  return _row_chunks(lambda xc: _sq_norms(xc - shift), x, chunk_size=chunk_size)
+  return _pool.chunked_map(lambda xc: _sq_norms(xc - shift), x,
+                           chunk_size=chunk_size)
 
 
 def _sq_dist_to_row(x, x_sq, shift, row):
@@ -118,32 +114,6 @@ def _d2_sample(key, d2, available, axis_name=None):
 SMALL_BLOCK_SIZE = 32
 
 
-def _row_chunks(fn, x, *, chunk_size):
-  """``fn`` over consecutive row chunks of ``x``; outputs ``[N, ...]``.
-
-  Like `alfx._pool.chunked_map` but without padding ``x`` (which would copy
-  the whole pool): the last chunk is the last ``chunk_size`` rows, overlapping
-  the previous one, and its rows are simply computed twice. ``fn`` must treat
-  rows independently.
-  """
-  n = x.shape[0]
-  chunk = min(chunk_size, n)
-  n_chunks = -(-n // chunk)
-  if n_chunks == 1:
-    return fn(x)
-  out_struct = jax.eval_shape(fn, x[:chunk])
-  out = jax.tree.map(lambda s: jnp.zeros((n,) + s.shape[1:], s.dtype),
-                     out_struct)
-
-  def body(i, out):
-    start = jnp.minimum(i * chunk, n - chunk)
-    res = fn(lax.dynamic_slice_in_dim(x, start, chunk))
-    return jax.tree.map(
-        lambda o, r: lax.dynamic_update_slice_in_dim(o, r, start, 0), out, res)
-
-  return lax.fori_loop(0, n_chunks, body, out)
-
-
 def _fold_blocks(count, block, fn, carry, axis_name=None):
   """Folds ``fn(carry, start, size)`` over ``[0, count)`` in static-size blocks.
 
@@ -193,8 +163,9 @@ def _min_sq_dist_to_set(x, members, *, shift, chunk_size, block_size,
 
     def fold(best, start, size):
       ids = lax.dynamic_slice_in_dim(indices, start, size)
-      rows = _all_gather(x[ids] - shift, axis_name)
-      valid = _all_gather(start + jnp.arange(size) < count, axis_name)
+      rows = _pool.all_gather(x[ids] - shift, axis_name)
+      valid = _pool.all_gather(start + jnp.arange(size) < count,
+                               axis_name)
       d2 = _tile_sq_dists(xc, xc_sq, rows, _sq_norms(rows))
       d2 = jnp.where(valid[None, :], d2, jnp.inf)
       return jnp.minimum(best, jnp.min(d2, axis=1))
@@ -202,7 +173,7 @@ def _min_sq_dist_to_set(x, members, *, shift, chunk_size, block_size,
     best = jnp.full(xc.shape[:1], jnp.inf, x.dtype)
     return _fold_blocks(count, block, fold, best, axis_name)
 
-  return _row_chunks(per_chunk, x, chunk_size=chunk_size)
+  return _pool.chunked_map(per_chunk, x, chunk_size=chunk_size)
 
 
 # ----------------------------------------------------------------------------
@@ -419,7 +390,7 @@ def _nearest_centroid(x, centroids, n_active, *, shift, chunk_size,
     best_d2, best_i = _fold_blocks(n_active, block_size, fold, init)
     return best_i, best_d2
 
-  return _row_chunks(per_chunk, x, chunk_size=chunk_size)
+  return _pool.chunked_map(per_chunk, x, chunk_size=chunk_size)
 
 
 def _kmeans_plus_plus(x, points, n_active, key, n_centroids, *, shift=None,

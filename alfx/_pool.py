@@ -115,15 +115,42 @@ def gumbel(key, shape: tuple[int, ...], dtype=jnp.float32, axis_name=None
                        axis_name)
 
 
+def all_gather(x: jax.Array, axis_name=None) -> jax.Array:
+  """The shards' ``x`` concatenated along axis 0 (identity on one device)."""
+  return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
+
+
+def top_k(values: jax.Array, k: int, axis_name=None
+          ) -> tuple[jax.Array, jax.Array]:
+  """``(values[k], int32 global indices[k])`` of the ``k`` largest in the pool.
+
+  Ties go to the lower global index (``lax.top_k`` is stable). Sharded, each
+  device takes its local top ``k`` and the ``P * k`` candidates, ordered by
+  device, are reduced by a second top-k: no gather of the pool.
+  """
+  vals, local = lax.top_k(values, k)
+  index = offset(values.shape[0], axis_name) + local.astype(jnp.int32)
+  if axis_name is None:
+    return vals, index
+  vals, pos = lax.top_k(all_gather(vals, axis_name), k)
+  return vals, all_gather(index, axis_name)[pos]
+
+
+def _chunk_starts(n: int, chunk_size: int) -> tuple[int, int]:
+  chunk = max(1, min(chunk_size, n))
+  return chunk, -(-n // chunk)
+
+
 def chunked_map(fn: Callable[..., jax.Array], *arrays: jax.Array,
                 chunk_size: int):
   """Applies ``fn`` to consecutive ``chunk_size`` rows of the pool arrays.
 
   Peak memory of ``fn``'s intermediates is bounded by ``chunk_size`` rows,
-  not ``N``. The last chunk is zero-padded (False for bool) and the padded
-  outputs dropped; ``fn`` must treat rows independently (to reduce over the
-  pool, return per-row values and reduce outside, or pass a mask among
-  ``arrays`` to zero out padding).
+  not ``N``. Chunks are dynamic slices of the inputs (no padded copy of the
+  pool); the last chunk is the last ``chunk_size`` rows, overlapping its
+  predecessor, so every chunk has the same static shape, ``fn`` is traced
+  once, and identical rows give bit-identical results in every chunk. ``fn``
+  must treat rows independently.
 
   Args:
     fn: maps arrays of ``chunk`` leading rows to a pytree of ``[chunk, ...]``.
@@ -134,15 +161,43 @@ def chunked_map(fn: Callable[..., jax.Array], *arrays: jax.Array,
     ``fn``'s outputs for all ``N`` rows.
   """
   n = arrays[0].shape[0]
-  if chunk_size >= n:
+  chunk, n_chunks = _chunk_starts(n, chunk_size)
+  if n_chunks == 1:
     return fn(*arrays)
-  n_chunks = -(-n // chunk_size)
-  pad = n_chunks * chunk_size - n
+  shapes = jax.eval_shape(fn, *(jax.ShapeDtypeStruct((chunk,) + a.shape[1:],
+                                                     a.dtype) for a in arrays))
+  init = jax.tree.map(lambda o: jnp.zeros((n,) + o.shape[1:], o.dtype), shapes)
 
-  def split(a):
-    a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-    return a.reshape((n_chunks, chunk_size) + a.shape[1:])
+  def body(i, outs):
+    start = jnp.minimum(i * chunk, n - chunk)
+    res = fn(*(lax.dynamic_slice_in_dim(a, start, chunk) for a in arrays))
+    return jax.tree.map(
+        lambda o, r: lax.dynamic_update_slice_in_dim(o, r, start, 0), outs, res)
 
-  out = lax.map(lambda xs: fn(*xs), tuple(split(a) for a in arrays))
-  return jax.tree.map(
-      lambda o: o.reshape((n_chunks * chunk_size,) + o.shape[2:])[:n], out)
+  return lax.fori_loop(0, n_chunks, body, init)
+
+
+def chunked_sum(fn: Callable[..., jax.Array], *arrays: jax.Array,
+                chunk_size: int):
+  """Sum over the pool of ``fn``'s per-chunk partial sums, in bounded memory.
+
+  ``fn(*chunk_arrays, fresh)`` receives ``chunk_size`` rows and ``fresh:
+  bool[chunk]``, False on rows an earlier chunk already covered (the
+  overlapping last chunk, as in `chunked_map`); it must return the pytree of
+  its partial sums over the fresh rows only. Local to a shard: ``psum`` the
+  result for a pool-wide sum.
+  """
+  n = arrays[0].shape[0]
+  chunk, n_chunks = _chunk_starts(n, chunk_size)
+  if n_chunks == 1:
+    return fn(*arrays, jnp.ones((n,), bool))
+
+  def partial(i):
+    start = jnp.minimum(i * chunk, n - chunk)
+    fresh = start + jnp.arange(chunk) >= i * chunk
+    return fn(*(lax.dynamic_slice_in_dim(a, start, chunk) for a in arrays),
+              fresh)
+
+  first = partial(0)
+  return lax.fori_loop(
+      1, n_chunks, lambda i, acc: jax.tree.map(jnp.add, acc, partial(i)), first)

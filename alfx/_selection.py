@@ -5,6 +5,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from alfx import _pool
 from alfx import _validation
 
 
@@ -56,15 +57,13 @@ def top_b(utilities, batch_size, *, mask=None):
   return _top_b(utilities, mask, batch_size)
 
 
-def _top_b(utilities, mask, batch_size):
-  """`top_b` without input checks; jit/vmap/shard friendly."""
+def _top_b(utilities, mask, batch_size, axis_name=None):
+  """`top_b` without input checks; jit/vmap friendly, shards over the pool."""
   lowest = jnp.finfo(utilities.dtype).min
   # Selectable -inf is lifted to the lowest finite value so that it still
   # outranks the masked-out points (which become -inf).
   ranked = jnp.where(mask, jnp.maximum(utilities, lowest), -jnp.inf)
-  _, indices = jax.lax.top_k(ranked, batch_size)
-  return Selection(
-      indices=indices.astype(jnp.int32),
-      scores=utilities[indices],
-      valid=mask[indices],
-  )
+  values, indices = _pool.top_k(ranked, batch_size, axis_name)
+  take = jax.vmap(lambda i: _pool.take(utilities, i, axis_name))
+  return Selection(indices=indices, scores=take(indices),
+                   valid=values > -jnp.inf)

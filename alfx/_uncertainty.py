@@ -197,25 +197,6 @@ def _mean_std(log_probs):
 # Stochastic batch acquisition.
 
 
-def _pool_top_k(values, k, axis_name=None):
-  """``(values[k], global int32 indices[k])`` of the ``k`` largest over the pool.
-
-  Ties go to the lower global index. Sharded, each device takes its local
-  top ``k``, and the ``P * k`` candidates (all-gathered, ordered by device)
-  are reduced by a second top-k, which is stable: no gather of the pool.
-  (`alfx.top_b` uses ``lax.top_k`` on the local slice only; this is the
-  shard-aware equivalent.)
-  """
-  vals, local = lax.top_k(values, k)
-  index = _pool.offset(values.shape[0], axis_name) + local.astype(jnp.int32)
-  if axis_name is None:
-    return vals, index
-  vals = lax.all_gather(vals, axis_name, tiled=True)
-  index = lax.all_gather(index, axis_name, tiled=True)
-  vals, pos = lax.top_k(vals, k)
-  return vals, index[pos]
-
-
 def _check_beta(beta):
   """``beta`` is a traced scalar (no recompilation); checked when concrete."""
   if isinstance(beta, bool) or not (isinstance(beta, (int, float))
@@ -317,8 +298,8 @@ def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
   # and a splice keep the two tiers exact in any dtype.
   first = jnp.where(supported, log_w + noise, -jnp.inf)
   second = jnp.where(mask & ~supported, noise, -jnp.inf)
-  val_first, idx_first = _pool_top_k(first, batch_size, axis_name)
-  val_second, idx_second = _pool_top_k(second, batch_size, axis_name)
+  val_first, idx_first = _pool.top_k(first, batch_size, axis_name)
+  val_second, idx_second = _pool.top_k(second, batch_size, axis_name)
   n_first = _pool.psum(jnp.sum(supported, dtype=jnp.int32), axis_name)
   slot = jnp.arange(batch_size)
   tail = jnp.clip(slot - n_first, 0, batch_size - 1)
@@ -367,7 +348,7 @@ def random_batch(batch_size, *, key, mask):
 def _random_batch(mask, key, batch_size, axis_name=None):
   noise = _pool.uniform(key, mask.shape, axis_name=axis_name)
   # Unselectable points get -1 < every uniform draw in [0, 1).
-  values, indices = _pool_top_k(jnp.where(mask, noise, -1.0), batch_size,
+  values, indices = _pool.top_k(jnp.where(mask, noise, -1.0), batch_size,
                                 axis_name)
   return _selection.Selection(
       indices=indices, scores=jnp.zeros((batch_size,), jnp.float32),

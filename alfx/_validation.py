@@ -33,6 +33,17 @@ def is_concrete(*arrays) -> bool:
   return not any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
+def _host(fn, *args):
+  """Runs a jitted value check on concrete arrays and fetches the result.
+
+  ``ensure_compile_time_eval`` evaluates it eagerly even when a public
+  function is called inside someone's trace with concrete (closed-over)
+  arrays, where it would otherwise be staged out as a tracer.
+  """
+  with jax.ensure_compile_time_eval():
+    return jax.device_get(fn(*args))
+
+
 def _shape_str(x) -> str:
   return "[" + ", ".join(str(d) for d in np.shape(x)) + "]"
 
@@ -71,7 +82,8 @@ def check_finite(x, name: str, expected: str, *, allow_neg_inf=False) -> None:
   """Refuses NaN and +inf (and -inf unless allowed) on concrete input."""
   if not is_concrete(x) or x.size == 0:
     return
-  has_nan, has_pos_inf, has_neg_inf = (bool(v) for v in _float_stats(x))
+  has_nan, has_pos_inf, has_neg_inf = (
+      bool(v) for v in _host(_float_stats, x))
   if has_nan or has_pos_inf or (has_neg_inf and not allow_neg_inf):
     what = "NaN" if has_nan else ("+inf" if has_pos_inf else "-inf")
     raise ValueError(
@@ -102,7 +114,7 @@ def check_log_probs(log_probs, name: str = "log_probs",
                      f" got {_shape_str(log_probs)}.")
   check_finite(log_probs, name, expected, allow_neg_inf=True)
   if is_concrete(log_probs):
-    err = float(_normalisation_error(log_probs))
+    err = float(_host(_normalisation_error, log_probs))
     if not err <= NORMALISATION_TOLERANCE:
       raise ValueError(
           f"{name} (shape {expected}) must be log-probabilities normalised over"
@@ -125,7 +137,7 @@ def check_probs(probs, n: int, name: str = "probs") -> jax.Array:
                      f" {_shape_str(probs)}.")
   check_finite(probs, name, expected)
   if is_concrete(probs):
-    lo, err = _prob_stats(probs)
+    lo, err = _host(_prob_stats, probs)
     if float(lo) < 0 or float(err) > NORMALISATION_TOLERANCE:
       raise ValueError(
           f"{name} (shape {expected}) must be probabilities: non-negative and"
@@ -160,7 +172,7 @@ def check_utilities(utilities, name: str = "utilities") -> jax.Array:
   check_rank(utilities, name, expected, 1)
   if utilities.shape[0] == 0:
     raise ValueError(f"{name} has an empty pool: shape [0], expected [N], N >= 1.")
-  if is_concrete(utilities) and bool(_float_stats(utilities)[0]):
+  if is_concrete(utilities) and bool(_host(_float_stats, utilities)[0]):
     raise ValueError(f"{name} (shape {expected}) contains NaN.")
   return utilities
 
@@ -196,7 +208,7 @@ def check_batch_size(batch_size, mask, name: str = "batch_size") -> int:
   if batch_size > n:
     raise ValueError(f"{name}={batch_size} is larger than the pool (N={n}).")
   if is_concrete(mask):
-    count = int(_count(mask))
+    count = int(_host(_count, mask))
     if count == 0:
       raise ValueError("mask selects no points: the pool of selectable points"
                        " is empty.")

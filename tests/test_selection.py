@@ -59,6 +59,19 @@ def test_top_b_under_jit_marks_picks_without_a_selectable_point():
   np.testing.assert_array_equal(sel.indices[:2], [3, 0])
 
 
+def test_value_checks_run_on_constants_closed_over_in_a_trace():
+  # Concrete arrays captured by someone's jit are still checked eagerly.
+  u = jnp.arange(5.0)
+  picks = jax.jit(lambda s: alfx.top_b(u, 2).indices)(1.0)
+  np.testing.assert_array_equal(picks, [4, 3])
+  empty = jnp.zeros(5, bool)
+  with pytest.raises(ValueError, match="selects no points"):
+    jax.jit(lambda s: alfx.top_b(u, 1, mask=empty).indices)(1.0)
+  lp = jnp.zeros((2, 3, 4))
+  with pytest.raises(ValueError, match="normalised"):
+    jax.jit(lambda s: alfx.bald(lp) * s)(1.0)
+
+
 class TestBadInput:
 
   def test_batch_larger_than_selectable(self):
@@ -98,6 +111,27 @@ def test_chunked_map_equals_direct(rng, chunk):
                           x, m, chunk_size=chunk)
   want = (jnp.tanh(x), jnp.where(m, x.sum(1), -1.0))
   chex.assert_trees_all_close(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 9, 23, 40])
+def test_chunked_sum_counts_every_row_once(rng, chunk):
+  x = jnp.asarray(rng.standard_normal((23, 3)), jnp.float32)
+  w = jnp.asarray(rng.random(23), jnp.float32)
+  got = _pool.chunked_sum(
+      lambda a, v, fresh: (jnp.sum(jnp.where(fresh[:, None], a * v[:, None],
+                                             0), 0),
+                           jnp.sum(fresh)),
+      x, w, chunk_size=chunk)
+  np.testing.assert_allclose(got[0], (x * w[:, None]).sum(0), rtol=1e-5)
+  assert int(got[1]) == 23
+
+
+def test_pool_top_k_matches_lax_top_k(rng):
+  v = jnp.asarray(rng.standard_normal(30), jnp.float32)
+  values, indices = _pool.top_k(v, 5)
+  want_values, want_indices = jax.lax.top_k(v, 5)
+  np.testing.assert_array_equal(indices, want_indices)
+  np.testing.assert_array_equal(values, want_values)
 
 
 def test_pool_primitives_single_device(rng):
