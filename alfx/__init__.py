@@ -23,6 +23,17 @@ from alfx._bait import fisher_factors
 from alfx._bait import FisherFactors
 from alfx._bait import pool_fisher
 from alfx._bait import PoolFisher
+from alfx._flax import ensemble_predictions
+from alfx._flax import FitResult
+from alfx._flax import Forward
+from alfx._flax import init_ensemble
+from alfx._flax import linen_forward
+from alfx._flax import make_fit
+from alfx._flax import make_train_step
+from alfx._flax import mc_dropout_predictions
+from alfx._flax import nnx_forward
+from alfx._flax import Predictions
+from alfx._flax import sample_labeled
 from alfx._information import bald
 from alfx._information import co_information
 from alfx._information import entropy
@@ -33,6 +44,20 @@ from alfx._kbald import conservative_bald
 from alfx._kbald import kbald
 from alfx._kbald import kbald_dynamic
 from alfx._kbald import topk_bald
+from alfx._loop import Data
+from alfx._loop import History
+from alfx._loop import initial_state
+from alfx._loop import Loop
+from alfx._loop import LoopState
+from alfx._loop import make_loop
+from alfx._loop import RoundMetrics
+from alfx._loop import run_loop
+from alfx._loop import vmap_loop
+from alfx._registry import get_strategy
+from alfx._registry import register_strategy
+from alfx._registry import Strategy
+from alfx._registry import strategy_names
+from alfx._registry import StrategyContext
 from alfx._selection import Selection
 from alfx._selection import top_b
 from alfx._uncertainty import least_confidence
@@ -47,10 +72,20 @@ __version__ = "0.1.0"
 
 __all__ = (
     "DENSE_MAX_DIM",
+    "Data",
     "FisherFactors",
+    "FitResult",
+    "Forward",
+    "History",
+    "Loop",
+    "LoopState",
     "MAX_CONFIGURATIONS",
     "PoolFisher",
+    "Predictions",
+    "RoundMetrics",
     "Selection",
+    "Strategy",
+    "StrategyContext",
     "badge",
     "bait",
     "bald",
@@ -58,21 +93,36 @@ __all__ = (
     "co_information",
     "conservative_bald",
     "coreset",
+    "ensemble_predictions",
     "entropy",
     "fisher_factors",
+    "get_strategy",
+    "init_ensemble",
+    "initial_state",
     "joint_entropy",
     "kbald",
     "kbald_dynamic",
     "least_confidence",
+    "linen_forward",
+    "make_fit",
+    "make_loop",
+    "make_train_step",
     "margin",
+    "mc_dropout_predictions",
     "mean_std",
     "mutual_information",
+    "nnx_forward",
+    "pool_fisher",
     "predictive_entropy",
     "random_batch",
+    "register_strategy",
+    "run_loop",
+    "sample_labeled",
     "stochastic_batch",
-    "pool_fisher",
+    "strategy_names",
     "top_b",
     "topk_bald",
     "typiclust",
     "variation_ratios",
+    "vmap_loop",
 )

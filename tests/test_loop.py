@@ -1,0 +1,337 @@
+"""The compiled active-learning loop and the strategy registry."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import alfx
+from alfx import _loop
+from alfx import _registry
+
+N, D, C = 48, 5, 3
+
+
+class Tiny(nn.Module):
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.relu(nn.Dense(8)(x))
+    if self.rate:
+      h = nn.Dropout(self.rate, deterministic=not train)(h)
+    return nn.Dense(C, name="head")(h)
+
+
+def make_data(rng, n=N, t=20):
+  centres = 2.0 * rng.standard_normal((C, D))
+  y = rng.integers(0, C, n + t)
+  x = centres[y] + rng.standard_normal((n + t, D))
+  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
+  return alfx.Data(x[:n], y[:n], x[n:], y[n:])
+
+
+_LOOPS = {}
+
+
+def get_loop(strategy, batch_size, mc):
+  """Loops are built once per configuration so that tests share compiled
+  programs (their inputs are fresh per test; only values change)."""
+  config = (strategy, batch_size, mc)
+  if config not in _LOOPS:
+    forward = alfx.linen_forward(Tiny(rate=0.5 if mc else 0.0),
+                                 train_kwargs={"train": True},
+                                 eval_kwargs={"train": False})
+    _LOOPS[config] = alfx.make_loop(
+        forward, optax.adam(0.05), strategy, batch_size=batch_size,
+        num_steps=6, train_batch_size=8, mc_dropout_samples=mc, chunk_size=16)
+  return _LOOPS[config]
+
+
+def setup(rng, strategy="bald", *, k=3, batch_size=4, mc=None, initial=6):
+  data = make_data(rng)
+  model = Tiny(rate=0.5 if mc else 0.0)
+  init = lambda key: model.init(key, data.pool_inputs[:1])
+  key = jax.random.key(int(rng.integers(2**31)))
+  params = init(key) if mc else alfx.init_ensemble(init, key, k)
+  loop = get_loop(strategy, batch_size, mc)
+  state = alfx.initial_state(jax.random.fold_in(key, 1), data.pool_labels,
+                             initial)
+  return loop, params, state, data
+
+
+@pytest.mark.parametrize("strategy,mc", [("bald", None), ("random", None),
+                                         ("bald", 4)])
+def test_rounds_grow_the_mask_by_b_new_points_without_recompiling(
+    rng, strategy, mc):
+  loop, params, state, data = setup(rng, strategy, mc=mc)
+  b = 4
+  for r in range(4):
+    before = np.asarray(state.labeled)
+    state, metrics = loop.round(params, state, data)
+    after = np.asarray(state.labeled)
+    picks = np.asarray(metrics.selection.indices)
+    assert metrics.selection.valid.all()
+    assert len(set(picks.tolist())) == b  # no duplicates in a batch
+    assert not before[picks].any()  # never re-picks a labelled point
+    assert after[picks].all()
+    assert after.sum() == before.sum() + b == 6 + (r + 1) * b
+    np.testing.assert_array_equal(after & ~before,
+                                  np.isin(np.arange(N), picks))
+    assert int(metrics.num_labeled) == before.sum()
+    assert 0 <= float(metrics.accuracy) <= 1
+    assert np.isfinite(float(metrics.loss))
+  # Compiled once (possibly by an earlier test sharing this loop), then reused.
+  assert loop.round._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_round_is_train_and_predict_then_acquire(rng):
+  loop, params, state, data = setup(rng)
+  new_state, metrics = loop.round(params, state, data)
+  predictions, accuracy, loss = loop.train_and_predict(params, state, data)
+  chex.assert_shape(predictions.log_probs, (N, 3, C))
+  chex.assert_shape(predictions.embeddings, (N, 8))
+  half_state, selection = loop.acquire(predictions, state)
+  chex.assert_trees_all_close((new_state.labeled, metrics.selection,
+                               metrics.accuracy, metrics.loss),
+                              (half_state.labeled, selection, accuracy, loss),
+                              atol=1e-6)
+  np.testing.assert_array_equal(jax.random.key_data(new_state.key),
+                                jax.random.key_data(half_state.key))
+  np.testing.assert_allclose(loop.evaluate(params, state, data), accuracy)
+  # The bald strategy on these predictions: top-B of the BALD scores.
+  expected = alfx.top_b(alfx.bald(predictions.log_probs), 4,
+                        mask=~state.labeled)
+  np.testing.assert_array_equal(selection.indices, expected.indices)
+
+
+def test_accuracy_of_the_mean_predictive(rng):
+  log_probs = jax.nn.log_softmax(
+      jnp.asarray(2 * rng.standard_normal((30, 4, C)), jnp.float32))
+  labels = jnp.asarray(rng.integers(0, C, 30))
+  mean = np.exp(np.asarray(log_probs, np.float64)).mean(1)
+  np.testing.assert_allclose(_loop._accuracy(log_probs, labels),  # pylint: disable=protected-access
+                             np.mean(mean.argmax(-1) == np.asarray(labels)))
+
+
+def test_vmap_over_seeds_equals_python_loop(rng):
+  loop, _, _, data = setup(rng)
+  model = Tiny()
+  init = lambda key: model.init(key, data.pool_inputs[:1])
+  keys = jax.random.split(jax.random.key(7), 3)
+  params = jax.vmap(lambda k: alfx.init_ensemble(init, k, 3))(keys)
+  states = [alfx.initial_state(k, data.pool_labels, 6) for k in keys]
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
+  batched = alfx.run_loop(alfx.vmap_loop(loop), params, stacked, data, 2)
+  chex.assert_shape(batched.accuracy, (3, 3))
+  chex.assert_shape(batched.indices, (3, 2, 4))
+  for r in range(3):
+    one = alfx.run_loop(loop, jax.tree.map(lambda a: a[r], params), states[r],
+                        data, 2)
+    np.testing.assert_array_equal(batched.indices[r], one.indices)
+    np.testing.assert_allclose(batched.accuracy[r], one.accuracy, atol=1e-6)
+    np.testing.assert_array_equal(batched.num_labeled[r], [6, 10, 14])
+    np.testing.assert_array_equal(batched.state.labeled[r],
+                                  one.state.labeled)
+  # Groups of 2 seeds in a compiled loop (3 = 2 + a remainder of 1): the same.
+  grouped = alfx.run_loop(alfx.vmap_loop(loop, seeds_per_batch=2), params,
+                          stacked, data, 1)
+  np.testing.assert_array_equal(grouped.indices[:, 0], batched.indices[:, 0])
+  np.testing.assert_allclose(grouped.accuracy[:, 0], batched.accuracy[:, 0],
+                             atol=1e-6)
+
+
+def test_run_loop_history_and_callback(rng):
+  loop, params, state, data = setup(rng, "random", batch_size=5)
+  seen = []
+  history = alfx.run_loop(loop, params, state, data, 3,
+                          callback=lambda r, m: seen.append(r))
+  assert seen == [0, 1, 2]
+  np.testing.assert_array_equal(history.num_labeled, [6, 11, 16, 21])
+  assert history.valid.all()
+  picked = history.indices.reshape(-1)
+  assert len(set(picked.tolist())) == 15
+  assert not np.asarray(state.labeled)[picked].any()
+  np.testing.assert_array_equal(
+      np.asarray(history.state.labeled),
+      np.asarray(state.labeled) | np.isin(np.arange(N), picked))
+
+
+def test_initial_state(rng):
+  labels = jnp.asarray(np.repeat(np.arange(4), 5))  # 4 classes x 5
+  s = alfx.initial_state(jax.random.key(1), labels, 7)
+  assert int(s.labeled.sum()) == 7
+  for seed in range(5):
+    s = alfx.initial_state(jax.random.key(seed), labels, 8, per_class=True)
+    np.testing.assert_array_equal(
+        np.bincount(np.asarray(labels)[np.asarray(s.labeled)], minlength=4),
+        [2, 2, 2, 2])
+  a = alfx.initial_state(jax.random.key(0), labels, 8)
+  b = alfx.initial_state(jax.random.key(1), labels, 8)
+  assert not np.array_equal(a.labeled, b.labeled)
+  with pytest.raises(ValueError, match="multiple of the number of classes"):
+    alfx.initial_state(jax.random.key(0), labels, 6, per_class=True)
+  skewed = jnp.asarray([0] * 8 + [1] * 8 + [2] * 2)
+  with pytest.raises(ValueError, match="rarest class has 2"):
+    alfx.initial_state(jax.random.key(0), skewed, 9, per_class=True)
+  with pytest.raises(ValueError, match="larger than the pool"):
+    alfx.initial_state(jax.random.key(0), labels, 21)
+
+
+def test_make_loop_bad_arguments(rng):
+  data = make_data(rng)
+  forward = alfx.linen_forward(Tiny())
+  opt = optax.adam(0.1)
+  with pytest.raises(ValueError, match="unknown strategy 'nope'; valid"
+                     " names: .*bald.*random"):
+    alfx.make_loop(forward, opt, "nope", batch_size=2, num_steps=1)
+  with pytest.raises(ValueError, match="batch_size"):
+    alfx.make_loop(forward, opt, "bald", batch_size=0, num_steps=1)
+  with pytest.raises(ValueError, match="mc_dropout_samples"):
+    alfx.make_loop(forward, opt, "bald", batch_size=2, num_steps=1,
+                   mc_dropout_samples=0)
+  with pytest.raises(ValueError, match="does not accept options"):
+    alfx.make_loop(forward, opt, "bald", batch_size=2, num_steps=1,
+                   strategy_options={"num_samples": 3})
+  del data
+
+
+# ----------------------------------------------------------------------------
+# Registry.
+
+
+def _context(rng, n=30, k=4):
+  log_probs = jax.nn.log_softmax(
+      jnp.asarray(2 * rng.standard_normal((n, k, C)), jnp.float32))
+  return alfx.StrategyContext(
+      log_probs=log_probs, embeddings=jnp.asarray(
+          rng.standard_normal((n, D)), jnp.float32),
+      probs=jnp.exp(log_probs[:, 0]), labeled=jnp.zeros(n, bool))
+
+
+def test_unknown_name_lists_the_valid_names():
+  with pytest.raises(ValueError) as e:
+    alfx.get_strategy("batchbal")
+  for name in alfx.strategy_names():
+    assert name in str(e.value)
+  assert {"random", "bald"} <= set(alfx.strategy_names())
+
+
+#: Checked in the default suite (one of each family); the rest with -m slow.
+FAST_STRATEGIES = ("random", "bald", "batchbald", "kbald-2", "bait-full",
+                   "bait-binary", "margin", "powerbald", "badge", "coreset")
+#: Strategies whose batch may end early (the tail of `valid` is False).
+DYNAMIC_STRATEGIES = ("kbald-dynamic",)
+
+
+def _check_uniform_call(name, rng):
+  """The registry's uniform call, inside jit and vmap (as the loop makes it):
+  picks are selectable, distinct, and (for fixed-size strategies) valid."""
+  strategy = alfx.get_strategy(name)
+  contexts = [_context(rng) for _ in range(2)]
+  masks = [jnp.asarray(rng.random(30) < 0.6).at[:6].set(True)
+           for _ in range(2)]
+  contexts = [c._replace(labeled=~m) for c, m in zip(contexts, masks)]
+  stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)
+  sel = jax.jit(jax.vmap(lambda k, c, m: strategy(k, c, 5, m)))(
+      jax.random.split(jax.random.key(int(rng.integers(99))), 2),
+      stack(contexts), stack(masks))
+  for r in range(2):
+    valid = np.asarray(sel.valid[r])
+    picks = np.asarray(sel.indices[r])[valid]
+    if name in DYNAMIC_STRATEGIES:
+      assert valid[0] and not np.any(valid[1:] & ~valid[:-1]), name
+    else:
+      assert valid.all(), name
+    assert np.asarray(masks[r])[picks].all(), name
+    assert len(set(picks.tolist())) == len(picks), name
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in alfx.strategy_names() if n in FAST_STRATEGIES])
+def test_registered_strategies_run_under_jit_and_vmap(rng, name):
+  _check_uniform_call(name, rng)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", [n for n in alfx.strategy_names() if n not in FAST_STRATEGIES])
+def test_other_registered_strategies_run_under_jit_and_vmap(rng, name):
+  _check_uniform_call(name, rng)
+
+
+def test_bald_strategy_is_top_b_of_bald(rng):
+  ctx = _context(rng)
+  mask = jnp.asarray(rng.random(30) < 0.5).at[0].set(True)
+  sel = alfx.get_strategy("bald")(None, ctx, 1, mask)
+  ref = alfx.top_b(alfx.bald(ctx.log_probs), 1, mask=mask)
+  chex.assert_trees_all_equal(sel, ref)
+
+
+def test_random_strategy_is_uniform_without_replacement(rng):
+  ctx = _context(rng, n=12)
+  mask = jnp.asarray(rng.random(12) < 0.6).at[:3].set(True)
+  random = alfx.get_strategy("random")
+  strategy = jax.jit(lambda k, c, m: random(k, c, 2, m))
+  draws = 4000
+  keys = jax.random.split(jax.random.key(int(rng.integers(99))), draws)
+  picks = np.asarray(jax.vmap(strategy, in_axes=(0, None, None))(
+      keys, ctx, mask).indices)
+  assert np.asarray(mask)[picks].all()
+  assert (picks[:, 0] != picks[:, 1]).all()
+  counts = np.bincount(picks.ravel(), minlength=12)[np.asarray(mask)]
+  expected = 2 * draws / int(mask.sum())
+  assert np.all(np.abs(counts - expected) < 6 * np.sqrt(expected))
+  a = strategy(jax.random.key(1), ctx, mask).indices
+  np.testing.assert_array_equal(a, strategy(jax.random.key(1), ctx,
+                                            mask).indices)
+  others = {tuple(np.asarray(strategy(jax.random.key(s), ctx, mask).indices))
+            for s in range(2, 12)}
+  assert len(others) > 1  # different keys, different picks
+
+
+def test_register_a_custom_strategy_and_use_it_in_the_loop(rng):
+  def lowest_index():
+    def strategy(key, context, batch_size, mask):
+      del key
+      n = context.log_probs.shape[0]
+      return alfx.top_b(-jnp.arange(n, dtype=jnp.float32), batch_size,
+                        mask=mask)
+    return strategy
+
+  alfx.register_strategy("test-lowest-index", lowest_index)
+  try:
+    with pytest.raises(ValueError, match="already registered"):
+      alfx.register_strategy("test-lowest-index", lowest_index)
+    loop, params, state, data = setup(rng, "test-lowest-index")
+    _, metrics = loop.round(params, state, data)
+    np.testing.assert_array_equal(metrics.selection.indices,
+                                  np.flatnonzero(~np.asarray(state.labeled))[:4])
+  finally:
+    _registry._FACTORIES.pop("test-lowest-index")  # pylint: disable=protected-access
+    _registry._DESCRIPTIONS.pop("test-lowest-index")  # pylint: disable=protected-access
+
+
+def test_flip_selected_ignores_invalid_picks():
+  labeled = jnp.array([False, True, False, False])
+  sel = alfx.Selection(indices=jnp.array([2, 0], jnp.int32),
+                       scores=jnp.zeros(2), valid=jnp.array([True, False]))
+  np.testing.assert_array_equal(_registry.flip_selected(labeled, sel),
+                                [False, True, True, False])
+
+
+def test_flip_selected_per_shard_equals_unsharded(rng):
+  # vmap with an axis name stands in for shard_map over 4 pool shards.
+  labeled = jnp.asarray(rng.random(24) < 0.3)
+  picks = rng.choice(np.flatnonzero(~np.asarray(labeled)), 5, replace=False)
+  sel = alfx.Selection(indices=jnp.asarray(picks, jnp.int32),
+                       scores=jnp.zeros(5), valid=jnp.arange(5) < 4)
+  whole = _registry.flip_selected(labeled, sel)
+  shards = jax.vmap(lambda l: _registry.flip_selected(l, sel, "pool"),
+                    axis_name="pool")(labeled.reshape(4, 6))
+  np.testing.assert_array_equal(shards.reshape(-1), whole)
+  np.testing.assert_array_equal(
+      whole, np.asarray(labeled) | np.isin(np.arange(24), picks[:4]))
