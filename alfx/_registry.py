@@ -19,8 +19,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from alfx import _bait
+from alfx import _bald
 from alfx import _diversity
 from alfx import _information
+from alfx import _kbald
 from alfx import _pool
 from alfx import _selection
 from alfx import _uncertainty
@@ -187,6 +190,69 @@ def _typiclust(max_clusters=500, k_nn=20, min_cluster_size=5):
   return strategy
 
 
+def _batchbald(num_samples=_bald.DEFAULT_NUM_SAMPLES,
+               chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+
+  def strategy(key, context, batch_size, mask):
+    return _bald.batchbald(context.log_probs, batch_size, mask=mask,
+                           num_samples=num_samples, key=key,
+                           chunk_size=chunk_size)
+
+  return strategy
+
+
+def _kbald_order(order):
+
+  def factory(chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+
+    def strategy(key, context, batch_size, mask):
+      del key
+      return _kbald.kbald(context.log_probs, batch_size, order=order,
+                          mask=mask, chunk_size=chunk_size)
+
+    return strategy
+
+  return factory
+
+
+def _kbald_dynamic(tolerance=0.05, chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+
+  def strategy(key, context, batch_size, mask):
+    del key
+    return _kbald.kbald_dynamic(context.log_probs, batch_size,
+                                tolerance=tolerance, mask=mask,
+                                chunk_size=chunk_size)
+
+  return strategy
+
+
+def _conservative_bald(threshold=0.05, budget=None,
+                       chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+
+  def strategy(key, context, batch_size, mask):
+    del key
+    return _kbald.conservative_bald(context.log_probs, batch_size,
+                                    threshold=threshold, budget=budget,
+                                    mask=mask, chunk_size=chunk_size)
+
+  return strategy
+
+
+def _bait_kind(kind):
+
+  def factory(lam=1.0, oversample=2, top_c=2, method="auto"):
+
+    def strategy(key, context, batch_size, mask):
+      del key
+      return _bait.bait(context.embeddings, context.probs, context.labeled,
+                        batch_size, fisher=kind, top_c=top_c, lam=lam,
+                        oversample=oversample, mask=mask, method=method)
+
+    return strategy
+
+  return factory
+
+
 register_strategy("random", _random,
                   description="uniform without replacement over the pool")
 register_strategy("bald", _topk_bald,
@@ -208,6 +274,29 @@ for _mode in ("power", "softmax", "softrank"):
       f"{_mode}bald", _stochastic(_information.bald, _mode),
       description=f"{_mode} sampling of BALD scores (Kirsch et al. 2021),"
       " option beta")
+register_strategy("batchbald", _batchbald,
+                  description="greedy joint mutual information of the batch"
+                  " (Kirsch et al. 2019), option num_samples")
+register_strategy("kbald-2", _kbald_order(2),
+                  description="BALD minus pairwise mutual information with"
+                  " the batch (k-BALD, order 2)")
+register_strategy("kbald-3", _kbald_order(3),
+                  description="k-BALD of order 3 (adds co-information of"
+                  " triples)")
+register_strategy("kbald-dynamic", _kbald_dynamic,
+                  description="2-BALD, batch ends where 3-BALD diverges by"
+                  " more than option tolerance (default 0.05)")
+register_strategy("conservative-bald", _conservative_bald,
+                  description="top BALD excluding points whose MI with a"
+                  " pick exceeds option threshold (default 0.05 nats)")
+for _kind, _text in (("full", "BAIT (Ash et al. 2021), full last-layer"
+                      " Fisher"),
+                     ("topc", "BAIT (Exp): Fisher of the top_c classes"),
+                     ("binary", "BAIT (Binary): Bernoulli Fisher of the top"
+                      " class"),
+                     ("diagonal", "BAIT with the diagonal of the Fisher")):
+  register_strategy(f"bait-{_kind}",
+                    _bait_kind(_kind), description=_text)
 register_strategy("badge", _badge,
                   description="k-means++ seeding on gradient embeddings"
                   " (Ash et al. 2020)")
