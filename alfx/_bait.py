@@ -365,7 +365,7 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
       capacity = _validation.check_positive_int(labeled_capacity,
                                                 "labeled_capacity")
     elif _validation.is_concrete(labeled):
-      count = int(_validation._count(labeled))
+      count = int(_validation._host(_validation._count, labeled))
       capacity = 1 << max(3, (max(count, 1) - 1).bit_length())
     else:
       capacity = n
@@ -503,50 +503,25 @@ def _chunk_rows(chunk_size, n, per_row):
 
 
 def _map_rows(fn, arrays, rows):
-  """``fn`` over consecutive ``rows``-row chunks of the pool arrays.
-
-  Like `_pool.chunked_map`, but without padding (which copies every input):
-  chunks are dynamic slices and the last one overlaps its predecessor, so
-  ``fn`` is traced once and the overlapping rows are written twice with equal
-  values. ``fn`` must treat rows independently.
-  """
-  n = arrays[0].shape[0]
-  if rows >= n:
-    return fn(*arrays)
-  n_chunks = -(-n // rows)
-  shapes = jax.eval_shape(fn, *(jax.ShapeDtypeStruct((rows,) + a.shape[1:],
-                                                     a.dtype) for a in arrays))
-  init = jax.tree.map(lambda x: jnp.zeros((n,) + x.shape[1:], x.dtype), shapes)
-
-  def body(i, outs):
-    start = jnp.minimum(i * rows, n - rows)
-    res = fn(*(lax.dynamic_slice_in_dim(a, start, rows) for a in arrays))
-    return jax.tree.map(
-        lambda o, x: lax.dynamic_update_slice_in_dim(o, x, start, 0), outs,
-        res)
-
-  return lax.fori_loop(0, n_chunks, body, init)
+  """``fn`` over ``rows``-row chunks of the pool arrays (`_pool.chunked_map`)."""
+  return _pool.chunked_map(fn, *arrays, chunk_size=rows)
 
 
 def _sum_rows(fn, arrays, rows, init, masked):
-  """``init + sum over row chunks of fn(*chunk)`` without padding copies.
+  """``init + sum over row chunks of fn(*chunk)`` (`_pool.chunked_sum`).
 
-  The last chunk overlaps its predecessor; its already-counted rows are
-  zeroed in ``arrays[masked]``, whose zero rows must contribute nothing.
+  Rows an earlier chunk already covered are zeroed in ``arrays[masked]``,
+  whose zero rows must contribute nothing.
   """
-  n = arrays[0].shape[0]
-  if rows >= n:
-    return init + fn(*arrays)
 
-  def body(i, acc):
-    start = jnp.minimum(i * rows, n - rows)
-    chunk = [lax.dynamic_slice_in_dim(a, start, rows) for a in arrays]
-    fresh = (start + jnp.arange(rows)) >= i * rows
+  def part(*chunk):
+    *chunk, fresh = chunk
     x = chunk[masked]
-    chunk[masked] = x * fresh.reshape((rows,) + (1,) * (x.ndim - 1))
-    return acc + fn(*chunk)
+    chunk[masked] = x * fresh.reshape((-1,) + (1,) * (x.ndim - 1)).astype(
+        x.dtype)
+    return fn(*chunk)
 
-  return lax.fori_loop(0, -(-n // rows), body, init)
+  return init + _pool.chunked_sum(part, *arrays, chunk_size=rows)
 
 
 # --------------------------------------------------------------------------
