@@ -48,6 +48,7 @@ def main():
   loop = alfx.make_loop(forward, optax.adam(3e-3), args.strategy,
                         batch_size=10, num_steps=150, mc_dropout_samples=16)
   history = alfx.run_loop(loop, params, state, data, args.rounds)
+  print("test accuracy per round")
   print("MC dropout (K=16):", " ".join(f"{a:.3f}" for a in history.accuracy))
 
   # Deep ensemble: the Param states of 8 independently initialised models.
