@@ -22,6 +22,7 @@ partitioning: same picks, no guarantee that the scan state stays split).
 """
 
 import functools
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -145,6 +146,10 @@ def pool_axis(*arrays) -> tuple[Any, str] | None:
     sharding = _sharding_of(x)
     if not isinstance(sharding, NamedSharding) or not sharding.spec:
       continue
+    if any(s is not None for s in sharding.spec[1:]):
+      raise ValueError(
+          f"only the pool axis (axis 0) may be sharded, got spec"
+          f" {sharding.spec} for an array of shape {list(x.shape)}.")
     axis = sharding.spec[0]
     if axis is None:
       continue
@@ -154,10 +159,6 @@ def pool_axis(*arrays) -> tuple[Any, str] | None:
             f"the pool axis is split over several mesh axes {axis}; alfx"
             " shards the pool over one mesh axis (a 1-D mesh).")
       axis = axis[0]
-    if any(s is not None for s in sharding.spec[1:]):
-      raise ValueError(
-          f"only the pool axis (axis 0) may be sharded, got spec"
-          f" {sharding.spec} for an array of shape {list(x.shape)}.")
     mesh = sharding.mesh
     if found is not None and (found[1] != axis or
                               found[0].shape != mesh.shape):
@@ -198,8 +199,14 @@ def _sharded(args, core, mesh, axis_name, pool, out_specs, static):
       for arg, s in zip(args, specs))
   return jax.shard_map(
       lambda *a: core(*a, axis_name=axis_name, **dict(static)),
-      mesh=mesh, in_specs=specs, out_specs=out_specs,
+      mesh=mesh, in_specs=specs, out_specs=jax.tree.unflatten(out_specs[1],
+                                                               out_specs[0]),
       check_vma=False)(*args)
+
+
+def pool_spec(axis_name: str) -> P:
+  """``out_specs`` for outputs whose leaves all keep the pool as axis 0."""
+  return P(axis_name)
 
 
 def call(core, args, pool, *, out_specs=P(), **static):
@@ -211,7 +218,9 @@ def call(core, args, pool, *, out_specs=P(), **static):
     pool: one bool per argument, True for pool-axis arguments (every leaf has
       the pool as axis 0) and False for replicated ones (keys, scalars, small
       statistics).
-    out_specs: the ``shard_map`` output spec (default replicated).
+    out_specs: the ``shard_map`` output spec (default replicated), or a
+      function of the pool's mesh axis name returning it (for outputs that
+      keep the pool axis, e.g. ``lambda axis: P(axis)``).
     **static: static keyword arguments of the core (hashable).
 
   Returns:
@@ -229,7 +238,29 @@ def call(core, args, pool, *, out_specs=P(), **static):
         raise ValueError(
             f"a pool array of shape {list(leaf.shape)} cannot be split evenly"
             f" over {devices} devices; pad the pool with alfx.shard_pool.")
+  if callable(out_specs):
+    out_specs = out_specs(axis_name)
+  # A static argument must be hashable: the specs as leaves and tree.
+  leaves, tree = jax.tree.flatten(out_specs,
+                                  is_leaf=lambda x: isinstance(x, P))
   return _sharded(tuple(args), core=core, mesh=mesh, axis_name=axis_name,
-                  pool=pool, out_specs=out_specs,
+                  pool=pool, out_specs=(tuple(leaves), tree),
                   static=tuple(sorted(static.items())))
+
+
+def pool_gathers(hlo_text: str, pool_size: int) -> list[str]:
+  """The all-gather instructions of compiled HLO whose result has a dimension
+  of at least ``pool_size``: gathers of the pool, which a sharded scan must
+  not contain (for tests and debugging: ``jax.jit(f).lower(...).compile()
+  .as_text()``)."""
+  found = []
+  for line in hlo_text.splitlines():
+    if "all-gather" not in line or "=" not in line:
+      continue
+    lhs = line.split("=", 1)[1].split("all-gather", 1)[0]
+    dims = [int(d) for d in re.findall(r"\d+", "".join(
+        re.findall(r"\[([\d,]*)\]", lhs)))]
+    if any(d >= pool_size for d in dims):
+      found.append(line.strip())
+  return found
 
