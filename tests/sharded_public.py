@@ -140,7 +140,8 @@ def main(seed, full):
         score_diff=float(np.max(np.abs(single.scores - split.scores))) / scale,
         picked_padding=bool(np.any(np.asarray(split.indices) >= N)),
         pool_gathers=_sharding.pool_gathers(compiled.as_text(), n_pad),
-        all_reduces=compiled.as_text().count("all-reduce("))
+        collectives=sum(compiled.as_text().count(op) for op in
+                        ("all-reduce(", "all-gather(")))
 
   # Negative controls: the gather detector finds a gather of the pool, and
   # mask=None on a padded pool does select padding (why in_pool exists).
