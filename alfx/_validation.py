@@ -60,7 +60,10 @@ def _mesh_context(args):
     mesh = getattr(sharding, "mesh", None)
     if isinstance(mesh, jax.sharding.Mesh) and mesh.size > 1 and any(
         t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
-      return jax.set_mesh(mesh)
+      try:
+        return jax.set_mesh(mesh)
+      except ValueError:  # inside someone's jit (closed-over arrays)
+        return contextlib.nullcontext()
   return contextlib.nullcontext()
 
 
