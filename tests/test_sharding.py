@@ -180,7 +180,8 @@ def test_one_device_mesh_runs_sharded_and_equal(rng):
   np.testing.assert_array_equal(got.indices, want.indices)
   np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
   before = _sharding._sharded._cache_size()
-  alfx.kbald(pool.arrays[0], 4, order=2, mask=pool.in_pool & (jnp.arange(30) > 0))
+  alfx.kbald(pool.arrays[0], 4, order=2,
+             mask=pool.in_pool & (jnp.arange(30) > 0))
   assert _sharding._sharded._cache_size() == before
 
 
