@@ -59,6 +59,8 @@ from alfx._registry import Strategy
 from alfx._registry import strategy_names
 from alfx._registry import StrategyContext
 from alfx._selection import Selection
+from alfx._sharding import shard_pool
+from alfx._sharding import ShardedPool
 from alfx._selection import top_b
 from alfx._uncertainty import least_confidence
 from alfx._uncertainty import margin
@@ -84,6 +86,7 @@ __all__ = (
     "Predictions",
     "RoundMetrics",
     "Selection",
+    "ShardedPool",
     "Strategy",
     "StrategyContext",
     "badge",
@@ -118,6 +121,7 @@ __all__ = (
     "register_strategy",
     "run_loop",
     "sample_labeled",
+    "shard_pool",
     "stochastic_batch",
     "strategy_names",
     "top_b",

@@ -32,6 +32,7 @@ import numpy as np
 from alfx import _information
 from alfx import _pool
 from alfx import _selection
+from alfx import _sharding
 from alfx import _validation
 
 #: Largest number of pool points per chunk of the greedy scans.
@@ -305,7 +306,9 @@ def batchbald(log_probs, batch_size, *, mask=None,
           " configurations are stratified over the K posterior samples.")
   else:
     key = None
-  return _batchbald(log_probs, mask, key, batch_size, num_samples, chunk_size)
+  return _sharding.call(_batchbald, (log_probs, mask, key), (True, True, False),
+                        batch_size=batch_size, num_samples=num_samples,
+                        chunk_size=chunk_size)
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "num_samples",

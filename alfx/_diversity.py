@@ -35,6 +35,7 @@ from jax import lax
 
 from alfx import _pool
 from alfx import _selection
+from alfx import _sharding
 from alfx import _validation
 
 #: Default pool rows per tile of a pool-by-set distance computation.
@@ -223,7 +224,8 @@ def badge(embeddings, probs, batch_size, *, key, mask=None):
   mask = _validation.check_mask(mask, n)
   batch_size = _validation.check_batch_size(batch_size, mask)
   key = _validation.check_key(key)
-  return _badge(embeddings, probs, mask, key, batch_size)
+  return _sharding.call(_badge, (embeddings, probs, mask, key),
+                        (True, True, True, False), batch_size=batch_size)
 
 
 def _badge_gradient_factors(embeddings, probs):
@@ -322,8 +324,9 @@ def coreset(embeddings, labeled, batch_size, *, mask=None,
       labeled, mask, n, batch_size)
   chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
   block_size = _validation.check_positive_int(block_size, "block_size")
-  return _coreset(embeddings, labeled, selectable, batch_size, chunk_size,
-                  block_size)
+  return _sharding.call(_coreset, (embeddings, labeled, selectable),
+                        (True, True, True), batch_size=batch_size,
+                        chunk_size=chunk_size, block_size=block_size)
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "chunk_size",
@@ -632,6 +635,7 @@ def typiclust(embeddings, labeled, batch_size, *, key, mask=None,
   ``k = 20``, that is 50 GFLOP, but at ``N = 10^6`` it is 20 TFLOP: use
   ``max_candidates`` there). Memory ``O(N)`` plus tiles.
   """
+  _sharding.single_device_only("typiclust", embeddings, labeled, mask)
   embeddings = _validation.check_matrix(embeddings, "embeddings")
   n = embeddings.shape[0]
   labeled, selectable, batch_size = _check_labeled_and_mask(

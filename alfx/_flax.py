@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from alfx import _pool
+from alfx import _sharding
 from alfx import _validation
 
 #: ``forward(params, inputs, key_or_None) -> (logits[b, C], embeddings[b, D])``
@@ -337,9 +338,20 @@ def ensemble_predictions(forward: Forward, params, inputs, *,
 
   Returns:
     `Predictions` ``(log_probs[N, K, C], embeddings[N, D], probs[N, C])``.
+    When ``inputs`` is sharded over the pool axis (`alfx.shard_pool`), each
+    device predicts its own rows and the outputs are sharded the same way,
+    ready for any acquisition (params are replicated).
   """
   inputs = _check_inputs(inputs)
   chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
+  return _sharding.call(_ensemble_local, (params, inputs), (False, True),
+                        out_specs=_sharding.pool_spec, forward=forward,
+                        chunk_size=chunk_size)
+
+
+def _ensemble_local(params, inputs, forward, chunk_size, axis_name=None):
+  """The rows of ``inputs`` at hand: points are independent, no collective."""
+  del axis_name
   return _ensemble_predictions(forward, params, inputs, chunk_size)
 
 
@@ -378,11 +390,26 @@ def mc_dropout_predictions(forward: Forward, params, inputs, key, *,
 
   Returns:
     `Predictions` ``(log_probs[N, K, C], embeddings[N, D], probs[N, C])``.
+    When ``inputs`` is sharded over the pool axis (`alfx.shard_pool`), each
+    device predicts its own rows and the outputs are sharded the same way;
+    the dropout masks are shared by all points, so the predictions equal the
+    single-device ones.
   """
   inputs = _check_inputs(inputs)
   key = _validation.check_key(key)
   num_samples = _validation.check_positive_int(num_samples, "num_samples")
   chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
+  return _sharding.call(_mc_dropout_local, (params, inputs, key),
+                        (False, True, False), out_specs=_sharding.pool_spec,
+                        forward=forward, num_samples=num_samples,
+                        chunk_size=chunk_size)
+
+
+def _mc_dropout_local(params, inputs, key, forward, num_samples, chunk_size,
+                      axis_name=None):
+  # Every point uses the same K keys (consistent dropout), so the local rows
+  # get exactly the single-device predictions: nothing depends on the layout.
+  del axis_name
   return _mc_dropout_predictions(forward, params, inputs, key, num_samples,
                                  chunk_size)
 

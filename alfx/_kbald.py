@@ -40,6 +40,7 @@ from alfx import _bald
 from alfx import _information
 from alfx import _pool
 from alfx import _selection
+from alfx import _sharding
 from alfx import _validation
 
 
@@ -218,7 +219,9 @@ def kbald(log_probs, batch_size, *, order=2, mask=None,
   batch_size = _validation.check_batch_size(batch_size, mask)
   order = _check_order(order, batch_size, c)
   chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
-  return _kbald(log_probs, mask, batch_size, order, chunk_size)
+  return _sharding.call(_kbald, (log_probs, mask), (True, True),
+                        batch_size=batch_size, order=order,
+                        chunk_size=chunk_size)
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "order",
@@ -336,8 +339,9 @@ def kbald_dynamic(log_probs, max_batch_size, *, tolerance, mask=None,
   tolerance = _check_scalar(tolerance, "tolerance")
   chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
   _check_order(min(3, max_batch_size), max_batch_size, c)
-  return _kbald_dynamic(log_probs, mask, tolerance, max_batch_size,
-                        chunk_size)
+  return _sharding.call(_kbald_dynamic, (log_probs, mask, tolerance),
+                        (True, True, False), max_batch_size=max_batch_size,
+                        chunk_size=chunk_size)
 
 
 @functools.partial(jax.jit, static_argnames=("max_batch_size", "chunk_size",
@@ -423,8 +427,10 @@ def conservative_bald(log_probs, max_batch_size, *, threshold, budget=None,
   if budget is not None:
     budget = _check_scalar(budget, "budget")
   chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
-  return _conservative_bald(log_probs, mask, threshold, budget, max_batch_size,
-                            chunk_size)
+  return _sharding.call(_conservative_bald,
+                        (log_probs, mask, threshold, budget),
+                        (True, True, False, False),
+                        max_batch_size=max_batch_size, chunk_size=chunk_size)
 
 
 @functools.partial(jax.jit, static_argnames=("max_batch_size", "chunk_size",

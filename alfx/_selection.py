@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from alfx import _pool
+from alfx import _sharding
 from alfx import _validation
 
 
@@ -54,7 +55,8 @@ def top_b(utilities, batch_size, *, mask=None):
   utilities = _validation.check_utilities(utilities)
   mask = _validation.check_mask(mask, utilities.shape[0])
   _validation.check_batch_size(batch_size, mask)
-  return _top_b(utilities, mask, batch_size)
+  return _sharding.call(_top_b, (utilities, mask), (True, True),
+                        batch_size=batch_size)
 
 
 def _top_b(utilities, mask, batch_size, axis_name=None):

@@ -27,6 +27,7 @@ from jax import lax
 
 from alfx import _pool
 from alfx import _selection
+from alfx import _sharding
 from alfx import _validation
 from alfx._information import plogp_from_log
 
@@ -257,7 +258,12 @@ def stochastic_batch(utilities, batch_size, *, key, mode="power", beta=1.0,
   key = _validation.check_key(key)
   _validation.check_choice(mode, "mode", STOCHASTIC_MODES)
   beta = _check_beta(beta)
-  return _stochastic_batch(utilities, mask, key, beta, batch_size, mode)
+  if mode == "softrank":
+    _sharding.single_device_only("stochastic_batch(mode='softrank')",
+                                 utilities, mask)
+  return _sharding.call(_stochastic_batch, (utilities, mask, key, beta),
+                        (True, True, False, False), batch_size=batch_size,
+                        mode=mode)
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "mode",
@@ -341,7 +347,8 @@ def random_batch(batch_size, *, key, mask):
   mask = _validation.check_mask(mask, mask.shape[0])
   batch_size = _validation.check_batch_size(batch_size, mask)
   key = _validation.check_key(key)
-  return _random_batch(mask, key, batch_size)
+  return _sharding.call(_random_batch, (mask, key), (True, False),
+                        batch_size=batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "axis_name"))

@@ -20,6 +20,8 @@ Every failure is a ``ValueError`` that names the argument and the expected
 shape.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,8 +42,29 @@ def _host(fn, *args):
   function is called inside someone's trace with concrete (closed-over)
   arrays, where it would otherwise be staged out as a tracer.
   """
-  with jax.ensure_compile_time_eval():
+  with jax.ensure_compile_time_eval(), _mesh_context(args):
     return jax.device_get(fn(*args))
+
+
+def _mesh_context(args):
+  """``jax.set_mesh`` of arrays sharded over an ``Explicit`` mesh, if unset.
+
+  Explicit-sharding mode needs its mesh in context for some operations
+  (``full_like`` inside ``logsumexp``); a pool placed by `alfx.shard_pool`
+  is checked without the caller having to set it.
+  """
+  if not jax.sharding.get_abstract_mesh().empty:
+    return contextlib.nullcontext()
+  for a in args:
+    sharding = getattr(a, "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if isinstance(mesh, jax.sharding.Mesh) and mesh.size > 1 and any(
+        t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+      try:
+        return jax.set_mesh(mesh)
+      except ValueError:  # inside someone's jit (closed-over arrays)
+        return contextlib.nullcontext()
+  return contextlib.nullcontext()
 
 
 def _shape_str(x) -> str:

@@ -1,0 +1,266 @@
+"""The pool axis sharded over devices: placement and dispatch to SPMD cores.
+
+Every acquisition core is written over the *local* slice of the pool with the
+`alfx._pool` primitives and an ``axis_name`` (CONTRIBUTING.md). This module
+runs those cores as one SPMD program when the caller's pool arrays are
+sharded over a device mesh:
+
+* `shard_pool` pads the pool axis to a multiple of the mesh size and places
+  the arrays with ``NamedSharding(mesh, P(axis_name))``.
+* `call` inspects the pool-axis arguments of a public function after its
+  input checks. If one of them is sharded along axis 0 over a mesh axis, the
+  core runs under ``jax.shard_map`` (pool arguments split, everything else
+  replicated, the `Selection` replicated: every device computes the same
+  picks through the `_pool` collectives); otherwise the core runs as is.
+
+The sharding is read from concrete arrays (``x.sharding``) and, under the
+caller's ``jit``, from the array type (``jax.typeof(x).sharding``), which
+carries it for meshes with ``Explicit`` axes (the default of
+``jax.make_mesh``). Under ``jit`` with ``Auto`` axes the sharding is not
+visible and the core runs as a plain jitted function (XLA's automatic
+partitioning: same picks, no guarantee that the scan state stays split).
+"""
+
+import functools
+import re
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+class ShardedPool(NamedTuple):
+  """A pool placed on a device mesh by `shard_pool`.
+
+  Attributes:
+    arrays: the input arrays, in order, with axis 0 padded to ``N_pad`` (a
+      multiple of the mesh size) and sharded over ``axis_name``.
+    in_pool: ``bool[N_pad]``, True on the ``N`` original rows, False on the
+      padding; sharded like the arrays.
+    n: the original pool size ``N``.
+    mesh: the `jax.sharding.Mesh`.
+    axis_name: the mesh axis that splits the pool.
+  """
+
+  arrays: tuple[jax.Array, ...]
+  in_pool: jax.Array
+  n: int
+  mesh: jax.sharding.Mesh
+  axis_name: str
+
+
+def _pad_rows(x: jax.Array, pad: int) -> jax.Array:
+  if pad == 0:
+    return x
+  if x.dtype == jnp.bool_:
+    # Padding is never selectable, never labelled.
+    return jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+  # Copies of the last row: still valid log-probabilities, probabilities,
+  # finite embeddings, so the input checks pass and nothing becomes NaN.
+  last = x[-1:]
+  return jnp.concatenate(
+      [x, jnp.broadcast_to(last, (pad,) + x.shape[1:])])
+
+
+def shard_pool(*arrays, mesh=None, axis_name: str = "pool") -> ShardedPool:
+  """Pads the pool axis to a multiple of the devices and shards it.
+
+  Args:
+    *arrays: pool arrays sharing the leading axis ``N`` (``log_probs[N, K,
+      C]``, ``embeddings[N, D]``, ``probs[N, C]``, ``mask[N]``,
+      ``labeled[N]``...). NumPy arrays are accepted.
+    mesh: a `jax.sharding.Mesh` with an axis ``axis_name``; default a 1-D
+      mesh over all ``jax.devices()`` (``jax.make_mesh``, ``Explicit``
+      axis).
+    axis_name: the mesh axis that splits the pool.
+
+  Returns:
+    A `ShardedPool`. Boolean arrays are padded with False (so a padded
+    ``mask`` or ``labeled`` never selects the padding); other arrays with
+    copies of their last row (valid values). Indices returned by the
+    acquisitions are indices into the padded arrays, equal to the original
+    ones, since padding is appended. Pass ``mask`` arrays padded by this
+    function, or ``pool.in_pool``, as ``mask``: with ``mask=None`` the
+    padding rows would be selectable. BAIT also takes ``in_pool=`` so that
+    the pool's Fisher information averages over the original rows only.
+
+  Example:
+    >>> pool = alfx.shard_pool(log_probs)
+    >>> (lp,) = pool.arrays
+    >>> alfx.batchbald(lp, 10, mask=pool.in_pool)  # same picks as unsharded
+  """
+  if not arrays:
+    raise ValueError("shard_pool needs at least one pool array.")
+  arrays = [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in arrays]
+  for i, x in enumerate(arrays):
+    if x.ndim == 0:
+      raise ValueError(f"arrays[{i}] must have a pool axis [N, ...], got a"
+                       " scalar.")
+  n = arrays[0].shape[0]
+  for i, x in enumerate(arrays):
+    if x.shape[0] != n:
+      raise ValueError(
+          f"arrays[{i}] must have the pool size N={n} as axis 0 (that of"
+          f" arrays[0]), got shape {list(x.shape)}.")
+  if n == 0:
+    raise ValueError("shard_pool got an empty pool (N = 0).")
+  if mesh is None:
+    mesh = jax.make_mesh((jax.device_count(),), (axis_name,))
+  if axis_name not in mesh.axis_names:
+    raise ValueError(f"mesh has axes {mesh.axis_names}; axis_name="
+                     f"{axis_name!r} is not one of them.")
+  devices = mesh.shape[axis_name]
+  n_pad = -(-n // devices) * devices
+  sharding = NamedSharding(mesh, P(axis_name))
+  placed = tuple(jax.device_put(_pad_rows(x, n_pad - n), sharding)
+                 for x in arrays)
+  in_pool = jax.device_put(jnp.arange(n_pad) < n, sharding)
+  return ShardedPool(placed, in_pool, n, mesh, axis_name)
+
+
+# --------------------------------------------------------------------------
+# Dispatch.
+
+
+def _sharding_of(x):
+  if isinstance(x, jax.core.Tracer):
+    try:
+      return jax.typeof(x).sharding
+    except Exception:  # pylint: disable=broad-except
+      return None
+  return getattr(x, "sharding", None)
+
+
+def pool_axis(*arrays) -> tuple[Any, str] | None:
+  """``(mesh, axis_name)`` if an array is sharded along axis 0, else None.
+
+  Raises:
+    ValueError: when axis 0 is split over several mesh axes, or two arrays
+      are split over different meshes or axes.
+  """
+  found = None
+  for x in jax.tree.leaves(arrays):
+    sharding = _sharding_of(x)
+    if not isinstance(sharding, NamedSharding) or not sharding.spec:
+      continue
+    if any(s is not None for s in sharding.spec[1:]):
+      raise ValueError(
+          f"only the pool axis (axis 0) may be sharded, got spec"
+          f" {sharding.spec} for an array of shape {list(x.shape)}.")
+    axis = sharding.spec[0]
+    if axis is None:
+      continue
+    if isinstance(axis, tuple):
+      if len(axis) != 1:
+        raise ValueError(
+            f"the pool axis is split over several mesh axes {axis}; alfx"
+            " shards the pool over one mesh axis (a 1-D mesh).")
+      axis = axis[0]
+    mesh = sharding.mesh
+    if found is not None and (found[1] != axis or
+                              found[0].shape != mesh.shape):
+      raise ValueError("pool arrays are sharded over different meshes or"
+                       f" axes ({found[1]!r} and {axis!r}).")
+    found = (mesh, axis)
+  return found
+
+
+def is_sharded(*arrays) -> bool:
+  return pool_axis(*arrays) is not None
+
+
+def single_device_only(name: str, *arrays) -> None:
+  """Refuses sharded pool arrays for strategies written for one device."""
+  if is_sharded(*arrays):
+    raise ValueError(
+        f"{name} runs on a single device: its inputs must not be sharded over"
+        " the pool axis. Gather them first (jax.device_put(x,"
+        " jax.devices()[0])) or use a strategy that shards (see the README,"
+        " 'Scaling past one device').")
+
+
+def _place(x, mesh, spec):
+  sharding = NamedSharding(mesh, spec)
+  explicit = all(t == AxisType.Explicit for t in mesh.axis_types)
+  if explicit:
+    return jax.reshard(x, sharding)
+  return jax.lax.with_sharding_constraint(x, sharding)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "core", "mesh", "axis_name", "pool", "out_specs", "static"))
+def _sharded(args, core, mesh, axis_name, pool, out_specs, static):
+  specs = tuple(P(axis_name) if p else P() for p in pool)
+  args = tuple(
+      jax.tree.map(lambda a, s=s: _place(a, mesh, s), arg)
+      for arg, s in zip(args, specs))
+  return jax.shard_map(
+      lambda *a: core(*a, axis_name=axis_name, **dict(static)),
+      mesh=mesh, in_specs=specs, out_specs=jax.tree.unflatten(out_specs[1],
+                                                               out_specs[0]),
+      check_vma=False)(*args)
+
+
+def pool_spec(axis_name: str) -> P:
+  """``out_specs`` for outputs whose leaves all keep the pool as axis 0."""
+  return P(axis_name)
+
+
+def call(core, args, pool, *, out_specs=P(), **static):
+  """Runs ``core(*args, **static)``, under ``shard_map`` if the pool is sharded.
+
+  Args:
+    core: the jitted core; it takes ``axis_name=`` and ``static`` keywords.
+    args: its positional array arguments (pytrees allowed).
+    pool: one bool per argument, True for pool-axis arguments (every leaf has
+      the pool as axis 0) and False for replicated ones (keys, scalars, small
+      statistics).
+    out_specs: the ``shard_map`` output spec (default replicated), or a
+      function of the pool's mesh axis name returning it (for outputs that
+      keep the pool axis, e.g. ``lambda axis: P(axis)``).
+    **static: static keyword arguments of the core (hashable).
+
+  Returns:
+    The core's output; sharded as ``out_specs`` says when run sharded.
+  """
+  pool = tuple(bool(p) for p in pool)
+  found = pool_axis(*(a for a, p in zip(args, pool) if p))
+  if found is None:
+    return core(*args, **static)
+  mesh, axis_name = found
+  devices = mesh.shape[axis_name]
+  for a, p in zip(args, pool):
+    for leaf in jax.tree.leaves(a) if p else ():
+      if leaf.shape[0] % devices:
+        raise ValueError(
+            f"a pool array of shape {list(leaf.shape)} cannot be split evenly"
+            f" over {devices} devices; pad the pool with alfx.shard_pool.")
+  if callable(out_specs):
+    out_specs = out_specs(axis_name)
+  # A static argument must be hashable: the specs as leaves and tree.
+  leaves, tree = jax.tree.flatten(out_specs,
+                                  is_leaf=lambda x: isinstance(x, P))
+  return _sharded(tuple(args), core=core, mesh=mesh, axis_name=axis_name,
+                  pool=pool, out_specs=(tuple(leaves), tree),
+                  static=tuple(sorted(static.items())))
+
+
+def pool_gathers(hlo_text: str, pool_size: int) -> list[str]:
+  """The all-gather instructions of compiled HLO whose result has a dimension
+  of at least ``pool_size``: gathers of the pool, which a sharded scan must
+  not contain (for tests and debugging: ``jax.jit(f).lower(...).compile()
+  .as_text()``)."""
+  found = []
+  for line in hlo_text.splitlines():
+    if "all-gather" not in line or "=" not in line:
+      continue
+    lhs = line.split("=", 1)[1].split("all-gather", 1)[0]
+    dims = [int(d) for d in re.findall(r"\d+", "".join(
+        re.findall(r"\[([\d,]*)\]", lhs)))]
+    if any(d >= pool_size for d in dims):
+      found.append(line.strip())
+  return found
+
