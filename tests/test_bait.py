@@ -400,7 +400,7 @@ def test_jit_vmap_other_paths(rng, kind, method):
 
 
 @pytest.mark.parametrize("kind,method", [
-    ("full", "dense"),
+    pytest.param("full", "dense", marks=pytest.mark.slow),
     pytest.param("topc", "structured", marks=pytest.mark.slow),
     pytest.param("diagonal", "auto", marks=pytest.mark.slow)])
 def test_uncompiled_op_by_op_run_matches(rng, kind, method):

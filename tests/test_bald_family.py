@@ -435,7 +435,8 @@ def test_ties_go_to_the_lowest_index(rng, name):
 
 # Eager runs compile every primitive once: two methods cover every code path
 # (exact and sampled tables, switch, subset increments, skipped blocks).
-@pytest.mark.parametrize("name", ["batchbald_sampled", "kbald3"])
+@pytest.mark.parametrize("name", [
+    pytest.param("batchbald_sampled", marks=pytest.mark.slow), "kbald3"])
 def test_jit_and_eager_agree(rng, name):
   lp = _pool_lp(rng, n=8)
   mask = jnp.asarray(rng.random(8) < 0.8).at[:3].set(True)
@@ -667,6 +668,8 @@ def _run_sharded(full):
   return out
 
 
+# The public functions' sharded dispatch is checked in test_sharding.py.
+@pytest.mark.slow
 def test_sharded_over_the_pool_equals_single_device():
   """BatchBALD (exact steps, then sampled) and 2-BALD on two devices."""
   assert set(_run_sharded(False)) == {"sampled", "kbald2"}

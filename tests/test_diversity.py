@@ -556,6 +556,8 @@ def test_typiclust_max_candidates(rng):
     candidates[got[t]] = False
 
 
+# The public functions' sharded dispatch is checked in test_sharding.py.
+@pytest.mark.slow
 def test_sharded_picks_equal_single_device():
   """Under shard_map over 4 CPU devices the picks are the single-device ones.
 
