@@ -436,7 +436,8 @@ def test_ties_go_to_the_lowest_index(rng, name):
 # Eager runs compile every primitive once: two methods cover every code path
 # (exact and sampled tables, switch, subset increments, skipped blocks).
 @pytest.mark.parametrize("name", [
-    pytest.param("batchbald_sampled", marks=pytest.mark.slow), "kbald3"])
+    pytest.param("batchbald_sampled", marks=pytest.mark.slow),
+    pytest.param("kbald3", marks=pytest.mark.slow)])
 def test_jit_and_eager_agree(rng, name):
   lp = _pool_lp(rng, n=8)
   mask = jnp.asarray(rng.random(8) < 0.8).at[:3].set(True)
