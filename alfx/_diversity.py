@@ -18,12 +18,12 @@ distance from the origin: a matmul per tile (compute-bound), a
 matrix-vector product per greedy step (memory-bound, with ``|x - s|^2``
 computed once).
 
-Sharding: BADGE, CoreSet and k-means (seeding and Lloyd) use `alfx._pool` for
-every pool-wide argmax, row read, sum and random draw and take an
-``axis_name``; under ``jax.shard_map`` they pick exactly what the
-single-device run picks (tests/sharded_baselines.py). TypiClust's
-within-cluster nearest neighbours read the members of one cluster and are
-written for a single device.
+Sharding: BADGE, CoreSet, k-means (seeding and Lloyd) and TypiClust use
+`alfx._pool` for every pool-wide argmax, row read, sum and random draw and
+take an ``axis_name``; under ``jax.shard_map`` they pick exactly what the
+single-device run picks (tests/sharded_baselines.py, tests/sharded_public.py).
+TypiClust's within-cluster neighbours: each device scores its own candidates
+against the cluster's members, all-gathered one block per shard at a time.
 """
 
 import functools
@@ -505,7 +505,8 @@ def _kmeans(x, points, n_active, key, *, max_clusters, max_iterations, tol,
 # TypiClust.
 
 
-def _most_typical(x, members, *, k_nn, block_size, candidates=None):
+def _most_typical(x, members, *, k_nn, block_size, candidates=None,
+                  axis_name=None):
   """The candidate of highest typicality among ``members`` (traced sets).
 
   Typicality (Hacohen et al. 2022) is ``1 / (mean_{j in kNN(n)} |x_n - x_j| +
@@ -514,54 +515,64 @@ def _most_typical(x, members, *, k_nn, block_size, candidates=None):
   members; default all of them) in ``[block, block]`` tiles (`_fold_blocks`
   over candidate rows and member columns, about ``(c / block) (m / block)``
   tiles) with a running top-``k_nn`` per row; distances are taken relative to
-  the members' mean. Returns ``(pool index, typicality)``; ties to the lower
-  index.
+  the members' mean. Returns ``(global pool index, typicality)``; ties to the
+  lower index. Sharded, each device scores its own candidate rows against
+  every member: a column step all-gathers one block of member rows per
+  shard (``P * block`` rows), never the pool.
   """
   block = min(block_size, x.shape[0])
-  indices, m = _set_indices(members, block)
+  indices, m_local = _set_indices(members, block)
+  m = _pool.psum(m_local, axis_name)
   if candidates is None:
-    row_indices, n_rows = indices, m
+    row_indices, n_rows = indices, m_local
   else:
     row_indices, n_rows = _set_indices(candidates & members, block)
   k_eff = jnp.minimum(k_nn, m // 2)
   dtype = x.dtype
   w = members.astype(dtype)
-  shift = jnp.sum(w[:, None] * x, axis=0) / jnp.maximum(jnp.sum(w), 1)
+  shift = (_pool.psum(jnp.sum(w[:, None] * x, axis=0), axis_name)
+           / jnp.maximum(_pool.psum(jnp.sum(w), axis_name), 1))
+  base = _pool.offset(x.shape[0], axis_name)
 
-  def gather(index_list, start, size):
+  def gather(index_list, start, size, count):
     ids = lax.dynamic_slice_in_dim(index_list, start, size)
-    rows = x[ids] - shift
-    return rows, _sq_norms(rows), ids, start + jnp.arange(size,
-                                                          dtype=jnp.int32)
+    ok = start + jnp.arange(size, dtype=jnp.int32) < count
+    return x[ids] - shift, base + ids, ok
 
   def row_fold(best, row_start, row_size):
-    rows, rows_sq, row_ids, row_pos = gather(row_indices, row_start, row_size)
+    rows, row_ids, row_ok = gather(row_indices, row_start, row_size, n_rows)
+    rows_sq = _sq_norms(rows)
 
     def col_fold(knn, col_start, col_size):
-      cols, cols_sq, col_ids, col_pos = gather(indices, col_start, col_size)
-      d2 = _tile_sq_dists(rows, rows_sq, cols, cols_sq)
-      invalid = (col_pos[None, :] >= m) | (col_ids[None, :] == row_ids[:, None])
+      cols, col_ids, col_ok = (_pool.all_gather(v, axis_name) for v in
+                               gather(indices, col_start, col_size, m_local))
+      d2 = _tile_sq_dists(rows, rows_sq, cols, _sq_norms(cols))
+      invalid = ~col_ok[None, :] | (col_ids[None, :] == row_ids[:, None])
       d2 = jnp.where(invalid, jnp.inf, d2)
       neg_smallest, _ = lax.top_k(-jnp.concatenate([knn, d2], axis=1), k_nn)
       return -neg_smallest
 
-    knn = _fold_blocks(m, block, col_fold,
-                       jnp.full((row_size, k_nn), jnp.inf, dtype))
+    knn = _fold_blocks(m_local, block, col_fold,
+                       jnp.full((row_size, k_nn), jnp.inf, dtype), axis_name)
     use = jnp.arange(k_nn) < k_eff
     dist = jnp.sqrt(jnp.where(use[None, :], knn, 0))
     mean_dist = jnp.sum(dist, axis=1) / jnp.maximum(k_eff, 1).astype(dtype)
-    typicality = jnp.where(row_pos < n_rows, 1 / (mean_dist + 1e-5),
-                           -jnp.inf)
+    typicality = jnp.where(row_ok, 1 / (mean_dist + 1e-5), -jnp.inf)
     local = jnp.argmax(typicality)
-    best_typ, best_pos = best
+    best_typ, best_id = best
     better = typicality[local] > best_typ  # strict: earlier rows win ties
     return (jnp.where(better, typicality[local], best_typ),
-            jnp.where(better, row_pos[local], best_pos))
+            jnp.where(better, row_ids[local], best_id))
 
-  best_typ, best_pos = _fold_blocks(
+  best_typ, best_id = _fold_blocks(
       n_rows, block, row_fold,
-      (jnp.asarray(-jnp.inf, dtype), jnp.zeros((), jnp.int32)))
-  return row_indices[best_pos], best_typ
+      (jnp.asarray(-jnp.inf, dtype), base + row_indices[0]), axis_name)
+  if axis_name is None:
+    return best_id, best_typ
+  # Across shards: the highest typicality, ties to the lowest global index.
+  top = lax.pmax(best_typ, axis_name)
+  return lax.pmin(jnp.where(best_typ == top, best_id,
+                            jnp.iinfo(jnp.int32).max), axis_name), top
 
 
 def typiclust(embeddings, labeled, batch_size, *, key, mask=None,
@@ -635,7 +646,6 @@ def typiclust(embeddings, labeled, batch_size, *, key, mask=None,
   ``k = 20``, that is 50 GFLOP, but at ``N = 10^6`` it is 20 TFLOP: use
   ``max_candidates`` there). Memory ``O(N)`` plus tiles.
   """
-  _sharding.single_device_only("typiclust", embeddings, labeled, mask)
   embeddings = _validation.check_matrix(embeddings, "embeddings")
   n = embeddings.shape[0]
   labeled, selectable, batch_size = _check_labeled_and_mask(
@@ -654,49 +664,63 @@ def typiclust(embeddings, labeled, batch_size, *, key, mask=None,
                      f" {min_cluster_size!r}.")
   if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
     raise ValueError(f"tol must be a finite float >= 0, got {tol!r}.")
-  return _typiclust(embeddings, labeled, selectable, key, batch_size,
-                    max_clusters, k_nn, min_cluster_size, max_iterations,
-                    float(tol), max_candidates, chunk_size, block_size)
+  return _sharding.call(
+      _typiclust, (embeddings, labeled, selectable, key),
+      (True, True, True, False), batch_size=batch_size,
+      max_clusters=max_clusters, k_nn=k_nn,
+      min_cluster_size=min_cluster_size, max_iterations=max_iterations,
+      tol=float(tol), max_candidates=max_candidates, chunk_size=chunk_size,
+      block_size=block_size)
 
 
-@functools.partial(jax.jit, static_argnums=tuple(range(4, 13)))
+@functools.partial(jax.jit, static_argnames=(
+    "batch_size", "max_clusters", "k_nn", "min_cluster_size",
+    "max_iterations", "tol", "max_candidates", "chunk_size", "block_size",
+    "axis_name"))
 def _typiclust(x, labeled, selectable, key, batch_size, max_clusters, k_nn,
                min_cluster_size, max_iterations, tol, max_candidates,
-               chunk_size, block_size):
-  """`typiclust` without checks (single device)."""
+               chunk_size, block_size, axis_name=None):
+  """`typiclust` without checks; shardable over the pool."""
   points = labeled | selectable
-  n_labeled = jnp.sum(labeled, dtype=jnp.int32)
+  n_labeled = _pool.psum(jnp.sum(labeled, dtype=jnp.int32), axis_name)
   n_active = jnp.minimum(n_labeled + batch_size, max_clusters)
   block = min(block_size, max_clusters)
   _, labels, _ = _kmeans(x, points, n_active, jax.random.fold_in(key, 0),
                          max_clusters=max_clusters,
                          max_iterations=max_iterations, tol=tol,
-                         chunk_size=chunk_size, block_size=block)
+                         chunk_size=chunk_size, block_size=block,
+                         axis_name=axis_name)
   return _typiclust_select(x, labels, labeled, selectable, batch_size,
                            max_clusters, k_nn, min_cluster_size, block_size,
                            max_candidates=max_candidates,
-                           key=jax.random.fold_in(key, 1))
+                           key=jax.random.fold_in(key, 1),
+                           axis_name=axis_name)
 
 
 def _typiclust_select(x, labels, labeled, selectable, batch_size, max_clusters,
                       k_nn, min_cluster_size, block_size, *,
-                      max_candidates=None, key=None):
+                      max_candidates=None, key=None, axis_name=None):
   """TypiClust's selection stage given cluster ``labels`` (``int32[N]``,
   ``max_clusters`` for points outside the clustering). ``key`` draws the
-  candidate subsamples when ``max_candidates`` is set."""
-  points = labels < max_clusters
-  sizes = jax.ops.segment_sum(points.astype(jnp.int32), labels, max_clusters)
-  covered0 = jax.ops.segment_sum(labeled.astype(jnp.int32), labels,
-                                 max_clusters)
+  candidate subsamples when ``max_candidates`` is set. Sharded, the
+  per-cluster counts are all-reduced (``[max_clusters]`` each step)."""
+
+  def cluster_counts(flags):
+    return _pool.psum(jax.ops.segment_sum(flags.astype(jnp.int32), labels,
+                                          max_clusters), axis_name)
+
+  def count(flags):
+    return _pool.psum(jnp.sum(flags, dtype=jnp.int32), axis_name)
+
+  sizes = cluster_counts(labels < max_clusters)
+  covered0 = cluster_counts(labeled)
   large = sizes > min_cluster_size
 
   def step(carry, t):
     covered, candidates = carry
     # Lexicographic choice: has candidates; large before small; least
     # covered; largest; lowest id.
-    remaining = jax.ops.segment_sum(candidates.astype(jnp.int32), labels,
-                                    max_clusters)
-    eligible = remaining > 0
+    eligible = cluster_counts(candidates) > 0
     eligible &= jnp.where(jnp.any(eligible & large), large, True)
     least = jnp.min(jnp.where(eligible, covered, jnp.iinfo(jnp.int32).max))
     eligible &= covered == least
@@ -707,14 +731,18 @@ def _typiclust_select(x, labels, labeled, selectable, batch_size, max_clusters,
     members = candidates & (labels == cluster)
     rows = None
     if max_candidates is not None:
-      m = jnp.sum(members).astype(x.dtype)
-      u = _pool.uniform(jax.random.fold_in(key, t), members.shape, x.dtype)
+      m = count(members).astype(x.dtype)
+      u = _pool.uniform(jax.random.fold_in(key, t), members.shape, x.dtype,
+                        axis_name=axis_name)
       rows = members & (u * m < max_candidates)
-      rows = jnp.where(jnp.any(rows), rows, members)
+      rows = jnp.where(count(rows) > 0, rows, members)
     index, typicality = _most_typical(x, members, k_nn=k_nn,
-                                      block_size=block_size, candidates=rows)
+                                      block_size=block_size, candidates=rows,
+                                      axis_name=axis_name)
     covered = covered.at[cluster].add(valid.astype(jnp.int32))
-    candidates = candidates.at[index].set(candidates[index] & ~valid)
+    candidates = _pool.set_at(
+        candidates, index,
+        _pool.take(candidates, index, axis_name) & ~valid, axis_name)
     return (covered, candidates), (index, typicality, valid)
 
   _, (indices, scores, valid) = lax.scan(

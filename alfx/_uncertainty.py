@@ -258,9 +258,6 @@ def stochastic_batch(utilities, batch_size, *, key, mode="power", beta=1.0,
   key = _validation.check_key(key)
   _validation.check_choice(mode, "mode", STOCHASTIC_MODES)
   beta = _check_beta(beta)
-  if mode == "softrank":
-    _sharding.single_device_only("stochastic_batch(mode='softrank')",
-                                 utilities, mask)
   return _sharding.call(_stochastic_batch, (utilities, mask, key, beta),
                         (True, True, False, False), batch_size=batch_size,
                         mode=mode)
@@ -270,8 +267,7 @@ def stochastic_batch(utilities, batch_size, *, key, mode="power", beta=1.0,
                                              "axis_name"))
 def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
                       axis_name=None):
-  """`stochastic_batch` without checks; shardable over the pool, except
-  ``'softrank'``, whose ranks need a sort of the whole pool."""
+  """`stochastic_batch` without checks; shardable over the pool."""
   dtype = utilities.dtype
   beta = jnp.asarray(beta, dtype)
   noise = _pool.gumbel(key, utilities.shape, dtype, axis_name=axis_name)
@@ -287,16 +283,19 @@ def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
     log_w = jnp.where(beta == 0, 0, beta * safe)
     supported = mask & finite_below
   else:  # softrank
-    if axis_name is not None:
-      raise NotImplementedError("softrank ranks need a global sort of the pool;"
-                                " it runs on a single device only.")
     # Rank 1 = highest utility among the selectable points; ties to the
-    # lower index (a stable sort of the negated utilities).
+    # lower index (a stable sort of the negated utilities). Ranks depend on
+    # the whole pool: sharded, the N utilities (one scalar per point, not
+    # the pool's data) are all-gathered and each device sorts them.
     lowest = jnp.finfo(dtype).min
-    ranked = jnp.where(mask, jnp.maximum(utilities, lowest), -jnp.inf)
+    ranked = _pool.all_gather(
+        jnp.where(mask, jnp.maximum(utilities, lowest), -jnp.inf), axis_name)
     order = jnp.argsort(-ranked, stable=True)
-    rank = jnp.zeros(utilities.shape, dtype).at[order].set(
-        jnp.arange(1, utilities.shape[0] + 1, dtype=dtype))
+    rank = jnp.zeros(ranked.shape, dtype).at[order].set(
+        jnp.arange(1, ranked.shape[0] + 1, dtype=dtype))
+    rank = lax.dynamic_slice(
+        rank, (_pool.offset(utilities.shape[0], axis_name),),
+        utilities.shape)
     log_w = -beta * jnp.log(rank)
     supported = mask
   # Weight-0 points (power: s <= 0; softmax: s = -inf) come after every

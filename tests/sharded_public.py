@@ -31,7 +31,7 @@ N, K, C, D, B = 203, 5, 3, 6, 4  # N is not a multiple of 4: one padding row
 
 #: The strategies of the default (fast) run; ``full`` runs every case.
 FAST_CASES = ("batchbald", "kbald2", "kbald3", "bait_full", "bait_binary",
-              "badge", "coreset")
+              "badge", "coreset", "stochastic_softrank", "typiclust")
 
 
 def spec_of(x):
@@ -109,8 +109,20 @@ def main(seed, full):
       "stochastic_power": (
           lambda u, m: alfx.stochastic_batch(u, B, key=key, mask=m),
           (util, mask), (s_util, s_mask)),
+      "stochastic_softrank": (
+          lambda u, m: alfx.stochastic_batch(u, B, key=key, mode="softrank",
+                                             mask=m),
+          (util, mask), (s_util, s_mask)),
       "badge": (lambda e, p, m: alfx.badge(e, p, B, key=key, mask=m),
                 (emb, probs, mask), (s_emb, s_probs, s_mask)),
+      "typiclust": (
+          lambda e, l, m: alfx.typiclust(e, l, B, key=key, mask=m,
+                                         block_size=8),
+          (emb, labeled, mask), (s_emb, s_labeled, s_mask)),
+      "typiclust_subsampled": (
+          lambda e, l, m: alfx.typiclust(e, l, B, key=key, mask=m,
+                                         block_size=8, max_candidates=3),
+          (emb, labeled, mask), (s_emb, s_labeled, s_mask)),
       "coreset": (lambda e, l, m: alfx.coreset(e, l, B, mask=m, block_size=8),
                   (emb, labeled, mask), (s_emb, s_labeled, s_mask)),
   }
@@ -218,10 +230,6 @@ def main(seed, full):
   # ---- Single-device-only strategies refuse sharded inputs.
   errors = {}
   for name, run in {
-      "typiclust": lambda: alfx.typiclust(s_emb, s_labeled, B, key=key,
-                                          mask=s_mask),
-      "softrank": lambda: alfx.stochastic_batch(s_util, B, key=key,
-                                                mode="softrank", mask=s_mask),
       "bait_structured": lambda: alfx.bait(s_emb, s_probs, s_labeled, B,
                                            method="structured"),
   }.items():
