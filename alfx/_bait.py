@@ -1064,8 +1064,9 @@ def _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
   # M_k^-1 - Z S^-1 Z^T and G_{k+1} = G_k - Z S^-1 Y^T - Y S^-1 Z^T + Z S^-1
   # W S^-1 Z^T. Directions are kept transposed, ``[r, C_f, D]``, so that the
   # history ``[T, r, C_f, D]`` is written at a leading index, read by a
-  # matvec over contiguous rows, and applied by one plain GEMM (measured 2-3x
-  # faster at C=100 than ``[T, C_f, D, r]``, which XLA transposes each step).
+  # matvec over contiguous rows, and applied by one plain GEMM (at C=100 these
+  # history ops took ~1.1 s per step against ~2 s with ``[T, C_f, D, r]``,
+  # which XLA transposed each step).
   history = dict(
       z=jnp.zeros((n_steps, r, c_f, dim), dtype),
       y=jnp.zeros((n_steps, r, c_f, dim), dtype),

@@ -172,16 +172,6 @@ def is_sharded(*arrays) -> bool:
   return pool_axis(*arrays) is not None
 
 
-def single_device_only(name: str, *arrays) -> None:
-  """Refuses sharded pool arrays for strategies written for one device."""
-  if is_sharded(*arrays):
-    raise ValueError(
-        f"{name} runs on a single device: its inputs must not be sharded over"
-        " the pool axis. Gather them first (jax.device_put(x,"
-        " jax.devices()[0])) or use a strategy that shards (see the README,"
-        " 'Scaling past one device').")
-
-
 def _place(x, mesh, spec):
   sharding = NamedSharding(mesh, spec)
   explicit = all(t == AxisType.Explicit for t in mesh.axis_types)
