@@ -62,6 +62,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from alfx import _pool
@@ -239,22 +240,30 @@ def pool_fisher(embeddings, probs, *, kind="full", top_c=2, method="auto",
       a working set of about 64 MB).
     in_pool: optional ``bool[N]``, the rows that belong to the pool (``F``
       averages over them only); default all. Pass ``ShardedPool.in_pool``
-      for a pool padded by `alfx.shard_pool`. Dense and diagonal paths only.
+      for a pool padded by `alfx.shard_pool`.
 
   Returns:
     A `PoolFisher`. Sharded inputs (see `alfx.shard_pool`): each device sums
-    its rows, one all-reduce of the result; replicated.
+    its rows, one all-reduce of the result, replicated; structured topc's
+    per-point ``quad`` stays split like the pool (its ``N^2`` sum passes the
+    shards' blocks round a ring of the devices).
   """
   embeddings, probs = _check_inputs(embeddings, probs)
   _validation.check_choice(kind, "kind", FISHER_KINDS)
   top_c = _check_top_c(top_c, kind, probs.shape[1])
   method = _resolve_method(method, kind, probs.shape[1], embeddings.shape[1])
   chunk_size = _check_chunk_size(chunk_size)
-  in_pool = _check_in_pool(in_pool, probs.shape[0], method)
-  _check_shardable(method, embeddings, probs, in_pool)
+  in_pool = _check_in_pool(in_pool, probs.shape[0])
   return _sharding.call(_pool_fisher, (embeddings, probs, in_pool),
-                        (True, True, True), kind=kind, top_c=top_c,
-                        method=method, chunk_size=chunk_size)
+                        (True, True, True),
+                        out_specs=_pool_fisher_specs(kind, top_c, method),
+                        kind=kind, top_c=top_c, method=method,
+                        chunk_size=chunk_size)
+
+
+def _pool_fisher_specs(kind, top_c, method):
+  """``out_specs`` of a sharded `_pool_fisher`: ``quad`` stays split."""
+  return lambda axis: PoolFisher(kind, top_c, method, P(), P(axis))
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "top_c", "method",
@@ -280,20 +289,20 @@ def _pool_fisher(embeddings, probs, in_pool, kind, top_c, method, chunk_size,
     blocks = _pool.psum(jnp.einsum("nc,ni->ci", q, h * h),
                         axis_name) / n_total
     return PoolFisher(kind, top_c, method, blocks, None)
-  if row_weight is not None and method != "dense":
-    raise NotImplementedError("in_pool is for the dense and diagonal paths")
   if method == "dense":
     weights = _pack_pairs(_class_outer(probs, factors, kind))
     if row_weight is not None:
       weights = weights * row_weight[:, None]
     blocks = _pool.psum(_pool_gram(h, weights, chunk_size), axis_name)
     return PoolFisher(kind, top_c, method, blocks / n_total, None)
-  if axis_name is not None:
-    raise NotImplementedError("the structured path does not shard yet")
   if kind == "full":
-    blocks = _pool_gram(h, probs, chunk_size) / n_total
-    return PoolFisher(kind, top_c, method, blocks, None)
-  quad = _topc_pool_quad(h, factors, chunk_size)
+    weights = probs if row_weight is None else probs * row_weight[:, None]
+    blocks = _pool.psum(_pool_gram(h, weights, chunk_size), axis_name)
+    return PoolFisher(kind, top_c, method, blocks / n_total, None)
+  factors_f = (factors if row_weight is None
+               else factors * row_weight[:, None, None])
+  quad = _topc_pool_quad(h, factors, factors_f, n_total, chunk_size,
+                         axis_name)
   return PoolFisher(kind, top_c, method, None, quad)
 
 
@@ -362,12 +371,14 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
     in_pool: optional ``bool[N]``, the rows that belong to the pool: ``F``
       averages over them only and the default ``mask`` is ``in_pool &
       ~labeled``. Default all rows. Pass ``ShardedPool.in_pool`` for a pool
-      padded by `alfx.shard_pool`. Dense and diagonal paths only.
+      padded by `alfx.shard_pool`.
 
-  Sharded inputs (`alfx.shard_pool`): dense (``full``, ``topc``, ``binary``)
-  and ``diagonal`` run as one SPMD program with the per-point ``U_n, W_n``
-  split over the devices and, per step, all-reduces of ``O(D C_f r)``
-  numbers (the picked point's row); the structured path is single-device.
+  Sharded inputs (`alfx.shard_pool`): every method runs as one SPMD program
+  with the per-point ``U_n, W_n`` split over the devices and, per step,
+  all-reduces of ``O(D C_f r)`` numbers (the picked point's row; structured:
+  also ``F K^-1 X_j``). The structured set-up assembles the labelled rows on
+  every device (``labeled_capacity`` rows) and computes its ``N^2`` term by
+  passing the shards' blocks round a ring of the devices.
 
   Returns:
     `Selection` ``(indices[B], scores[B], valid[B])``: the kept picks in
@@ -378,7 +389,7 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
   n, c = probs.shape
   labeled = _validation.check_mask(labeled, n, name="labeled")
   method = _resolve_method(method, fisher, c, embeddings.shape[1])
-  in_pool = _check_in_pool(in_pool, n, method)
+  in_pool = _check_in_pool(in_pool, n)
   if mask is not None:
     mask = _validation.check_mask(mask, n)
   else:
@@ -389,13 +400,13 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
   oversample = _validation.check_positive_int(oversample, "oversample")
   chunk_size = _check_chunk_size(chunk_size)
   lam = _check_lam(lam)
-  _check_shardable(method, embeddings, probs, labeled, mask, in_pool)
   if pool_fisher is not None:
     _check_pool_fisher(pool_fisher, fisher, top_c, method, n, c,
                        embeddings.shape[1])
   else:  # its own jit: one compile of _bait serves both cases
     pool_fisher = _sharding.call(
         _pool_fisher, (embeddings, probs, in_pool), (True, True, True),
+        out_specs=_pool_fisher_specs(fisher, top_c, method),
         kind=fisher, top_c=top_c, method=method, chunk_size=chunk_size)
     # Inside a caller's jit, XLA would otherwise fuse F's computation into
     # its consumers (measured 1.3-1.5x slower at the CIFAR-10 shape).
@@ -411,9 +422,13 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
     else:
       capacity = n
     capacity = min(capacity, n)
+  quad = pool_fisher.quad  # per point: split with the pool
+  pool_fisher = dataclasses.replace(pool_fisher, quad=None)
   return _sharding.call(
-      _bait, (embeddings, probs, labeled, mask, lam, pool_fisher),
-      (True, True, True, True, False, False), batch_size=batch_size,
+      _bait, (embeddings, probs, labeled, mask, lam, pool_fisher, in_pool,
+              quad),
+      (True, True, True, True, False, False, True, True),
+      batch_size=batch_size,
       kind=fisher, top_c=top_c, oversample=oversample, method=method,
       chunk_size=chunk_size, capacity=capacity)
 
@@ -421,10 +436,14 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
 @functools.partial(jax.jit, static_argnames=(
     "batch_size", "kind", "top_c", "oversample", "method", "chunk_size",
     "capacity", "axis_name", "with_state"))
-def _bait(embeddings, probs, labeled, mask, lam, fisher_stats, batch_size,
-          kind, top_c, oversample, method, chunk_size, capacity,
+def _bait(embeddings, probs, labeled, mask, lam, fisher_stats, in_pool, quad,
+          batch_size, kind, top_c, oversample, method, chunk_size, capacity,
           axis_name=None, with_state=False):
-  """`bait` without input checks; jit/vmap friendly."""
+  """`bait` without input checks; jit/vmap friendly.
+
+  ``fisher_stats`` is replicated; its per-point ``quad`` (structured topc) is
+  passed as the pool-axis ``quad`` instead. ``in_pool`` may be None.
+  """
   dtype = _float_dtype(embeddings, probs)
   h = embeddings.astype(dtype)
   probs = probs.astype(dtype)
@@ -444,9 +463,11 @@ def _bait(embeddings, probs, labeled, mask, lam, fisher_stats, batch_size,
                                 axis_name)
     overflow = jnp.zeros((), bool)
   else:
+    row_weight = None if in_pool is None else in_pool.astype(dtype)
     u, w, apply0, overflow = _structured_setup(
         h, probs, factors, scaled, labeled, lam, denom, batch_size / denom,
-        fisher_stats, kind, chunk_size, capacity)
+        fisher_stats.blocks, quad, row_weight, kind, chunk_size, capacity,
+        axis_name)
   u0, w0 = u, w
   sel, state = _greedy(h, scaled, u, w, mask, apply0, batch_size,
                        oversample, chunk_size, axis_name)
@@ -467,24 +488,10 @@ def _check_inputs(embeddings, probs):
   return embeddings, probs
 
 
-def _check_in_pool(in_pool, n, method):
+def _check_in_pool(in_pool, n):
   if in_pool is None:
     return None
-  in_pool = _validation.check_mask(in_pool, n, name="in_pool")
-  if method == "structured":
-    raise ValueError("in_pool is supported by the dense and diagonal paths"
-                     " only (method='structured' averages F over every row);"
-                     " pass the pool without padding rows.")
-  return in_pool
-
-
-def _check_shardable(method, *arrays):
-  if method == "structured" and _sharding.is_sharded(*arrays):
-    raise ValueError(
-        "bait with method='structured' (fisher 'full'/'topc' with C * D >"
-        " DENSE_MAX_DIM) runs on a single device: its inputs must not be"
-        " sharded over the pool axis. Use method='dense' if d = C * D fits,"
-        " fisher='binary' or 'diagonal', or gather the pool on one device.")
+  return _validation.check_mask(in_pool, n, name="in_pool")
 
 
 def _check_top_c(top_c, kind, c):
@@ -784,7 +791,8 @@ def _atoms(probs, factors, kind):
 
 
 def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
-                      stats, kind, chunk_size, capacity):
+                      f_blocks, quad, row_weight, kind, chunk_size, capacity,
+                      axis_name):
   """Initial ``U_n, W_n`` and ``X -> (M_0^-1 X, G_0 X)`` without d x d matrices.
 
   ``M = K + sign E E^T`` with ``K`` block-diagonal (``C`` blocks ``D x D``;
@@ -792,6 +800,11 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
   sqrt(L + B)`` (``R = capacity * k`` columns), so by Woodbury ``M^-1 = K^-1 -
   Ek T Ek^T`` with ``Ek = K^-1 E`` and ``T = (sign I + E^T K^-1 E)^-1``. ``F =
   Fb + (sign / N) sum_m (u_m (x) h_m)(u_m (x) h_m)^T`` over the pool.
+
+  Sharded: the labelled rows are gathered (``capacity`` of them, replicated
+  like ``K``, ``Ek`` and ``T``), the pool sums of ``F X`` are all-reduced and
+  the ``N^2`` term passes the pool's blocks round a ring of the devices.
+  ``row_weight`` (None or ``[N]`` of 0/1) removes padding rows from ``F``.
   """
   n, dim = h.shape
   c = probs.shape[1]
@@ -799,14 +812,19 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
   db, u, sign = _atoms(probs, factors, kind)
   k_atoms = u.shape[2]
   scalar_k = db is None  # K = lam I: everything Kronecker-cheap.
+  if row_weight is None:
+    n_total = _pool.size(n, axis_name)
+    u_f = u  # the atoms of F
+  else:
+    n_total = _pool.psum(jnp.sum(row_weight), axis_name)
+    u_f = u * row_weight[:, None, None]
 
   # The labelled set, compacted to a static capacity.
-  count = jnp.sum(labeled.astype(jnp.int32))
+  (hl, ul, dbl), ok, count = _pool.compact(
+      labeled, (h, u, probs), capacity, axis_name)
   overflow = count > capacity
-  index = jnp.nonzero(labeled, size=capacity, fill_value=0)[0]
-  ok = (jnp.arange(capacity) < count).astype(dtype)
-  hl = h[index]
-  ul = u[index] * (ok / jnp.sqrt(denom))[:, None, None]  # [cap, C, k]
+  ok = ok.astype(dtype)
+  ul = ul * (ok / jnp.sqrt(denom))[:, None, None]  # [cap, C, k]
   r_cols = capacity * k_atoms
 
   if scalar_k:
@@ -817,7 +835,7 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
     def kinv_dense(v):
       return v / lam
   else:
-    k_blocks = _weighted_gram(hl, db[index] * (ok / denom)[:, None])
+    k_blocks = _weighted_gram(hl, dbl * (ok / denom)[:, None])
     k_blocks = k_blocks + lam * jnp.eye(dim, dtype=dtype)
     k_chol = jnp.linalg.cholesky(k_blocks)
     k_inv = jax.vmap(lambda l: jax.scipy.linalg.cho_solve(
@@ -840,7 +858,8 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
     coef = t_inv @ jnp.einsum("aiR,aiq->Rq", ek, v)
     return kinv_dense(v) - jnp.einsum("aiR,Rq->aiq", ek, coef)
 
-  f_blocks = None if scalar_k else stats.blocks
+  if scalar_k:
+    f_blocks = None
   rows = _chunk_rows(chunk_size, n, 2 * c * max(r_cols, c))
 
   def f_lowrank_back(coef_fn, q):
@@ -858,8 +877,9 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
       hv = jnp.einsum("mi,aiq->maq", hc, v)
       return jnp.einsum("mak,maq->mkq", uc, hv)
 
-    out = _sum_rows(f_lowrank_back(coef_fn, q), (h, u), rows,
-                    jnp.zeros((c, dim, q), dtype), masked=1) * (sign / n)
+    out = _pool.psum(_sum_rows(f_lowrank_back(coef_fn, q), (h, u_f), rows,
+                               jnp.zeros((c, dim, q), dtype), masked=1),
+                     axis_name) * (sign / n_total)
     if f_blocks is not None:
       out = out + jnp.einsum("aij,ajq->aiq", f_blocks, v)
     return out
@@ -871,8 +891,9 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
       kern = jnp.einsum("mi,ai->ma", hc, g)  # h_m . K_a^-1 h_j
       return jnp.einsum("mak,ar,ma->mkr", uc, aj, kern)
 
-    out = _sum_rows(f_lowrank_back(coef_fn, r), (h, u), rows,
-                    jnp.zeros((c, dim, r), dtype), masked=1) * (sign / n)
+    out = _pool.psum(_sum_rows(f_lowrank_back(coef_fn, r), (h, u_f), rows,
+                               jnp.zeros((c, dim, r), dtype), masked=1),
+                     axis_name) * (sign / n_total)
     if f_blocks is not None:
       out = out + jnp.einsum("aij,aj,ar->air", f_blocks, g, aj)
     return out
@@ -905,10 +926,10 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
   u_n, w_n = _map_rows(per_point, (h, factors, scaled), rows_pp)
   # X_n^T K^-1 F K^-1 X_n: the one N^2 term.
   if scalar_k:  # s^2 / lam^2 V_n^T F V_n, precomputed by pool_fisher
-    w_n = w_n + stats.quad * (s2 / (lam * lam))
+    w_n = w_n + quad * (s2 / (lam * lam))
   else:
-    w_n = w_n + _full_kfk(h, probs, scaled, kinv_h, k_inv, f_blocks, sign,
-                          chunk_size)
+    w_n = w_n + _full_kfk(h, u_f[:, :, 0], scaled, kinv_h, k_inv, f_blocks,
+                          sign / n_total, chunk_size, axis_name)
 
   def apply0(hj, aj):
     g = kinv_h(hj)  # [C, D]
@@ -921,40 +942,52 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
   return _sym(u_n), _sym(w_n), apply0, overflow
 
 
-def _full_kfk(h, probs, scaled, kinv_h, k_inv, f_blocks, sign, chunk_size):
+def _full_kfk(h, probs, scaled, kinv_h, k_inv, f_blocks, coef, chunk_size,
+              axis_name):
   """``X_n^T K^-1 F K^-1 X_n`` for full: block-diagonal part + the N^2 term.
 
   With ``v_nm = X_n^T K^-1 (p_m (x) h_m)``, ``v_nm[r] = sum_a As_n[a, r] p_ma
-  (K_a^-1 h_n . h_m)``, the low-rank part is ``(sign / N) sum_m v_nm v_nm^T``.
+  (K_a^-1 h_n . h_m)``, the low-rank part is ``coef sum_m v_nm v_nm^T``
+  (``coef = sign / N``; ``probs`` are zero on rows outside the pool).
   """
   n, dim = h.shape
   c = probs.shape[1]
   r = scaled.shape[2]
   rows = _chunk_rows(chunk_size, n, n * (c + r) + c * dim)
 
-  def one(hc, sc):
+  def diag_part(hc, sc):
     kh = kinv_h(hc)  # [rows, C, D]
     diag = jnp.einsum("nai,aij,naj->na", kh, f_blocks, kh)
-    part = jnp.einsum("nar,na,nas->nrs", sc, diag, sc)
-    kern = jnp.einsum("nai,mi->nam", kh, h)
-    v = jnp.einsum("nar,ma,nam->nmr", sc, probs, kern)
-    return part + (sign / n) * jnp.einsum("nmr,nms->nrs", v, v)
+    return jnp.einsum("nar,na,nas->nrs", sc, diag, sc)
 
-  return _map_rows(one, (h, scaled), rows)
+  def low_rank(hm, pm):  # the pool's rows m in one shard's block
+    def one(hc, sc):
+      kern = jnp.einsum("nai,mi->nam", kinv_h(hc), hm)
+      v = jnp.einsum("nar,ma,nam->nmr", sc, pm, kern)
+      return jnp.einsum("nmr,nms->nrs", v, v)
+    return _map_rows(one, (h, scaled), rows)
+
+  return (_map_rows(diag_part, (h, scaled), rows)
+          + coef * _pool.ring_sum(low_rank, h, probs, axis_name=axis_name))
 
 
-def _topc_pool_quad(h, factors, chunk_size):
-  """``V_n^T F V_n = (1/N) sum_m (h_n . h_m)^2 (A_n^T A_m)(A_n^T A_m)^T``."""
+def _topc_pool_quad(h, factors, factors_f, n_total, chunk_size, axis_name):
+  """``V_n^T F V_n = (1/N) sum_m (h_n . h_m)^2 (A_n^T A_m)(A_n^T A_m)^T``.
+
+  ``factors_f``: the ``A_m`` of ``F`` (zero on rows outside the pool).
+  """
   n, dim = h.shape
   _, c, r = factors.shape
   rows = _chunk_rows(chunk_size, n, n * (r * r + 1))
 
-  def one(hc, ac):
-    kern = (hc @ h.T)**2  # [rows, N]
-    aa = jnp.einsum("nar,mak->nrmk", ac, factors)
-    return jnp.einsum("nm,nrmk,nsmk->nrs", kern, aa, aa) / n
+  def block(hm, am):  # the pool's rows m in one shard's block
+    def one(hc, ac):
+      kern = (hc @ hm.T)**2  # [rows, n_block]
+      aa = jnp.einsum("nar,mak->nrmk", ac, am)
+      return jnp.einsum("nm,nrmk,nsmk->nrs", kern, aa, aa)
+    return _map_rows(one, (h, factors), rows)
 
-  return _map_rows(one, (h, factors), rows)
+  return _pool.ring_sum(block, h, factors_f, axis_name=axis_name) / n_total
 
 
 # --------------------------------------------------------------------------

@@ -8,16 +8,19 @@ they are plain ``jnp``. Inside ``jax.shard_map`` over a mesh axis that splits
 the pool they become small collectives (an all-gather of one value and index
 per device, a ``psum`` of one row), so the same code runs as one SPMD program
 and picks exactly what the single-device run picks: ties go to the lowest
-global index in both cases, and random draws are the single-device draws,
-sliced.
+global index in both cases, and random draws are counter-based (element
+``i`` of a draw hashes the global index ``i``), so each device draws only its
+rows and they equal the single-device draws.
 
 Pool arrays under ``shard_map`` are split in equal contiguous blocks: device
 ``d`` holds global rows ``[d * n_local, (d + 1) * n_local)``.
 """
 
 from collections.abc import Callable
+import math
 
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 from jax import lax
 
@@ -91,8 +94,49 @@ def set_at(x: jax.Array, index: jax.Array, value, axis_name=None) -> jax.Array:
   return x.at[jnp.where(owned, local, n_local)].set(value, mode="drop")
 
 
+def _threefry_key(key) -> jax.Array | None:
+  """``uint32[2]`` Threefry key data of ``key``; None for other PRNGs."""
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # a raw key, of the default PRNG
+  if str(jax.random.key_impl(key)) != "threefry2x32":
+    return None
+  return jax.random.key_data(key)
+
+
+def _counter_bits(key_data, start, shape) -> tuple[jax.Array, jax.Array]:
+  """Two ``uint32`` words per element of rows ``[start, start + shape[0])``.
+
+  Element ``i`` of the flattened global draw is the Threefry hash of the
+  counter ``(0, i)``, so a device computes only its own rows and any split of
+  the pool gives the same values (``i < 2^32``).
+  """
+  width = math.prod(shape[1:])
+  size_ = shape[0] * width
+  count = (jnp.asarray(start, jnp.uint32) * width
+           + jnp.arange(size_, dtype=jnp.uint32))
+  words = jax.extend.random.threefry_2x32(
+      key_data, jnp.concatenate([jnp.zeros_like(count), count]))
+  return words[:size_].reshape(shape), words[size_:].reshape(shape)
+
+
+def _bits_to_unit(bits, dtype) -> jax.Array:
+  """Uniform ``[0, 1)`` from two ``uint32`` words: 53 bits for float64, 24
+  otherwise (exact in float32; narrower types are clamped below 1)."""
+  hi, lo = bits
+  if jnp.dtype(dtype) == jnp.float64:
+    u = ((hi >> 5).astype(dtype) * 2.0**26
+         + (lo >> 6).astype(dtype)) * 2.0**-53
+    return u
+  u = (hi >> 8).astype(jnp.float32) * 2.0**-24
+  if jnp.dtype(dtype) == jnp.float32:
+    return u
+  below_one = jnp.nextafter(jnp.ones((), dtype), jnp.zeros((), dtype))
+  return jnp.minimum(u.astype(dtype), below_one)
+
+
 def _random_slice(draw: Callable[[tuple[int, ...]], jax.Array],
                   shape: tuple[int, ...], axis_name) -> jax.Array:
+  """Fallback for non-Threefry keys: the whole draw on every device, sliced."""
   if axis_name is None:
     return draw(shape)
   n_local = shape[0]
@@ -103,21 +147,89 @@ def _random_slice(draw: Callable[[tuple[int, ...]], jax.Array],
 
 def uniform(key, shape: tuple[int, ...], dtype=jnp.float32, axis_name=None
             ) -> jax.Array:
-  """Uniform [0, 1) noise for the local rows, equal to the unsharded draw."""
-  return _random_slice(lambda s: jax.random.uniform(key, s, dtype), shape,
-                       axis_name)
+  """Uniform [0, 1) noise for the local rows, equal to the unsharded draw.
+
+  Counter-based (`_counter_bits`): each device hashes only its own rows.
+  """
+  shape = tuple(shape)
+  key_data = _threefry_key(key)
+  if key_data is None:
+    return _random_slice(lambda s: jax.random.uniform(key, s, dtype), shape,
+                         axis_name)
+  bits = _counter_bits(key_data, offset(shape[0], axis_name), shape)
+  return _bits_to_unit(bits, dtype)
 
 
 def gumbel(key, shape: tuple[int, ...], dtype=jnp.float32, axis_name=None
            ) -> jax.Array:
-  """Gumbel noise for the local rows, equal to the unsharded draw."""
-  return _random_slice(lambda s: jax.random.gumbel(key, s, dtype), shape,
-                       axis_name)
+  """Standard Gumbel noise for the local rows, equal to the unsharded draw."""
+  u = uniform(key, shape, dtype, axis_name)
+  return -jnp.log(-jnp.log(jnp.maximum(u, jnp.finfo(u.dtype).tiny)))
 
 
 def all_gather(x: jax.Array, axis_name=None) -> jax.Array:
   """The shards' ``x`` concatenated along axis 0 (identity on one device)."""
   return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
+
+
+def ring_sum(fn: Callable[..., jax.Array], *blocks: jax.Array, axis_name=None):
+  """``sum over the shards' blocks b of fn(*b)``: pool-pairwise sums, no gather.
+
+  For ``O(N^2)`` terms such as ``sum_m f(x_n, x_m)`` for the local rows
+  ``x_n``: ``fn`` closes over the local rows and receives one shard's
+  ``blocks`` (pool arrays, ``[n_local, ...]``). Sharded, the blocks travel
+  round a ring of the devices by ``ppermute`` (``P - 1`` transfers of one
+  block each), so no device ever holds more than its own block and one
+  visitor. On one device: ``fn(*blocks)``.
+  """
+  total = fn(*blocks)
+  if axis_name is None:
+    return total
+  devices = lax.axis_size(axis_name)
+  ring = [(i, (i + 1) % devices) for i in range(devices)]
+
+  def body(_, carry):
+    acc, visiting = carry
+    visiting = tuple(lax.ppermute(b, axis_name, ring) for b in visiting)
+    return jax.tree.map(jnp.add, acc, fn(*visiting)), visiting
+
+  total, _ = lax.fori_loop(0, devices - 1, body, (total, blocks))
+  return total
+
+
+def compact(keep: jax.Array, arrays: tuple[jax.Array, ...], capacity: int,
+            axis_name=None) -> tuple[tuple[jax.Array, ...], jax.Array,
+                                     jax.Array]:
+  """The rows with ``keep`` True, in pool order, in ``capacity`` static slots.
+
+  Returns ``(rows, ok, count)``: ``rows[i]`` is ``arrays[i]`` (numeric) at
+  the kept rows, ``[capacity, ...]`` and replicated (unused slots hold
+  arbitrary finite rows); ``ok: bool[capacity]`` marks the used slots;
+  ``count`` is the global number of kept rows (beyond ``capacity`` the rest
+  are dropped). Sharded, each device writes its kept rows into their global
+  slots (after the kept rows of the devices before it) of a zero
+  ``[capacity, ...]`` buffer and one ``psum`` assembles them: the traffic is
+  ``capacity`` rows, whatever the pool size.
+  """
+  n_local = keep.shape[0]
+  slots = min(capacity, n_local)
+  index = jnp.nonzero(keep, size=slots, fill_value=0)[0]
+  count = jnp.sum(keep.astype(jnp.int32))
+  rows = tuple(a[index] for a in arrays)
+  if axis_name is None:
+    return rows, jnp.arange(capacity) < count, count
+  counts = all_gather(count[None], axis_name)
+  before = jnp.sum(jnp.where(
+      jnp.arange(counts.shape[0]) < lax.axis_index(axis_name), counts, 0))
+  slot = before + jnp.arange(slots)
+  slot = jnp.where((jnp.arange(slots) < count) & (slot < capacity), slot,
+                   capacity)
+  # Each slot has one writer; the others add exact zeros.
+  rows = tuple(
+      lax.psum(jnp.zeros((capacity,) + r.shape[1:], r.dtype)
+               .at[slot].set(r, mode="drop"), axis_name) for r in rows)
+  count = jnp.sum(counts)
+  return rows, jnp.arange(capacity) < count, count
 
 
 def top_k(values: jax.Array, k: int, axis_name=None

@@ -168,10 +168,6 @@ def pool_axis(*arrays) -> tuple[Any, str] | None:
   return found
 
 
-def is_sharded(*arrays) -> bool:
-  return pool_axis(*arrays) is not None
-
-
 def _place(x, mesh, spec):
   sharding = NamedSharding(mesh, spec)
   explicit = all(t == AxisType.Explicit for t in mesh.axis_types)

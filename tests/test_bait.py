@@ -51,9 +51,9 @@ def _state(emb, probs, labeled, b, kind, method, *, lam=1.0, oversample=2,
   top_c = top_c if kind == "topc" else 1
   method = _bait._resolve_method(method, kind, probs.shape[1], emb.shape[1])
   stats = _bait._pool_fisher(emb, probs, None, kind, top_c, method, None)
-  sel, state = _bait._bait(emb, probs, labeled, mask, lam, stats, b, kind,
-                           top_c, oversample, method, None, capacity,
-                           with_state=True)
+  sel, state = _bait._bait(emb, probs, labeled, mask, lam, stats, None,
+                           stats.quad, b, kind, top_c, oversample, method,
+                           None, capacity, with_state=True)
   return jax.tree.map(np.asarray, sel), jax.tree.map(np.asarray, state)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 import alfx
 from alfx import _pool
+from conftest import seed_for
 
 
 def _numpy_top_b(u, b, mask):
@@ -141,7 +142,45 @@ def test_pool_primitives_single_device(rng):
   x = jnp.arange(12.0).reshape(4, 3)
   np.testing.assert_array_equal(_pool.take(x, jnp.int32(2)), x[2])
   np.testing.assert_array_equal(_pool.set_at(x, jnp.int32(1), 0.0)[1], 0.0)
-  key = jax.random.key(3)
-  np.testing.assert_array_equal(_pool.uniform(key, (5,)),
-                                jax.random.uniform(key, (5,)))
   np.testing.assert_array_equal(_pool.global_indices(4), np.arange(4))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16])
+def test_pool_random_draws(dtype):
+  """Counter-based noise: uniform on [0, 1) (mean 1/2, variance 1/12), Gumbel
+  with mean Euler's gamma and variance pi^2 / 6; rows [s, s + n) of a draw
+  are what a shard starting at row s draws; another key, another draw."""
+  with jax.enable_x64(dtype == jnp.float64):
+    _check_random_draws(dtype)
+
+
+def _check_random_draws(dtype):
+  key = jax.random.key(seed_for("pool_random_draws"))
+  u = np.asarray(_pool.uniform(key, (100_000,), dtype), np.float64)
+  assert u.min() >= 0 and u.max() < 1
+  assert abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.005
+  g = np.asarray(_pool.gumbel(key, (100_000,), dtype), np.float64)
+  assert np.all(np.isfinite(g))
+  assert abs(g.mean() - np.euler_gamma) < 0.03
+  assert abs(g.var() - np.pi**2 / 6) < 0.1
+  assert not np.array_equal(
+      u, np.asarray(_pool.uniform(jax.random.fold_in(key, 1), (100_000,),
+                                  dtype), np.float64))
+  # A shard's rows: [5, 3] starting at row 7 of a [12, 3] draw.
+  key_data = _pool._threefry_key(key)
+  whole = _pool._bits_to_unit(_pool._counter_bits(key_data, 0, (12, 3)),
+                              dtype)
+  part = _pool._bits_to_unit(_pool._counter_bits(key_data, 7, (5, 3)), dtype)
+  np.testing.assert_array_equal(part, whole[7:12])
+
+
+def test_pool_random_draws_other_prngs():
+  """Raw uint32 keys are Threefry keys; a non-Threefry key falls back to
+  jax.random's own draw."""
+  raw = jax.random.PRNGKey(4)
+  np.testing.assert_array_equal(
+      _pool.uniform(raw, (6,)),
+      _pool.uniform(jax.random.wrap_key_data(raw), (6,)))
+  rbg = jax.random.key(4, impl="rbg")
+  np.testing.assert_array_equal(_pool.uniform(rbg, (6,), jnp.float32),
+                                jax.random.uniform(rbg, (6,), jnp.float32))
