@@ -928,7 +928,7 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
   if scalar_k:  # s^2 / lam^2 V_n^T F V_n, precomputed by pool_fisher
     w_n = w_n + quad * (s2 / (lam * lam))
   else:
-    w_n = w_n + _full_kfk(h, u_f[:, :, 0], scaled, kinv_h, k_inv, f_blocks,
+    w_n = w_n + _full_kfk(h, u_f[:, :, 0], scaled, kinv_h, f_blocks,
                           sign / n_total, chunk_size, axis_name)
 
   def apply0(hj, aj):
@@ -942,7 +942,7 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
   return _sym(u_n), _sym(w_n), apply0, overflow
 
 
-def _full_kfk(h, probs, scaled, kinv_h, k_inv, f_blocks, coef, chunk_size,
+def _full_kfk(h, probs, scaled, kinv_h, f_blocks, coef, chunk_size,
               axis_name):
   """``X_n^T K^-1 F K^-1 X_n`` for full: block-diagonal part + the N^2 term.
 
@@ -955,20 +955,21 @@ def _full_kfk(h, probs, scaled, kinv_h, k_inv, f_blocks, coef, chunk_size,
   r = scaled.shape[2]
   rows = _chunk_rows(chunk_size, n, n * (c + r) + c * dim)
 
-  def diag_part(hc, sc):
-    kh = kinv_h(hc)  # [rows, C, D]
-    diag = jnp.einsum("nai,aij,naj->na", kh, f_blocks, kh)
-    return jnp.einsum("nar,na,nas->nrs", sc, diag, sc)
-
-  def low_rank(hm, pm):  # the pool's rows m in one shard's block
+  def pairs(hm, pm, with_diag):  # the pool's rows m in one shard's block
     def one(hc, sc):
-      kern = jnp.einsum("nai,mi->nam", kinv_h(hc), hm)
+      kh = kinv_h(hc)  # [rows, C, D]
+      kern = jnp.einsum("nai,mi->nam", kh, hm)
       v = jnp.einsum("nar,ma,nam->nmr", sc, pm, kern)
-      return jnp.einsum("nmr,nms->nrs", v, v)
+      out = coef * jnp.einsum("nmr,nms->nrs", v, v)
+      if with_diag:  # the block-diagonal part, once, reusing K^-1 h_n
+        diag = jnp.einsum("nai,aij,naj->na", kh, f_blocks, kh)
+        out = out + jnp.einsum("nar,na,nas->nrs", sc, diag, sc)
+      return out
     return _map_rows(one, (h, scaled), rows)
 
-  return (_map_rows(diag_part, (h, scaled), rows)
-          + coef * _pool.ring_sum(low_rank, h, probs, axis_name=axis_name))
+  return _pool.ring_sum(lambda hm, pm: pairs(hm, pm, False), h, probs,
+                        axis_name=axis_name,
+                        own=lambda hm, pm: pairs(hm, pm, True))
 
 
 def _topc_pool_quad(h, factors, factors_f, n_total, chunk_size, axis_name):

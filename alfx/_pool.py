@@ -172,7 +172,8 @@ def all_gather(x: jax.Array, axis_name=None) -> jax.Array:
   return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
 
 
-def ring_sum(fn: Callable[..., jax.Array], *blocks: jax.Array, axis_name=None):
+def ring_sum(fn: Callable[..., jax.Array], *blocks: jax.Array, axis_name=None,
+             own: Callable[..., jax.Array] | None = None):
   """``sum over the shards' blocks b of fn(*b)``: pool-pairwise sums, no gather.
 
   For ``O(N^2)`` terms such as ``sum_m f(x_n, x_m)`` for the local rows
@@ -180,9 +181,11 @@ def ring_sum(fn: Callable[..., jax.Array], *blocks: jax.Array, axis_name=None):
   ``blocks`` (pool arrays, ``[n_local, ...]``). Sharded, the blocks travel
   round a ring of the devices by ``ppermute`` (``P - 1`` transfers of one
   block each), so no device ever holds more than its own block and one
-  visitor. On one device: ``fn(*blocks)``.
+  visitor. On one device: ``fn(*blocks)``. ``own``, if given, replaces
+  ``fn`` for the device's own block (the only one on one device), e.g. to
+  add per-row terms in the same pass.
   """
-  total = fn(*blocks)
+  total = (fn if own is None else own)(*blocks)
   if axis_name is None:
     return total
   devices = lax.axis_size(axis_name)
