@@ -274,13 +274,7 @@ def _pool_fisher(embeddings, probs, in_pool, kind, top_c, method, chunk_size,
   dtype = _float_dtype(embeddings, probs)
   h = embeddings.astype(dtype)
   probs = probs.astype(dtype)
-  if in_pool is None:
-    n_total = _pool.size(h.shape[0], axis_name)
-    row_weight = None
-  else:
-    # Rows outside the pool (shard padding) get weight 0 and no count.
-    row_weight = in_pool.astype(dtype)
-    n_total = _pool.psum(jnp.sum(row_weight), axis_name)
+  row_weight, n_total = _pool_rows(in_pool, h.shape[0], dtype, axis_name)
   factors = _class_factors(probs, kind, top_c)
   if method == "diagonal":
     q = factors[..., 0]**2
@@ -304,6 +298,17 @@ def _pool_fisher(embeddings, probs, in_pool, kind, top_c, method, chunk_size,
   quad = _topc_pool_quad(h, factors, factors_f, n_total, chunk_size,
                          axis_name)
   return PoolFisher(kind, top_c, method, None, quad)
+
+
+def _pool_rows(in_pool, n_local, dtype, axis_name):
+  """``(row_weight, N)``: 0/1 weights (None: every row) and the pool size.
+
+  Rows outside the pool (shard padding) get weight 0 and no count.
+  """
+  if in_pool is None:
+    return None, _pool.size(n_local, axis_name)
+  row_weight = in_pool.astype(dtype)
+  return row_weight, _pool.psum(jnp.sum(row_weight), axis_name)
 
 
 # --------------------------------------------------------------------------
@@ -463,10 +468,9 @@ def _bait(embeddings, probs, labeled, mask, lam, fisher_stats, in_pool, quad,
                                 axis_name)
     overflow = jnp.zeros((), bool)
   else:
-    row_weight = None if in_pool is None else in_pool.astype(dtype)
     u, w, apply0, overflow = _structured_setup(
         h, probs, factors, scaled, labeled, lam, denom, batch_size / denom,
-        fisher_stats.blocks, quad, row_weight, kind, chunk_size, capacity,
+        fisher_stats.blocks, quad, in_pool, kind, chunk_size, capacity,
         axis_name)
   u0, w0 = u, w
   sel, state = _greedy(h, scaled, u, w, mask, apply0, batch_size,
@@ -791,7 +795,7 @@ def _atoms(probs, factors, kind):
 
 
 def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
-                      f_blocks, quad, row_weight, kind, chunk_size, capacity,
+                      f_blocks, quad, in_pool, kind, chunk_size, capacity,
                       axis_name):
   """Initial ``U_n, W_n`` and ``X -> (M_0^-1 X, G_0 X)`` without d x d matrices.
 
@@ -804,7 +808,7 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
   Sharded: the labelled rows are gathered (``capacity`` of them, replicated
   like ``K``, ``Ek`` and ``T``), the pool sums of ``F X`` are all-reduced and
   the ``N^2`` term passes the pool's blocks round a ring of the devices.
-  ``row_weight`` (None or ``[N]`` of 0/1) removes padding rows from ``F``.
+  ``in_pool`` (None: every row) removes padding rows from ``F``.
   """
   n, dim = h.shape
   c = probs.shape[1]
@@ -812,12 +816,9 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
   db, u, sign = _atoms(probs, factors, kind)
   k_atoms = u.shape[2]
   scalar_k = db is None  # K = lam I: everything Kronecker-cheap.
-  if row_weight is None:
-    n_total = _pool.size(n, axis_name)
-    u_f = u  # the atoms of F
-  else:
-    n_total = _pool.psum(jnp.sum(row_weight), axis_name)
-    u_f = u * row_weight[:, None, None]
+  row_weight, n_total = _pool_rows(in_pool, n, dtype, axis_name)
+  # The atoms of F.
+  u_f = u if row_weight is None else u * row_weight[:, None, None]
 
   # The labelled set, compacted to a static capacity.
   (hl, ul, dbl), ok, count = _pool.compact(

@@ -124,9 +124,8 @@ def _bits_to_unit(bits, dtype) -> jax.Array:
   otherwise (exact in float32; narrower types are clamped below 1)."""
   hi, lo = bits
   if jnp.dtype(dtype) == jnp.float64:
-    u = ((hi >> 5).astype(dtype) * 2.0**26
-         + (lo >> 6).astype(dtype)) * 2.0**-53
-    return u
+    return ((hi >> 5).astype(dtype) * 2.0**26
+            + (lo >> 6).astype(dtype)) * 2.0**-53
   u = (hi >> 8).astype(jnp.float32) * 2.0**-24
   if jnp.dtype(dtype) == jnp.float32:
     return u
