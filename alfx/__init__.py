@@ -69,6 +69,7 @@ from alfx._uncertainty import predictive_entropy
 from alfx._uncertainty import random_batch
 from alfx._uncertainty import stochastic_batch
 from alfx._uncertainty import variation_ratios
+from alfx._validation import checked
 
 __version__ = "0.1.0"
 
@@ -93,6 +94,7 @@ __all__ = (
     "bait",
     "bald",
     "batchbald",
+    "checked",
     "co_information",
     "conservative_bald",
     "coreset",

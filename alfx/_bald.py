@@ -35,11 +35,10 @@ from alfx import _selection
 from alfx import _sharding
 from alfx import _validation
 
-#: Largest number of pool points per chunk of the greedy scans.
-DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_CHUNK_SIZE = _pool.DEFAULT_CHUNK_SIZE
 
 #: Default number of sampled label configurations of `batchbald`.
-DEFAULT_NUM_SAMPLES = 10_000
+DEFAULT_NUM_CONFIGURATIONS = 10_000
 
 # Elements of the largest temporary of the table kernel, [chunk * C, rows]:
 # 2**19 float32 = 2 MB, so that the product is consumed by the entropy while
@@ -203,21 +202,21 @@ def table_entropy(probs_t, weights, row_weights, *, chunk_size: int,
 # BatchBALD.
 
 
-def exact_steps(c: int, num_samples: int, batch_size: int) -> int:
+def exact_steps(c: int, num_configurations: int, batch_size: int) -> int:
   """Number of leading greedy steps whose table is enumerated exactly.
 
   Step ``s`` (``s`` points picked) needs ``C**s`` rows; it is exact while
-  ``C**s <= num_samples``.
+  ``C**s <= num_configurations``.
   """
   s = 0
-  while s + 1 < batch_size and c**(s + 1) <= num_samples:
+  while s + 1 < batch_size and c**(s + 1) <= num_configurations:
     s += 1
   return s + 1
 
 
-def _strata(num_samples: int, k: int, dtype):
+def _strata(num_configurations: int, k: int, dtype):
   """Sample index of each sampled row, and the row weights (stratified)."""
-  strata = np.arange(num_samples) % k
+  strata = np.arange(num_configurations) % k
   counts = np.bincount(strata, minlength=k)
   return (jnp.asarray(strata, jnp.int32),
           jnp.asarray(1.0 / (k * counts[strata]), dtype))
@@ -229,9 +228,9 @@ def _draw_labels(key, lp, strata):
   return lp.T[y]
 
 
-def batchbald(log_probs, batch_size, *, mask=None,
-              num_samples: int = DEFAULT_NUM_SAMPLES, key=None,
-              chunk_size: int = DEFAULT_CHUNK_SIZE):
+def batchbald(log_probs, batch_size, *, key=None, mask=None,
+              num_configurations: int = DEFAULT_NUM_CONFIGURATIONS,
+              chunk_size: int | None = None):
   r"""BatchBALD: greedy maximisation of ``I[Y_1..Y_B; Omega]``.
 
   Kirsch et al. (2019); kbald.md eq. 2. Step ``s`` adds the candidate of
@@ -242,27 +241,27 @@ def batchbald(log_probs, batch_size, *, mask=None,
   ``H[Y_n | Y_S]`` is computed from a table over label configurations of the
   picked points (see the module docstring):
 
-  * **exact** while ``C**s <= num_samples``: all ``C**s`` configurations,
+  * **exact** while ``C**s <= num_configurations``: all ``C**s`` configurations,
     rows weighted by ``p(y_S)``;
-  * **sampled** afterwards: ``num_samples`` configurations drawn from the
+  * **sampled** afterwards: ``num_configurations`` configurations drawn from the
     joint, stratified over posterior samples (row ``m`` belongs to sample
     ``k_m = m mod K`` and each of its labels is drawn from
     ``p(. | x_i, omega_{k_m})``, a new label per row when a point is picked),
     and the unbiased estimate
     ``H[Y_n | Y_S] ~ sum_m rho_m H[p(Y_n | y_m)]`` with
     ``rho_m = 1 / (K * #rows of sample k_m)``. Its error shrinks as
-    ``1 / sqrt(num_samples)`` and is largely shared by all candidates (the
+    ``1 / sqrt(num_configurations)`` and is largely shared by all candidates (the
     same rows score every candidate).
 
   Both regimes run in one ``lax.scan``: a ``lax.switch`` on the step counter
-  (static row counts ``1, C, C**2, ..., num_samples``) gives every step its
+  (static row counts ``1, C, C**2, ..., num_configurations``) gives every step its
   own static table size.
 
   Args:
     log_probs: ``float[N, K, C]`` predictive log-probabilities.
     batch_size: static ``int`` ``B``.
     mask: optional ``bool[N]``, True where a point may be picked.
-    num_samples: static ``int``; exact enumeration while ``C**s`` is at most
+    num_configurations: static ``int``; exact enumeration while ``C**s`` is at most
       this, then this many sampled configurations. Default 10,000: at
       ``C = 10`` batches up to 5 are exact, a sampled step costs
       ``2e4 K C N`` FLOPs, and, measured on a 2,000-point pool (C=10,
@@ -270,7 +269,7 @@ def batchbald(log_probs, batch_size, *, mask=None,
       the exact greedy's by 0.4% on average (2-6% at 1,000 samples, 0 at
       100,000, which costs ten times more).
     key: PRNG key; required when the sampled regime is reached
-      (``C**(B-1) > num_samples``), ignored otherwise.
+      (``C**(B-1) > num_configurations``), ignored otherwise.
     chunk_size: static ``int``, the most pool points per chunk; each step
       lowers it so that its ``[chunk * C, rows]`` temporary stays near
       ``2**19`` floats (2 MB, in cache), with at least 32 points per chunk.
@@ -280,46 +279,56 @@ def batchbald(log_probs, batch_size, *, mask=None,
     the sampled regime).
 
   Cost and memory: step ``s`` costs ``2 R K C N`` FLOPs and ``R C N`` logs
-  with ``R = min(C**s, num_samples)`` table rows (at ``N=10,000, K=20, C=10,
+  with ``R = min(C**s, num_configurations)`` table rows (at ``N=10,000, K=20, C=10,
   B=5`` the last step is 4e10 FLOPs and 1e9 logs). Memory beyond the input:
   one copy of the probabilities (``N K C`` floats), the table (``R K``
-  floats, a few times), ``num_samples * K`` floats for the sampled table
+  floats, a few times), ``num_configurations * K`` floats for the sampled table
   when that regime is reached, and about ``2**19`` floats of temporaries: no
   term grows with ``N`` times ``R``.
 
   Raises:
-    ValueError: on bad shapes or values, ``num_samples < K`` when sampling is
+    ValueError: on bad shapes or values, ``num_configurations < K`` when sampling is
       reached, or a missing ``key`` when it is needed.
   """
   log_probs = _validation.check_log_probs(log_probs)
   n, k, c = log_probs.shape
   mask = _validation.check_mask(mask, n)
   batch_size = _validation.check_batch_size(batch_size, mask)
-  num_samples = _validation.check_positive_int(num_samples, "num_samples")
-  chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
-  if exact_steps(c, num_samples, batch_size) < batch_size:
-    key = _validation.check_key(key)
-    if num_samples < k:
+  num_configurations = _validation.check_positive_int(num_configurations,
+                                                      "num_configurations")
+  chunk_size = _validation.check_chunk_size(chunk_size, DEFAULT_CHUNK_SIZE)
+  n_exact = exact_steps(c, num_configurations, batch_size)
+  if n_exact < batch_size:
+    if key is None:
       raise ValueError(
-          f"num_samples={num_samples} must be at least K={k} (log_probs"
+          f"key is required: batch_size={batch_size} with C={c} classes"
+          f" switches to sampled label configurations after {n_exact} picks"
+          f" (pick {n_exact + 1} would enumerate C**{n_exact} ="
+          f" {c**n_exact} configurations > num_configurations="
+          f"{num_configurations}). Pass key=jax.random.key(seed), or raise"
+          " num_configurations (memory and time grow with it).")
+    key = _validation.check_key(key)
+    if num_configurations < k:
+      raise ValueError(
+          f"num_configurations={num_configurations} must be at least K={k} (log_probs"
           " [N, K, C]) when the sampled regime is reached: the sampled"
           " configurations are stratified over the K posterior samples.")
   else:
     key = None
-  return _sharding.call(_batchbald, (log_probs, mask, key), (True, True, False),
-                        batch_size=batch_size, num_samples=num_samples,
-                        chunk_size=chunk_size)
+  return _batchbald(log_probs, mask, key, batch_size=batch_size,
+                    num_configurations=num_configurations,
+                    chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "num_samples",
-                                             "chunk_size", "axis_name"))
-def _batchbald(log_probs, mask, key, batch_size, num_samples, chunk_size,
-               axis_name=None):
+@_sharding.pool_core(pool=("log_probs", "mask"),
+                     static=("batch_size", "num_configurations", "chunk_size"))
+def _batchbald(log_probs, mask, key, batch_size, num_configurations,
+               chunk_size, axis_name=None):
   """`batchbald` without input checks, over the local slice of the pool."""
   _, k, c = log_probs.shape
   dtype = log_probs.dtype
   probs_t, marginal, cond = prepare(log_probs, chunk_size)
-  n_exact = exact_steps(c, num_samples, batch_size)
+  n_exact = exact_steps(c, num_configurations, batch_size)
   sampled = n_exact < batch_size
 
   def entropies(weights, row_weights):
@@ -337,14 +346,14 @@ def _batchbald(log_probs, mask, key, batch_size, num_samples, chunk_size,
 
   branches = [exact_branch(s) for s in range(n_exact)]
   if sampled:
-    strata, rho = _strata(num_samples, k, dtype)
+    strata, rho = _strata(num_configurations, k, dtype)
 
     def sampled_branch(picked, table):
       del picked
       return entropies(posterior_table(table)[0], rho)
 
     branches.append(sampled_branch)
-    table0 = jnp.zeros((num_samples, k), dtype)
+    table0 = jnp.zeros((num_configurations, k), dtype)
   else:
     table0 = None
 

@@ -8,7 +8,6 @@ posterior sample ``k``. Labels of several points are modelled jointly by the
 Zero-probability classes (``log_prob = -inf``) contribute ``0 log 0 = 0``.
 """
 
-import itertools
 import math
 
 import jax
@@ -22,16 +21,16 @@ MAX_CONFIGURATIONS = 2**20
 
 
 def xlogx(p: jax.Array) -> jax.Array:
-  """``p * log(p)`` with ``0 log 0 = 0`` (no NaN for p = 0)."""
-  positive = p > 0
-  return jnp.where(positive, p * jnp.log(jnp.where(positive, p, 1)), 0)
+  """``p * log(p)`` with ``0 log 0 = 0`` (no NaN for p = 0; NaN stays NaN)."""
+  zero = p == 0
+  return jnp.where(zero, 0, p * jnp.log(jnp.where(zero, 1, p)))
 
 
 def plogp_from_log(log_p: jax.Array) -> jax.Array:
-  """``p * log(p)`` from ``log(p)``, with ``-inf`` giving 0 (no NaN)."""
-  finite = log_p > -jnp.inf
-  safe = jnp.where(finite, log_p, 0)
-  return jnp.where(finite, jnp.exp(safe) * safe, 0)
+  """``p * log(p)`` from ``log(p)``: ``-inf`` gives 0, NaN stays NaN."""
+  impossible = log_p == -jnp.inf
+  safe = jnp.where(impossible, 0, log_p)
+  return jnp.where(impossible, 0, jnp.exp(safe) * safe)
 
 
 def entropy(log_probs, axis: int = -1) -> jax.Array:
@@ -94,12 +93,18 @@ def conditional_entropy(log_probs: jax.Array) -> jax.Array:
   return -jnp.mean(jnp.sum(plogp_from_log(log_probs), axis=-1), axis=-1)
 
 
-def _check_enumerable(b: int, c: int, max_configurations: int, name: str):
-  if c**b > max_configurations:
+def _check_enumerable(b: int, c: int, max_configurations, name: str,
+                      entries: int | None = None):
+  max_configurations = _validation.check_positive_int(max_configurations,
+                                                      "max_configurations")
+  entries = c**b if entries is None else entries
+  if entries > max_configurations:
     raise ValueError(
-        f"{name}: enumerating C**B = {c}**{b} = {c**b} label configurations"
-        f" exceeds max_configurations={max_configurations}; use fewer points,"
-        " or alfx.batchbald, which switches to sampled configurations.")
+        f"{name}: enumerating {entries} label configurations (C={c} classes,"
+        f" B={b} points) exceeds max_configurations={max_configurations};"
+        " use fewer points, raise max_configurations (memory grows with"
+        " it), or use alfx.batchbald, which switches to sampled"
+        " configurations.")
 
 
 def _log_joint_table(log_probs: jax.Array) -> jax.Array:
@@ -139,7 +144,8 @@ def joint_entropy(log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
   Returns:
     ``float[]``, in ``[max_i H[Y_i], sum_i H[Y_i]]``.
   """
-  log_probs = _validation.check_log_probs(log_probs, expected="[B, K, C]")
+  log_probs = _validation.check_log_probs(log_probs, expected="[B, K, C]",
+                                          pool=False)
   b, _, c = log_probs.shape
   _check_enumerable(b, c, max_configurations, "joint_entropy")
   return _joint_entropy(log_probs)
@@ -184,10 +190,10 @@ def _mutual_information(log_probs_a: jax.Array, log_probs_b: jax.Array
                      jnp.exp(log_probs_b)) / k
   log_a = _mean_log_probs(log_probs_a)[:, None, :, None]
   log_b = _mean_log_probs(log_probs_b)[None, :, None, :]
-  positive = joint > 0
-  log_joint = jnp.log(jnp.where(positive, joint, 1))
+  zero = joint == 0  # NaN stays NaN
+  log_joint = jnp.log(jnp.where(zero, 1, joint))
   # KL form rather than H_a + H_b - H_ab: no cancellation between entropies.
-  terms = jnp.where(positive, joint * (log_joint - log_a - log_b), 0)
+  terms = jnp.where(zero, 0, joint * (log_joint - log_a - log_b))
   return jnp.maximum(jnp.sum(terms, axis=(-2, -1)), 0)
 
 
@@ -198,33 +204,41 @@ def co_information(log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
   ``I(Y_1; ...; Y_B) = sum over non-empty subsets U of (-1)**(|U|+1) H[Y_U]``,
   with the sign convention ``I(X;Y;Z) = I(X;Y) - I(X;Y|Z)``: for one label it
   is ``H[Y_1]``, for two ``I[Y_1; Y_2]``. With it the joint entropy expands by
-  inclusion-exclusion (kbald.md, eq. 4):
+  inclusion-exclusion (Kirsch 2023, "Speeding Up BatchBALD: A k-BALD Family
+  of Approximations for Active Learning", arXiv:2301.12631, eq. 4):
   ``H[Y_1..Y_B] = sum over non-empty U of (-1)**(|U|+1) I(U)``.
+
+  The marginals of all ``2**B`` subsets are one table of ``(C + 1)**B``
+  entries (index ``C`` on an axis = that label summed out), built by ``B``
+  ``logsumexp`` passes, so the function compiles to one small program
+  whatever ``B`` (no program per subset).
 
   Args:
     log_probs: ``float[B, K, C]``.
-    max_configurations: refuse when ``C**B`` exceeds this (see
-      `joint_entropy`). The ``2**B`` subset entropies are marginals of one
-      enumerated joint.
+    max_configurations: refuse when the ``(C + 1)**B`` marginal entries
+      exceed this. Memory is ``C**B * K + (C + 1)**B`` floats.
 
   Returns:
     ``float[]`` (can be negative for ``B >= 3``).
   """
-  log_probs = _validation.check_log_probs(log_probs, expected="[B, K, C]")
+  log_probs = _validation.check_log_probs(log_probs, expected="[B, K, C]",
+                                          pool=False)
   b, _, c = log_probs.shape
-  _check_enumerable(b, c, max_configurations, "co_information")
+  _check_enumerable(b, c, max_configurations, "co_information",
+                    entries=(c + 1)**b)
   return _co_information(log_probs)
 
 
+@jax.jit
 def _co_information(log_probs: jax.Array) -> jax.Array:
   b, _, c = log_probs.shape
-  log_joint = _log_mean_table(_log_joint_table(log_probs))
-  log_joint = log_joint.reshape((c,) * b)
-  total = jnp.zeros((), log_probs.dtype)
-  for size in range(1, b + 1):
-    for subset in itertools.combinations(range(b), size):
-      others = tuple(i for i in range(b) if i not in subset)
-      marginal = jax.nn.logsumexp(log_joint, axis=others) if others \
-          else log_joint
-      total += (-1)**(size + 1) * -jnp.sum(plogp_from_log(marginal))
-  return total
+  table = _log_mean_table(_log_joint_table(log_probs)).reshape((c,) * b)
+  sign = jnp.ones((), log_probs.dtype)
+  for axis in range(b):
+    summed_out = jax.nn.logsumexp(table, axis=axis, keepdims=True)
+    table = jnp.concatenate([table, summed_out], axis=axis)
+    # An entry's subset U holds the axes not summed out: sign (-1)**|U|.
+    kept = jnp.where(jnp.arange(c + 1) < c, -1.0, 1.0).astype(sign.dtype)
+    sign = sign[..., None] * kept
+  # I = sum_U (-1)**(|U|+1) H[Y_U] = sum_U (-1)**|U| sum_y p log p.
+  return jnp.sum(sign * plogp_from_log(table))

@@ -93,24 +93,6 @@ def _check_order(order, batch_size: int, c: int) -> int:
   return order
 
 
-def _check_scalar(x, name: str) -> jax.Array:
-  """A non-negative finite float scalar (checked when concrete)."""
-  if x is None:
-    raise ValueError(f"{name} is required: a non-negative float scalar.")
-  x = x if isinstance(x, jax.Array) else jnp.asarray(x)
-  if x.shape != ():
-    raise ValueError(f"{name} must be a scalar (shape []), got shape"
-                     f" {list(x.shape)}.")
-  if not (jnp.issubdtype(x.dtype, jnp.floating)
-          or jnp.issubdtype(x.dtype, jnp.integer)):
-    raise ValueError(f"{name} must be a float scalar, got dtype {x.dtype}.")
-  if _validation.is_concrete(x):
-    value = float(x)
-    if not math.isfinite(value) or value < 0:
-      raise ValueError(f"{name} must be finite and >= 0, got {value}.")
-  return x
-
-
 class _KBaldState:
   """Static set-up of the order-k increments (subset tables, coefficients)."""
 
@@ -174,7 +156,7 @@ class _KBaldState:
 
 
 def kbald(log_probs, batch_size, *, order=2, mask=None,
-          chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+          chunk_size=None):
   r"""Greedy k-BALD: BatchBALD's inclusion-exclusion truncated at ``order``.
 
   kbald.md sec. 2. The gain of adding ``n`` to the picked set ``S`` is
@@ -218,14 +200,14 @@ def kbald(log_probs, batch_size, *, order=2, mask=None,
   mask = _validation.check_mask(mask, n)
   batch_size = _validation.check_batch_size(batch_size, mask)
   order = _check_order(order, batch_size, c)
-  chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
-  return _sharding.call(_kbald, (log_probs, mask), (True, True),
-                        batch_size=batch_size, order=order,
-                        chunk_size=chunk_size)
+  chunk_size = _validation.check_chunk_size(chunk_size,
+                                            _pool.DEFAULT_CHUNK_SIZE)
+  return _kbald(log_probs, mask, batch_size=batch_size, order=order,
+                chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "order",
-                                             "chunk_size", "axis_name"))
+@_sharding.pool_core(pool=("log_probs", "mask"),
+                     static=("batch_size", "order", "chunk_size"))
 def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
   """`kbald` without input checks, over the local slice of the pool."""
   n, k, c = log_probs.shape
@@ -296,8 +278,8 @@ def _triple_information(picked, lp, t, batch_size):
   return jnp.sum(jnp.where(jnp.asarray(pairs[:, 1]) < t, co, 0))
 
 
-def kbald_dynamic(log_probs, max_batch_size, *, tolerance, mask=None,
-                  chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+def kbald_dynamic(log_probs, batch_size, *, tolerance, mask=None,
+                  chunk_size=None):
   r"""2-BALD with a dynamic batch size: stop when 3-BALD disagrees.
 
   kbald.md, "Dynamic Acquisition Batch Sizes". Points are picked greedily by
@@ -317,7 +299,7 @@ def kbald_dynamic(log_probs, max_batch_size, *, tolerance, mask=None,
 
   Args:
     log_probs: ``float[N, K, C]`` predictive log-probabilities.
-    max_batch_size: static ``int``, the largest batch ``B``.
+    batch_size: static ``int``, the largest batch ``B``.
     tolerance: non-negative float scalar (may be traced: no recompilation
       when it changes), the relative divergence allowed between 3- and 2-BALD.
     mask: optional ``bool[N]``, True where a point may be picked.
@@ -325,7 +307,7 @@ def kbald_dynamic(log_probs, max_batch_size, *, tolerance, mask=None,
       `alfx.batchbald`).
 
   Returns:
-    `alfx.Selection` of static length ``max_batch_size``; the batch is the
+    `alfx.Selection` of static length ``batch_size``; the batch is the
     prefix where ``valid`` is True. ``scores`` are the 2-BALD gains.
 
   Cost: that of ``kbald(order=2)`` up to the stop, plus
@@ -334,25 +316,25 @@ def kbald_dynamic(log_probs, max_batch_size, *, tolerance, mask=None,
   log_probs = _validation.check_log_probs(log_probs)
   n, _, c = log_probs.shape
   mask = _validation.check_mask(mask, n)
-  max_batch_size = _validation.check_batch_size(max_batch_size, mask,
-                                                "max_batch_size")
-  tolerance = _check_scalar(tolerance, "tolerance")
-  chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
-  _check_order(min(3, max_batch_size), max_batch_size, c)
-  return _sharding.call(_kbald_dynamic, (log_probs, mask, tolerance),
-                        (True, True, False), max_batch_size=max_batch_size,
+  batch_size = _validation.check_batch_size(batch_size, mask,
+                                                "batch_size")
+  tolerance = _validation.check_scalar(tolerance, "tolerance", minimum=0)
+  chunk_size = _validation.check_chunk_size(chunk_size,
+                                            _pool.DEFAULT_CHUNK_SIZE)
+  _check_order(min(3, batch_size), batch_size, c)
+  return _kbald_dynamic(log_probs, mask, tolerance, batch_size=batch_size,
                         chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("max_batch_size", "chunk_size",
-                                             "axis_name"))
-def _kbald_dynamic(log_probs, mask, tolerance, max_batch_size, chunk_size,
+@_sharding.pool_core(pool=("log_probs", "mask"),
+                     static=("batch_size", "chunk_size"))
+def _kbald_dynamic(log_probs, mask, tolerance, batch_size, chunk_size,
                    axis_name=None):
   """`kbald_dynamic` without input checks, over the local slice of the pool."""
   n, k, c = log_probs.shape
   dtype = log_probs.dtype
   probs_t, marginal, cond = _bald.prepare(log_probs, chunk_size)
-  state = _KBaldState(log_probs, max_batch_size, 2, chunk_size)
+  state = _KBaldState(log_probs, batch_size, 2, chunk_size)
   tolerance = jnp.asarray(tolerance, dtype)
   zero = jnp.zeros((), dtype)
 
@@ -362,7 +344,7 @@ def _kbald_dynamic(log_probs, mask, tolerance, max_batch_size, chunk_size,
     index, g2, valid, available = _bald.pick(gains, available, axis_name)
     lp = _pool.take(log_probs, index, axis_name)
     new_v2 = v2 + g2
-    new_v3 = v3 + g2 + _triple_information(picked, lp, t, max_batch_size)
+    new_v3 = v3 + g2 + _triple_information(picked, lp, t, batch_size)
     accept = valid & (g2 > 0) & (
         jnp.abs(new_v3 - new_v2) <= tolerance * jnp.abs(new_v3))
     picked = picked.at[t].set(lp)
@@ -378,15 +360,15 @@ def _kbald_dynamic(log_probs, mask, tolerance, max_batch_size, chunk_size,
     # Data-dependent: under vmap both branches run (correct, not faster).
     return lax.cond(carry[-1], skip, run, carry, t)
 
-  init = (mask, jnp.zeros((max_batch_size, k, c), dtype),
+  init = (mask, jnp.zeros((batch_size, k, c), dtype),
           jnp.zeros((n, 1), dtype), zero, zero, jnp.zeros((), bool))
   _, (indices, scores, valid) = lax.scan(
-      step, init, jnp.arange(max_batch_size, dtype=jnp.int32))
+      step, init, jnp.arange(batch_size, dtype=jnp.int32))
   return _selection.Selection(indices, scores, valid)
 
 
-def conservative_bald(log_probs, max_batch_size, *, threshold, budget=None,
-                      mask=None, chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+def conservative_bald(log_probs, batch_size, *, threshold, budget=None,
+                      mask=None, chunk_size=None):
   r"""Conservative BALD: top BALD picks, excluding points that overlap a pick.
 
   kbald.md, "Future Work". Repeatedly picks the remaining candidate of
@@ -403,7 +385,7 @@ def conservative_bald(log_probs, max_batch_size, *, threshold, budget=None,
 
   Args:
     log_probs: ``float[N, K, C]`` predictive log-probabilities.
-    max_batch_size: static ``int``, the largest batch ``B``.
+    batch_size: static ``int``, the largest batch ``B``.
     threshold: non-negative float scalar (may be traced), nats.
     budget: optional non-negative float scalar (may be traced), nats; None
       for no budget.
@@ -421,21 +403,20 @@ def conservative_bald(log_probs, max_batch_size, *, threshold, budget=None,
   log_probs = _validation.check_log_probs(log_probs)
   n = log_probs.shape[0]
   mask = _validation.check_mask(mask, n)
-  max_batch_size = _validation.check_batch_size(max_batch_size, mask,
-                                                "max_batch_size")
-  threshold = _check_scalar(threshold, "threshold")
-  if budget is not None:
-    budget = _check_scalar(budget, "budget")
-  chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
-  return _sharding.call(_conservative_bald,
-                        (log_probs, mask, threshold, budget),
-                        (True, True, False, False),
-                        max_batch_size=max_batch_size, chunk_size=chunk_size)
+  batch_size = _validation.check_batch_size(batch_size, mask,
+                                                "batch_size")
+  threshold = _validation.check_scalar(threshold, "threshold", minimum=0)
+  budget = _validation.check_scalar(budget, "budget", minimum=0,
+                                    optional=True)
+  chunk_size = _validation.check_chunk_size(chunk_size,
+                                            _pool.DEFAULT_CHUNK_SIZE)
+  return _conservative_bald(log_probs, mask, threshold, budget,
+                            batch_size=batch_size, chunk_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("max_batch_size", "chunk_size",
-                                             "axis_name"))
-def _conservative_bald(log_probs, mask, threshold, budget, max_batch_size,
+@_sharding.pool_core(pool=("log_probs", "mask"),
+                     static=("batch_size", "chunk_size"))
+def _conservative_bald(log_probs, mask, threshold, budget, batch_size,
                        chunk_size, axis_name=None):
   """`conservative_bald` without input checks, over the local pool slice."""
   n = log_probs.shape[0]
@@ -471,5 +452,5 @@ def _conservative_bald(log_probs, mask, threshold, budget, max_batch_size,
 
   init = (mask, jnp.zeros((n,), dtype), zero, jnp.zeros((), bool))
   _, (indices, scores, valid) = lax.scan(
-      step, init, jnp.arange(max_batch_size, dtype=jnp.int32))
+      step, init, jnp.arange(batch_size, dtype=jnp.int32))
   return _selection.Selection(indices, scores, valid)

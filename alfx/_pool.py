@@ -24,6 +24,11 @@ import jax.extend.random
 import jax.numpy as jnp
 from jax import lax
 
+#: Default of every ``chunk_size``: the most pool rows any step processes at
+#: once (a cap on the working set; a function may use fewer, e.g. to keep a
+#: temporary in cache). ``chunk_size=None`` means this value.
+DEFAULT_CHUNK_SIZE = 1024
+
 
 def offset(n_local: int, axis_name=None) -> jax.Array:
   """Global index of local row 0 (0 on a single device)."""

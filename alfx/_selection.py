@@ -55,10 +55,10 @@ def top_b(utilities, batch_size, *, mask=None):
   utilities = _validation.check_utilities(utilities)
   mask = _validation.check_mask(mask, utilities.shape[0])
   _validation.check_batch_size(batch_size, mask)
-  return _sharding.call(_top_b, (utilities, mask), (True, True),
-                        batch_size=batch_size)
+  return _top_b(utilities, mask, batch_size=batch_size)
 
 
+@_sharding.pool_core(pool=("utilities", "mask"), static=("batch_size",))
 def _top_b(utilities, mask, batch_size, axis_name=None):
   """`top_b` without input checks; jit/vmap friendly, shards over the pool."""
   lowest = jnp.finfo(utilities.dtype).min

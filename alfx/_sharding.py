@@ -21,7 +21,9 @@ visible and the core runs as a plain jitted function (XLA's automatic
 partitioning: same picks, no guarantee that the scan state stays split).
 """
 
+from collections.abc import Callable
 import functools
+import inspect
 import re
 from typing import Any, NamedTuple
 
@@ -190,32 +192,17 @@ def _sharded(args, core, mesh, axis_name, pool, out_specs, static):
       check_vma=False)(*args)
 
 
-def pool_spec(axis_name: str) -> P:
+def pool_spec(axis_name: str, static=None) -> P:
   """``out_specs`` for outputs whose leaves all keep the pool as axis 0."""
+  del static
   return P(axis_name)
 
 
-def call(core, args, pool, *, out_specs=P(), **static):
-  """Runs ``core(*args, **static)``, under ``shard_map`` if the pool is sharded.
-
-  Args:
-    core: the jitted core; it takes ``axis_name=`` and ``static`` keywords.
-    args: its positional array arguments (pytrees allowed).
-    pool: one bool per argument, True for pool-axis arguments (every leaf has
-      the pool as axis 0) and False for replicated ones (keys, scalars, small
-      statistics).
-    out_specs: the ``shard_map`` output spec (default replicated), or a
-      function of the pool's mesh axis name returning it (for outputs that
-      keep the pool axis, e.g. ``lambda axis: P(axis)``).
-    **static: static keyword arguments of the core (hashable).
-
-  Returns:
-    The core's output; sharded as ``out_specs`` says when run sharded.
-  """
-  pool = tuple(bool(p) for p in pool)
+def _dispatch(jitted, args, pool, out_specs, static):
+  """Runs ``jitted(*args, **static)``, under ``shard_map`` if the pool is sharded."""
   found = pool_axis(*(a for a, p in zip(args, pool) if p))
   if found is None:
-    return core(*args, **static)
+    return jitted(*args, **static)
   mesh, axis_name = found
   devices = mesh.shape[axis_name]
   for a, p in zip(args, pool):
@@ -224,14 +211,118 @@ def call(core, args, pool, *, out_specs=P(), **static):
         raise ValueError(
             f"a pool array of shape {list(leaf.shape)} cannot be split evenly"
             f" over {devices} devices; pad the pool with alfx.shard_pool.")
-  if callable(out_specs):
-    out_specs = out_specs(axis_name)
+  specs = P() if out_specs is None else out_specs(axis_name, static)
   # A static argument must be hashable: the specs as leaves and tree.
-  leaves, tree = jax.tree.flatten(out_specs,
-                                  is_leaf=lambda x: isinstance(x, P))
-  return _sharded(tuple(args), core=core, mesh=mesh, axis_name=axis_name,
-                  pool=pool, out_specs=(tuple(leaves), tree),
+  leaves, tree = jax.tree.flatten(specs, is_leaf=lambda x: isinstance(x, P))
+  return _sharded(tuple(args), core=jitted, mesh=mesh, axis_name=axis_name,
+                  pool=tuple(pool), out_specs=(tuple(leaves), tree),
                   static=tuple(sorted(static.items())))
+
+
+def _has_tracer(tree) -> bool:
+  return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def _nan_guard(selection, args, pool, axis_name):
+  """``selection`` with NaN scores and ``valid=False`` if any float input is NaN.
+
+  Under the caller's ``jit`` the value checks cannot run; a NaN in the inputs
+  must then never come back as plausible picks.
+  """
+  bad_local = jnp.zeros((), bool)
+  bad_replicated = jnp.zeros((), bool)
+  for a, p in zip(args, pool):
+    for leaf in jax.tree.leaves(a):
+      if not jnp.issubdtype(getattr(leaf, "dtype", None), jnp.floating):
+        continue
+      isnan = jnp.any(jnp.isnan(leaf))
+      if p:
+        bad_local = bad_local | isnan
+      else:
+        bad_replicated = bad_replicated | isnan
+  bad = bad_replicated | (_psum_any(bad_local, axis_name))
+  return selection._replace(
+      scores=jnp.where(bad, jnp.nan, selection.scores).astype(
+          selection.scores.dtype),
+      valid=selection.valid & ~bad)
+
+
+def _psum_any(flag, axis_name):
+  if axis_name is None:
+    return flag
+  return jax.lax.psum(flag.astype(jnp.int32), axis_name) > 0
+
+
+def pool_core(*, pool: tuple[str, ...], static: tuple[str, ...] = (),
+              out_specs: Callable[[str, dict], Any] | None = None,
+              selection: bool = True):
+  """Declares a jitted acquisition core over the local slice of the pool.
+
+  The decorated function is written over the local rows of the pool with
+  the `alfx._pool` primitives and takes ``axis_name=None`` (CONTRIBUTING.md).
+  Calling the decorated function:
+
+  * jits it with ``static`` (and ``axis_name``) as static arguments: new
+    values of the other arguments never recompile;
+  * when an argument named in ``pool`` carries a ``NamedSharding`` that
+    splits axis 0 over a mesh axis, runs it under ``jax.shard_map`` (the
+    ``pool`` arguments split, every other array argument replicated), so the
+    picks equal the single-device picks;
+  * when ``selection`` and some argument is traced (the caller's ``jit``,
+    where the value checks could not run), returns NaN ``scores`` and
+    ``valid=False`` if any floating input holds a NaN.
+
+  Args:
+    pool: names of the arguments whose every leaf has the pool as axis 0.
+    static: names of the static (hashable) arguments.
+    out_specs: ``(axis_name, static) -> PartitionSpec pytree`` of the output
+      when run sharded; default replicated (``P()``).
+    selection: the core returns a `Selection`-like NamedTuple with
+      ``scores`` and ``valid`` (enables the NaN guard).
+
+  Returns:
+    A decorator. The decorated function keeps the core's signature; its
+    ``.core`` attribute is the undecorated function (for use inside other
+    cores, with an explicit ``axis_name``).
+  """
+  pool, static = tuple(pool), tuple(static)
+
+  def decorate(fn):
+    signature = inspect.signature(fn)
+    names = [n for n, p in signature.parameters.items()
+             if n != "axis_name" and n not in static
+             and p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                            inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    unknown = (set(pool) - set(names)) | (set(static) - set(
+        signature.parameters))
+    if unknown or "axis_name" not in signature.parameters:
+      raise TypeError(f"pool_core({fn.__name__}): unknown arguments"
+                      f" {sorted(unknown)} or no axis_name parameter.")
+    is_pool = tuple(n in pool for n in names)
+
+    def guarded(*args, nan_guard=False, axis_name=None, **static_kwargs):
+      out = fn(*args, axis_name=axis_name, **static_kwargs)
+      if nan_guard:
+        out = _nan_guard(out, args, is_pool, axis_name)
+      return out
+
+    jitted = jax.jit(guarded, static_argnames=static + (
+        "axis_name", "nan_guard"))
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+      bound = signature.bind(*args, **kwargs)
+      bound.apply_defaults()
+      arrays = tuple(bound.arguments[n] for n in names)
+      statics = {n: bound.arguments[n] for n in static}
+      if selection and _has_tracer(arrays):
+        statics["nan_guard"] = True
+      return _dispatch(jitted, arrays, is_pool, out_specs, statics)
+
+    call.core = fn
+    return call
+
+  return decorate
 
 
 def pool_gathers(hlo_text: str, pool_size: int) -> list[str]:
@@ -250,3 +341,15 @@ def pool_gathers(hlo_text: str, pool_size: int) -> list[str]:
       found.append(line.strip())
   return found
 
+
+
+def call(core, args, pool, *, out_specs=P(), **static):
+  """Deprecated: the old positional dispatch (removed once every core uses
+  `pool_core`)."""
+  specs = None
+  if callable(out_specs):
+    specs = lambda axis, _: out_specs(axis)  # noqa: E731
+  elif out_specs != P():
+    specs = lambda axis, _: out_specs  # noqa: E731
+  return _dispatch(core, tuple(args), tuple(bool(p) for p in pool), specs,
+                   static)

@@ -198,21 +198,6 @@ def _mean_std(log_probs):
 # Stochastic batch acquisition.
 
 
-def _check_beta(beta):
-  """``beta`` is a traced scalar (no recompilation); checked when concrete."""
-  if isinstance(beta, bool) or not (isinstance(beta, (int, float))
-                                    or hasattr(beta, "dtype")):
-    raise ValueError(f"beta must be a non-negative float, got {beta!r}.")
-  if jnp.ndim(beta) != 0:
-    raise ValueError(f"beta must be a scalar (shape []), got shape"
-                     f" {list(jnp.shape(beta))}.")
-  if _validation.is_concrete(beta):
-    value = float(beta)
-    if not (math.isfinite(value) and value >= 0):
-      raise ValueError(f"beta must be a finite float >= 0, got {value}.")
-  return beta
-
-
 def stochastic_batch(utilities, batch_size, *, key, mode="power", beta=1.0,
                      mask=None):
   """Samples a batch with probabilities from the utilities (Kirsch et al. 2021).
@@ -257,30 +242,34 @@ def stochastic_batch(utilities, batch_size, *, key, mode="power", beta=1.0,
   batch_size = _validation.check_batch_size(batch_size, mask)
   key = _validation.check_key(key)
   _validation.check_choice(mode, "mode", STOCHASTIC_MODES)
-  beta = _check_beta(beta)
-  return _sharding.call(_stochastic_batch, (utilities, mask, key, beta),
-                        (True, True, False, False), batch_size=batch_size,
-                        mode=mode)
+  beta = _validation.check_scalar(beta, "beta", minimum=0)
+  return _stochastic_batch(utilities, mask, key, beta, batch_size=batch_size,
+                           mode=mode)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "mode",
-                                             "axis_name"))
+@_sharding.pool_core(pool=("utilities", "mask"), static=("batch_size", "mode"))
 def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
                       axis_name=None):
   """`stochastic_batch` without checks; shardable over the pool."""
   dtype = utilities.dtype
   beta = jnp.asarray(beta, dtype)
   noise = _pool.gumbel(key, utilities.shape, dtype, axis_name=axis_name)
+  # The keys log w + g are ranked; for beta > 1 they are divided by beta
+  # (same order, same draw), so that beta * log s cannot overflow to -inf
+  # and drop selectable points (beta = 1e38 tends to top-B, as it should).
+  shrink = beta > 1
+  scale = jnp.where(shrink, 1, beta)
+  noise = jnp.where(shrink, noise / jnp.where(shrink, beta, 1), noise)
   if mode == "power":
     positive = utilities > 0
     safe = jnp.where(positive, utilities, 1)
     # beta * log s, with s^0 = 1 also for s = +inf (no 0 * inf = NaN).
-    log_w = jnp.where(beta == 0, 0, beta * jnp.log(safe))
+    log_w = jnp.where(beta == 0, 0, scale * jnp.log(safe))
     supported = mask & positive
   elif mode == "softmax":
     finite_below = utilities > -jnp.inf
     safe = jnp.where(finite_below, utilities, 0)
-    log_w = jnp.where(beta == 0, 0, beta * safe)
+    log_w = jnp.where(beta == 0, 0, scale * safe)
     supported = mask & finite_below
   else:  # softrank
     # Rank 1 = highest utility among the selectable points; ties to the
@@ -296,7 +285,7 @@ def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
     rank = lax.dynamic_slice(
         rank, (_pool.offset(utilities.shape[0], axis_name),),
         utilities.shape)
-    log_w = -beta * jnp.log(rank)
+    log_w = -scale * jnp.log(rank)
     supported = mask
   # Weight-0 points (power: s <= 0; softmax: s = -inf) come after every
   # supported point, in uniformly random order among themselves. Two top-k's
@@ -321,7 +310,7 @@ def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
 # Random.
 
 
-def random_batch(batch_size, *, key, mask):
+def random_batch(pool, batch_size, *, key, mask=None):
   """Uniformly random batch of selectable points, without replacement.
 
   The ``B`` selectable points with the largest i.i.d. uniform keys: every
@@ -329,28 +318,46 @@ def random_batch(batch_size, *, key, mask):
   are in a uniformly random order.
 
   Args:
+    pool: any array whose axis 0 is the pool, ``[N, ...]`` (``log_probs``,
+      ``embeddings``, a mask): only its length ``N`` and its sharding are
+      read.
     batch_size: static ``int``, ``B``.
     key: a PRNG key.
-    mask: ``bool[N]``, True where a point may be picked (required: it gives
-      the pool size ``N``).
+    mask: optional ``bool[N]``, True where a point may be picked.
 
   Returns:
     A :class:`Selection` with ``scores`` all 0 (random picks have no gain).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, alfx
+    >>> sel = alfx.random_batch(jnp.zeros((10, 4)), 3, key=jax.random.key(0))
+    >>> sel.indices.shape
+    (3,)
   """
+  if not hasattr(pool, "shape") or len(pool.shape) == 0:
+    raise ValueError("pool must be an array whose axis 0 is the pool, [N,"
+                     " ...] (log_probs, embeddings or a mask), got"
+                     f" {type(pool).__name__}.")
+  n = pool.shape[0]
   if mask is None:
-    raise ValueError("mask is required: a bool[N] of the selectable points"
-                     " (it gives the pool size N).")
-  mask = mask if isinstance(mask, jax.Array) else jnp.asarray(mask)
-  if mask.ndim != 1:
-    raise ValueError(f"mask must have shape [N], got {list(mask.shape)}.")
-  mask = _validation.check_mask(mask, mask.shape[0])
+    # Carries the pool's sharding, so a sharded pool draws sharded.
+    mask = (jnp.ones((n,), bool) if _sharding.pool_axis(pool) is None
+            else _pool_ones(pool))
+  mask = _validation.check_mask(mask, n)
   batch_size = _validation.check_batch_size(batch_size, mask)
   key = _validation.check_key(key)
-  return _sharding.call(_random_batch, (mask, key), (True, False),
-                        batch_size=batch_size)
+  return _random_batch(mask, key, batch_size=batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "axis_name"))
+def _pool_ones(pool):
+  """``bool[N]`` True, sharded like axis 0 of ``pool``."""
+  mesh, axis = _sharding.pool_axis(pool)
+  return jax.device_put(jnp.ones((pool.shape[0],), bool),
+                        jax.sharding.NamedSharding(
+                            mesh, jax.sharding.PartitionSpec(axis)))
+
+
+@_sharding.pool_core(pool=("mask",), static=("batch_size",))
 def _random_batch(mask, key, batch_size, axis_name=None):
   noise = _pool.uniform(key, mask.shape, axis_name=axis_name)
   # Unselectable points get -1 < every uniform draw in [0, 1).

@@ -14,25 +14,101 @@ What is checked where:
   one small device-to-host transfer, before anything is traced.
 
 Under ``jit`` the value checks cannot run; selections then mark picks made
-without a selectable point left as ``valid=False`` instead of failing.
+without a selectable point left as ``valid=False``, and NaN in any floating
+input gives NaN scores and ``valid=False`` (`alfx._sharding.pool_core`), so
+that no plausible pick comes from bad input. `checked` stages the same checks
+with ``jax.experimental.checkify`` so that they raise inside ``jit`` too.
 
 Every failure is a ``ValueError`` that names the argument and the expected
 shape.
 """
 
 import contextlib
+import math
+import threading
+import warnings
 
 import jax
+from jax.experimental import checkify
 import jax.numpy as jnp
 import numpy as np
 
-#: ``|logsumexp(log_probs, axis=-1)|`` above this is "not normalised".
+#: Smallest ``|logsumexp(log_probs, axis=-1)|`` tolerance (float32 and up).
+#: Lower precisions get ``8 * eps`` of their dtype (`tolerance`).
 NORMALISATION_TOLERANCE = 1e-3
+
+_STATE = threading.local()
+
+
+def tolerance(dtype) -> float:
+  """Normalisation tolerance of ``dtype``: ``max(1e-3, 8 eps)``.
+
+  ``jax.nn.log_softmax`` of bfloat16 logits is off by up to ~2.3 eps
+  (measured over C = 2..1000), float32 by ~4 eps.
+  """
+  return max(NORMALISATION_TOLERANCE, 8 * float(jnp.finfo(dtype).eps))
 
 
 def is_concrete(*arrays) -> bool:
   """True when no argument is a tracer (we are not inside jit/vmap/grad)."""
-  return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+  return not any(isinstance(a, jax.core.Tracer)
+                 for a in jax.tree.leaves(arrays))
+
+
+def checking() -> bool:
+  """True while a function wrapped by `checked` is being traced."""
+  return getattr(_STATE, "checking", 0) > 0
+
+
+def checked(fn):
+  """``fn`` with alfx's value checks enforced inside ``jit``.
+
+  Outside ``jit`` every public alfx function checks the values of its
+  inputs (NaN, normalisation, enough selectable points, ...). Inside the
+  caller's ``jit`` those checks cannot raise, and alfx instead returns NaN
+  scores and ``valid=False`` for NaN input. ``checked(fn)`` traces ``fn``
+  with every value check staged as a ``jax.experimental.checkify`` check and
+  compiles it with ``jax.jit``; a failed check raises a ``ValueError``-like
+  ``checkify.JaxRuntimeError`` carrying alfx's message when the compiled
+  function runs. The cost is one extra reduction over the checked inputs.
+
+  Args:
+    fn: any function that calls alfx functions (it is jitted).
+
+  Returns:
+    A function with ``fn``'s signature and outputs.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, alfx
+    >>> step = alfx.checked(lambda lp: alfx.topk_bald(lp, 1))
+    >>> lp = jnp.log(jnp.full((3, 2, 2), 0.5)).at[0, 0, 0].set(jnp.nan)
+    >>> step(lp)  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    JaxRuntimeError: log_probs (shape [N, K, C]) contains NaN...
+  """
+
+  def staged(*args, **kwargs):
+    _STATE.checking = getattr(_STATE, "checking", 0) + 1
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      _STATE.checking -= 1
+
+  compiled = jax.jit(checkify.checkify(staged, errors=checkify.user_checks))
+
+  def call(*args, **kwargs):
+    err, out = compiled(*args, **kwargs)
+    err.throw()
+    return out
+
+  call.__name__ = getattr(fn, "__name__", "checked")
+  call.__doc__ = getattr(fn, "__doc__", None)
+  return call
+
+
+def _fully_addressable(args) -> bool:
+  return all(getattr(a, "is_fully_addressable", True)
+             for a in jax.tree.leaves(args))
 
 
 def _host(fn, *args):
@@ -40,10 +116,37 @@ def _host(fn, *args):
 
   ``ensure_compile_time_eval`` evaluates it eagerly even when a public
   function is called inside someone's trace with concrete (closed-over)
-  arrays, where it would otherwise be staged out as a tracer.
+  arrays, where it would otherwise be staged out as a tracer. Arrays that
+  span several processes (``jax.make_array_from_process_local_data``) cannot
+  be closed over: there ``fn`` runs as an ordinary SPMD program in which
+  every process reduces its own shards, and its replicated scalar result is
+  the verdict of the whole pool, identical on every process.
   """
-  with jax.ensure_compile_time_eval(), _mesh_context(args):
-    return jax.device_get(fn(*args))
+  with _mesh_context(args):
+    if not _fully_addressable(args):
+      return jax.device_get(fn(*args))
+    with jax.ensure_compile_time_eval():
+      return jax.device_get(fn(*args))
+
+
+def value_check(fn, args, explain, template: str) -> None:
+  """Runs one value check: ``fn(*args) -> (ok, values)``, scalars.
+
+  On concrete arrays: one jitted reduction and one small host transfer;
+  raises ``ValueError(explain(values))`` when ``ok`` is False. Traced inside
+  `checked`: a ``checkify.check(ok, template, **values)``. Traced otherwise:
+  nothing (the cores guard against NaN instead).
+  """
+  if not args or any(getattr(a, "size", 1) == 0 for a in args):
+    return
+  if is_concrete(*args):
+    ok, values = _host(fn, *args)
+    if not bool(ok):
+      raise ValueError(explain({k: np.asarray(v).item()
+                                for k, v in values.items()}))
+  elif checking():
+    ok, values = fn(*args)
+    checkify.check(ok, template, **values)
 
 
 def _mesh_context(args):
@@ -92,30 +195,75 @@ def check_rank(x, name: str, expected: str, rank: int) -> None:
 
 @jax.jit
 def _float_stats(x):
-  return jnp.any(jnp.isnan(x)), jnp.any(x == jnp.inf), jnp.any(x == -jnp.inf)
+  nan = jnp.sum(jnp.isnan(x))
+  pos_inf = jnp.sum(x == jnp.inf)
+  neg_inf = jnp.sum(x == -jnp.inf)
+  return nan, pos_inf, neg_inf
+
+
+def check_finite(x, name: str, expected: str, *, allow_neg_inf=False,
+                 allow_inf=False) -> None:
+  """Refuses NaN and +inf (and -inf unless allowed) in ``x``."""
+
+  def fn(x):
+    nan, pos_inf, neg_inf = _float_stats(x)
+    bad = nan + (0 if allow_inf else pos_inf) + (
+        0 if allow_neg_inf or allow_inf else neg_inf)
+    return bad == 0, dict(nan=nan, pos_inf=pos_inf, neg_inf=neg_inf)
+
+  def explain(v):
+    found = ", ".join(f"{v[k]} {label}" for k, label in (
+        ("nan", "NaN"), ("pos_inf", "+inf"), ("neg_inf", "-inf")) if v[k])
+    allowed = (" (infinities are allowed)" if allow_inf else
+               " (or -inf for a zero probability)" if allow_neg_inf else "")
+    return (f"{name} (shape {expected}) contains {found}; values must be"
+            f" finite{allowed}. Look for a diverged model or a log(0) in"
+            " the pipeline that produced it.")
+
+  value_check(fn, (x,), explain,
+              f"{name} (shape {expected}) contains {{nan}} NaN, {{pos_inf}}"
+              f" +inf and {{neg_inf}} -inf entries; values must be finite"
+              + (" or infinite." if allow_inf else
+                 " or -inf." if allow_neg_inf else "."))
+
+
+def _shape_warning(log_probs, name: str) -> None:
+  n, k = log_probs.shape[0], log_probs.shape[1]
+  if k > n:
+    warnings.warn(
+        f"{name} has shape {_shape_str(log_probs)}, read as [N={n}, K={k},"
+        f" C]: more posterior samples than pool points. If it is laid out"
+        f" [K, N, C] (samples first, as some libraries do), pass"
+        f" jnp.swapaxes({name}, 0, 1).", stacklevel=4)
 
 
 @jax.jit
-def _normalisation_error(log_probs):
-  lse = jax.nn.logsumexp(log_probs, axis=-1)
-  return jnp.max(jnp.where(jnp.isfinite(lse), jnp.abs(lse), jnp.inf))
+def _log_prob_stats(lp):
+  lp = lp.astype(jnp.promote_types(lp.dtype, jnp.float32))
+  lse = jax.nn.logsumexp(lp, axis=-1)
+  err = jnp.max(jnp.where(jnp.isfinite(lse), jnp.abs(lse), jnp.inf))
+  sum_err = jnp.max(jnp.abs(jnp.sum(lp, axis=-1) - 1))
+  return err, jnp.min(lp), jnp.max(lp), sum_err
 
 
-def check_finite(x, name: str, expected: str, *, allow_neg_inf=False) -> None:
-  """Refuses NaN and +inf (and -inf unless allowed) on concrete input."""
-  if not is_concrete(x) or x.size == 0:
-    return
-  has_nan, has_pos_inf, has_neg_inf = (
-      bool(v) for v in _host(_float_stats, x))
-  if has_nan or has_pos_inf or (has_neg_inf and not allow_neg_inf):
-    what = "NaN" if has_nan else ("+inf" if has_pos_inf else "-inf")
-    raise ValueError(
-        f"{name} (shape {expected}) contains {what}; values must be finite"
-        + (" (or -inf for a zero probability)." if allow_neg_inf else "."))
+@jax.jit
+def _prob_stats(p):
+  p = p.astype(jnp.promote_types(p.dtype, jnp.float32))
+  return (jnp.min(p), jnp.max(jnp.abs(jnp.sum(p, axis=-1) - 1)),
+          jnp.max(jnp.abs(jax.nn.logsumexp(p, axis=-1))))
+
+
+@jax.jit
+def _count(mask, labeled=None):
+  count = jnp.sum(mask, dtype=jnp.int32)
+  if labeled is None:
+    return count
+  return count, jnp.sum(mask & ~labeled, dtype=jnp.int32)
 
 
 def check_log_probs(log_probs, name: str = "log_probs",
-                    expected: str = "[N, K, C]", rank: int = 3) -> jax.Array:
+                    expected: str = "[N, K, C]", rank: int = 3,
+                    pool: bool = True) -> jax.Array:
   """Checks predictive log-probabilities, natural log, normalised over the last axis.
 
   Args:
@@ -123,6 +271,7 @@ def check_log_probs(log_probs, name: str = "log_probs",
     name: argument name used in error messages.
     expected: the documented shape, used in error messages.
     rank: required rank.
+    pool: axis 0 is the pool (warn when it looks like ``[K, N, C]``).
 
   Returns:
     ``log_probs`` as a floating jax array.
@@ -135,15 +284,34 @@ def check_log_probs(log_probs, name: str = "log_probs",
   if any(d == 0 for d in log_probs.shape[1:]):
     raise ValueError(f"{name} must have shape {expected} with every axis >= 1,"
                      f" got {_shape_str(log_probs)}.")
+  if pool and rank == 3:
+    _shape_warning(log_probs, name)
   check_finite(log_probs, name, expected, allow_neg_inf=True)
-  if is_concrete(log_probs):
-    err = float(_host(_normalisation_error, log_probs))
-    if not err <= NORMALISATION_TOLERANCE:
-      raise ValueError(
-          f"{name} (shape {expected}) must be log-probabilities normalised over"
-          f" the class axis (logsumexp over C equal to 0), but it is off by up"
-          f" to {err:.3g}; pass log_softmax(logits), not logits or"
-          f" log(probabilities) of unnormalised scores.")
+  tol = tolerance(log_probs.dtype)
+
+  def fn(lp):
+    err, lo, hi, sum_err = _log_prob_stats(lp)
+    return err <= tol, dict(err=err, lo=lo, hi=hi, sum_err=sum_err)
+
+  def explain(v):
+    off = (f"{name} (shape {expected}) must be log-probabilities (natural"
+           f" log) normalised over the class axis, logsumexp over C equal to"
+           f" 0, but it is off by up to {v['err']:.3g}")
+    if v["lo"] >= 0 and v["hi"] <= 1 and v["sum_err"] <= tol:
+      return (f"{name} looks like probabilities (rows sum to 1, values in"
+              f" [0, 1]): {off}; pass jnp.log(probs), or"
+              " jax.nn.log_softmax(logits).")
+    if v["hi"] > tol:
+      return (f"{name} looks like logits or scores (values up to"
+              f" {v['hi']:.3g}, log-probabilities are <= 0): {off}; pass"
+              " jax.nn.log_softmax(logits).")
+    return (f"{off}; pass jax.nn.log_softmax(logits), not the log of"
+            " unnormalised scores.")
+
+  value_check(fn, (log_probs,), explain,
+              f"{name} (shape {expected}) must be log-probabilities normalised"
+              " over the class axis, but logsumexp is off by up to {err}; pass"
+              " jax.nn.log_softmax(logits).")
   return log_probs
 
 
@@ -159,19 +327,24 @@ def check_probs(probs, n: int, name: str = "probs") -> jax.Array:
     raise ValueError(f"{name} must have at least one class, got"
                      f" {_shape_str(probs)}.")
   check_finite(probs, name, expected)
-  if is_concrete(probs):
-    lo, err = _host(_prob_stats, probs)
-    if float(lo) < 0 or float(err) > NORMALISATION_TOLERANCE:
-      raise ValueError(
-          f"{name} (shape {expected}) must be probabilities: non-negative and"
-          f" summing to 1 over classes (min {float(lo):.3g}, largest deviation"
-          f" of a row sum from 1: {float(err):.3g}).")
+  tol = tolerance(probs.dtype)
+
+  def fn(p):
+    lo, err, lse = _prob_stats(p)
+    return (lo >= 0) & (err <= tol), dict(lo=lo, err=err, lse=lse)
+
+  def explain(v):
+    msg = (f"{name} (shape {expected}) must be probabilities: non-negative"
+           f" and summing to 1 over classes (min {v['lo']:.3g}, largest"
+           f" deviation of a row sum from 1: {v['err']:.3g})")
+    if v["lo"] < 0 and v["lse"] <= tol:
+      return f"{msg}; it looks like log-probabilities: pass jnp.exp({name})."
+    return f"{msg}; pass jax.nn.softmax(logits)."
+
+  value_check(fn, (probs,), explain,
+              f"{name} (shape {expected}) must be probabilities: min {{lo}},"
+              " largest deviation of a row sum from 1 {err}.")
   return probs
-
-
-@jax.jit
-def _prob_stats(probs):
-  return jnp.min(probs), jnp.max(jnp.abs(jnp.sum(probs, axis=-1) - 1))
 
 
 def check_matrix(x, name: str, n: int | None = None, dim_name: str = "D"
@@ -195,8 +368,7 @@ def check_utilities(utilities, name: str = "utilities") -> jax.Array:
   check_rank(utilities, name, expected, 1)
   if utilities.shape[0] == 0:
     raise ValueError(f"{name} has an empty pool: shape [0], expected [N], N >= 1.")
-  if is_concrete(utilities) and bool(_host(_float_stats, utilities)[0]):
-    raise ValueError(f"{name} (shape {expected}) contains NaN.")
+  check_finite(utilities, name, expected, allow_inf=True)
   return utilities
 
 
@@ -205,20 +377,26 @@ def check_mask(mask, n: int, name: str = "mask", default: bool = True
   """Checks a boolean mask ``[N]``; ``None`` becomes all ``default``."""
   if mask is None:
     return jnp.full((n,), default, dtype=bool)
-  mask = mask if isinstance(mask, jax.Array) else jnp.asarray(mask)
+  if not hasattr(mask, "dtype"):
+    mask = jnp.asarray(mask)
   if mask.dtype != jnp.bool_:
-    raise ValueError(f"{name} must be a boolean array of shape [N={n}], got"
-                     f" dtype {mask.dtype}.")
+    raise ValueError(
+        f"{name} must be a boolean array of shape [N={n}], got dtype"
+        f" {mask.dtype}: pass {name}.astype(bool) for a 0/1 array, or"
+        f" jnp.zeros({n}, bool).at[indices].set(True) for a list of"
+        " indices.")
   if mask.shape != (n,):
     raise ValueError(f"{name} must have shape [N={n}], got {_shape_str(mask)}.")
-  return mask
+  return mask if isinstance(mask, jax.Array) else jnp.asarray(mask)
 
 
-def check_batch_size(batch_size, mask, name: str = "batch_size") -> int:
-  """Checks a static batch size against the mask of selectable points.
+def check_batch_size(batch_size, mask, name: str = "batch_size", *,
+                     labeled=None) -> int:
+  """Checks a static batch size against the selectable points.
 
   The static part (an ``int`` in ``[1, N]``) is always checked; the count of
-  selectable points only when ``mask`` is concrete.
+  selectable points (``mask``, less ``labeled`` when given) only when the
+  masks are concrete.
   """
   if isinstance(batch_size, bool) or not isinstance(batch_size,
                                                       (int, np.integer)):
@@ -230,32 +408,43 @@ def check_batch_size(batch_size, mask, name: str = "batch_size") -> int:
     raise ValueError(f"{name} must be >= 1, got {batch_size}.")
   if batch_size > n:
     raise ValueError(f"{name}={batch_size} is larger than the pool (N={n}).")
-  if is_concrete(mask):
-    count = int(_host(_count, mask))
-    if count == 0:
-      raise ValueError("mask selects no points: the pool of selectable points"
-                       " is empty.")
-    if batch_size > count:
-      raise ValueError(f"{name}={batch_size} is larger than the number of"
-                       f" selectable points ({count} of N={n} in mask).")
+  args = (mask,) if labeled is None else (mask, labeled)
+
+  def fn(mask, labeled=None):
+    count = _count(mask)
+    free = count if labeled is None else _count(mask, labeled)[1]
+    return free >= batch_size, dict(count=count, free=free)
+
+  def explain(v):
+    if v["count"] == 0:
+      return ("mask selects no points: the pool of selectable points is"
+              " empty.")
+    if v["free"] == 0:
+      return (f"labeled marks every point that mask selects ({v['count']}):"
+              " nothing is left to pick. Labelled points are never picked;"
+              " pass labeled=None if nothing is labelled.")
+    what = ("selectable points" if labeled is None else
+            "selectable, unlabelled points (mask & ~labeled)")
+    return (f"{name}={batch_size} is larger than the number of {what}:"
+            f" {v['free']} of N={n}. Lower {name} or select more points.")
+
+  value_check(fn, args, explain,
+              f"{name}={batch_size} is larger than the number of selectable"
+              " points ({free}).")
   return batch_size
-
-
-@jax.jit
-def _count(mask):
-  return jnp.sum(mask)
 
 
 def check_key(key, name: str = "key") -> jax.Array:
   """Checks a PRNG key: a typed key or a raw ``uint32[2]`` key."""
   if key is None:
-    raise ValueError(f"{name} is required: pass a jax.random.key(...); alfx"
-                     " never draws randomness without an explicit key.")
+    raise ValueError(f"{name} is required: pass {name}=jax.random.key(seed);"
+                     " alfx never draws randomness without an explicit key.")
   key = key if isinstance(key, jax.Array) else jnp.asarray(key)
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     if key.shape != ():
       raise ValueError(f"{name} must be a single PRNG key (shape []), got a"
-                       f" key array of shape {_shape_str(key)}.")
+                       f" key array of shape {_shape_str(key)}; split it and"
+                       " pass one key, or jax.vmap over the keys.")
   elif key.dtype != jnp.uint32 or key.shape != (2,):
     raise ValueError(f"{name} must be a PRNG key (jax.random.key(seed) or"
                      f" jax.random.PRNGKey(seed)), got dtype {key.dtype} and"
@@ -264,10 +453,18 @@ def check_key(key, name: str = "key") -> jax.Array:
 
 
 def check_positive_int(value, name: str) -> int:
+  """A static Python ``int >= 1`` (``None``, floats and arrays refused)."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
       or value < 1:
     raise ValueError(f"{name} must be a positive static int, got {value!r}.")
   return int(value)
+
+
+def check_chunk_size(chunk_size, default: int) -> int:
+  """``chunk_size``: ``None`` (the default) or a positive static int."""
+  if chunk_size is None:
+    return default
+  return check_positive_int(chunk_size, "chunk_size")
 
 
 def check_choice(value, name: str, choices) -> str:
@@ -275,3 +472,52 @@ def check_choice(value, name: str, choices) -> str:
     raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}.")
   return value
 
+
+def check_scalar(value, name: str, *, minimum: float | None = None,
+                 positive: bool = False, optional: bool = False,
+                 static: bool = False):
+  """The one scalar validator: a real number, traced or static.
+
+  Args:
+    value: a Python number or a scalar array (traced values are allowed
+      unless ``static``: changing them never recompiles).
+    name: the argument's name, for the message.
+    minimum: refuse values below this (when concrete).
+    positive: refuse values ``<= 0`` (when concrete).
+    optional: ``None`` is allowed and returned as is.
+    static: must be a concrete Python number (returned as ``float``).
+
+  Returns:
+    ``value`` as a float (Python numbers and ``static``) or a scalar array.
+  """
+  if value is None:
+    if optional:
+      return None
+    raise ValueError(f"{name} is required: a real number, got None.")
+  if isinstance(value, bool) or not (
+      isinstance(value, (int, float, np.integer, np.floating))
+      or hasattr(value, "dtype")):
+    raise ValueError(f"{name} must be a real number, got"
+                     f" {type(value).__name__} {value!r}.")
+  if hasattr(value, "dtype"):
+    if np.ndim(value) != 0:
+      raise ValueError(f"{name} must be a scalar (shape []), got shape"
+                       f" {_shape_str(value)}.")
+    if not (jnp.issubdtype(value.dtype, jnp.floating)
+            or jnp.issubdtype(value.dtype, jnp.integer)):
+      raise ValueError(f"{name} must be a real number, got dtype"
+                       f" {value.dtype}.")
+  if static and not is_concrete(value):
+    raise ValueError(f"{name} must be a static Python number, not a traced"
+                     " value.")
+  if is_concrete(value):
+    v = float(value)
+    bound = ("> 0" if positive else
+             f">= {minimum:g}" if minimum is not None else "")
+    if not math.isfinite(v) or (positive and v <= 0) or (
+        minimum is not None and v < minimum):
+      raise ValueError(f"{name} must be a finite number{' ' + bound if bound else ''},"
+                       f" got {v!r}.")
+    if static or not hasattr(value, "dtype"):
+      return v
+  return value

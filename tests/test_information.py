@@ -212,7 +212,7 @@ class TestBadInput:
 
   def test_enumeration_limit(self):
     lp = jnp.log(jnp.full((4, 2, 10), 0.1))
-    with pytest.raises(ValueError, match="10\\*\\*4 = 10000.*max_configurations"):
+    with pytest.raises(ValueError, match="enumerating 10000 label configurations.*max_configurations=1000"):
       alfx.joint_entropy(lp, max_configurations=1000)
     with pytest.raises(ValueError, match="max_configurations"):
       alfx.co_information(lp, max_configurations=1000)

@@ -77,7 +77,7 @@ class TestBadInput:
 
   def test_batch_larger_than_selectable(self):
     with pytest.raises(ValueError, match="batch_size=3 is larger than the"
-                       " number of selectable points \\(2 of N=4"):
+                       " number of selectable points: 2 of N=4"):
       alfx.top_b(jnp.arange(4.0), 3, mask=jnp.array([1, 0, 0, 1], bool))
     with pytest.raises(ValueError, match="larger than the pool"):
       alfx.top_b(jnp.arange(4.0), 5)

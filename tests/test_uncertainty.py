@@ -288,7 +288,7 @@ def test_stochastic_batch_mask_keys_and_duplicates(rng):
     assert len(set(np.asarray(raw.indices))) == b
 
 
-def test_stochastic_batch_jit_vmap_and_no_recompilation(rng):
+def test_stochastic_batch_jit_and_vmap(rng):
   u = _f32(rng.random(50))
   fn = jax.jit(functools.partial(alfx.stochastic_batch, batch_size=5,
                                  mode="power"))
@@ -300,13 +300,6 @@ def test_stochastic_batch_jit_vmap_and_no_recompilation(rng):
   # Eager calls equal jitted ones.
   np.testing.assert_array_equal(
       alfx.stochastic_batch(u, 5, key=keys[0]).indices, looped[0])
-  # New beta, mask and utilities do not recompile the core.
-  from alfx import _uncertainty
-  before = _uncertainty._stochastic_batch._cache_size()
-  for beta, m in [(0.5, rng.random(50) < 0.5), (2.0, rng.random(50) < 0.8)]:
-    alfx.stochastic_batch(_f32(rng.random(50)), 5, key=keys[1], beta=beta,
-                          mask=jnp.asarray(m))
-  assert _uncertainty._stochastic_batch._cache_size() - before <= 1
 
 
 def test_stochastic_batch_under_jit_marks_shortfall():
@@ -331,7 +324,7 @@ class TestStochasticBadInput:
     with pytest.raises(ValueError, match="mode must be one of"):
       alfx.stochastic_batch(u, 2, key=jax.random.key(0), mode="boltzmann")
     for beta in (-1.0, float("nan"), float("inf")):
-      with pytest.raises(ValueError, match="beta must be a finite float >= 0"):
+      with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
         alfx.stochastic_batch(u, 2, key=jax.random.key(0), beta=beta)
     with pytest.raises(ValueError, match=r"beta must be a scalar"):
       alfx.stochastic_batch(u, 2, key=jax.random.key(0), beta=jnp.ones(2))
@@ -362,7 +355,7 @@ class TestStochasticBadInput:
 def test_random_batch_is_uniform_without_replacement():
   mask = jnp.array([True, False, True, True, True, False, True])
   keys = jax.random.split(jax.random.key(11), 30_000)
-  sel = jax.jit(jax.vmap(lambda k, m: alfx.random_batch(2, key=k, mask=m),
+  sel = jax.jit(jax.vmap(lambda k, m: alfx.random_batch(m, 2, key=k, mask=m),
                          in_axes=(0, None)))(keys, mask)
   allowed = [0, 2, 3, 4, 6]
   probs = {(i, j): 1 / 20 for i in allowed for j in allowed if i != j}
@@ -374,30 +367,37 @@ def test_random_batch_mask_keys_and_whole_pool(rng):
   n = 100
   mask = jnp.asarray(rng.random(n) < 0.3)
   count = int(mask.sum())
-  sel = alfx.random_batch(count, key=jax.random.key(0), mask=mask)
+  sel = alfx.random_batch(mask, count, key=jax.random.key(0), mask=mask)
   np.testing.assert_array_equal(np.sort(sel.indices), np.flatnonzero(mask))
-  a = alfx.random_batch(5, key=jax.random.key(1), mask=mask)
+  a = alfx.random_batch(mask, 5, key=jax.random.key(1), mask=mask)
   np.testing.assert_array_equal(
-      a.indices, alfx.random_batch(5, key=jax.random.key(1), mask=mask).indices)
+      a.indices, alfx.random_batch(mask, 5, key=jax.random.key(1), mask=mask).indices)
   assert not np.array_equal(
-      a.indices, alfx.random_batch(5, key=jax.random.key(2), mask=mask).indices)
-  jitted = jax.jit(lambda k, m: alfx.random_batch(5, key=k, mask=m))
+      a.indices, alfx.random_batch(mask, 5, key=jax.random.key(2), mask=mask).indices)
+  jitted = jax.jit(lambda k, m: alfx.random_batch(m, 5, key=k, mask=m))
   np.testing.assert_array_equal(jitted(jax.random.key(1), mask).indices,
                                 a.indices)
 
 
 def test_random_batch_bad_input():
-  with pytest.raises(ValueError, match="mask is required"):
-    alfx.random_batch(2, key=jax.random.key(0), mask=None)
-  with pytest.raises(ValueError, match="mask must be a boolean"):
-    alfx.random_batch(2, key=jax.random.key(0), mask=jnp.ones(4))
-  with pytest.raises(ValueError, match=r"mask must have shape \[N\]"):
-    alfx.random_batch(2, key=jax.random.key(0), mask=jnp.ones((2, 2), bool))
+  with pytest.raises(ValueError, match="pool must be an array"):
+    alfx.random_batch(None, 2, key=jax.random.key(0))
+  with pytest.raises(ValueError, match=r"mask must be a boolean.*astype\(bool\)"):
+    alfx.random_batch(jnp.ones(4), 2, key=jax.random.key(0), mask=jnp.ones(4))
+  with pytest.raises(ValueError, match=r"mask must have shape \[N=2\]"):
+    alfx.random_batch(jnp.ones(2), 2, key=jax.random.key(0),
+                      mask=jnp.ones((2, 2), bool))
   with pytest.raises(ValueError, match="larger than the number"):
-    alfx.random_batch(3, key=jax.random.key(0),
+    alfx.random_batch(jnp.ones(3), 3, key=jax.random.key(0),
                       mask=jnp.array([True, False, True]))
   with pytest.raises(ValueError, match="key is required"):
-    alfx.random_batch(1, key=None, mask=jnp.ones(3, bool))
+    alfx.random_batch(jnp.ones(3), 1, key=None)
+
+
+def test_random_batch_without_mask_draws_from_the_whole_pool():
+  sel = alfx.random_batch(jnp.zeros((6, 3)), 6, key=jax.random.key(3))
+  np.testing.assert_array_equal(np.sort(sel.indices), np.arange(6))
+  assert sel.valid.all()
 
 
 @pytest.mark.slow  # op-by-op dispatch of every loop step: ~10-30 s
@@ -407,7 +407,8 @@ def test_eager_equals_compiled(rng):
   runs = [lambda mode=mode: alfx.stochastic_batch(
       u, 4, key=jax.random.key(0), mode=mode, mask=mask)
           for mode in ("power", "softmax", "softrank")]
-  runs.append(lambda: alfx.random_batch(4, key=jax.random.key(0), mask=mask))
+  runs.append(lambda: alfx.random_batch(mask, 4, key=jax.random.key(0),
+                                       mask=mask))
   for run in runs:
     compiled = run()
     with jax.disable_jit():
