@@ -233,7 +233,9 @@ def batchbald(log_probs, batch_size, *, key=None, mask=None,
               chunk_size: int | None = None):
   r"""BatchBALD: greedy maximisation of ``I[Y_1..Y_B; Omega]``.
 
-  Kirsch et al. (2019); kbald.md eq. 2. Step ``s`` adds the candidate of
+  Kirsch, van Amersfoort and Gal, "BatchBALD: Efficient and Diverse Batch
+  Acquisition for Deep Bayesian Active Learning", NeurIPS 2019,
+  arXiv:1906.08158 (Kirsch 2023, eq. 2). Step ``s`` adds the candidate of
   largest marginal gain
   ``H[Y_n | Y_S] - E_k H[Y_n | omega_k]``, which is submodular in ``S``, so
   the batch is ``1 - 1/e`` optimal.

@@ -1,13 +1,13 @@
 """Top-k BALD, k-BALD, its dynamic-size variant and conservative BALD.
 
-kbald.md, sections 2 and 4.
+Kirsch (2023), sections 2 and 4 (references below).
 
 Notation as in `alfx._bald`: ``S`` the points picked so far, ``s = |S|``,
 ``I(U)`` the co-information of the labels of a set ``U`` (``I({i}) = H[Y_i]``,
 ``I({i, j}) = I[Y_i; Y_j]``).
 
 k-BALD of order ``k`` approximates BatchBALD by inclusion-exclusion truncated
-at ``k``-wise terms (kbald.md eq. 6). The greedy gain of a candidate ``n`` is
+at ``k``-wise terms (Kirsch 2023, eq. 6). The greedy gain of a candidate ``n`` is
 
   ``gain_k(n | S) = BALD(n) + sum_{T subset S, 1 <= |T| <= k-1} (-1)**|T| I(T + {n})``.
 
@@ -25,6 +25,14 @@ the scan; when ``j`` joins ``S`` only the subsets containing it are new:
 ``D_u(n) += sum_{U' subset S_old, |U'| = u-1} H[Y_n | Y_U', Y_j]``. Each of
 those is the table kernel of `alfx._bald` on the ``C**u`` configurations of
 ``U' + {j}``, all subsets of one size stacked into one table.
+
+References:
+  A. Kirsch, "Speeding Up BatchBALD: A k-BALD Family of Approximations for
+  Active Learning", arXiv:2301.12631, 2023.
+
+  N. Houlsby, F. Huszar, Z. Ghahramani and M. Lengyel, "Bayesian Active
+  Learning for Classification and Preference Learning", arXiv:1112.5745,
+  2011.
 """
 
 import functools
@@ -159,7 +167,7 @@ def kbald(log_probs, batch_size, *, order=2, mask=None,
           chunk_size=None):
   r"""Greedy k-BALD: BatchBALD's inclusion-exclusion truncated at ``order``.
 
-  kbald.md sec. 2. The gain of adding ``n`` to the picked set ``S`` is
+  Kirsch (2023), sec. 2. The gain of adding ``n`` to the picked set ``S`` is
 
     ``BALD(n) + sum_{T subset S, 1 <= |T| <= order-1} (-1)**|T| I(T + {n})``
 
@@ -182,7 +190,7 @@ def kbald(log_probs, batch_size, *, order=2, mask=None,
 
   Returns:
     `alfx.Selection`; ``scores`` are the order-``k`` gains (they can be
-    negative for ``order >= 2``, kbald.md Figure 3).
+    negative for ``order >= 2``, Kirsch 2023, Figure 3).
 
   Cost: step ``s`` costs ``sum_{u=1}^{order-1} binom(s-1, u-1) 2 C**(u+1) K N``
   FLOPs, i.e. ``2 C**2 K N`` for 2-BALD and ``2 (s-1) C**3 K N`` more for
@@ -282,7 +290,7 @@ def kbald_dynamic(log_probs, batch_size, *, tolerance, mask=None,
                   chunk_size=None):
   r"""2-BALD with a dynamic batch size: stop when 3-BALD disagrees.
 
-  kbald.md, "Dynamic Acquisition Batch Sizes". Points are picked greedily by
+  Kirsch (2023), "Dynamic Acquisition Batch Sizes". Points are picked greedily by
   their 2-BALD gain ``g2``. Alongside, the 2- and 3-BALD values of the
   growing batch ``A`` are tracked:
   ``V2(A) = sum_i BALD(i) - sum_{i<j} I[Y_i; Y_j]`` (the sum of the ``g2``)
@@ -371,7 +379,7 @@ def conservative_bald(log_probs, batch_size, *, threshold, budget=None,
                       mask=None, chunk_size=None):
   r"""Conservative BALD: top BALD picks, excluding points that overlap a pick.
 
-  kbald.md, "Future Work". Repeatedly picks the remaining candidate of
+  Kirsch (2023), "Future Work". Repeatedly picks the remaining candidate of
   highest BALD score ``j`` and removes from the candidates every ``n`` with
   ``I[Y_n; Y_j] > threshold``. The batch ends when no candidate remains or,
   with a ``budget``, before the pick that would make the pairwise total
@@ -379,7 +387,7 @@ def conservative_bald(log_probs, batch_size, *, threshold, budget=None,
 
     ``TC2(A) = sum_{i < j in A} I[Y_i; Y_j]``
 
-  (the 2-BALD estimate of ``TC[Y_A] = sum_i H[Y_i] - H[Y_A]``, kbald.md
+  (the 2-BALD estimate of ``TC[Y_A] = sum_i H[Y_i] - H[Y_A]``, Kirsch 2023,
   "Total Correlation") exceed ``budget``. Entries after the end have
   ``valid=False`` (``indices`` and ``scores`` 0).
 
