@@ -14,12 +14,15 @@ build it from a Flax Linen module (`linen_forward`) or a Flax NNX model
 Posterior samples come from a deep ensemble (params of ``K`` members stacked on
 a leading axis, `init_ensemble`, predictions by ``jax.vmap`` over members) or
 MC dropout (one set of params, ``K`` stochastic passes by ``jax.vmap`` over
-``K`` keys). Predictions run over the pool in fixed-size chunks inside one
+``K`` keys). Predictions run over the pool in chunks of at most
+``chunk_size`` rows (default `alfx._pool.DEFAULT_CHUNK_SIZE`, 1024) inside one
 compiled program, so peak memory is set by ``chunk_size``, not by ``N``.
 
 Training (`make_fit`) is one ``lax.scan`` of optax steps on minibatches drawn
 from the fixed-size ``labeled[N]`` mask, so no shape depends on how many
 points are labelled; ``jax.vmap`` it over ensemble members or seeds.
+
+Randomness comes only from a keyword-only ``key`` argument.
 """
 
 from collections.abc import Callable
@@ -37,8 +40,6 @@ from alfx import _validation
 #: ``forward(params, inputs, key_or_None) -> (logits[b, C], embeddings[b, D])``
 Forward = Callable[[Any, jax.Array, jax.Array | None],
                    tuple[jax.Array, jax.Array]]
-
-DEFAULT_CHUNK_SIZE = 1024
 
 
 class Predictions(NamedTuple):
@@ -94,7 +95,8 @@ def linen_forward(module, *, head: str | None = None,
     module: a ``flax.linen.Module`` mapping ``inputs[b, ...]`` to
       ``logits[b, C]``.
     head: name (or ``/``-joined path) of the last linear layer. Default: the
-      last ``nn.Dense`` called in the forward pass.
+      last ``nn.Dense`` called in the forward pass; a model without any
+      ``nn.Dense`` then raises a ``ValueError`` (pass ``head=``).
     train_kwargs: keyword arguments of the stochastic pass, e.g.
       ``{"train": True}`` to enable dropout.
     eval_kwargs: keyword arguments of the deterministic pass, e.g.
@@ -125,8 +127,10 @@ def linen_forward(module, *, head: str | None = None,
       module_ = context.module
       if context.method_name == "__call__" and args:
         path = "/".join(str(p) for p in module_.path)
-        if (head is None and isinstance(module_, nn.Dense)) or \
-            head in (module_.name, path):
+        # head=None must not match by name: the top-level module's name is
+        # None too, and matching it would return the inputs as embeddings.
+        if (isinstance(module_, nn.Dense) if head is None else
+            head in (module_.name, path)):
           seen.append(args[0])
       return next_fun(*args, **kwargs)
 
@@ -139,9 +143,13 @@ def linen_forward(module, *, head: str | None = None,
     if not seen:
       raise ValueError(
           "linen_forward found no head layer: "
-          + ("no nn.Dense was called" if head is None else
-             f"no submodule named {head!r} was called")
-          + "; pass head= the name of the last linear layer.")
+          + ("no nn.Dense was called in the forward pass, so there are no"
+             " last-layer embeddings; pass head= the name of the module whose"
+             " input is the embedding (the last linear layer), or add an"
+             " nn.Dense layer as the model's output."
+             if head is None else
+             f"no submodule named {head!r} was called; pass head= the name"
+             " (or '/'-joined path) of the last linear layer."))
     return logits, _flatten_embeddings(seen[-1])
 
   return forward
@@ -243,7 +251,8 @@ def nnx_forward(model, *, head: str | None = None) -> tuple[Forward, Any]:
   return forward, params
 
 
-def init_ensemble(init_fn: Callable[[jax.Array], Any], key, num_members: int):
+def init_ensemble(init_fn: Callable[[jax.Array], Any], num_members: int, *,
+                  key):
   """Params of ``num_members`` independently initialised models, stacked.
 
   ``jax.vmap(init_fn)`` over ``num_members`` keys split from ``key``: every
@@ -252,11 +261,15 @@ def init_ensemble(init_fn: Callable[[jax.Array], Any], key, num_members: int):
   Args:
     init_fn: ``key -> params``, e.g. ``lambda k: module.init(k, x[:1])`` or,
       for NNX, ``lambda k: nnx_forward(Model(rngs=nnx.Rngs(k)))[1]``.
-    key: PRNG key.
     num_members: ``K``, static.
+    key: PRNG key.
 
   Returns:
     The stacked params.
+
+  Example:
+    >>> params = alfx.init_ensemble(lambda k: mlp.init(k, x[:1]), 8,
+    ...                             key=jax.random.key(0))
   """
   key = _validation.check_key(key)
   num_members = _validation.check_positive_int(num_members, "num_members")
@@ -265,6 +278,13 @@ def init_ensemble(init_fn: Callable[[jax.Array], Any], key, num_members: int):
 
 # ----------------------------------------------------------------------------
 # Prediction over a pool, in chunks.
+
+
+def _check_chunk_size(chunk_size) -> int:
+  """``None`` (the default) is the library-wide `_pool.DEFAULT_CHUNK_SIZE`."""
+  if chunk_size is None:
+    return _pool.DEFAULT_CHUNK_SIZE
+  return _validation.check_positive_int(chunk_size, "chunk_size")
 
 
 def _check_inputs(inputs, name="inputs") -> jax.Array:
@@ -319,7 +339,7 @@ def _dropout_chunk(forward, params, keys, x):
 
 
 def ensemble_predictions(forward: Forward, params, inputs, *,
-                         chunk_size: int = DEFAULT_CHUNK_SIZE) -> Predictions:
+                         chunk_size: int | None = None) -> Predictions:
   """Predictive samples of a deep ensemble over a pool, in chunks.
 
   ``log_probs[n, k] = log_softmax(forward(params[k], inputs[n], None))``:
@@ -333,8 +353,9 @@ def ensemble_predictions(forward: Forward, params, inputs, *,
     forward: a `Forward`.
     params: params of ``K`` members stacked on a leading axis.
     inputs: ``float[N, ...]`` pool inputs.
-    chunk_size: static; pool rows per chunk. Peak memory of the
-      intermediates is ``O(chunk_size * K * width)``, whatever ``N``.
+    chunk_size: static; the most pool rows predicted at once (None: 1024,
+      `alfx._pool.DEFAULT_CHUNK_SIZE`). Peak memory of the intermediates is
+      ``O(chunk_size * K * width)``, whatever ``N``.
 
   Returns:
     `Predictions` ``(log_probs[N, K, C], embeddings[N, D], probs[N, C])``.
@@ -343,7 +364,7 @@ def ensemble_predictions(forward: Forward, params, inputs, *,
     ready for any acquisition (params are replicated).
   """
   inputs = _check_inputs(inputs)
-  chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
+  chunk_size = _check_chunk_size(chunk_size)
   return _sharding.call(_ensemble_local, (params, inputs), (False, True),
                         out_specs=_sharding.pool_spec, forward=forward,
                         chunk_size=chunk_size)
@@ -362,9 +383,8 @@ def _ensemble_predictions(forward, params, inputs, chunk_size):
       chunk_size=chunk_size))
 
 
-def mc_dropout_predictions(forward: Forward, params, inputs, key, *,
-                           num_samples: int,
-                           chunk_size: int = DEFAULT_CHUNK_SIZE
+def mc_dropout_predictions(forward: Forward, params, inputs, *, key,
+                           num_samples: int, chunk_size: int | None = None
                            ) -> Predictions:
   """Predictive samples of an MC-dropout model over a pool, in chunks.
 
@@ -386,7 +406,8 @@ def mc_dropout_predictions(forward: Forward, params, inputs, key, *,
     inputs: ``float[N, ...]`` pool inputs.
     key: PRNG key of the dropout masks.
     num_samples: static ``K``.
-    chunk_size: static; pool rows per chunk.
+    chunk_size: static; the most pool rows predicted at once (None: 1024,
+      `alfx._pool.DEFAULT_CHUNK_SIZE`).
 
   Returns:
     `Predictions` ``(log_probs[N, K, C], embeddings[N, D], probs[N, C])``.
@@ -398,7 +419,7 @@ def mc_dropout_predictions(forward: Forward, params, inputs, key, *,
   inputs = _check_inputs(inputs)
   key = _validation.check_key(key)
   num_samples = _validation.check_positive_int(num_samples, "num_samples")
-  chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
+  chunk_size = _check_chunk_size(chunk_size)
   return _sharding.call(_mc_dropout_local, (params, inputs, key),
                         (False, True, False), out_specs=_sharding.pool_spec,
                         forward=forward, num_samples=num_samples,
@@ -427,14 +448,40 @@ def _mc_dropout_predictions(forward, params, inputs, key, num_samples,
 # Training on the labelled points of a fixed-size pool.
 
 
-def sample_labeled(key, labeled: jax.Array, batch_size: int) -> jax.Array:
+def sample_labeled(labeled: jax.Array, batch_size: int, *, key) -> jax.Array:
   """``int32[batch_size]`` indices drawn uniformly, with replacement, among
   the True entries of ``labeled[N]``.
 
   Inverse-CDF sampling on the running count of labelled points: ``O(N)`` for
-  the count plus ``O(batch_size log N)``, no ``[batch_size, N]`` noise. With
-  no labelled point (possible only under ``jit``) the indices are 0.
+  the count plus ``O(batch_size log N)``, no ``[batch_size, N]`` noise.
+
+  Args:
+    labeled: ``bool[N]``, at least one True.
+    batch_size: static number of draws.
+    key: PRNG key.
+
+  Returns:
+    ``int32[batch_size]`` indices in ``[0, N)``. Under ``jit`` the values of
+    ``labeled`` cannot be checked: with no labelled point every index is 0
+    (in range, but not a labelled point: weight draws by ``labeled[idx]``,
+    as `make_fit` does, to ignore them).
+
+  Raises:
+    ValueError: ``key`` is None, ``batch_size`` is not a positive int,
+      ``labeled`` is not ``bool[N]``, or (on concrete input) it marks no
+      point.
   """
+  key = _validation.check_key(key)
+  batch_size = _validation.check_positive_int(batch_size, "batch_size")
+  labeled = labeled if hasattr(labeled, "dtype") else jnp.asarray(labeled)
+  if labeled.ndim != 1 or labeled.shape[0] == 0:
+    raise ValueError(f"labeled must be a boolean array of shape [N] with"
+                     f" N >= 1, got shape {list(labeled.shape)}.")
+  labeled = _validation.check_mask(labeled, labeled.shape[0], name="labeled")
+  if _validation.is_concrete(labeled) and not bool(jnp.any(labeled)):
+    raise ValueError("labeled (shape [N]) marks no point: sample_labeled"
+                     " draws among the labelled points, so label at least"
+                     " one (e.g. with alfx.initial_state).")
   return _sample_from_counts(key, _running_count(labeled), batch_size)
 
 
@@ -448,7 +495,10 @@ def _sample_from_counts(key, counts, batch_size):
   rank = jnp.minimum(jnp.floor(u * total).astype(jnp.int32),
                      jnp.maximum(total - 1, 0))
   # The (rank + 1)-th labelled point: the first index whose count exceeds rank.
-  return jnp.searchsorted(counts, rank, side="right").astype(jnp.int32)
+  # With nothing labelled no count exceeds 0 and searchsorted returns N (out
+  # of range): return 0 instead.
+  index = jnp.searchsorted(counts, rank, side="right").astype(jnp.int32)
+  return jnp.where(total > 0, index, 0)
 
 
 def cross_entropy_loss(logits, labels, weights):
@@ -461,8 +511,9 @@ def make_train_step(forward: Forward, optimizer: optax.GradientTransformation):
   """A jitted optax step on one minibatch.
 
   Returns:
-    ``step(params, opt_state, inputs[b, ...], labels int[b], weights[b], key)
-    -> (params, opt_state, loss)``; ``key`` drives dropout.
+    ``step(params, opt_state, x[b, ...], y int[b], weights[b], *, key)
+    -> (params, opt_state, loss)``; ``key`` drives dropout (None: the
+    deterministic pass).
   """
 
   return jax.jit(_train_step(forward, optimizer))
@@ -475,8 +526,8 @@ def _train_step(forward, optimizer):
     logits, _ = forward(params, x, key)
     return cross_entropy_loss(logits, y, w)
 
-  def step(params, opt_state, x, y, w, key):
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, y, w, key)
+  def step(params, opt_state, x, y, weights, *, key):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y, weights, key)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -496,7 +547,8 @@ def make_fit(forward: Forward, optimizer: optax.GradientTransformation, *,
   weight 0, so the parameters then do not move.
 
   ``fit`` is pure: ``jax.vmap`` it over stacked ensemble params and keys to
-  train ``K`` members (or ``R`` seeds) in one program.
+  train ``K`` members (or ``R`` seeds) in one program, e.g.
+  ``jax.vmap(lambda p, k: fit.core(p, x, y, labeled, key=k))(params, keys)``.
 
   Args:
     forward: a `Forward`.
@@ -505,16 +557,17 @@ def make_fit(forward: Forward, optimizer: optax.GradientTransformation, *,
     batch_size: static minibatch size.
 
   Returns:
-    ``fit(params, inputs[N, ...], labels int[N], labeled bool[N], key) ->
+    ``fit(params, inputs[N, ...], labels int[N], labeled bool[N], *, key) ->
     FitResult(params, losses[num_steps])``. Called on concrete arrays it
     checks shapes, that labels are in ``[0, C)`` and that at least one point
-    is labelled.
+    is labelled. ``fit.core`` (same signature) is the unchecked function, for
+    use inside ``jit``/``vmap``.
   """
   num_steps = _validation.check_positive_int(num_steps, "num_steps")
   batch_size = _validation.check_positive_int(batch_size, "batch_size")
   step = _train_step(forward, optimizer)
 
-  def core(params, inputs, labels, labeled, key):
+  def core(params, inputs, labels, labeled, *, key):
     opt_state = optimizer.init(params)
     counts = _running_count(labeled)  # once, not per step
 
@@ -524,7 +577,7 @@ def make_fit(forward: Forward, optimizer: optax.GradientTransformation, *,
       idx = _sample_from_counts(k_batch, counts, batch_size)
       w = labeled[idx].astype(inputs.dtype)
       params, opt_state, loss = step(params, opt_state, inputs[idx],
-                                     labels[idx], w, k_drop)
+                                     labels[idx], w, key=k_drop)
       return (params, opt_state), loss
 
     (params, _), losses = jax.lax.scan(body, (params, opt_state),
@@ -533,7 +586,7 @@ def make_fit(forward: Forward, optimizer: optax.GradientTransformation, *,
 
   jitted = jax.jit(core)
 
-  def fit(params, inputs, labels, labeled, key):
+  def fit(params, inputs, labels, labeled, *, key):
     inputs, labels, labeled = check_training_data(inputs, labels, labeled)
     key = _validation.check_key(key)
     if _validation.is_concrete(labels, labeled):
@@ -543,7 +596,7 @@ def make_fit(forward: Forward, optimizer: optax.GradientTransformation, *,
       if not bool(jnp.any(labeled)):
         raise ValueError("labeled (shape [N]) selects no points: fit needs at"
                          " least one labelled point.")
-    return jitted(params, inputs, labels, labeled, key)
+    return jitted(params, inputs, labels, labeled, key=key)
 
   fit.core = core  # the unchecked, jit/vmap friendly function
   return fit
@@ -556,7 +609,7 @@ def check_training_data(inputs, labels, labeled):
   labels = labels if isinstance(labels, jax.Array) else jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be an integer array of shape [N={n}], got"
-                     f" dtype {labels.dtype}.")
+                     f" dtype {labels.dtype}: pass labels.astype(int).")
   if labels.shape != (n,):
     raise ValueError(f"labels must have shape [N={n}] (one per input), got"
                      f" {list(labels.shape)}.")

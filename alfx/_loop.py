@@ -96,7 +96,7 @@ def make_loop(forward: _flax.Forward, optimizer: optax.GradientTransformation,
               strategy: str | _registry.Strategy, *, batch_size: int,
               num_steps: int, train_batch_size: int = 64,
               mc_dropout_samples: int | None = None,
-              chunk_size: int = _flax.DEFAULT_CHUNK_SIZE,
+              chunk_size: int | None = None,
               strategy_options: dict | None = None) -> Loop:
   """Builds the jitted active-learning round for a model and a strategy.
 
@@ -110,8 +110,8 @@ def make_loop(forward: _flax.Forward, optimizer: optax.GradientTransformation,
   so a round's model depends only on the labelled set and the key), then
   tests, predicts the pool (`alfx.ensemble_predictions` /
   `alfx.mc_dropout_predictions`), calls
-  ``strategy(key, context, batch_size, ~labeled)`` and sets the valid picks
-  in ``labeled``.
+  ``strategy(context, batch_size, key=key, mask=~labeled)`` and sets the
+  valid picks in ``labeled``.
 
   Cost per round: ``num_steps`` optimizer steps on ``train_batch_size``
   points per member, ``K`` forward passes over the pool and the test set,
@@ -128,7 +128,8 @@ def make_loop(forward: _flax.Forward, optimizer: optax.GradientTransformation,
     num_steps: static training steps per round.
     train_batch_size: static minibatch size.
     mc_dropout_samples: ``K`` for MC dropout; None for an ensemble.
-    chunk_size: static pool rows per prediction chunk.
+    chunk_size: static; the most pool rows predicted at once (None: 1024,
+      `alfx._pool.DEFAULT_CHUNK_SIZE`).
     strategy_options: options for `alfx.get_strategy` when ``strategy`` is a
       name.
 
@@ -148,7 +149,7 @@ def make_loop(forward: _flax.Forward, optimizer: optax.GradientTransformation,
   if mc_dropout_samples is not None:
     mc_dropout_samples = _validation.check_positive_int(
         mc_dropout_samples, "mc_dropout_samples")
-  chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
+  chunk_size = _flax._check_chunk_size(chunk_size)  # pylint: disable=protected-access
   fit = _flax.make_fit(forward, optimizer, num_steps=num_steps,
                        batch_size=train_batch_size).core
   tail = max(1, num_steps // 10)
@@ -156,11 +157,13 @@ def make_loop(forward: _flax.Forward, optimizer: optax.GradientTransformation,
   def train(params, labeled, key, data):
     if mc_dropout_samples is None:
       keys = jax.random.split(key, jax.tree.leaves(params)[0].shape[0])
-      result = jax.vmap(fit, in_axes=(0, None, None, None, 0))(
-          params, data.pool_inputs, data.pool_labels, labeled, keys)
+      result = jax.vmap(lambda p, k: fit(p, data.pool_inputs,
+                                         data.pool_labels, labeled, key=k))(
+                                             params, keys)
       loss = jnp.mean(result.losses[:, -tail:])
     else:
-      result = fit(params, data.pool_inputs, data.pool_labels, labeled, key)
+      result = fit(params, data.pool_inputs, data.pool_labels, labeled,
+                   key=key)
       loss = jnp.mean(result.losses[-tail:])
     return result.params, loss
 
@@ -183,7 +186,8 @@ def make_loop(forward: _flax.Forward, optimizer: optax.GradientTransformation,
     context = _registry.StrategyContext(
         log_probs=predictions.log_probs, embeddings=predictions.embeddings,
         probs=predictions.probs, labeled=state.labeled)
-    selection = strategy(acquire_key, context, batch_size, ~state.labeled)
+    selection = strategy(context, batch_size, key=acquire_key,
+                         mask=~state.labeled)
     labeled = _registry.flip_selected(state.labeled, selection)
     return LoopState(labeled, next_key), selection
 
@@ -316,30 +320,59 @@ def run_loop(loop: Loop, params, state: LoopState, data: Data,
                  valid=valid, state=state)
 
 
-def initial_state(key, labels, num_initial: int, *,
+def initial_state(labels, num_initial: int, *, key,
                   per_class: bool = False) -> LoopState:
   """A random initial labelled set and the key of the first round.
 
   Args:
-    key: PRNG key (split: one part draws the set, the other seeds the loop).
-    labels: ``int[N]`` pool labels (used only with ``per_class``).
+    labels: ``int[N]`` pool labels, class indices ``>= 0`` (their values are
+      used only with ``per_class``).
     num_initial: static number of initially labelled points, ``<= N``.
+    key: PRNG key (split: one part draws the set, the other seeds the loop).
     per_class: draw ``num_initial // C`` points of each class (``C = max
       label + 1`` must divide ``num_initial``; every class needs that many
       points), as the BatchBALD experiments do; otherwise uniformly.
 
   Returns:
     `LoopState` with exactly ``num_initial`` labelled points.
+
+  Raises:
+    ValueError: ``key`` is None; ``labels`` is not an integer array of
+      shape ``[N]`` or (on concrete input) holds a negative value;
+      ``num_initial`` is not in ``[1, N]``; or ``per_class`` cannot be
+      honoured.
+
+  Example:
+    >>> state = alfx.initial_state(data.pool_labels, 20,
+    ...                            key=jax.random.key(0), per_class=True)
   """
   key = _validation.check_key(key)
+  labels = labels if hasattr(labels, "dtype") else jnp.asarray(labels)
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"labels must be integers (class indices), got dtype"
+                     f" {labels.dtype}: pass labels.astype(int).")
+  if labels.ndim != 1:
+    raise ValueError(f"labels must have shape [N] (one class index per pool"
+                     f" point), got shape {list(labels.shape)}.")
   labels = labels if isinstance(labels, jax.Array) else jnp.asarray(labels)
   n = labels.shape[0]
   num_initial = _validation.check_positive_int(num_initial, "num_initial")
   if num_initial > n:
     raise ValueError(f"num_initial={num_initial} is larger than the pool"
                      f" (N={n}).")
+  if _validation.is_concrete(labels) and n:
+    lowest = int(jnp.min(labels))
+    if lowest < 0:
+      # Negative labels would also break per_class's class ranks (and then
+      # label more than num_initial points).
+      raise ValueError(f"labels must be class indices >= 0, got a minimum"
+                       f" of {lowest}: map the classes to 0..C-1 first.")
   draw_key, loop_key = jax.random.split(key)
   if per_class:
+    if not _validation.is_concrete(labels):
+      raise ValueError("initial_state(per_class=True) needs concrete labels"
+                       " (it reads the number of classes): call it outside"
+                       " jit, or use per_class=False.")
     c = int(jnp.max(labels)) + 1
     if num_initial % c:
       raise ValueError(f"num_initial={num_initial} with per_class=True must be"

@@ -2,19 +2,21 @@
 
 Every registered strategy is called as
 
-  ``strategy(key, context, batch_size, mask) -> Selection``
+  ``strategy(context, batch_size, *, key, mask) -> Selection``
 
 with ``context`` a `StrategyContext` holding everything the model produced for
 the pool (``log_probs[N, K, C]``, last-layer ``embeddings[N, D]`` and
-``probs[N, C]``, and the ``labeled[N]`` mask), a static ``batch_size`` and the
-``mask[N]`` of selectable points. Strategies ignore what they do not need, so
+``probs[N, C]``, and the ``labeled[N]`` mask), a static ``batch_size``, the
+PRNG ``key`` (ignored by deterministic strategies) and the ``mask[N]`` of
+selectable points. Strategies ignore what they do not need, so
 an experiment switches strategy by changing one string. All of them run under
 ``jit`` and ``vmap``: the active-learning round calls them inside its own
 compiled program.
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+import inspect
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -46,9 +48,17 @@ class StrategyContext(NamedTuple):
   labeled: jax.Array
 
 
-#: ``strategy(key, context, batch_size, mask) -> Selection``
-Strategy = Callable[[jax.Array, StrategyContext, int, jax.Array],
-                    _selection.Selection]
+class Strategy(Protocol):
+  """``strategy(context, batch_size, *, key, mask) -> Selection``.
+
+  ``batch_size`` is static; ``key`` is a PRNG key (deterministic strategies
+  ignore it); ``mask`` is the ``bool[N]`` selectable set. Must run under
+  ``jit`` and ``vmap``.
+  """
+
+  def __call__(self, context: StrategyContext, batch_size: int, *,
+               key: jax.Array, mask: jax.Array) -> _selection.Selection:
+    ...
 
 _FACTORIES: dict[str, Callable[..., Strategy]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
@@ -88,24 +98,45 @@ def get_strategy(name: str, **options) -> Strategy:
 
   Args:
     name: one of `strategy_names`.
-    **options: forwarded to the strategy's factory (e.g. ``num_samples`` for
-      ``"batchbald"``); an option the strategy does not take raises.
+    **options: forwarded to the strategy's factory (e.g.
+      ``num_configurations`` for ``"batchbald"``); an option the strategy
+      does not take raises.
 
   Returns:
-    ``strategy(key, context, batch_size, mask) -> Selection``.
+    ``strategy(context, batch_size, *, key, mask) -> Selection``.
 
   Raises:
     ValueError: unknown ``name`` (the message lists the valid names) or an
-      option the strategy does not accept.
+      option the strategy does not accept (the message lists the valid
+      options).
   """
   if name not in _FACTORIES:
     raise ValueError(f"unknown strategy {name!r}; valid names:"
                      f" {', '.join(strategy_names())}.")
+  factory = _FACTORIES[name]
+  valid = _option_names(factory)
+  if valid is not None:
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+      raise ValueError(
+          f"strategy {name!r} does not accept option(s)"
+          f" {', '.join(unknown)}; valid options: "
+          + (", ".join(valid) if valid else "none (it takes no options)")
+          + ".")
+  return factory(**options)
+
+
+def _option_names(factory) -> tuple[str, ...] | None:
+  """The keyword options ``factory`` takes; None when it takes ``**kwargs``
+  or its signature cannot be read (then the factory checks for itself)."""
   try:
-    return _FACTORIES[name](**options)
-  except TypeError as e:
-    raise ValueError(f"strategy {name!r} does not accept options"
-                     f" {sorted(options)}: {e}") from e
+    parameters = inspect.signature(factory).parameters.values()
+  except (TypeError, ValueError):
+    return None
+  if any(p.kind == p.VAR_KEYWORD for p in parameters):
+    return None
+  return tuple(p.name for p in parameters
+               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 # ----------------------------------------------------------------------------
@@ -116,7 +147,7 @@ def get_strategy(name: str, **options) -> Strategy:
 
 def _topk_bald():
 
-  def strategy(key, context, batch_size, mask):
+  def strategy(context, batch_size, *, key, mask):
     del key
     return _selection.top_b(_information.bald(context.log_probs), batch_size,
                             mask=mask)
@@ -126,9 +157,10 @@ def _topk_bald():
 
 def _random():
 
-  def strategy(key, context, batch_size, mask):
-    del context
-    return _uncertainty.random_batch(batch_size, key=key, mask=mask)
+  def strategy(context, batch_size, *, key, mask):
+    # Only the pool's length (and sharding) is read from log_probs.
+    return _uncertainty.random_batch(context.log_probs, batch_size, key=key,
+                                     mask=mask)
 
   return strategy
 
@@ -137,7 +169,7 @@ def _top_score(score):
 
   def factory():
 
-    def strategy(key, context, batch_size, mask):
+    def strategy(context, batch_size, *, key, mask):
       del key
       return _selection.top_b(score(context.log_probs), batch_size, mask=mask)
 
@@ -150,7 +182,7 @@ def _stochastic(score, mode):
 
   def factory(beta=1.0):
 
-    def strategy(key, context, batch_size, mask):
+    def strategy(context, batch_size, *, key, mask):
       return _uncertainty.stochastic_batch(score(context.log_probs),
                                            batch_size, key=key, mode=mode,
                                            beta=beta, mask=mask)
@@ -162,7 +194,7 @@ def _stochastic(score, mode):
 
 def _badge():
 
-  def strategy(key, context, batch_size, mask):
+  def strategy(context, batch_size, *, key, mask):
     return _diversity.badge(context.embeddings, context.probs, batch_size,
                             key=key, mask=mask)
 
@@ -171,31 +203,31 @@ def _badge():
 
 def _coreset():
 
-  def strategy(key, context, batch_size, mask):
+  def strategy(context, batch_size, *, key, mask):
     del key
-    return _diversity.coreset(context.embeddings, context.labeled, batch_size,
-                              mask=mask)
+    return _diversity.coreset(context.embeddings, batch_size,
+                              labeled=context.labeled, mask=mask)
 
   return strategy
 
 
 def _typiclust(max_clusters=500, k_nn=20, min_cluster_size=5):
 
-  def strategy(key, context, batch_size, mask):
-    return _diversity.typiclust(context.embeddings, context.labeled,
-                                batch_size, key=key, mask=mask,
+  def strategy(context, batch_size, *, key, mask):
+    return _diversity.typiclust(context.embeddings, batch_size, key=key,
+                                labeled=context.labeled, mask=mask,
                                 max_clusters=max_clusters, k_nn=k_nn,
                                 min_cluster_size=min_cluster_size)
 
   return strategy
 
 
-def _batchbald(num_samples=_bald.DEFAULT_NUM_SAMPLES,
-               chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+def _batchbald(num_configurations=_bald.DEFAULT_NUM_CONFIGURATIONS,
+               chunk_size=None):
 
-  def strategy(key, context, batch_size, mask):
-    return _bald.batchbald(context.log_probs, batch_size, mask=mask,
-                           num_samples=num_samples, key=key,
+  def strategy(context, batch_size, *, key, mask):
+    return _bald.batchbald(context.log_probs, batch_size, key=key, mask=mask,
+                           num_configurations=num_configurations,
                            chunk_size=chunk_size)
 
   return strategy
@@ -203,9 +235,9 @@ def _batchbald(num_samples=_bald.DEFAULT_NUM_SAMPLES,
 
 def _kbald_order(order):
 
-  def factory(chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+  def factory(chunk_size=None):
 
-    def strategy(key, context, batch_size, mask):
+    def strategy(context, batch_size, *, key, mask):
       del key
       return _kbald.kbald(context.log_probs, batch_size, order=order,
                           mask=mask, chunk_size=chunk_size)
@@ -215,9 +247,9 @@ def _kbald_order(order):
   return factory
 
 
-def _kbald_dynamic(tolerance=0.05, chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+def _kbald_dynamic(tolerance=0.05, chunk_size=None):
 
-  def strategy(key, context, batch_size, mask):
+  def strategy(context, batch_size, *, key, mask):
     del key
     return _kbald.kbald_dynamic(context.log_probs, batch_size,
                                 tolerance=tolerance, mask=mask,
@@ -226,10 +258,9 @@ def _kbald_dynamic(tolerance=0.05, chunk_size=_bald.DEFAULT_CHUNK_SIZE):
   return strategy
 
 
-def _conservative_bald(threshold=0.05, budget=None,
-                       chunk_size=_bald.DEFAULT_CHUNK_SIZE):
+def _conservative_bald(threshold=0.05, budget=None, chunk_size=None):
 
-  def strategy(key, context, batch_size, mask):
+  def strategy(context, batch_size, *, key, mask):
     del key
     return _kbald.conservative_bald(context.log_probs, batch_size,
                                     threshold=threshold, budget=budget,
@@ -242,11 +273,12 @@ def _bait_kind(kind):
 
   def factory(lam=1.0, oversample=2, top_c=2, method="auto"):
 
-    def strategy(key, context, batch_size, mask):
+    def strategy(context, batch_size, *, key, mask):
       del key
-      return _bait.bait(context.embeddings, context.probs, context.labeled,
-                        batch_size, fisher=kind, top_c=top_c, lam=lam,
-                        oversample=oversample, mask=mask, method=method)
+      return _bait.bait(context.embeddings, context.probs, batch_size,
+                        labeled=context.labeled, mask=mask, fisher=kind,
+                        top_c=top_c, lam=lam, oversample=oversample,
+                        method=method)
 
     return strategy
 
@@ -276,7 +308,7 @@ for _mode in ("power", "softmax", "softrank"):
       " option beta")
 register_strategy("batchbald", _batchbald,
                   description="greedy joint mutual information of the batch"
-                  " (Kirsch et al. 2019), option num_samples")
+                  " (Kirsch et al. 2019), option num_configurations")
 register_strategy("kbald-2", _kbald_order(2),
                   description="BALD minus pairwise mutual information with"
                   " the batch (k-BALD, order 2)")

@@ -231,7 +231,7 @@ def make_model(num_classes: int, hidden: tuple[int, ...], dropout: float):
 
 def strategy_options(name: str, args) -> dict:
   if name == "batchbald":
-    return {"num_samples": args.num_samples}
+    return {"num_configurations": args.num_configurations}
   return {}
 
 
@@ -283,9 +283,9 @@ def run_dataset(dataset: Dataset, strategies, args, progress):
   for seed in seeds:
     init_key, state_key = jax.random.split(jax.random.key(seed))
     params.append(init(init_key) if mc else
-                  alfx.init_ensemble(init, init_key, args.ensemble))
-    states.append(alfx.initial_state(state_key, data.pool_labels,
-                                     args.initial, per_class=per_class))
+                  alfx.init_ensemble(init, args.ensemble, key=init_key))
+    states.append(alfx.initial_state(data.pool_labels, args.initial,
+                                     key=state_key, per_class=per_class))
   stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)
   params, state0 = stack(params), stack(states)
 
@@ -480,7 +480,8 @@ def build_parser():
   model.add_argument("--ensemble", type=int, default=8, metavar="K",
                      help="deep ensemble of K members (default 8)")
   model.add_argument("--mc-dropout", type=int, default=None, metavar="K",
-                     help="MC dropout with K samples instead of an ensemble")
+                     help="MC dropout with K samples instead of an ensemble"
+                          " (needs --model mlp and --dropout > 0)")
   p.add_argument("--dropout", type=float, default=0.3,
                  help="dropout rate with --mc-dropout (default 0.3)")
   p.add_argument("--model", choices=("mlp", "linear"), default="mlp",
@@ -493,10 +494,12 @@ def build_parser():
   p.add_argument("--train-batch-size", type=int, default=64)
   p.add_argument("--lr", type=float, default=1e-2,
                  help="Adam learning rate (default 1e-2)")
-  p.add_argument("--num-samples", type=int, default=1000,
-                 help="BatchBALD sampled configurations (default 1000)")
-  p.add_argument("--chunk-size", type=int, default=1024,
-                 help="pool rows per prediction chunk")
+  p.add_argument("--num-configurations", type=int, default=1000,
+                 help="BatchBALD: sampled label configurations of the joint"
+                      " entropy when exact enumeration is too large"
+                      " (default 1000)")
+  p.add_argument("--chunk-size", type=int, default=None,
+                 help="the most pool rows predicted at once (default 1024)")
   p.add_argument("--seeds", type=int, default=3,
                  help="repetitions, run together with jax.vmap (default 3)")
   p.add_argument("--seeds-per-batch", type=int, default=None,
@@ -514,8 +517,10 @@ def build_parser():
 def _check_args(p, args):
   if args.seeds_per_batch is not None and args.seeds_per_batch < 1:
     p.error("--seeds-per-batch must be >= 1.")
+  if args.chunk_size is not None and args.chunk_size < 1:
+    p.error("--chunk-size must be >= 1.")
   for name in ("batch_size", "initial", "seeds", "train_steps",
-               "train_batch_size", "num_samples", "chunk_size"):
+               "train_batch_size", "num_configurations"):
     if getattr(args, name) < 1:
       p.error(f"--{name.replace('_', '-')} must be >= 1.")
   if args.rounds < 0:
@@ -526,6 +531,18 @@ def _check_args(p, args):
     p.error("--mc-dropout must be >= 1.")
   if not 0 <= args.dropout < 1:
     p.error("--dropout must be in [0, 1).")
+  if args.mc_dropout is not None:
+    # The MLP puts dropout after its hidden layers only: without them, or at
+    # rate 0, the K "samples" would be K identical predictions (BALD = 0).
+    if args.model == "linear":
+      p.error(f"--mc-dropout {args.mc_dropout} with --model linear: MC"
+              " dropout needs a model with dropout, and the linear model"
+              " has no dropout layer (its K samples would be identical); use"
+              " --model mlp, or --ensemble K for a linear model.")
+    if args.dropout == 0:
+      p.error(f"--mc-dropout {args.mc_dropout} with --dropout 0: MC dropout"
+              " needs a model with dropout (its K samples would be"
+              " identical); set --dropout > 0, or use --ensemble K.")
   if args.model == "linear":
     args.hidden = []
 

@@ -84,7 +84,7 @@ def main():
     mlp = MLP(hidden)
     forward = alfx.linen_forward(mlp)
     params = alfx.init_ensemble(lambda key: mlp.init(key, data.pool_inputs[:1]),
-                                jax.random.key(0), k)
+                                k, key=jax.random.key(0))
     per_point = 2 * (d * hidden + hidden * c)
     pool_bytes = 4 * n * (d + k * c)
 
@@ -96,7 +96,9 @@ def main():
 
     fit = alfx.make_fit(forward, optax.adam(1e-2), num_steps=steps,
                         batch_size=train_batch)
-    fit_members = jax.jit(jax.vmap(fit.core, in_axes=(0, None, None, None, 0)))
+    fit_members = jax.jit(jax.vmap(
+        lambda p, x, y, lab, key: fit.core(p, x, y, lab, key=key),
+        in_axes=(0, None, None, None, 0)))
     labeled = jnp.arange(n) < 100
     keys = jax.random.split(jax.random.key(1), k)
     train_flops = steps * k * 3 * train_batch * per_point
@@ -108,7 +110,7 @@ def main():
 
     loop = alfx.make_loop(forward, optax.adam(1e-2), "bald", batch_size=b,
                           num_steps=steps)
-    state = alfx.initial_state(jax.random.key(2), data.pool_labels, 20)
+    state = alfx.initial_state(data.pool_labels, 20, key=jax.random.key(2))
     round_flops = train_flops + (n + 500) * k * per_point
     rows.append(row(f"round {tag} S={steps} bald", loop.round,
                     (params, state, data), round_flops, pool_bytes,

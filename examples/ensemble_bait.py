@@ -40,8 +40,9 @@ def main():
   forward = alfx.linen_forward(mlp)
   init_key, state_key = jax.random.split(jax.random.key(0))
   params = alfx.init_ensemble(lambda k: mlp.init(k, data.pool_inputs[:1]),
-                              init_key, 8)  # every leaf gets a leading [8]
-  state = alfx.initial_state(state_key, data.pool_labels, 20, per_class=True)
+                              8, key=init_key)  # every leaf: a leading [8]
+  state = alfx.initial_state(data.pool_labels, 20, key=state_key,
+                             per_class=True)
 
   for name in args.strategies.split(","):
     loop = alfx.make_loop(forward, optax.adam(1e-2), name, batch_size=10,

@@ -72,11 +72,13 @@ def main():
                                eval_kwargs={"train": False})
   init_key, state_key = jax.random.split(jax.random.key(0))
   params = cnn.init(init_key, data.pool_inputs[:1])
-  options = {"num_samples": 1000} if args.strategy == "batchbald" else {}
+  options = ({"num_configurations": 1000} if args.strategy == "batchbald"
+             else {})
   loop = alfx.make_loop(forward, optax.adam(3e-3), args.strategy,
                         strategy_options=options, batch_size=10,
                         num_steps=200, mc_dropout_samples=20)
-  state = alfx.initial_state(state_key, data.pool_labels, 20, per_class=True)
+  state = alfx.initial_state(data.pool_labels, 20, key=state_key,
+                             per_class=True)
 
   for r in range(args.rounds + 1):  # the last round only reports accuracy
     t = time.perf_counter()

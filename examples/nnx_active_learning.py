@@ -40,7 +40,7 @@ def main():
   digits = load_digits_data(repeated=True)
   data = alfx.Data(jnp.asarray(digits.pool_x), jnp.asarray(digits.pool_y),
                    jnp.asarray(digits.test_x), jnp.asarray(digits.test_y))
-  state = alfx.initial_state(jax.random.key(1), data.pool_labels, 20,
+  state = alfx.initial_state(data.pool_labels, 20, key=jax.random.key(1),
                              per_class=True)
 
   # MC dropout: one model, 16 consistent dropout samples.
@@ -53,8 +53,8 @@ def main():
 
   # Deep ensemble: the Param states of 8 independently initialised models.
   members = alfx.init_ensemble(
-      lambda k: alfx.nnx_forward(MLP(rngs=nnx.Rngs(k)))[1],
-      jax.random.key(2), 8)
+      lambda k: alfx.nnx_forward(MLP(rngs=nnx.Rngs(k)))[1], 8,
+      key=jax.random.key(2))
   loop = alfx.make_loop(forward, optax.adam(3e-3), args.strategy,
                         batch_size=10, num_steps=150)
   history = alfx.run_loop(loop, members, state, data, args.rounds)

@@ -44,9 +44,10 @@ def main():
                         args.strategy, batch_size=10, num_steps=100)
   init = lambda k: mlp.init(k, data.pool_inputs[:1])
   keys = jax.random.split(jax.random.key(0), args.seeds)
-  params = [alfx.init_ensemble(init, k, 8) for k in keys]
-  states = [alfx.initial_state(jax.random.fold_in(k, 1), data.pool_labels, 20,
-                               per_class=True) for k in keys]
+  params = [alfx.init_ensemble(init, 8, key=k) for k in keys]
+  states = [alfx.initial_state(data.pool_labels, 20,
+                               key=jax.random.fold_in(k, 1), per_class=True)
+            for k in keys]
   stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)
   batched = alfx.vmap_loop(loop)
 

@@ -146,6 +146,40 @@ def test_cli_reports_errors(tmp_path, capsys):
     experiment.main(["--batch-size", "0"])
 
 
+def test_cli_mc_dropout_needs_a_model_with_dropout(capsys):
+  # A linear model has no dropout layer: its K MC-dropout samples would be
+  # identical (BALD = 0 everywhere), so this is refused up front.
+  with pytest.raises(SystemExit):
+    experiment.main(["--model", "linear", "--mc-dropout", "10"])
+  err = capsys.readouterr().err
+  assert "--mc-dropout 10 with --model linear" in err
+  assert "MC dropout needs a model with dropout" in err
+  with pytest.raises(SystemExit):
+    experiment.main(["--mc-dropout", "4", "--dropout", "0"])
+  assert "--dropout 0" in capsys.readouterr().err
+  # A linear model with an ensemble is fine (parses and checks).
+  p = experiment.build_parser()
+  args = p.parse_args(["--model", "linear", "--ensemble", "3"])
+  experiment._check_args(p, args)  # pylint: disable=protected-access
+  assert args.hidden == []
+
+
+def test_cli_batchbald_num_configurations():
+  p = experiment.build_parser()
+  args = p.parse_args(["--num-configurations", "64"])
+  experiment._check_args(p, args)  # pylint: disable=protected-access
+  assert experiment.strategy_options("batchbald", args) == {
+      "num_configurations": 64}
+  assert experiment.strategy_options("bald", args) == {}
+  assert args.chunk_size is None  # the library default (1024 rows)
+  with pytest.raises(SystemExit):  # the old flag is gone
+    p.parse_args(["--num-samples", "64"])
+  with pytest.raises(SystemExit):
+    experiment.main(["--num-configurations", "0"])
+  with pytest.raises(SystemExit):
+    experiment.main(["--chunk-size", "0"])
+
+
 def test_area_under_curve():
   labels = np.array([10, 20, 40])
   acc = np.array([[0.5, 0.7, 0.9], [0.4, 0.4, 0.4]])

@@ -13,6 +13,7 @@ import pytest
 
 import alfx
 from alfx import _flax
+from alfx import _pool
 from conftest import seed_for
 
 
@@ -47,7 +48,7 @@ def linen_ensemble(rng, n=23, d=5, k=3, classes=4, scale=1.0):
   model = MLP(classes=classes)
   x = jnp.asarray(rng.standard_normal((n, d)), jnp.float32)
   key = jax.random.key(int(rng.integers(2**31)))
-  params = alfx.init_ensemble(lambda kk: model.init(kk, x[:1]), key, k)
+  params = alfx.init_ensemble(lambda kk: model.init(kk, x[:1]), k, key=key)
   params = jax.tree.map(lambda a: a * scale, params)
   return model, x, params
 
@@ -98,7 +99,7 @@ class EnsemblePredictionsTest(chex.TestCase):
     forward = alfx.linen_forward(model)
     keys = jax.random.split(jax.random.key(int(rng.integers(99))), 3)
     seeds = jax.vmap(lambda s: alfx.init_ensemble(
-        lambda kk: model.init(kk, x[:1]), s, 2))(keys)
+        lambda kk: model.init(kk, x[:1]), 2, key=s))(keys)
     batched = jax.vmap(lambda p: alfx.ensemble_predictions(
         forward, p, x, chunk_size=5))(seeds)
     for r in range(3):
@@ -148,6 +149,19 @@ class EnsemblePredictionsTest(chex.TestCase):
     with pytest.raises(ValueError, match="inputs must be a floating"):
       alfx.ensemble_predictions(forward, params, jnp.ones((3, 5), jnp.int32))
 
+  def test_chunk_size_none_is_the_library_default(self):
+    model, x, params = linen_ensemble(self.rng())
+    forward = alfx.linen_forward(model)
+    assert not hasattr(_flax, "DEFAULT_CHUNK_SIZE")  # one shared constant
+    assert _pool.DEFAULT_CHUNK_SIZE == 1024
+    default = alfx.ensemble_predictions(forward, params, x)
+    chex.assert_trees_all_equal(
+        default, alfx.ensemble_predictions(forward, params, x,
+                                           chunk_size=None))
+    chex.assert_trees_all_close(
+        default, alfx.ensemble_predictions(forward, params, x,
+                                           chunk_size=1024), atol=1e-6)
+
 
 # ----------------------------------------------------------------------------
 # Linen adapter details.
@@ -166,6 +180,32 @@ def test_linen_head_selection_and_errors(rng):
     alfx.linen_forward(model, head="nope")(one, x, None)
   with pytest.raises(ValueError, match="batch statistics"):
     alfx.linen_forward(model)({**one, "batch_stats": {}}, x, None)
+
+
+def test_linen_model_without_dense_needs_head(rng):
+  # No nn.Dense anywhere: there is no default head, and the inputs must not
+  # be returned as embeddings (the top-level module once matched head=None).
+  class ConvOnly(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      h = nn.Conv(4, (1,), name="mix")(x[..., None])
+      return nn.Conv(3, (1,), name="out")(h).mean(1)
+
+  model = ConvOnly()
+  x = jnp.asarray(rng.standard_normal((5, 6)), jnp.float32)
+  variables = model.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match=r"no nn\.Dense was called.*pass"
+                     r" head=.*or add an nn\.Dense layer"):
+    alfx.linen_forward(model)(variables, x, None)
+  with pytest.raises(ValueError, match="no nn.Dense"):
+    alfx.ensemble_predictions(alfx.linen_forward(model),
+                              jax.tree.map(lambda a: a[None], variables), x)
+  # With head= the named module's input is the embedding.
+  logits, embeddings = alfx.linen_forward(model, head="out")(variables, x,
+                                                             None)
+  chex.assert_shape(logits, (5, 3))
+  chex.assert_shape(embeddings, (5, 6 * 4))
 
 
 def test_linen_train_and_eval_kwargs_control_dropout(rng):
@@ -215,7 +255,7 @@ class MCDropoutTest(chex.TestCase):
     key = jax.random.key(3)
     predict = functools.partial(alfx.mc_dropout_predictions, forward,
                                 num_samples=4, chunk_size=5)
-    out = self.variant(predict)(variables, x, key)
+    out = self.variant(predict)(variables, x, key=key)
     chex.assert_shape(out.log_probs, (13, 4, 4))
     keys = jax.random.split(key, 4)
     for k in range(4):
@@ -237,7 +277,7 @@ class MCDropoutTest(chex.TestCase):
     forward = alfx.linen_forward(model, train_kwargs={"train": True},
                                  eval_kwargs={"train": False})
     out = alfx.mc_dropout_predictions(forward, variables, x,
-                                      jax.random.key(1), num_samples=8,
+                                      key=jax.random.key(1), num_samples=8,
                                       chunk_size=3)
     # The same mask for every point within a sample; masks differ between
     # samples (8 draws of 6 Bernoulli(0.5) are all equal w.p. 2**-42).
@@ -245,17 +285,25 @@ class MCDropoutTest(chex.TestCase):
         out.log_probs[:1], out.log_probs.shape), atol=1e-6)
     assert float(jnp.std(out.log_probs[0], axis=0).max()) > 1e-3
     whole = alfx.mc_dropout_predictions(forward, variables, x,
-                                        jax.random.key(1), num_samples=8,
+                                        key=jax.random.key(1), num_samples=8,
                                         chunk_size=100)
     chex.assert_trees_all_close(out, whole, atol=1e-6)
 
   def test_bad_inputs(self):
     _, forward, variables, x = self.setup_model()
     with pytest.raises(ValueError, match="num_samples"):
-      alfx.mc_dropout_predictions(forward, variables, x, jax.random.key(0),
-                                  num_samples=0)
+      alfx.mc_dropout_predictions(forward, variables, x,
+                                  key=jax.random.key(0), num_samples=0)
     with pytest.raises(ValueError, match="key is required"):
-      alfx.mc_dropout_predictions(forward, variables, x, None, num_samples=2)
+      alfx.mc_dropout_predictions(forward, variables, x, key=None,
+                                  num_samples=2)
+    with pytest.raises(ValueError, match="chunk_size"):
+      alfx.mc_dropout_predictions(forward, variables, x,
+                                  key=jax.random.key(0), num_samples=2,
+                                  chunk_size=0)
+    with pytest.raises(TypeError):  # key is keyword-only
+      alfx.mc_dropout_predictions(forward, variables, x, jax.random.key(0),
+                                  num_samples=2)
 
 
 # ----------------------------------------------------------------------------
@@ -281,8 +329,8 @@ def test_nnx_ensemble_matches_models_called_directly(rng):
   seed = int(rng.integers(99))
   forward, _ = alfx.nnx_forward(NnxMLP(5, 7, 3, rngs=nnx.Rngs(seed)))
   params = alfx.init_ensemble(
-      lambda k: alfx.nnx_forward(NnxMLP(5, 7, 3, rngs=nnx.Rngs(k)))[1],
-      jax.random.key(seed), 3)
+      lambda k: alfx.nnx_forward(NnxMLP(5, 7, 3, rngs=nnx.Rngs(k)))[1], 3,
+      key=jax.random.key(seed))
   out = alfx.ensemble_predictions(forward, params, x, chunk_size=4)
   chex.assert_shape(out.log_probs, (11, 3, 3))
   graphdef, _, rest = nnx.split(NnxMLP(5, 7, 3, rngs=nnx.Rngs(0)), nnx.Param,
@@ -306,7 +354,7 @@ def test_nnx_mc_dropout_head_path_and_no_mutation(rng):
   before = snapshot()
   forward, params = alfx.nnx_forward(model, head="head")
   out = alfx.mc_dropout_predictions(forward, params, jnp.tile(x[:1], (4, 1)),
-                                    jax.random.key(2), num_samples=5,
+                                    key=jax.random.key(2), num_samples=5,
                                     chunk_size=3)
   # Consistent: identical points, identical samples; dropout active.
   np.testing.assert_allclose(out.log_probs, jnp.broadcast_to(
@@ -349,14 +397,41 @@ def test_sample_labeled_draws_only_and_uniformly_labelled_points(rng):
   n = 40
   labeled = rng.random(n) < 0.3
   labeled[int(rng.integers(n))] = True
-  draws = jax.jit(alfx.sample_labeled, static_argnums=2)(
-      jax.random.key(int(rng.integers(99))), jnp.asarray(labeled), 20_000)
+  draws = jax.jit(alfx.sample_labeled, static_argnums=1)(
+      jnp.asarray(labeled), 20_000, key=jax.random.key(int(rng.integers(99))))
   draws = np.asarray(draws)
   assert labeled[draws].all()
   counts = np.bincount(draws, minlength=n)[labeled]
   expected = 20_000 / labeled.sum()
   # Multinomial counts: 6 standard deviations is a never-fails bound.
   assert np.all(np.abs(counts - expected) < 6 * np.sqrt(expected))
+  # Eager (concrete input) draws are the same draws.
+  eager = alfx.sample_labeled(jnp.asarray(labeled), 5, key=jax.random.key(3))
+  np.testing.assert_array_equal(
+      eager, jax.jit(alfx.sample_labeled, static_argnums=1)(
+          jnp.asarray(labeled), 5, key=jax.random.key(3)))
+
+
+def test_sample_labeled_errors_and_nothing_labelled_under_jit():
+  key = jax.random.key(0)
+  nothing = jnp.zeros(7, bool)
+  with pytest.raises(ValueError, match=r"labeled \(shape \[N\]\) marks no"
+                     " point.*label at least one"):
+    alfx.sample_labeled(nothing, 4, key=key)
+  # Under jit the values cannot be checked: every index is 0, in range (it
+  # used to be N, out of range).
+  draws = jax.jit(alfx.sample_labeled, static_argnums=1)(nothing, 4, key=key)
+  np.testing.assert_array_equal(draws, np.zeros(4))
+  with pytest.raises(ValueError, match="key is required"):
+    alfx.sample_labeled(jnp.ones(7, bool), 4, key=None)
+  with pytest.raises(ValueError, match="batch_size must be a positive"):
+    alfx.sample_labeled(jnp.ones(7, bool), 0, key=key)
+  with pytest.raises(ValueError, match=r"labeled must be a boolean.*"
+                     r"astype\(bool\)"):
+    alfx.sample_labeled(jnp.ones(7, jnp.int32), 4, key=key)
+  with pytest.raises(ValueError, match=r"labeled must be a boolean array of"
+                     r" shape \[N\]"):
+    alfx.sample_labeled(jnp.ones((2, 3), bool), 4, key=key)
 
 
 def _blobs(rng, n=60, d=4):
@@ -374,7 +449,7 @@ def test_fit_loss_falls_on_separable_problem(rng):
   labeled = jnp.asarray(rng.random(60) < 0.5)
   fit = alfx.make_fit(forward, optax.adam(0.05), num_steps=150,
                       batch_size=16)
-  result = fit(params, x, y, labeled, jax.random.key(1))
+  result = fit(params, x, y, labeled, key=jax.random.key(1))
   chex.assert_shape(result.losses, (150,))
   assert float(result.losses[-10:].mean()) < 0.1 * float(result.losses[0])
   pred = jnp.argmax(model.apply(result.params, x), -1)
@@ -388,11 +463,11 @@ def test_fit_ignores_unlabelled_points_entirely(rng):
   params = model.init(jax.random.key(0), x[:1])
   labeled = jnp.asarray(rng.random(60) < 0.4)
   fit = alfx.make_fit(forward, optax.adam(0.05), num_steps=20, batch_size=8)
-  a = fit(params, x, y, labeled, jax.random.key(5))
+  a = fit(params, x, y, labeled, key=jax.random.key(5))
   # Scramble everything about the unlabelled points: nothing may change.
   x2 = jnp.where(labeled[:, None], x, 100.0)
   y2 = jnp.where(labeled, y, (y + 1) % 3)
-  b = fit(params, x2, y2, labeled, jax.random.key(5))
+  b = fit(params, x2, y2, labeled, key=jax.random.key(5))
   chex.assert_trees_all_equal(a, b)
 
 
@@ -403,7 +478,7 @@ def test_fit_with_no_labelled_point_under_jit_leaves_params(rng):
   params = model.init(jax.random.key(0), x[:1])
   fit = alfx.make_fit(forward, optax.adam(0.1), num_steps=5, batch_size=4)
   result = jax.jit(fit.core)(params, x, y, jnp.zeros(10, bool),
-                             jax.random.key(0))
+                             key=jax.random.key(0))
   chex.assert_trees_all_close(result.params, params)
   np.testing.assert_array_equal(result.losses, 0)
 
@@ -423,7 +498,7 @@ def test_train_step_matches_numpy_gradient(rng):
   lr = 0.3
   step = alfx.make_train_step(alfx.linen_forward(model), optax.sgd(lr))
   new, _, loss = step(params, optax.sgd(lr).init(params), x, y, w,
-                      jax.random.key(0))
+                      key=jax.random.key(0))
   kernel = np.asarray(params["params"]["head"]["kernel"], np.float64)
   bias = np.asarray(params["params"]["head"]["bias"], np.float64)
   xs, ws = np.asarray(x, np.float64), np.asarray(w, np.float64)
@@ -443,15 +518,16 @@ def test_fit_vmap_over_members_equals_loop(rng):
   x, y = _blobs(rng, n=30)
   model = MLP(hidden=5, classes=3)
   forward = alfx.linen_forward(model)
-  params = alfx.init_ensemble(lambda k: model.init(k, x[:1]),
-                              jax.random.key(0), 3)
+  params = alfx.init_ensemble(lambda k: model.init(k, x[:1]), 3,
+                              key=jax.random.key(0))
   labeled = jnp.arange(30) < 12
   fit = alfx.make_fit(forward, optax.adam(0.02), num_steps=10, batch_size=8)
   keys = jax.random.split(jax.random.key(1), 3)
-  batched = jax.vmap(fit.core, in_axes=(0, None, None, None, 0))(
-      params, x, y, labeled, keys)
+  batched = jax.vmap(lambda p, k: fit.core(p, x, y, labeled, key=k))(
+      params, keys)
   for k in range(3):
-    one = fit(jax.tree.map(lambda a: a[k], params), x, y, labeled, keys[k])
+    one = fit(jax.tree.map(lambda a: a[k], params), x, y, labeled,
+              key=keys[k])
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[k], batched), one,
                                 atol=1e-5)
 
@@ -465,16 +541,22 @@ def test_fit_bad_inputs(rng):
   fit = alfx.make_fit(forward, optax.adam(0.1), num_steps=2, batch_size=4)
   key = jax.random.key(0)
   with pytest.raises(ValueError, match=r"labels must have shape \[N=10\]"):
-    fit(params, x, y[:9], labeled, key)
+    fit(params, x, y[:9], labeled, key=key)
   with pytest.raises(ValueError, match="labels must be an integer"):
-    fit(params, x, y.astype(jnp.float32), labeled, key)
+    fit(params, x, y.astype(jnp.float32), labeled, key=key)
   with pytest.raises(ValueError, match=r"class indices in \[0, C=3\)"):
-    fit(params, x, y.at[2].set(3), labeled, key)
+    fit(params, x, y.at[2].set(3), labeled, key=key)
+  with pytest.raises(ValueError, match=r"class indices in \[0, C=3\)"):
+    fit(params, x, y.at[2].set(-1), labeled, key=key)
   with pytest.raises(ValueError, match=r"labeled must have shape \[N=10\]"):
-    fit(params, x, y, labeled[:5], key)
+    fit(params, x, y, labeled[:5], key=key)
   with pytest.raises(ValueError, match="selects no points"):
-    fit(params, x, y, jnp.zeros(10, bool), key)
+    fit(params, x, y, jnp.zeros(10, bool), key=key)
+  with pytest.raises(ValueError, match="key is required"):
+    fit(params, x, y, labeled, key=None)
   with pytest.raises(ValueError, match="num_steps"):
     alfx.make_fit(forward, optax.adam(0.1), num_steps=0, batch_size=4)
   with pytest.raises(ValueError, match="num_members"):
-    alfx.init_ensemble(lambda k: model.init(k, x[:1]), key, 0)
+    alfx.init_ensemble(lambda k: model.init(k, x[:1]), 0, key=key)
+  with pytest.raises(ValueError, match="key is required"):
+    alfx.init_ensemble(lambda k: model.init(k, x[:1]), 2, key=None)

@@ -56,10 +56,10 @@ def setup(rng, strategy="bald", *, k=3, batch_size=4, mc=None, initial=6):
   model = Tiny(rate=0.5 if mc else 0.0)
   init = lambda key: model.init(key, data.pool_inputs[:1])
   key = jax.random.key(int(rng.integers(2**31)))
-  params = init(key) if mc else alfx.init_ensemble(init, key, k)
+  params = init(key) if mc else alfx.init_ensemble(init, k, key=key)
   loop = get_loop(strategy, batch_size, mc)
-  state = alfx.initial_state(jax.random.fold_in(key, 1), data.pool_labels,
-                             initial)
+  state = alfx.initial_state(data.pool_labels, initial,
+                             key=jax.random.fold_in(key, 1))
   return loop, params, state, data
 
 
@@ -122,8 +122,8 @@ def test_vmap_over_seeds_equals_python_loop(rng):
   model = Tiny()
   init = lambda key: model.init(key, data.pool_inputs[:1])
   keys = jax.random.split(jax.random.key(7), 3)
-  params = jax.vmap(lambda k: alfx.init_ensemble(init, k, 3))(keys)
-  states = [alfx.initial_state(k, data.pool_labels, 6) for k in keys]
+  params = jax.vmap(lambda k: alfx.init_ensemble(init, 3, key=k))(keys)
+  states = [alfx.initial_state(data.pool_labels, 6, key=k) for k in keys]
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
   batched = alfx.run_loop(alfx.vmap_loop(loop), params, stacked, data, 2)
   chex.assert_shape(batched.accuracy, (3, 3))
@@ -162,23 +162,52 @@ def test_run_loop_history_and_callback(rng):
 
 def test_initial_state(rng):
   labels = jnp.asarray(np.repeat(np.arange(4), 5))  # 4 classes x 5
-  s = alfx.initial_state(jax.random.key(1), labels, 7)
+  s = alfx.initial_state(labels, 7, key=jax.random.key(1))
   assert int(s.labeled.sum()) == 7
   for seed in range(5):
-    s = alfx.initial_state(jax.random.key(seed), labels, 8, per_class=True)
+    s = alfx.initial_state(labels, 8, key=jax.random.key(seed),
+                           per_class=True)
     np.testing.assert_array_equal(
         np.bincount(np.asarray(labels)[np.asarray(s.labeled)], minlength=4),
         [2, 2, 2, 2])
-  a = alfx.initial_state(jax.random.key(0), labels, 8)
-  b = alfx.initial_state(jax.random.key(1), labels, 8)
+  a = alfx.initial_state(labels, 8, key=jax.random.key(0))
+  b = alfx.initial_state(labels, 8, key=jax.random.key(1))
   assert not np.array_equal(a.labeled, b.labeled)
+  key = jax.random.key(0)
   with pytest.raises(ValueError, match="multiple of the number of classes"):
-    alfx.initial_state(jax.random.key(0), labels, 6, per_class=True)
+    alfx.initial_state(labels, 6, key=key, per_class=True)
   skewed = jnp.asarray([0] * 8 + [1] * 8 + [2] * 2)
   with pytest.raises(ValueError, match="rarest class has 2"):
-    alfx.initial_state(jax.random.key(0), skewed, 9, per_class=True)
+    alfx.initial_state(skewed, 9, key=key, per_class=True)
   with pytest.raises(ValueError, match="larger than the pool"):
-    alfx.initial_state(jax.random.key(0), labels, 21)
+    alfx.initial_state(labels, 21, key=key)
+
+
+def test_initial_state_bad_labels_and_key():
+  labels = jnp.asarray(np.repeat(np.arange(4), 5))
+  key = jax.random.key(0)
+  # Negative labels used to label more than num_initial points (per_class).
+  negative = labels.at[3].set(-1)
+  for per_class in (False, True):
+    with pytest.raises(ValueError, match=r"labels must be class indices >= 0,"
+                       r" got a minimum of -1"):
+      alfx.initial_state(negative, 8, key=key, per_class=per_class)
+  with pytest.raises(ValueError, match=r"labels must be integers.*pass"
+                     r" labels\.astype\(int\)"):
+    alfx.initial_state(labels.astype(jnp.float32), 8, key=key)
+  with pytest.raises(ValueError, match=r"labels must be integers"):
+    alfx.initial_state(np.asarray(labels, np.float64), 8, key=key,
+                       per_class=True)
+  with pytest.raises(ValueError, match=r"labels must have shape \[N\]"):
+    alfx.initial_state(labels.reshape(4, 5), 8, key=key)
+  with pytest.raises(ValueError, match="key is required"):
+    alfx.initial_state(labels, 8, key=None)
+  with pytest.raises(ValueError, match="num_initial"):
+    alfx.initial_state(labels, 0, key=key)
+  # NumPy and list labels are accepted.
+  s = alfx.initial_state(np.asarray(labels), 8, key=key, per_class=True)
+  assert int(s.labeled.sum()) == 8
+  assert int(alfx.initial_state(list(range(6)), 2, key=key).labeled.sum()) == 2
 
 
 def test_make_loop_bad_arguments(rng):
@@ -193,9 +222,13 @@ def test_make_loop_bad_arguments(rng):
   with pytest.raises(ValueError, match="mc_dropout_samples"):
     alfx.make_loop(forward, opt, "bald", batch_size=2, num_steps=1,
                    mc_dropout_samples=0)
-  with pytest.raises(ValueError, match="does not accept options"):
+  with pytest.raises(ValueError, match="'bald' does not accept option.*"
+                     "num_samples.*valid options: none"):
     alfx.make_loop(forward, opt, "bald", batch_size=2, num_steps=1,
                    strategy_options={"num_samples": 3})
+  with pytest.raises(ValueError, match="chunk_size"):
+    alfx.make_loop(forward, opt, "bald", batch_size=2, num_steps=1,
+                   chunk_size=0)
   del data
 
 
@@ -220,6 +253,24 @@ def test_unknown_name_lists_the_valid_names():
   assert {"random", "bald"} <= set(alfx.strategy_names())
 
 
+def test_unknown_option_lists_the_valid_options():
+  # BatchBALD's option was renamed: the old name is refused, and the message
+  # names the valid ones.
+  with pytest.raises(ValueError, match=r"strategy 'batchbald' does not"
+                     r" accept option\(s\) num_samples; valid options:"
+                     r" num_configurations, chunk_size\."):
+    alfx.get_strategy("batchbald", num_samples=100)
+  with pytest.raises(ValueError, match=r"'kbald-dynamic' does not accept"
+                     r" option\(s\) max_batch_size, order; valid options:"
+                     r" tolerance, chunk_size"):
+    alfx.get_strategy("kbald-dynamic", order=2, max_batch_size=4)
+  with pytest.raises(ValueError, match="'random' does not accept.*valid"
+                     " options: none"):
+    alfx.get_strategy("random", beta=1.0)
+  assert callable(alfx.get_strategy("batchbald", num_configurations=100,
+                                    chunk_size=8))
+
+
 #: Checked in the default suite (one of each family); the rest with -m slow.
 FAST_STRATEGIES = ("random", "bald", "batchbald", "kbald-2", "bait-full",
                    "bait-binary", "margin", "powerbald", "badge", "coreset")
@@ -238,7 +289,7 @@ def _check_uniform_call(name, rng):
            for _ in range(2)]
   contexts = [c._replace(labeled=~m) for c, m in zip(contexts, masks)]
   stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)
-  sel = jax.jit(jax.vmap(lambda k, c, m: strategy(k, c, 5, m)))(
+  sel = jax.jit(jax.vmap(lambda k, c, m: strategy(c, 5, key=k, mask=m)))(
       jax.random.split(jax.random.key(int(rng.integers(99))), 2),
       stack(contexts), stack(masks))
   for r in range(2):
@@ -268,7 +319,7 @@ def test_other_registered_strategies_run_under_jit_and_vmap(rng, name):
 def test_bald_strategy_is_top_b_of_bald(rng):
   ctx = _context(rng)
   mask = jnp.asarray(rng.random(30) < 0.5).at[0].set(True)
-  sel = alfx.get_strategy("bald")(None, ctx, 1, mask)
+  sel = alfx.get_strategy("bald")(ctx, 1, key=None, mask=mask)
   ref = alfx.top_b(alfx.bald(ctx.log_probs), 1, mask=mask)
   chex.assert_trees_all_equal(sel, ref)
 
@@ -277,7 +328,7 @@ def test_random_strategy_is_uniform_without_replacement(rng):
   ctx = _context(rng, n=12)
   mask = jnp.asarray(rng.random(12) < 0.6).at[:3].set(True)
   random = alfx.get_strategy("random")
-  strategy = jax.jit(lambda k, c, m: random(k, c, 2, m))
+  strategy = jax.jit(lambda k, c, m: random(c, 2, key=k, mask=m))
   draws = 4000
   keys = jax.random.split(jax.random.key(int(rng.integers(99))), draws)
   picks = np.asarray(jax.vmap(strategy, in_axes=(0, None, None))(
@@ -297,7 +348,7 @@ def test_random_strategy_is_uniform_without_replacement(rng):
 
 def test_register_a_custom_strategy_and_use_it_in_the_loop(rng):
   def lowest_index():
-    def strategy(key, context, batch_size, mask):
+    def strategy(context, batch_size, *, key, mask):
       del key
       n = context.log_probs.shape[0]
       return alfx.top_b(-jnp.arange(n, dtype=jnp.float32), batch_size,
