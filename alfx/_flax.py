@@ -27,11 +27,13 @@ Randomness comes only from a keyword-only ``key`` argument.
 
 from collections.abc import Callable
 import functools
-from typing import Any, NamedTuple
+import importlib
+from typing import Any, NamedTuple, TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import optax
+if TYPE_CHECKING:
+  import optax
 
 from alfx import _pool
 from alfx import _sharding
@@ -65,6 +67,16 @@ class FitResult(NamedTuple):
 
   params: Any
   losses: jax.Array
+
+
+def require(module: str, what: str):
+  """Imports an optional dependency, or says which extra provides it."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise ImportError(
+        f"{what} needs {module.split('.')[0]}, which alfx installs with its"
+        " flax extra: pip install 'alfx[flax]'.") from e
 
 
 # ----------------------------------------------------------------------------
@@ -110,7 +122,7 @@ def linen_forward(module, *, head: str | None = None,
     >>> forward = alfx.linen_forward(cnn, train_kwargs={"train": True},
     ...                              eval_kwargs={"train": False})
   """
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  nn = require("flax.linen", "alfx.linen_forward")
   train_kwargs = dict(train_kwargs or {})
   eval_kwargs = dict(eval_kwargs or {})
 
@@ -184,7 +196,7 @@ def nnx_forward(model, *, head: str | None = None) -> tuple[Forward, Any]:
     ``(forward, params)``. For an ensemble, stack the ``nnx.Param`` states of
     ``K`` independently initialised models (see `init_ensemble`).
   """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+  nnx = require("flax.nnx", "alfx.nnx_forward")
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   if any(isinstance(v, nnx.BatchStat)
          for _, v in nnx.iter_graph(model)):
@@ -503,11 +515,13 @@ def _sample_from_counts(key, counts, batch_size):
 
 def cross_entropy_loss(logits, labels, weights):
   """Weighted mean softmax cross-entropy (0 when all weights are 0)."""
+  optax = require("optax", "training (alfx.make_fit, make_train_step)")
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   return jnp.sum(weights * ce) / jnp.maximum(jnp.sum(weights), 1)
 
 
-def make_train_step(forward: Forward, optimizer: optax.GradientTransformation):
+def make_train_step(forward: Forward,
+                    optimizer: "optax.GradientTransformation"):
   """A jitted optax step on one minibatch.
 
   Returns:
@@ -529,12 +543,13 @@ def _train_step(forward, optimizer):
   def step(params, opt_state, x, y, weights, *, key):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y, weights, key)
     updates, opt_state = optimizer.update(grads, opt_state, params)
+    optax = require("optax", "alfx.make_train_step")
     return optax.apply_updates(params, updates), opt_state, loss
 
   return step
 
 
-def make_fit(forward: Forward, optimizer: optax.GradientTransformation, *,
+def make_fit(forward: Forward, optimizer: "optax.GradientTransformation", *,
              num_steps: int, batch_size: int):
   """A jitted trainer: ``num_steps`` optax steps on the labelled points.
 

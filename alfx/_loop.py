@@ -11,11 +11,12 @@ repetitions of an experiment in one program.
 
 from collections.abc import Callable
 import functools
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import optax
+if TYPE_CHECKING:
+  import optax
 
 from alfx import _flax
 from alfx import _registry
@@ -92,7 +93,8 @@ def _split_round_key(key):
   return next_key, train_key, acquire_key
 
 
-def make_loop(forward: _flax.Forward, optimizer: optax.GradientTransformation,
+def make_loop(forward: _flax.Forward,
+              optimizer: "optax.GradientTransformation",
               strategy: str | _registry.Strategy, *, batch_size: int,
               num_steps: int, train_batch_size: int = 64,
               mc_dropout_samples: int | None = None,
