@@ -26,26 +26,107 @@ TypiClust's within-cluster neighbours: each device scores its own candidates
 against the cluster's members, all-gathered one block per shard at a time.
 """
 
-import functools
-import math
-
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from alfx import _pool
 from alfx import _selection
 from alfx import _sharding
 from alfx import _validation
 
-#: Default pool rows per tile of a pool-by-set distance computation.
-DEFAULT_CHUNK_SIZE = 2048
-#: Default set rows (labelled points, centroids, cluster members) per tile.
+#: Default set rows (labelled points, centroids, cluster members) per tile
+#: (pool rows per tile: ``chunk_size``, `alfx._pool.DEFAULT_CHUNK_SIZE`).
 DEFAULT_BLOCK_SIZE = 256
+
+#: Squared distances are formed from norms: with every row within ``R`` of
+#: the origin, ``|x - s|^2 + |c - s|^2`` (``s`` the pool or cluster mean)
+#: reaches ``8 R^2`` before the ``- 2 (x - s).(c - s)`` brings it back to a
+#: distance (at most ``4 R^2``); BADGE's ``|a|^2 |h|^2`` terms (``|a|^2 <=
+#: 2``) stay below the same bound. Embeddings whose ``8 max_n |x_n|^2``
+#: overflows their dtype are refused.
+_SQUARE_HEADROOM = 8.0
 
 
 # ----------------------------------------------------------------------------
 # Shared pieces.
+
+
+@jax.jit
+def _max_sq_norm(x):
+  """``max_n |x_n|^2`` (float32 or wider): ``inf`` when it overflows."""
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return jnp.max(jnp.sum(x * x, axis=-1))
+
+
+@jax.jit
+def _max_sq_norm_factors(x):
+  """``(s, r)`` with ``max_n |x_n|^2 = s^2 r``, neither overflowing.
+
+  ``s = max |x_nd|``, ``r = max_n |x_n / s|^2`` in ``[1, D]``: for the
+  message, where the square itself overflowed.
+  """
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  scale = jnp.max(jnp.abs(x))
+  safe = jnp.where(scale > 0, scale, 1)
+  return scale, jnp.max(jnp.sum(jnp.square(x / safe), axis=-1))
+
+
+def _check_embeddings(embeddings, name: str = "embeddings") -> jax.Array:
+  """`check_matrix`, then refuses rows whose squared norms overflow the dtype.
+
+  The squared distances go through ``|x|^2``-sized intermediates (up to
+  ``_SQUARE_HEADROOM max_n |x_n|^2``); past the dtype's largest value they
+  become ``inf``, then NaN, and the picks garbage. One reduction over the
+  embeddings, on concrete input only (like every value check; under ``jit``
+  the cores return ``valid=False`` instead, `_guard_overflow`).
+  """
+  x = _validation.check_matrix(embeddings, name)
+  finfo = jnp.finfo(x.dtype)
+  limit = float(finfo.max) / _SQUARE_HEADROOM
+
+  def fn(x):
+    largest = _max_sq_norm(x)  # inf fails the test too
+    return largest <= limit, dict(largest=largest)
+
+  def explain(v):
+    largest = v["largest"]
+    if not largest < float("inf"):  # the exact value, as a Python float
+      scale, ratio = (float(u) for u in _max_sq_norm_factors(x))
+      largest = scale**2 * ratio
+    return (f"{name} (shape [N, D]) are too large for {x.dtype}: the largest"
+            f" squared row norm max_n |x_n|^2 is {largest:.3g}, and the"
+            f" squared distances need up to {_SQUARE_HEADROOM:g} times that,"
+            f" above the largest {x.dtype} ({float(finfo.max):.3g}): they"
+            f" would overflow to inf/NaN. Rescale {name} (e.g. divide by"
+            " their largest row norm: every distance scales by the same"
+            f" factor) or pass them as float64 (jax.enable_x64).")
+
+  _validation.value_check(
+      fn, (x,), explain,
+      f"{name} (shape [N, D]) are too large for {x.dtype}: the largest"
+      " squared row norm {largest} overflows the squared distances; rescale"
+      f" {name} or pass them as float64.")
+  return x
+
+
+def _guard_overflow(selection, largest_sq, headroom, axis_name=None):
+  """``selection`` with NaN scores and ``valid=False`` if squares overflow.
+
+  ``largest_sq`` is the local maximum of squared norms that the core's
+  distance formulas multiply by at most ``headroom``. On concrete input
+  `_check_embeddings` has already refused such embeddings; under the
+  caller's ``jit`` they must not come back as plausible picks. NaN in
+  ``largest_sq`` counts as overflow too.
+  """
+  limit = float(jnp.finfo(largest_sq.dtype).max) / headroom
+  bad = _pool.psum((~(largest_sq <= limit)).astype(jnp.int32),
+                   axis_name) > 0
+  return selection._replace(
+      scores=jnp.where(bad, jnp.nan, selection.scores).astype(
+          selection.scores.dtype),
+      valid=selection.valid & ~bad)
 
 
 def _sq_norms(x):
@@ -215,17 +296,20 @@ def badge(embeddings, probs, batch_size, *, key, mask=None):
     squared gradient norm ``|g|^2``, ``scores[t]`` the ``D^2`` of pick ``t``
     (its squared distance to the nearest earlier pick) when it was drawn.
 
+  Raises:
+    ValueError: on bad shapes or values; when the embeddings' squared norms
+      overflow their dtype (rescale them or pass float64).
+
   Cost: ``B`` passes over ``h`` and ``a`` (``O(B N (D + C))``, memory-bound),
   memory ``O(N (D + C))`` for ``a`` and a few ``[N]`` vectors.
   """
-  embeddings = _validation.check_matrix(embeddings, "embeddings")
+  embeddings = _check_embeddings(embeddings)
   n = embeddings.shape[0]
   probs = _validation.check_probs(probs, n)
   mask = _validation.check_mask(mask, n)
   batch_size = _validation.check_batch_size(batch_size, mask)
   key = _validation.check_key(key)
-  return _sharding.call(_badge, (embeddings, probs, mask, key),
-                        (True, True, True, False), batch_size=batch_size)
+  return _badge(embeddings, probs, mask, key, batch_size=batch_size)
 
 
 def _badge_gradient_factors(embeddings, probs):
@@ -237,9 +321,10 @@ def _badge_gradient_factors(embeddings, probs):
   return a, _sq_norms(a), _sq_norms(embeddings.astype(dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "axis_name"))
+@_sharding.pool_core(pool=("embeddings", "probs", "mask"),
+                     static=("batch_size",))
 def _badge(embeddings, probs, mask, key, batch_size, axis_name=None):
-  """`badge` without checks; per-point state ``[N]``, shardable over the pool."""
+  """`badge` without checks; per-point state ``[N]``, shardable."""
   a, a_sq, h_sq = _badge_gradient_factors(embeddings, probs)
   h = embeddings.astype(a.dtype)
   g_sq = a_sq * h_sq
@@ -264,10 +349,13 @@ def _badge(embeddings, probs, mask, key, batch_size, axis_name=None):
 
   _, (indices, scores, valid) = lax.scan(
       step, (min_d2, available), jnp.arange(1, batch_size, dtype=jnp.int32))
-  return _selection.Selection(
+  selection = _selection.Selection(
       indices=jnp.concatenate([first[None], indices]).astype(jnp.int32),
       scores=jnp.concatenate([first_sq[None], scores]),
       valid=jnp.concatenate([(first_sq > -jnp.inf)[None], valid]))
+  # |g_i - g_j|^2 terms reach 8 max |h|^2 (|a|^2 <= 2).
+  return _guard_overflow(selection, jnp.max(h_sq), _SQUARE_HEADROOM,
+                         axis_name)
 
 
 # ----------------------------------------------------------------------------
@@ -275,15 +363,17 @@ def _badge(embeddings, probs, mask, key, batch_size, axis_name=None):
 
 
 def _check_labeled_and_mask(labeled, mask, n, batch_size):
+  """``(labeled, mask, batch_size)``: ``labeled=None`` is all False; the
+  batch must fit in ``mask & ~labeled`` (the error names ``labeled`` when it
+  empties the selectable set)."""
   labeled = _validation.check_mask(labeled, n, name="labeled", default=False)
   mask = _validation.check_mask(mask, n)
-  selectable = mask & ~labeled
-  batch_size = _validation.check_batch_size(batch_size, selectable)
-  return labeled, selectable, batch_size
+  batch_size = _validation.check_batch_size(batch_size, mask, labeled=labeled)
+  return labeled, mask, batch_size
 
 
-def coreset(embeddings, labeled, batch_size, *, mask=None,
-            chunk_size=DEFAULT_CHUNK_SIZE, block_size=DEFAULT_BLOCK_SIZE):
+def coreset(embeddings, batch_size, *, labeled=None, mask=None,
+            chunk_size=None, block_size=DEFAULT_BLOCK_SIZE):
   """CoreSet: greedy k-center selection (Sener and Savarese 2018).
 
   Each step picks the selectable point farthest from its nearest centre,
@@ -299,13 +389,15 @@ def coreset(embeddings, labeled, batch_size, *, mask=None,
 
   Args:
     embeddings: ``float[N, D]``.
-    labeled: ``bool[N]``, True for labelled points (the initial centres);
-      ``None`` for none.
     batch_size: static ``int``, ``B``.
+    labeled: optional ``bool[N]``, True for labelled points (the initial
+      centres); ``None`` (default) for none. Labelled points are never
+      picked.
     mask: optional ``bool[N]``, True where a point may be picked; defaults
-      to all. Labelled points are never picked (``mask & ~labeled``).
-    chunk_size: static pool rows per tile of the initial pool-by-labelled
-      distance pass.
+      to all. Picks come from ``mask & ~labeled``.
+    chunk_size: static cap on the pool rows of one tile of the initial
+      pool-by-labelled distance pass; ``None`` is
+      `alfx._pool.DEFAULT_CHUNK_SIZE` (1024).
     block_size: static labelled rows per tile.
 
   Returns:
@@ -313,27 +405,33 @@ def coreset(embeddings, labeled, batch_size, *, mask=None,
     distances of the picks to their nearest centre when picked (the
     covering radius before the pick, non-increasing).
 
+  Raises:
+    ValueError: on bad shapes or values; when ``labeled`` leaves fewer than
+      ``batch_size`` points of ``mask`` to pick; when the embeddings' squared
+      norms overflow their dtype (rescale them or pass float64).
+
   Cost: the initial min-distances ``O(N L D)`` FLOPs in
   ``[chunk_size, block_size]`` tiles (``L`` = number of labelled points,
   compute-bound), then ``B`` passes over the embeddings (``O(B N D)``,
   memory-bound). Memory: ``O(N)`` plus one tile; never ``N x N``.
   """
-  embeddings = _validation.check_matrix(embeddings, "embeddings")
+  embeddings = _check_embeddings(embeddings)
   n = embeddings.shape[0]
-  labeled, selectable, batch_size = _check_labeled_and_mask(
-      labeled, mask, n, batch_size)
-  chunk_size = _validation.check_positive_int(chunk_size, "chunk_size")
+  labeled, mask, batch_size = _check_labeled_and_mask(labeled, mask, n,
+                                                      batch_size)
+  chunk_size = _validation.check_chunk_size(chunk_size,
+                                            _pool.DEFAULT_CHUNK_SIZE)
   block_size = _validation.check_positive_int(block_size, "block_size")
-  return _sharding.call(_coreset, (embeddings, labeled, selectable),
-                        (True, True, True), batch_size=batch_size,
-                        chunk_size=chunk_size, block_size=block_size)
+  return _coreset(embeddings, labeled, mask, batch_size=batch_size,
+                  chunk_size=chunk_size, block_size=block_size)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "chunk_size",
-                                             "block_size", "axis_name"))
-def _coreset(x, labeled, selectable, batch_size, chunk_size, block_size,
+@_sharding.pool_core(pool=("x", "labeled", "mask"),
+                     static=("batch_size", "chunk_size", "block_size"))
+def _coreset(x, labeled, mask, batch_size, chunk_size, block_size,
              axis_name=None):
   """`coreset` without checks; per-point state ``[N]``, shardable."""
+  selectable = mask & ~labeled
   shift = _pool_mean(x, axis_name)
   x_sq = _centred_sq_norms(x, shift, chunk_size)
   min_d2 = _min_sq_dist_to_set(x, labeled, shift=shift,
@@ -353,8 +451,10 @@ def _coreset(x, labeled, selectable, batch_size, chunk_size, block_size,
 
   _, (indices, scores, valid) = lax.scan(step, (min_d2, selectable), None,
                                          length=batch_size)
-  return _selection.Selection(indices=indices.astype(jnp.int32),
-                              scores=scores, valid=valid)
+  selection = _selection.Selection(indices=indices.astype(jnp.int32),
+                                   scores=scores, valid=valid)
+  # Centred: |x - s|^2 + |c - s|^2 + 2 |(x - s).(c - s)| <= 4 max |x - s|^2.
+  return _guard_overflow(selection, jnp.max(x_sq), 4.0, axis_name)
 
 
 # ----------------------------------------------------------------------------
@@ -397,7 +497,7 @@ def _nearest_centroid(x, centroids, n_active, *, shift, chunk_size,
 
 
 def _kmeans_plus_plus(x, points, n_active, key, n_centroids, *, shift=None,
-                      chunk_size=DEFAULT_CHUNK_SIZE, axis_name=None):
+                      chunk_size=_pool.DEFAULT_CHUNK_SIZE, axis_name=None):
   """k-means++ seeding (Arthur and Vassilvitskii 2007) of ``n_active`` centres.
 
   The first centre is uniform over ``points``, each next one a D^2 draw
@@ -461,8 +561,10 @@ def _kmeans(x, points, n_active, key, *, max_clusters, max_iterations, tol,
   n_points = _pool.psum(jnp.sum(w), axis_name)
   # Reductions over rows (fused by XLA, no [N, D] temporary).
   mean = _pool.psum(jnp.sum(w[:, None] * x, axis=0), axis_name) / n_points
-  variance = _pool.psum(jnp.sum(w[:, None] * jnp.square(x - mean), axis=0),
-                        axis_name) / n_points
+  # Divided before the sum: N squared deviations must not overflow.
+  variance = _pool.psum(
+      jnp.sum(w[:, None] * (jnp.square(x - mean) / n_points), axis=0),
+      axis_name)
   tol_abs = tol * jnp.mean(variance)
 
   centroids, _ = _kmeans_plus_plus(x, points, n_active, key, m_pad,
@@ -575,10 +677,10 @@ def _most_typical(x, members, *, k_nn, block_size, candidates=None,
                             jnp.iinfo(jnp.int32).max), axis_name), top
 
 
-def typiclust(embeddings, labeled, batch_size, *, key, mask=None,
+def typiclust(embeddings, batch_size, *, key, labeled=None, mask=None,
               max_clusters=500, k_nn=20, min_cluster_size=5,
               max_iterations=100, tol=1e-4, max_candidates=None,
-              chunk_size=DEFAULT_CHUNK_SIZE, block_size=DEFAULT_BLOCK_SIZE):
+              chunk_size=None, block_size=DEFAULT_BLOCK_SIZE):
   """TypiClust: the most typical point of the largest uncovered clusters.
 
   Hacohen et al. 2022 (TPC_RP), following the reference implementation
@@ -611,18 +713,20 @@ def typiclust(embeddings, labeled, batch_size, *, key, mask=None,
 
   Args:
     embeddings: ``float[N, D]`` (self-supervised features in the paper).
-    labeled: ``bool[N]``, True for labelled points (``None`` for none).
     batch_size: static ``int``, ``B``.
     key: a PRNG key (for the k-means++ seeding).
+    labeled: optional ``bool[N]``, True for labelled points; ``None``
+      (default) for none. Labelled points are never picked.
     mask: optional ``bool[N]``, True where a point may be picked; defaults to
-      all. Labelled points are never picked. Points neither labelled nor
+      all. Picks come from ``mask & ~labeled``; points neither labelled nor
       selectable are left out of the clustering.
     max_clusters: static cap on the number of clusters (the centroid array's
       size: the assignment cost follows the active count).
     k_nn: static number of neighbours of the typicality (20 in the paper).
     min_cluster_size: clusters of at most this many points come last.
     max_iterations: static cap on Lloyd iterations.
-    tol: Lloyd's relative tolerance (scikit-learn's convention).
+    tol: Lloyd's relative tolerance (scikit-learn's convention), a number
+      ``>= 0``; traced values are allowed (no recompilation).
     max_candidates: ``None`` (default) evaluates the typicality of every
       candidate of the chosen cluster, exactly. An ``int`` caps the cost for
       very large clusters: when a cluster has ``m > max_candidates``
@@ -632,11 +736,19 @@ def typiclust(embeddings, labeled, batch_size, *, key, mask=None,
       each evaluated value is exact and only the argmax is searched over a
       random subset. Cost per pick drops from ``m^2 D`` to
       ``max_candidates * m * D``.
-    chunk_size, block_size: static tile sizes.
+    chunk_size: static cap on the pool rows of one k-means assignment tile;
+      ``None`` is `alfx._pool.DEFAULT_CHUNK_SIZE` (1024).
+    block_size: static centroid / cluster-member rows per tile.
 
   Returns:
     A :class:`Selection` in pick order; ``scores`` are the typicalities of
     the picks.
+
+  Raises:
+    ValueError: on bad shapes, values or options; when ``labeled`` leaves
+      fewer than ``batch_size`` points of ``mask`` to pick; when the
+      embeddings' squared norms overflow their dtype (rescale them or pass
+      float64).
 
   Cost: k-means ``O(n_iter N k D)`` in tiles with ``k = min(L + B,
   max_clusters)``, plus k-means++ seeding ``k`` passes over the embeddings;
@@ -646,55 +758,60 @@ def typiclust(embeddings, labeled, batch_size, *, key, mask=None,
   ``k = 20``, that is 50 GFLOP, but at ``N = 10^6`` it is 20 TFLOP: use
   ``max_candidates`` there). Memory ``O(N)`` plus tiles.
   """
-  embeddings = _validation.check_matrix(embeddings, "embeddings")
+  embeddings = _check_embeddings(embeddings)
   n = embeddings.shape[0]
-  labeled, selectable, batch_size = _check_labeled_and_mask(
-      labeled, mask, n, batch_size)
+  labeled, mask, batch_size = _check_labeled_and_mask(labeled, mask, n,
+                                                      batch_size)
   key = _validation.check_key(key)
   for value, name in [(max_clusters, "max_clusters"), (k_nn, "k_nn"),
                       (max_iterations, "max_iterations"),
-                      (chunk_size, "chunk_size"), (block_size, "block_size")]:
+                      (block_size, "block_size")]:
     _validation.check_positive_int(value, name)
+  chunk_size = _validation.check_chunk_size(chunk_size,
+                                            _pool.DEFAULT_CHUNK_SIZE)
   if max_candidates is not None:
     max_candidates = _validation.check_positive_int(max_candidates,
                                                     "max_candidates")
   if isinstance(min_cluster_size, bool) or not isinstance(
-      min_cluster_size, int) or min_cluster_size < 0:
-    raise ValueError("min_cluster_size must be a static int >= 0, got"
+      min_cluster_size, (int, np.integer)) or min_cluster_size < 0:
+    raise ValueError("min_cluster_size must be a static int >= 0 (clusters"
+                     f" of at most this many points come last), got"
                      f" {min_cluster_size!r}.")
-  if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-    raise ValueError(f"tol must be a finite float >= 0, got {tol!r}.")
-  return _sharding.call(
-      _typiclust, (embeddings, labeled, selectable, key),
-      (True, True, True, False), batch_size=batch_size,
+  tol = _validation.check_scalar(tol, "tol", minimum=0)
+  return _typiclust(
+      embeddings, labeled, mask, key, tol, batch_size=batch_size,
       max_clusters=max_clusters, k_nn=k_nn,
-      min_cluster_size=min_cluster_size, max_iterations=max_iterations,
-      tol=float(tol), max_candidates=max_candidates, chunk_size=chunk_size,
+      min_cluster_size=int(min_cluster_size), max_iterations=max_iterations,
+      max_candidates=max_candidates, chunk_size=chunk_size,
       block_size=block_size)
 
 
-@functools.partial(jax.jit, static_argnames=(
+@_sharding.pool_core(pool=("x", "labeled", "mask"), static=(
     "batch_size", "max_clusters", "k_nn", "min_cluster_size",
-    "max_iterations", "tol", "max_candidates", "chunk_size", "block_size",
-    "axis_name"))
-def _typiclust(x, labeled, selectable, key, batch_size, max_clusters, k_nn,
-               min_cluster_size, max_iterations, tol, max_candidates,
-               chunk_size, block_size, axis_name=None):
+    "max_iterations", "max_candidates", "chunk_size", "block_size"))
+def _typiclust(x, labeled, mask, key, tol, batch_size, max_clusters, k_nn,
+               min_cluster_size, max_iterations, max_candidates, chunk_size,
+               block_size, axis_name=None):
   """`typiclust` without checks; shardable over the pool."""
+  selectable = mask & ~labeled
   points = labeled | selectable
   n_labeled = _pool.psum(jnp.sum(labeled, dtype=jnp.int32), axis_name)
   n_active = jnp.minimum(n_labeled + batch_size, max_clusters)
   block = min(block_size, max_clusters)
   _, labels, _ = _kmeans(x, points, n_active, jax.random.fold_in(key, 0),
                          max_clusters=max_clusters,
-                         max_iterations=max_iterations, tol=tol,
+                         max_iterations=max_iterations,
+                         tol=jnp.asarray(tol, x.dtype),
                          chunk_size=chunk_size, block_size=block,
                          axis_name=axis_name)
-  return _typiclust_select(x, labels, labeled, selectable, batch_size,
-                           max_clusters, k_nn, min_cluster_size, block_size,
-                           max_candidates=max_candidates,
-                           key=jax.random.fold_in(key, 1),
-                           axis_name=axis_name)
+  selection = _typiclust_select(x, labels, labeled, selectable, batch_size,
+                                max_clusters, k_nn, min_cluster_size,
+                                block_size, max_candidates=max_candidates,
+                                key=jax.random.fold_in(key, 1),
+                                axis_name=axis_name)
+  # One fused reduction over the rows (no [N] temporary kept).
+  return _guard_overflow(selection, jnp.max(_sq_norms(x)), _SQUARE_HEADROOM,
+                         axis_name)
 
 
 def _typiclust_select(x, labels, labeled, selectable, batch_size, max_clusters,

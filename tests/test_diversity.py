@@ -112,7 +112,7 @@ def test_badge_draws_follow_the_d2_distribution():
   assert sel.valid.all()
 
 
-def test_badge_keys_masks_duplicates_vmap(rng):
+def test_badge_keys_and_masks(rng):
   n, b = 300, 12
   h = _f32(rng.standard_normal((n, 8)))
   p = _f32(_random_probs(rng, n, 5))
@@ -124,13 +124,6 @@ def test_badge_keys_masks_duplicates_vmap(rng):
   other = alfx.badge(h, p, b, key=jax.random.key(2), mask=mask)
   assert not np.array_equal(a.indices, other.indices)
   assert a.indices[0] == other.indices[0]  # the first pick is deterministic
-  keys = jax.random.split(jax.random.key(3), 3)
-  batched = jax.jit(jax.vmap(
-      lambda k, h, p, m: alfx.badge(h, p, b, key=k, mask=m),
-      in_axes=(0, None, None, None)))(keys, h, p, mask)
-  for i, k in enumerate(keys):
-    np.testing.assert_array_equal(
-        batched.indices[i], alfx.badge(h, p, b, key=k, mask=mask).indices)
 
 
 def test_badge_duplicates_fall_back_to_uniform():
@@ -155,7 +148,7 @@ def test_badge_never_forms_n_by_cd(rng):
   n, d, c = 64, 9, 7
   h, p = _f32(rng.standard_normal((n, d))), _f32(_random_probs(rng, n, c))
   size = _max_intermediate_size(
-      lambda h, p, m, k: _diversity._badge(h, p, m, k, 5), h, p,
+      lambda h, p, m, k: _diversity._badge(h, p, m, k, batch_size=5), h, p,
       jnp.ones(n, bool), jax.random.key(0))
   assert size < n * min(c, d) * 2, size
 
@@ -196,7 +189,7 @@ def test_coreset_exact_picks_in_float64(rng, n, d, n_labeled, b, chunk, block):
     mask[rng.choice(np.flatnonzero(~labeled), 2, replace=False)] = False
   want_idx, want_d = refb.kcenter_greedy(x, labeled, mask & ~labeled, b)
   with jax.enable_x64(True):
-    sel = alfx.coreset(jnp.asarray(x), jnp.asarray(labeled), b,
+    sel = alfx.coreset(jnp.asarray(x), b, labeled=jnp.asarray(labeled),
                        mask=jnp.asarray(mask), chunk_size=chunk,
                        block_size=block)
     assert sel.scores.dtype == jnp.float64
@@ -216,7 +209,7 @@ class CoresetFloat32Test(chex.TestCase):
     labeled = rng.random(n) < 0.1
     fn = functools.partial(alfx.coreset, batch_size=b, chunk_size=128,
                            block_size=16)
-    sel = self.variant(fn)(_f32(x), jnp.asarray(labeled))
+    sel = self.variant(fn)(_f32(x), labeled=jnp.asarray(labeled))
     idx = np.asarray(sel.indices)
     d = np.sqrt(refb.sq_dists(x, x))
     centres = list(np.flatnonzero(labeled))
@@ -232,27 +225,9 @@ class CoresetFloat32Test(chex.TestCase):
 def test_coreset_no_labeled_starts_at_lowest_selectable(rng):
   x = _f32(rng.standard_normal((20, 3)))
   mask = jnp.arange(20) >= 3
-  sel = alfx.coreset(x, None, 3, mask=mask)
+  sel = alfx.coreset(x, 3, mask=mask)
   assert int(sel.indices[0]) == 3 and np.isinf(sel.scores[0])
   _check_selection(sel, 3, mask)
-
-
-def test_coreset_vmap_over_labeled_and_no_recompilation(rng):
-  n = 60
-  x = _f32(rng.standard_normal((n, 4)))
-  labeled = jnp.asarray(rng.random((3, n)) < 0.2)
-  # x is an argument, not a closed-over constant (see test_uncertainty).
-  batched = jax.jit(jax.vmap(lambda xx, l: alfx.coreset(
-      xx, l, 4, chunk_size=16, block_size=4), in_axes=(None, 0)))(x, labeled)
-  for i in range(3):
-    np.testing.assert_array_equal(
-        batched.indices[i],
-        alfx.coreset(x, labeled[i], 4, chunk_size=16, block_size=4).indices)
-  before = _diversity._coreset._cache_size()
-  for _ in range(3):
-    alfx.coreset(x, jnp.asarray(rng.random(n) < 0.5), 4, chunk_size=16,
-                 block_size=4)
-  assert _diversity._coreset._cache_size() - before <= 1
 
 
 def test_coreset_never_forms_n_by_n(rng):
@@ -260,8 +235,9 @@ def test_coreset_never_forms_n_by_n(rng):
   x = _f32(rng.standard_normal((n, 4)))
   labeled = jnp.asarray(rng.random(n) < 0.5)
   size = _max_intermediate_size(
-      lambda x, l, s: _diversity._coreset(x, l, s, 5, 64, 32), x, labeled,
-      ~labeled)
+      lambda x, l, m: _diversity._coreset(x, l, m, batch_size=5,
+                                          chunk_size=64, block_size=32),
+      x, labeled, jnp.ones(n, bool))
   assert size <= 64 * 32 * 2 and size < n * n // 16, size
 
 
@@ -270,18 +246,29 @@ class TestCoresetBadInput:
   def test_inputs(self):
     x = jnp.ones((5, 2))
     with pytest.raises(ValueError, match=r"labeled must have shape \[N=5\]"):
-      alfx.coreset(x, jnp.zeros(4, bool), 1)
-    with pytest.raises(ValueError, match="labeled must be a boolean"):
-      alfx.coreset(x, jnp.zeros(5), 1)
+      alfx.coreset(x, 1, labeled=jnp.zeros(4, bool))
+    with pytest.raises(ValueError, match=r"labeled must be a boolean.*"
+                       r"labeled\.astype\(bool\)"):
+      alfx.coreset(x, 1, labeled=jnp.zeros(5))
     with pytest.raises(ValueError, match=r"embeddings must have shape \[N, D\]"):
-      alfx.coreset(jnp.ones((5, 2, 1)), None, 1)
+      alfx.coreset(jnp.ones((5, 2, 1)), 1)
     with pytest.raises(ValueError, match="embeddings.*inf"):
-      alfx.coreset(x.at[1, 1].set(jnp.inf), None, 1)
+      alfx.coreset(x.at[1, 1].set(jnp.inf), 1)
     with pytest.raises(ValueError, match="larger than the number of"
-                       r" selectable points \(2 of N=5"):
-      alfx.coreset(x, jnp.array([1, 1, 1, 0, 0], bool), 3)
+                       r" selectable, unlabelled points .*: 2 of N=5"):
+      alfx.coreset(x, 3, labeled=jnp.array([1, 1, 1, 0, 0], bool))
     with pytest.raises(ValueError, match="chunk_size must be a positive"):
-      alfx.coreset(x, None, 1, chunk_size=0)
+      alfx.coreset(x, 1, chunk_size=0)
+    with pytest.raises(ValueError, match="block_size must be a positive"):
+      alfx.coreset(x, 1, block_size=0)
+
+  def test_labeled_covering_mask_names_labeled(self):
+    x = jnp.arange(10.0).reshape(5, 2)
+    mask = jnp.array([1, 1, 0, 0, 1], bool)
+    for labeled in (jnp.ones(5, bool), mask):
+      with pytest.raises(ValueError, match="labeled marks every point that"
+                         " mask selects"):
+        alfx.coreset(x, 1, labeled=labeled, mask=mask)
 
 
 # ----------------------------------------------------------------------------
@@ -415,7 +402,8 @@ def test_typiclust_end_to_end_on_blobs(rng):
   for b_ in (1, 4, 6):  # label one point in three of the blobs
     labeled[np.flatnonzero(blob == b_)[0]] = True
   b = 5
-  sel = alfx.typiclust(_f32(x), jnp.asarray(labeled), b, key=jax.random.key(0))
+  sel = alfx.typiclust(_f32(x), b, key=jax.random.key(0),
+                       labeled=jnp.asarray(labeled))
   _check_selection(sel, b, ~labeled)
   want_idx, want_typ = refb.typiclust_select(
       x, blob, labeled, ~labeled, b, 8, 20, 5)
@@ -424,42 +412,29 @@ def test_typiclust_end_to_end_on_blobs(rng):
   assert sorted(set(blob[np.asarray(sel.indices)])) == [0, 2, 3, 5, 7]
 
 
-def test_typiclust_keys_masks_vmap_and_recompilation(rng):
+def test_typiclust_keys_and_masks(rng):
   n, b = 200, 6
   x = _f32(rng.standard_normal((n, 4)))
   labeled = jnp.asarray(rng.random(n) < 0.05)
   mask = jnp.asarray(rng.random(n) < 0.7)
   run = functools.partial(alfx.typiclust, max_clusters=32, block_size=16,
-                          chunk_size=64)
-  a = run(x, labeled, b, key=jax.random.key(0), mask=mask)
+                          chunk_size=64, labeled=labeled, mask=mask)
+  a = run(x, b, key=jax.random.key(0))
   _check_selection(a, b, np.asarray(mask) & ~np.asarray(labeled))
-  np.testing.assert_array_equal(
-      a.indices, run(x, labeled, b, key=jax.random.key(0), mask=mask).indices)
-  others = [run(x, labeled, b, key=jax.random.key(s), mask=mask).indices
-            for s in (1, 2, 3)]
+  np.testing.assert_array_equal(a.indices,
+                                run(x, b, key=jax.random.key(0)).indices)
+  others = [run(x, b, key=jax.random.key(s)).indices for s in (1, 2, 3)]
   assert any(not np.array_equal(a.indices, o) for o in others)
-  keys = jax.random.split(jax.random.key(7), 2)
-  batched = jax.jit(jax.vmap(
-      lambda k, x, l, m: run(x, l, b, key=k, mask=m),
-      in_axes=(0, None, None, None)))(keys, x, labeled, mask)
-  for i, k in enumerate(keys):
-    np.testing.assert_array_equal(
-        batched.indices[i], run(x, labeled, b, key=k, mask=mask).indices)
-  before = _diversity._typiclust._cache_size()
-  run(x, jnp.asarray(rng.random(n) < 0.2), b, key=jax.random.key(0))
-  assert _diversity._typiclust._cache_size() - before <= 1
 
 
-def test_typiclust_float64_and_no_n_by_n(rng):
+def test_typiclust_never_forms_n_by_n(rng):
   n = 256
   x = rng.standard_normal((n, 3))
-  with jax.enable_x64(True):
-    sel = alfx.typiclust(jnp.asarray(x), None, 3, key=jax.random.key(0),
-                         max_clusters=8, block_size=16, chunk_size=64)
-    assert sel.scores.dtype == jnp.float64
   size = _max_intermediate_size(
-      lambda x, l, s, k: _diversity._typiclust(x, l, s, k, 3, 8, 20, 5, 10,
-                                               1e-4, None, 32, 16),
+      lambda x, l, m, k: _diversity._typiclust(
+          x, l, m, k, 1e-4, batch_size=3, max_clusters=8, k_nn=20,
+          min_cluster_size=5, max_iterations=10, max_candidates=None,
+          chunk_size=32, block_size=16),
       _f32(x), jnp.zeros(n, bool), jnp.ones(n, bool), jax.random.key(0))
   assert size < n * n // 16, size
 
@@ -470,19 +445,133 @@ class TestTypiclustBadInput:
     x = jnp.ones((6, 2))
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="key is required"):
-      alfx.typiclust(x, None, 1, key=None)
+      alfx.typiclust(x, 1, key=None)
     with pytest.raises(ValueError, match=r"labeled must have shape \[N=6\]"):
-      alfx.typiclust(x, jnp.zeros(3, bool), 1, key=key)
+      alfx.typiclust(x, 1, key=key, labeled=jnp.zeros(3, bool))
+    with pytest.raises(ValueError, match=r"labeled\.astype\(bool\)"):
+      alfx.typiclust(x, 1, key=key, labeled=jnp.zeros(6, jnp.int32))
     for name in ("max_clusters", "k_nn", "max_iterations", "chunk_size",
-                 "block_size"):
+                 "block_size", "max_candidates"):
       with pytest.raises(ValueError, match=f"{name} must be a positive"):
-        alfx.typiclust(x, None, 1, key=key, **{name: 0})
+        alfx.typiclust(x, 1, key=key, **{name: 0})
     with pytest.raises(ValueError, match="min_cluster_size"):
-      alfx.typiclust(x, None, 1, key=key, min_cluster_size=-1)
-    with pytest.raises(ValueError, match="tol"):
-      alfx.typiclust(x, None, 1, key=key, tol=float("nan"))
+      alfx.typiclust(x, 1, key=key, min_cluster_size=-1)
+    for tol in (float("nan"), -1e-3):
+      with pytest.raises(ValueError, match="tol must be a finite number"):
+        alfx.typiclust(x, 1, key=key, tol=tol)
     with pytest.raises(ValueError, match="larger than the number"):
-      alfx.typiclust(x, jnp.ones(6, bool).at[0].set(False), 2, key=key)
+      alfx.typiclust(x, 2, key=key,
+                     labeled=jnp.ones(6, bool).at[0].set(False))
+    with pytest.raises(ValueError, match="labeled marks every point"):
+      alfx.typiclust(x, 1, key=key, labeled=jnp.ones(6, bool))
+
+  def test_traced_tol_gives_the_picks_of_the_float(self, rng):
+    """tol is a value, not a static option: a traced tol gives the picks of
+    the same Python float."""
+    x = _f32(rng.standard_normal((60, 3)))
+    key = jax.random.key(0)
+    run = jax.jit(lambda x, tol: alfx.typiclust(x, 3, key=key, tol=tol,
+                                                max_clusters=8))
+    for tol in (1e-4, 0.5):
+      np.testing.assert_array_equal(
+          run(x, tol).indices,
+          alfx.typiclust(x, 3, key=key, tol=tol, max_clusters=8).indices)
+
+
+# ----------------------------------------------------------------------------
+# Every diversity baseline: embeddings too large for their dtype, NaN.
+
+
+def _diversity_runs(n, c=3):
+  """name -> fn(embeddings) for BADGE, CoreSet and TypiClust."""
+  rng = np.random.default_rng(seed_for("diversity_runs"))
+  probs = _f32(_random_probs(rng, n, c))
+  labeled = jnp.zeros(n, bool).at[:3].set(True)
+  key = jax.random.key(0)
+  return {
+      "badge": lambda x: alfx.badge(x, probs.astype(x.dtype), 4, key=key),
+      "coreset": lambda x: alfx.coreset(x, 4, labeled=labeled, chunk_size=16,
+                                        block_size=8),
+      "typiclust": lambda x: alfx.typiclust(x, 4, key=key, labeled=labeled,
+                                            max_clusters=16, chunk_size=16,
+                                            block_size=8),
+  }
+
+
+@pytest.mark.parametrize("name", ["badge", "coreset", "typiclust"])
+def test_embeddings_too_large_for_the_dtype(rng, name):
+  """float32 embeddings ~1e20: their squares overflow. Eagerly a ValueError
+  naming embeddings with both fixes; under jit NaN scores and valid=False;
+  the same values in float64 are fine."""
+  n = 40
+  x = rng.standard_normal((n, 5))
+  run = _diversity_runs(n)[name]
+  with pytest.raises(ValueError, match=r"embeddings \(shape \[N, D\]\) are"
+                     r" too large for float32.*Rescale embeddings.*float64"):
+    run(_f32(1e20 * x))
+  sel = jax.jit(run)(_f32(1e20 * x))
+  assert not np.asarray(sel.valid).any(), sel
+  assert np.isnan(np.asarray(sel.scores)).all(), sel
+  # Staged by alfx.checked, the check raises inside jit.
+  with pytest.raises(Exception, match="embeddings .* too large for float32"):
+    alfx.checked(run)(_f32(1e20 * x))
+  with jax.enable_x64(True):
+    big = run(jnp.asarray(1e20 * x))
+    unit = run(jnp.asarray(x))
+  np.testing.assert_array_equal(big.indices, unit.indices)
+  assert np.asarray(big.valid).all()
+
+
+@pytest.mark.parametrize("name", ["badge", "coreset", "typiclust"])
+def test_large_embeddings_within_the_headroom_pick_as_rescaled(rng, name):
+  """Just inside the limit (8 max |x_n|^2 a tenth of the float32 maximum)
+  nothing overflows: the picks are those of the rescaled embeddings."""
+  n = 40
+  x = rng.standard_normal((n, 5)).astype(np.float32)
+  largest = (x.astype(np.float64)**2).sum(1).max()
+  scale = np.sqrt(0.1 * np.finfo(np.float32).max / (8 * largest))
+  run = _diversity_runs(n)[name]
+  big, unit = run(_f32(scale * x)), run(_f32(x))
+  np.testing.assert_array_equal(big.indices, unit.indices)
+  assert np.asarray(big.valid).all() and np.isfinite(
+      np.asarray(big.scores)[1:]).all()
+
+
+@pytest.mark.parametrize("name", ["badge", "coreset", "typiclust"])
+def test_nan_embeddings_under_jit_are_invalid(rng, name):
+  """Under jit the NaN check cannot raise: NaN scores, valid=False."""
+  n = 40
+  x = _f32(rng.standard_normal((n, 5))).at[7, 2].set(jnp.nan)
+  run = _diversity_runs(n)[name]
+  with pytest.raises(ValueError, match="embeddings.*NaN"):
+    run(x)
+  sel = jax.jit(run)(x)
+  assert not np.asarray(sel.valid).any(), sel
+  assert np.isnan(np.asarray(sel.scores)).all(), sel
+
+
+@pytest.mark.parametrize("name", ["coreset", "typiclust"])
+def test_labeled_points_are_never_picked(rng, name):
+  """Labelled points outside and inside mask alike: picks from mask &
+  ~labeled only, even when labelled points are the farthest or most
+  typical."""
+  n = 60
+  x = rng.standard_normal((n, 3))
+  x[:5] *= 30  # far away: CoreSet's farthest points if they were pickable
+  labeled = np.zeros(n, bool)
+  labeled[:5] = True
+  labeled[20:40] = True
+  mask = np.ones(n, bool)
+  mask[50:] = False
+  key = jax.random.key(1)
+  fn = dict(coreset=lambda **kw: alfx.coreset(_f32(x), 8, **kw),
+            typiclust=lambda **kw: alfx.typiclust(_f32(x), 8, key=key,
+                                                  max_clusters=16, **kw))[name]
+  sel = fn(labeled=jnp.asarray(labeled), mask=jnp.asarray(mask))
+  _check_selection(sel, 8, mask & ~labeled)
+  # labeled=None: nothing labelled, the far points are pickable again.
+  sel = fn(mask=jnp.asarray(mask))
+  _check_selection(sel, 8, mask)
 
 
 def test_tiled_distances_are_translation_invariant_in_float32(rng):
@@ -490,8 +579,9 @@ def test_tiled_distances_are_translation_invariant_in_float32(rng):
   x = rng.standard_normal((300, 8)).astype(np.float32)
   offset = np.float32(1e3) * rng.standard_normal(8).astype(np.float32)
   labeled = jnp.asarray(rng.random(300) < 0.3)
-  near = alfx.coreset(_f32(x), labeled, 8, chunk_size=64, block_size=16)
-  far = alfx.coreset(_f32(x + offset), labeled, 8, chunk_size=64,
+  near = alfx.coreset(_f32(x), 8, labeled=labeled, chunk_size=64,
+                      block_size=16)
+  far = alfx.coreset(_f32(x + offset), 8, labeled=labeled, chunk_size=64,
                      block_size=16)
   np.testing.assert_array_equal(near.indices, far.indices)
   np.testing.assert_allclose(near.scores, far.scores, rtol=1e-3)
@@ -571,25 +661,3 @@ def test_sharded_picks_equal_single_device():
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
   assert result.stdout.count("same") == 6, result.stdout
-
-
-@pytest.mark.slow  # op-by-op dispatch of every loop step: ~10-30 s
-def test_eager_equals_compiled(rng):
-  """Under jax.disable_jit() (op by op, Python loops) the picks are the same."""
-  n = 80
-  x = _f32(rng.standard_normal((n, 4)))
-  p = _f32(_random_probs(rng, n, 3))
-  labeled = jnp.asarray(rng.random(n) < 0.1)
-  key = jax.random.key(0)
-  runs = [
-      lambda: alfx.badge(x, p, 3, key=key, mask=~labeled),
-      lambda: alfx.coreset(x, labeled, 3, chunk_size=32, block_size=40),
-      lambda: alfx.typiclust(x, labeled, 3, key=key, max_clusters=16,
-                             chunk_size=32, block_size=40, max_candidates=9),
-  ]
-  for run in runs:
-    compiled = run()
-    with jax.disable_jit():
-      eager = run()
-    np.testing.assert_array_equal(eager.indices, compiled.indices)
-    np.testing.assert_allclose(eager.scores, compiled.scores, rtol=1e-5)
