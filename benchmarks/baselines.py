@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import alfx  # noqa: E402
 from alfx import _diversity  # noqa: E402
+from alfx import _pool  # noqa: E402
 import harness  # noqa: E402
 
 D, C, B, K = 384, 10, 10, 20
@@ -117,7 +118,7 @@ def selection_rows(n, log_probs, eager):
             "; full sort of the pool" if mode == "softrank" else "")))
   run = jax.jit(functools.partial(alfx.random_batch, batch_size=B))
   rows.append(measure("random_batch", f"N={n:,}",
-                      lambda k, m: run(key=k, mask=m), (key, mask),
+                      lambda k, m: run(m, key=k, mask=m), (key, mask),
                       flops=2 * n, bytes_moved=2 * n * F32, eager=eager,
                       note="uniform noise + top-k"))
   return rows
@@ -144,7 +145,8 @@ def coreset_row(n, x, n_labeled, eager):
   # Initial min-distances: an N x L matmul in tiles; then B passes over x.
   flops = 2 * n * n_labeled * D + 3 * B * n * D
   return measure(
-      "coreset", f"N={n:,} D={D} L={n_labeled:,} B={B}", run, (x, labeled),
+      "coreset", f"N={n:,} D={D} L={n_labeled:,} B={B}",
+      lambda x, l: run(x, labeled=l), (x, labeled),
       flops=flops, bytes_moved=(B + 1) * n * D * F32, eager=eager,
       note="N x L tiles, then B passes; never N x N")
 
@@ -159,11 +161,11 @@ def typiclust_row(n, x, n_labeled, eager, max_candidates=None, repeats=3):
   n_active = min(n_labeled + B, 500)
   _, labels, iters = jax.jit(functools.partial(
       _diversity._kmeans, max_clusters=500, max_iterations=100, tol=1e-4,
-      chunk_size=_diversity.DEFAULT_CHUNK_SIZE,
+      chunk_size=_pool.DEFAULT_CHUNK_SIZE,
       block_size=min(_diversity.DEFAULT_BLOCK_SIZE, 500)))(
           x, jnp.ones((n,), bool), jnp.int32(n_active),
           jax.random.fold_in(key, 0))
-  sel = run(x, labeled, key=key)
+  sel = run(x, labeled=labeled, key=key)
   sizes = jnp.bincount(labels, length=501)
   m = [int(sizes[labels[i]]) for i in sel.indices]
   rows_eval = [min(mi, max_candidates or mi) for mi in m]
@@ -174,7 +176,8 @@ def typiclust_row(n, x, n_labeled, eager, max_candidates=None, repeats=3):
   cap = f" max_candidates={max_candidates}" if max_candidates else ""
   return measure(
       "typiclust", f"N={n:,} D={D} L={n_labeled} B={B}{cap}",
-      lambda x, l, k: run(x, l, key=k), (x, labeled, key), flops=flops,
+      lambda x, l, k: run(x, labeled=l, key=k), (x, labeled, key),
+      flops=flops,
       bytes_moved=bytes_moved, eager=eager, repeats=repeats,
       note=(f"{n_active} clusters, {iters} Lloyd iters"
             f" ({iters * 2 * n * n_active * D / 1e9:.0f} GFLOP),"
