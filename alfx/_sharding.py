@@ -317,6 +317,9 @@ def pool_core(*, pool: tuple[str, ...], static: tuple[str, ...] = (),
       statics = {n: bound.arguments[n] for n in static}
       if selection and _has_tracer(arrays):
         statics["nan_guard"] = True
+      axis_name = bound.arguments.get("axis_name")
+      if axis_name is not None:  # already inside the caller's shard_map
+        return jitted(*arrays, axis_name=axis_name, **statics)
       return _dispatch(jitted, arrays, is_pool, out_specs, statics)
 
     call.core = fn

@@ -2,7 +2,7 @@
 
 Shapes (issue 3): N in {10,000, 60,000} pool points, K in {20, 100}
 posterior samples, C = 10 classes, batch B in {5, 10}; BatchBALD with its
-default ``num_samples`` (10,000: exact up to 4 picked points at C = 10,
+default ``num_configurations`` (10,000: exact up to 4 picked points at C = 10,
 sampled afterwards). Predictions are MC-dropout-like: a per-point logit mean
 plus per-sample noise, log-softmaxed.
 
@@ -98,14 +98,14 @@ def work_kbald(n, k, c, b, order):
   return _add(*works)
 
 
-def work_batchbald(n, k, c, b, num_samples=_bald.DEFAULT_NUM_SAMPLES):
+def work_batchbald(n, k, c, b, num_configurations=_bald.DEFAULT_NUM_CONFIGURATIONS):
   works = [_setup_work(n, k, c)]
-  n_exact = _bald.exact_steps(c, num_samples, b)
+  n_exact = _bald.exact_steps(c, num_configurations, b)
   for s in range(1, b):
-    works.append(_table_work(n, k, c, c**s if s < n_exact else num_samples))
+    works.append(_table_work(n, k, c, c**s if s < n_exact else num_configurations))
   if n_exact < b:  # sampled labels and table updates
-    works.append((0, (b - 1) * num_samples * c,
-                  (b - 1) * 3 * num_samples * k * F32))
+    works.append((0, (b - 1) * num_configurations * c,
+                  (b - 1) * 3 * num_configurations * k * F32))
   return _add(*works)
 
 
@@ -222,7 +222,7 @@ def sampled_step(rows):
   # the difference of B = 7 and B = 6 is one sampled step (draws included).
   t = {}
   for b in (6, 7):
-    fn = jax.jit(lambda x, key, b=b: alfx.batchbald(x, b, num_samples=m,
+    fn = jax.jit(lambda x, key, b=b: alfx.batchbald(x, b, num_configurations=m,
                                                    key=key))
     t[b], _, peak = harness.time_compiled(fn, lp, jax.random.key(0))
   temp = xla_temp_bytes(fn, lp, jax.random.key(0))

@@ -17,7 +17,7 @@ placed by ``alfx.shard_pool`` on a P-device mesh (P=1 also goes through
 this measures the overhead of the SPMD program (per-step all-reduces,
 per-device thread pools), not a speed-up.
 
-batchbald uses num_samples=1,000 (5 of its 10 steps are sampled at C=10).
+batchbald uses num_configurations=1,000 (5 of its 10 steps are sampled at C=10).
 
 Writes benchmarks/results/scaling{,_quick}.md and a PNG plot of time vs N.
 
@@ -54,7 +54,7 @@ K, C, D, B = 20, 10, 64, 10
 F32 = 4
 # batchbald's sampled configurations (its default is 10,000): 1,000 keeps
 # the sampled steps (5 of the 10 at C=10) at 2e4 K C N FLOPs each.
-NUM_SAMPLES = 1_000
+NUM_CONFIGURATIONS = 1_000
 
 STRATEGIES = ("topk_bald", "kbald-2", "batchbald", "badge", "coreset",
               "bait-binary", "bait-full")
@@ -93,7 +93,7 @@ def work(name, n):
     return (4 * nkc + B * 2 * C * nkc, nkc + B * C * C * n,
             2 * nkc * F32 + B * nkc * F32)
   if name == "batchbald":
-    rows = [min(C**s, NUM_SAMPLES) for s in range(B)]
+    rows = [min(C**s, NUM_CONFIGURATIONS) for s in range(B)]
     return (4 * nkc + sum(2 * r * nkc for r in rows[1:]),
             nkc + sum(r * C * n for r in rows[1:]),
             2 * nkc * F32 + B * nkc * F32)
@@ -131,21 +131,22 @@ def calls(name, data, in_pool=None):
                                                                         mask)
   if name == "batchbald":
     return (jax.jit(lambda lp, m, k: alfx.batchbald(
-        lp, B, mask=m, key=k, num_samples=NUM_SAMPLES)),
+        lp, B, mask=m, key=k, num_configurations=NUM_CONFIGURATIONS)),
             (lp, mask, key))
   if name == "badge":
     return (jax.jit(lambda x, p, m, k: alfx.badge(x, p, B, key=k, mask=m)),
             (x, probs, mask, key))
   if name == "coreset":
-    return (jax.jit(lambda x, l, m: alfx.coreset(x, l, B, mask=m)),
+    return (jax.jit(lambda x, l, m: alfx.coreset(x, B, labeled=l, mask=m)),
             (x, labeled, mask))
   if name.startswith("bait"):
     fisher = name.split("-")[1]
     if in_pool is None:
-      fn = lambda x, p, l, m: alfx.bait(x, p, l, B, fisher=fisher, mask=m)
+      fn = lambda x, p, l, m: alfx.bait(x, p, B, labeled=l, fisher=fisher,
+                                        mask=m)
       return jax.jit(fn), (x, probs, labeled, mask)
-    fn = lambda x, p, l, m, ip: alfx.bait(x, p, l, B, fisher=fisher, mask=m,
-                                          in_pool=ip)
+    fn = lambda x, p, l, m, ip: alfx.bait(x, p, B, labeled=l, fisher=fisher,
+                                          mask=m, in_pool=ip)
     return jax.jit(fn), (x, probs, labeled, mask, in_pool)
   raise ValueError(name)
 
@@ -326,7 +327,7 @@ def main():
     f.write(f"K={K} C={C} D={D} B={B}; 5% labelled. Plot:"
             f" `scaling{suffix}.png`.\n\n## Time vs N, one device\n\n")
     f.write(table1 + "\n\n")
-    f.write(f"batchbald with num_samples={NUM_SAMPLES:,}; its eager run"
+    f.write(f"batchbald with num_configurations={NUM_CONFIGURATIONS:,}; its eager run"
             " is skipped (minutes: every table block dispatched op by op)."
             "\n\n")
     if skipped:
