@@ -8,10 +8,11 @@ an acquisition to alfx means adding one row here; a registry strategy gets
 its row from `alfx.strategy_names()` and its traits from `STRATEGY_TRAITS`.
 
 A row's ``call(a, batch_size, key)`` takes a dict ``a`` of pool arrays (every
-leaf has the pool as axis 0: ``log_probs[N, K, C]``, ``utilities[N]``,
-``embeddings[N, D]``, ``probs[N, C]``, ``labeled[N]``, ``mask[N]`` and, on a
-padded sharded pool, ``in_pool[N]``), a static batch size and a PRNG key
-(ignored by deterministic rows). Rows that take ``labeled`` receive a
+leaf but those of `REPLICATED` has the pool as axis 0: ``log_probs[N, K,
+C]``, ``utilities[N]``, ``embeddings[N, D]``, ``probs[N, C]``,
+``labeled[N]``, ``mask[N]`` and, on a padded sharded pool, ``in_pool[N]``;
+``target_log_probs[M, K, C]``), a static batch size and a PRNG key (ignored
+by deterministic rows). Rows that take ``labeled`` receive a
 ``mask`` that overlaps ``labeled`` (the function must exclude the labelled
 points itself); the others receive ``mask & ~labeled``.
 
@@ -29,6 +30,10 @@ import alfx
 
 #: The pool arrays a row can read (besides ``mask``, ``labeled``).
 FLOAT_ARRAYS = ("log_probs", "utilities", "embeddings", "probs")
+#: Inputs without a pool axis (replicated on every device): EPIG's target
+#: predictions ``[M, K, C]``.
+REPLICATED = ("target_log_probs",)
+M = 8
 
 #: One shape for every property and every device layout: small (the time
 #: is compilation), and N = 203 needs padding on 2 and 4 devices.
@@ -60,6 +65,10 @@ class Row:
     reads_values: False where only the pool's length is read (random_batch):
       no NaN or rank property on the values.
     in_pool: takes ``in_pool=`` (BAIT), passed on a padded sharded pool.
+    twin: for a registry strategy, the direct row whose function it wraps
+      (its program under jit is that row's plus the wrapper): the default
+      suite runs the properties that compile under jit on the twin only,
+      ``-m slow`` on the strategy too.
   """
 
   name: str
@@ -70,6 +79,7 @@ class Row:
   dynamic: bool = False
   reads_values: bool = True
   in_pool: bool = False
+  twin: str | None = None
 
 
 def _in_pool(a):
@@ -164,39 +174,40 @@ ROWS = [
 # --------------------------------------------------------------------------
 # Registry strategies: ``strategy(context, batch_size, *, key, mask)``.
 
-#: Per registered name: (needs, random, dynamic). Every name of
+#: Per registered name: (needs, random, dynamic, twin). Every name of
 #: `alfx.strategy_names()` must appear (test_conformance checks it).
+_LP, _EP = ("log_probs",), ("embeddings", "probs")
 STRATEGY_TRAITS = {
-    "random": (("log_probs",), True, False),
-    "bald": (("log_probs",), False, False),
-    "entropy": (("log_probs",), False, False),
-    "margin": (("log_probs",), False, False),
-    "least-confidence": (("log_probs",), False, False),
-    "variation-ratios": (("log_probs",), False, False),
-    "mean-std": (("log_probs",), False, False),
-    "powerbald": (("log_probs",), True, False),
-    "softmaxbald": (("log_probs",), True, False),
-    "softrankbald": (("log_probs",), True, False),
-    "batchbald": (("log_probs",), False, False),
-    "kbald-2": (("log_probs",), False, False),
-    "kbald-3": (("log_probs",), False, False),
-    "kbald-dynamic": (("log_probs",), False, True),
-    "conservative-bald": (("log_probs",), False, True),
-    "bait-full": (("embeddings", "probs"), False, False),
-    "bait-topc": (("embeddings", "probs"), False, False),
-    "bait-binary": (("embeddings", "probs"), False, False),
-    "bait-diagonal": (("embeddings", "probs"), False, False),
-    "badge": (("embeddings", "probs"), True, False),
-    "coreset": (("embeddings",), False, False),
-    "typiclust": (("embeddings",), True, False),
+    "random": (_LP, True, False, "random_batch"),
+    "bald": (_LP, False, False, None),
+    "entropy": (_LP, False, False, None),
+    "margin": (_LP, False, False, None),
+    "least-confidence": (_LP, False, False, None),
+    "variation-ratios": (_LP, False, False, None),
+    "mean-std": (_LP, False, False, None),
+    "powerbald": (_LP, True, False, "stochastic_batch_power"),
+    "softmaxbald": (_LP, True, False, "stochastic_batch_softmax"),
+    "softrankbald": (_LP, True, False, "stochastic_batch_softrank"),
+    "batchbald": (_LP, False, False, "batchbald"),
+    "kbald-2": (_LP, False, False, "kbald2"),
+    "kbald-3": (_LP, False, False, "kbald3"),
+    "kbald-dynamic": (_LP, False, True, "kbald_dynamic"),
+    "conservative-bald": (_LP, False, True, "conservative_bald"),
+    "bait-full": (_EP, False, False, "bait_full"),
+    "bait-topc": (_EP, False, False, "bait_topc"),
+    "bait-binary": (_EP, False, False, "bait_binary"),
+    "bait-diagonal": (_EP, False, False, "bait_diagonal"),
+    "badge": (_EP, True, False, "badge"),
+    "coreset": (("embeddings",), False, False, "coreset"),
+    "typiclust": (("embeddings",), True, False, "typiclust"),
 }
 
 
 def _strategy_row(name):
   # An unknown (newly registered) name still gets a row, with the weakest
   # traits; test_conformance asks for an entry in STRATEGY_TRAITS.
-  needs, random, dynamic = STRATEGY_TRAITS.get(name, (FLOAT_ARRAYS, True,
-                                                      True))
+  needs, random, dynamic, twin = STRATEGY_TRAITS.get(
+      name, (FLOAT_ARRAYS, True, True, None))
   strategy = alfx.get_strategy(name)
 
   def call(a, b, key):
@@ -207,7 +218,7 @@ def _strategy_row(name):
 
   # The context carries every array; a strategy reads those of `needs`.
   return Row(f"strategy:{name}", call, needs, random=random, dynamic=dynamic,
-             reads_values=name != "random")
+             reads_values=name != "random", twin=twin)
 
 
 def all_rows():
@@ -252,9 +263,12 @@ def make_inputs(row, seed_, *, n=N, k=K, c=C, d=D, dtype=np.float32,
   probs_logits = 2.0 * rng.standard_normal((n, c))
   probs = np.exp(probs_logits) / np.sum(np.exp(probs_logits), -1,
                                         keepdims=True)
+  target_logits = 2.5 * rng.standard_normal((M, k, c))
   a = dict(
       log_probs=log_probs, utilities=rng.random(n),
-      embeddings=rng.standard_normal((n, d)) + 3.0, probs=probs)
+      embeddings=rng.standard_normal((n, d)) + 3.0, probs=probs,
+      target_log_probs=target_logits - np.log(np.sum(
+          np.exp(target_logits), -1, keepdims=True)))
   # Fixed counts (whatever the seed): n // 6 labelled points (at least
   # one), n // 8 further points masked out; mask selects half of the
   # labelled points (those must still never be picked).

@@ -138,10 +138,12 @@ def place(a, row):
   """Puts the inputs of ``row`` where this mode's user would."""
   if ARGS.mode == "single":
     return {k: jax.numpy.asarray(v) for k, v in a.items()}, N
+  # Inputs without a pool axis stay plain arrays (replicated by alfx).
+  replicated = {k: jax.numpy.asarray(a.pop(k)) for k in cases.REPLICATED}
   if ARGS.mode == "devices4":
     names = list(a)
     pool = alfx.shard_pool(*(a[k] for k in names))
-    placed = dict(zip(names, pool.arrays))
+    placed = dict(zip(names, pool.arrays), **replicated)
     if row.in_pool:
       placed["in_pool"] = pool.in_pool
     return placed, pool.arrays[0].shape[0]
@@ -155,8 +157,9 @@ def place(a, row):
   host = {k: pad_rows(v, n_pad) for k, v in a.items()}
   if row.in_pool:
     host["in_pool"] = np.arange(n_pad) < N
-  return {k: jax.make_array_from_process_local_data(sharding, v[lo:lo + rows])
-          for k, v in host.items()}, n_pad
+  return {**{k: jax.make_array_from_process_local_data(sharding,
+                                                      v[lo:lo + rows])
+             for k, v in host.items()}, **replicated}, n_pad
 
 
 def fetch(x):

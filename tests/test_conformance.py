@@ -1,27 +1,34 @@
 """One set of properties, run over every acquisition and registry strategy.
 
 In the spirit of distrax's equivalence harness and optax's common optimizer
-tests: the table is `tests/conformance_cases.py` (one row per acquisition),
-and every property below runs over every row:
+tests: the table is `tests/conformance_cases.py` (one row per acquisition,
+one per registry strategy, one shape: N = 203 with duplicated rows) and
+every property below runs over every row:
 
 * picks in range, unique, never masked or labelled; ``valid`` all True with
   enough selectable points on concrete input (a valid prefix for the
   dynamic-size rows); ``valid=False`` under ``jit`` when too few are
   selectable;
-* ``jit`` equals eager; ``jax.vmap`` over a leading axis equals a loop;
+* ``jax.jit(jax.vmap(f))`` over a leading axis equals eager calls item by
+  item (jit and vmap in one program, so each row compiles it once);
 * float64 in gives float64 scores out (under ``jax.enable_x64``);
-* new values, masks and keys never recompile (a compile log from
-  ``jax.monitoring``, eager and under ``jit``, no allowance);
+* new values, masks, labelled sets and keys never recompile, eager and
+  under jit (a compile log from ``jax.monitoring``, no allowance);
 * ties go to the lower index (deterministic rows);
-* the bad inputs of the contract raise ``ValueError``; NaN under ``jit``
-  gives ``valid=False`` or NaN scores;
-* 4 forced devices and 2 processes give the single-device picks: one
-  subprocess per layout runs every row (`tests/conformance_worker.py`),
-  started when this module's first test runs and read by the last tests.
+* every bad input of the contract raises its ``ValueError``; NaN under
+  ``jit`` gives ``valid=False`` or NaN scores, never plausible picks;
+* 4 forced devices and 2 processes x 2 devices give the single-device
+  picks: one subprocess per layout runs every row once
+  (`tests/conformance_worker.py`, plus the sharded checks of
+  `tests/sharded_public.py`), started with this module's first test and
+  read by its last tests; the reference is this process's eager run.
 
-The family files keep their own reference tests (float64 brute force).
+A registry strategy that wraps a direct row (``Row.twin``) runs the
+properties that compile under jit in ``-m slow`` only. The family files
+keep their own reference tests (float64 brute force).
 """
 
+import atexit
 import json
 import os
 import shutil
@@ -40,6 +47,7 @@ import pytest
 
 import alfx
 import conformance_cases as cases
+import sharded_public
 from conftest import compile_log
 
 ROWS = cases.all_rows()
@@ -47,9 +55,14 @@ B = cases.B
 row_params = pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
 
 
-def _rows(pred):
+def _rows(pred=lambda r: True, *, jit=False):
+  """Parametrizes over the rows where ``pred``; ``jit``: the property
+  compiles the row's jit(vmap) program, which for a strategy with a twin
+  row runs under ``-m slow`` only (its twin runs by default)."""
   chosen = [r for r in ROWS if pred(r)]
-  return pytest.mark.parametrize("row", chosen, ids=[r.name for r in chosen])
+  params = [pytest.param(r, marks=pytest.mark.slow) if jit and r.twin else r
+            for r in chosen]
+  return pytest.mark.parametrize("row", params, ids=[r.name for r in chosen])
 
 
 # --------------------------------------------------------------------------
@@ -184,7 +197,7 @@ def test_picks_selectable_unique_valid(row):
   _check_picks(row, a, sel)
 
 
-@row_params
+@_rows(jit=True)
 def test_too_few_selectable_under_jit(row):
   """Under jit the value checks cannot run: picks without a selectable point
   left come back valid=False (eagerly the same input raises, see
@@ -196,7 +209,7 @@ def test_too_few_selectable_under_jit(row):
   _assert_same(got, want, "the other item of the vmapped batch")
 
 
-@row_params
+@_rows(jit=True)
 def test_jit_vmap_equals_eager_loop(row):
   """jax.jit(jax.vmap(f)) over a leading axis equals eager calls of f, item
   by item (one program for jit and vmap: it compiles once)."""
@@ -223,20 +236,28 @@ def test_float64_in_float64_out(row):
 
 
 @row_params
-def test_new_values_masks_keys_never_recompile(row):
-  """Eager and under jit(vmap): after one call, calls with new values, masks,
-  labelled sets and keys compile nothing (no allowance)."""
+def test_new_values_masks_keys_never_recompile_eager(row):
+  """After one call, eager calls with new values, masks, labelled sets and
+  keys compile nothing (no allowance)."""
+  _reference(row)  # compiled (if not yet)
+  items = [_inputs(row, f"compile{i}") for i in range(2)]
+  keys = [_key(row, f"compile{i}") for i in range(2)]
+  with compile_log() as log:
+    for a, key in zip(items, keys):
+      jax.block_until_ready(row.call(a, B, key))
+  assert not log.names, f"new values compiled {log.names}"
+
+
+@_rows(jit=True)
+def test_new_values_masks_keys_never_recompile_under_jit(row):
+  """The same under jit(vmap)."""
   a, key, _ = _reference(row)
-  items = [_inputs(row, f"compile{i}") for i in range(4)]
-  keys = [_key(row, f"compile{i}") for i in range(4)]
+  items = [_inputs(row, f"compile{i}") for i in range(3)]
+  keys = [_key(row, f"compile{i}") for i in range(3)]
   _under_jit(row, [a, items[0]], [key, keys[0]])  # compiled (if not yet)
   with compile_log() as log:
-    for a_i, key_i in zip(items[1:3], keys[1:3]):
-      jax.block_until_ready(row.call(a_i, B, key_i))
-  assert not log.names, f"eager: new values compiled {log.names}"
-  with compile_log() as log:
-    jax.block_until_ready(_under_jit(row, items[2:], keys[2:]))
-  assert not log.names, f"jit(vmap): new values compiled {log.names}"
+    jax.block_until_ready(_under_jit(row, items[1:], keys[1:]))
+  assert not log.names, f"new values compiled {log.names}"
 
 
 @_rows(lambda r: not r.random)
@@ -331,7 +352,7 @@ def test_knc_layout_warns(row):
       pass  # an error of the odd shape after the warning is fine
 
 
-@_rows(lambda r: r.reads_values)
+@_rows(lambda r: r.reads_values, jit=True)
 def test_nan_under_jit_is_never_plausible(row):
   """NaN in one selectable row, under jit (no value checks): valid=False or
   NaN scores, never plausible picks; the other item of the vmapped batch
@@ -355,6 +376,24 @@ _TIMEOUT = float(os.environ.get("ALFX_CONFORMANCE_TIMEOUT", "480"))
 #: The layouts compared with this process's eager run (one device); the
 #: worker's "single" mode reproduces that run in a subprocess, for debugging.
 _MODES = ("devices4", "multiprocess")
+
+
+#: Worker processes alive now: killed at exit too (an interrupted session
+#: leaves no worker behind; the runs' own threads are daemons).
+_LIVE = set()
+
+
+def _kill(p):
+  if p.poll() is None:
+    try:
+      os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    p.wait(timeout=30)
+  _LIVE.discard(p)
+
+
+atexit.register(lambda: [_kill(p) for p in list(_LIVE)])
 
 
 def _free_port():
@@ -389,21 +428,22 @@ def run_layout(mode, out, *, rows=(), timeout=_TIMEOUT, extras=True):
       logs.append(log)
       procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                     env=env, start_new_session=True))
+      _LIVE.add(procs[-1])
+    # Wait for all; a process that fails leaves its peer blocked in a
+    # collective, so the first failure (or the deadline) ends the run.
     deadline = time.monotonic() + timeout
-    codes = []
-    for p in procs:
-      try:
-        codes.append(p.wait(timeout=max(deadline - time.monotonic(), 0.1)))
-      except subprocess.TimeoutExpired:
-        codes.append(f"timeout after {timeout:.0f}s")
+    while any(p.poll() is None for p in procs):
+      if any(p.poll() not in (None, 0) for p in procs):
+        break
+      if time.monotonic() > deadline:
+        break
+      time.sleep(0.2)
+    codes = [p.poll() if p.poll() is not None else
+             ("timeout" if time.monotonic() > deadline else "killed")
+             for p in procs]
   finally:
     for p in procs:
-      if p.poll() is None:
-        try:
-          os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-          pass
-        p.wait(timeout=30)
+      _kill(p)
     for log in logs:
       log.close()
   text = ""
@@ -569,4 +609,15 @@ def test_sharded_flax_helpers_predict_each_devices_rows(layouts, mode):
     assert out["specs"] == [["pool", None, None], ["pool", None],
                             ["pool", None]], name
     assert out["diff"] < 1e-5, (name, out["diff"])
-    assert out["picks_equal"], name
+
+
+@pytest.mark.parametrize("mode", _MODES)
+def test_sharded_kernels_equal_single_device(layouts, mode):
+  """entropy and bald called directly on the sharded pool (4 devices; 2
+  processes): the single-device values, split P('pool'). (The uncertainty
+  scores run sharded in their strategy rows.)"""
+  out = _extras(layouts, mode, "kernels")
+  assert set(out) == set(sharded_public.KERNELS)
+  for name, o in out.items():
+    assert o["spec"] == ["pool"], (name, o)
+    assert o["diff"] < 1e-5, (name, o)
