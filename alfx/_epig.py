@@ -155,7 +155,9 @@ def epig(log_probs, target_log_probs, *, chunk_size=None):
   ``H[Y_n] - mean_m H[Y_n | Y*_m]`` by the table kernel of
   `alfx.batchbald` with the ``M C`` rows ``(m, y*)``. ``0 <= EPIG(n) <=
   BALD(n)`` (data processing: ``Y*`` depends on ``Y_n`` only through the
-  parameters).
+  parameters). Top-B EPIG is ``alfx.top_b(epig(...), B)``; PowerEPIG, the
+  paper's batch recipe, is
+  ``alfx.stochastic_batch(epig(...), B, key=key, mode="power")``.
 
   Args:
     log_probs: ``float[N, K, C]`` predictive log-probabilities of the pool.
