@@ -23,6 +23,10 @@ from alfx._bait import fisher_factors
 from alfx._bait import FisherFactors
 from alfx._bait import pool_fisher
 from alfx._bait import PoolFisher
+from alfx._epig import batch_epig
+from alfx._epig import epig
+from alfx._epig import kepig
+from alfx._epig import pool_targets
 from alfx._flax import ensemble_predictions
 from alfx._flax import FitResult
 from alfx._flax import Forward
@@ -94,17 +98,20 @@ __all__ = (
     "bait",
     "bald",
     "batchbald",
+    "batch_epig",
     "checked",
     "co_information",
     "conservative_bald",
     "coreset",
     "ensemble_predictions",
     "entropy",
+    "epig",
     "fisher_factors",
     "get_strategy",
     "init_ensemble",
     "initial_state",
     "joint_entropy",
+    "kepig",
     "kbald",
     "kbald_dynamic",
     "least_confidence",
@@ -118,6 +125,7 @@ __all__ = (
     "mutual_information",
     "nnx_forward",
     "pool_fisher",
+    "pool_targets",
     "predictive_entropy",
     "random_batch",
     "register_strategy",

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from alfx import _bait
 from alfx import _bald
 from alfx import _diversity
+from alfx import _epig
 from alfx import _information
 from alfx import _kbald
 from alfx import _pool
@@ -329,6 +330,18 @@ for _kind, _text in (("full", "BAIT (Ash et al. 2021), full last-layer"
                      ("diagonal", "BAIT with the diagonal of the Fisher")):
   register_strategy(f"bait-{_kind}",
                     _bait_kind(_kind), description=_text)
+register_strategy("epig", _epig.epig_strategy,
+                  description="top-B EPIG (Bickford Smith et al. 2023) against"
+                  " option num_targets (default 100) unlabelled pool inputs")
+register_strategy("batch-epig", _epig.batch_epig_strategy,
+                  description="greedy joint EPIG of the batch (BatchEPIG),"
+                  " options num_targets, num_configurations")
+register_strategy("kepig-2", _epig.kepig_strategy(2),
+                  description="EPIG minus the co-information with each pick"
+                  " and the targets (k-EPIG, order 2), option num_targets")
+register_strategy("powerepig", _epig.powerepig_strategy,
+                  description="power sampling of EPIG scores (Bickford Smith"
+                  " et al. 2023), options num_targets, beta")
 register_strategy("badge", _badge,
                   description="k-means++ seeding on gradient embeddings"
                   " (Ash et al. 2020)")
