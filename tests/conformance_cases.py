@@ -169,6 +169,24 @@ ROWS = [
     _bait_row("bait_diagonal", "diagonal"),
     # The path of C * D > DENSE_MAX_DIM, forced at a small shape.
     _bait_row("bait_structured_full", "full", method="structured"),
+    # EPIG against M replicated target predictions. M C**4 = 648
+    # configurations: exact for every step.
+    Row("batch_epig",
+        lambda a, b, key: alfx.batch_epig(a["log_probs"],
+                                           a["target_log_probs"], b,
+                                           mask=a["mask"]),
+        ("log_probs",)),
+    # M C**3 = 216 > 100: exact for 2 picks, then sampled.
+    Row("batch_epig_sampled",
+        lambda a, b, key: alfx.batch_epig(a["log_probs"],
+                                           a["target_log_probs"], b, key=key,
+                                           mask=a["mask"],
+                                           num_configurations=100),
+        ("log_probs",), random=True),
+    Row("kepig2",
+        lambda a, b, key: alfx.kepig(a["log_probs"], a["target_log_probs"],
+                                      b, order=2, mask=a["mask"]),
+        ("log_probs",)),
 ]
 
 # --------------------------------------------------------------------------
@@ -200,6 +218,13 @@ STRATEGY_TRAITS = {
     "badge": (_EP, True, False, "badge"),
     "coreset": (("embeddings",), False, False, "coreset"),
     "typiclust": (("embeddings",), True, False, "typiclust"),
+    # EPIG: the targets are pool rows drawn with the key, so every EPIG
+    # strategy is random.
+    "epig": (_LP, True, False, None),
+    "powerepig": (_LP, True, False, None),
+    "batch-epig": (_LP, True, False, "batch_epig"),
+    "kepig-2": (_LP, True, False, "kepig2"),
+    "kepig-3": (_LP, True, False, "kepig2"),
 }
 
 

@@ -167,7 +167,8 @@ def _assert_same(got, want, what, rtol=1e-4):
 #: The public acquisitions; each must be called by a row.
 ACQUISITIONS = ("top_b", "topk_bald", "batchbald", "kbald", "kbald_dynamic",
                 "conservative_bald", "stochastic_batch", "random_batch",
-                "badge", "coreset", "typiclust", "bait")
+                "badge", "coreset", "typiclust", "bait", "batch_epig",
+                "kepig")
 
 
 def test_table_covers_every_acquisition_and_strategy():
@@ -320,6 +321,8 @@ def _bad_cases(row):
 _BAD = [(row, *case) for row in ROWS for case in _bad_cases(row)]
 
 
+# The [K, N, C] case also warns (test_knc_layout_warns checks the warning).
+@pytest.mark.filterwarnings("ignore:log_probs has shape")
 @pytest.mark.parametrize("row,case,corrupt,match,traced", _BAD,
                          ids=[f"{r.name}-{c[0]}" for r, *c in _BAD])
 def test_bad_inputs_raise(row, case, corrupt, match, traced):
