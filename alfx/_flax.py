@@ -377,11 +377,12 @@ def ensemble_predictions(forward: Forward, params, inputs, *,
   """
   inputs = _check_inputs(inputs)
   chunk_size = _check_chunk_size(chunk_size)
-  return _sharding.call(_ensemble_local, (params, inputs), (False, True),
-                        out_specs=_sharding.pool_spec, forward=forward,
-                        chunk_size=chunk_size)
+  return _ensemble_local(params, inputs, forward=forward,
+                         chunk_size=chunk_size)
 
 
+@_sharding.pool_core(pool=("inputs",), static=("forward", "chunk_size"),
+                     out_specs=_sharding.pool_spec, selection=False)
 def _ensemble_local(params, inputs, forward, chunk_size, axis_name=None):
   """The rows of ``inputs`` at hand: points are independent, no collective."""
   del axis_name
@@ -432,12 +433,13 @@ def mc_dropout_predictions(forward: Forward, params, inputs, *, key,
   key = _validation.check_key(key)
   num_samples = _validation.check_positive_int(num_samples, "num_samples")
   chunk_size = _check_chunk_size(chunk_size)
-  return _sharding.call(_mc_dropout_local, (params, inputs, key),
-                        (False, True, False), out_specs=_sharding.pool_spec,
-                        forward=forward, num_samples=num_samples,
-                        chunk_size=chunk_size)
+  return _mc_dropout_local(params, inputs, key, forward=forward,
+                           num_samples=num_samples, chunk_size=chunk_size)
 
 
+@_sharding.pool_core(pool=("inputs",),
+                     static=("forward", "num_samples", "chunk_size"),
+                     out_specs=_sharding.pool_spec, selection=False)
 def _mc_dropout_local(params, inputs, key, forward, num_samples, chunk_size,
                       axis_name=None):
   # Every point uses the same K keys (consistent dropout), so the local rows
