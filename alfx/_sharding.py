@@ -7,9 +7,9 @@ sharded over a device mesh:
 
 * `shard_pool` pads the pool axis to a multiple of the mesh size and places
   the arrays with ``NamedSharding(mesh, P(axis_name))``.
-* `call` inspects the pool-axis arguments of a public function after its
-  input checks. If one of them is sharded along axis 0 over a mesh axis, the
-  core runs under ``jax.shard_map`` (pool arguments split, everything else
+* `pool_core` declares a core's pool-axis and static arguments by name and
+  inspects the pool-axis arguments when it is called. If one of them is
+  sharded along axis 0 over a mesh axis, the core runs under ``jax.shard_map`` (pool arguments split, everything else
   replicated, the `Selection` replicated: every device computes the same
   picks through the `_pool` collectives); otherwise the core runs as is.
 
@@ -302,7 +302,7 @@ def pool_core(*, pool: tuple[str, ...], static: tuple[str, ...] = (),
 
     def guarded(*args, nan_guard=False, axis_name=None, **static_kwargs):
       out = fn(*args, axis_name=axis_name, **static_kwargs)
-      if nan_guard:
+      if nan_guard and hasattr(out, "valid"):
         out = _nan_guard(out, args, is_pool, axis_name)
       return out
 
@@ -343,16 +343,3 @@ def pool_gathers(hlo_text: str, pool_size: int) -> list[str]:
     if any(d >= pool_size for d in dims):
       found.append(line.strip())
   return found
-
-
-
-def call(core, args, pool, *, out_specs=P(), **static):
-  """Deprecated: the old positional dispatch (removed once every core uses
-  `pool_core`)."""
-  specs = None
-  if callable(out_specs):
-    specs = lambda axis, _: out_specs(axis)  # noqa: E731
-  elif out_specs != P():
-    specs = lambda axis, _: out_specs  # noqa: E731
-  return _dispatch(core, tuple(args), tuple(bool(p) for p in pool), specs,
-                   static)
