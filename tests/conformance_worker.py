@@ -3,8 +3,8 @@
 Executed by ``tests/test_conformance.py`` (the device count and the process
 group are fixed when JAX starts, hence a subprocess per layout)::
 
-  python tests/conformance_worker.py MODE OUT_DIR [--rows a,b] [--no-extras]
-      [--process-id I --port P]
+  python tests/conformance_worker.py MODE OUT_DIR [--rows a,b | --rows all]
+      [--extras a,b | --extras all] [--process-id I --port P]
 
 MODE is one of
 
@@ -41,10 +41,12 @@ def _parse():
   p = argparse.ArgumentParser()
   p.add_argument("mode", choices=("single", "devices4", "multiprocess"))
   p.add_argument("out")
-  p.add_argument("--rows", default="")
+  p.add_argument("--rows", default="all",
+                 help="comma-separated row names, 'all' or '' (none)")
   p.add_argument("--process-id", type=int, default=0)
   p.add_argument("--port", type=int, default=0)
-  p.add_argument("--no-extras", action="store_true")
+  p.add_argument("--extras", default="all",
+                 help="checks of sharded_public.CHECKS: names, 'all' or ''")
   return p.parse_args()
 
 
@@ -236,14 +238,18 @@ def run_rows(rows):
 def main():
   os.makedirs(ARGS.out, exist_ok=True)
   rows = cases.all_rows()
-  if ARGS.rows:
-    wanted = ARGS.rows.split(",")
+  if ARGS.rows != "all":
+    wanted = set(filter(None, ARGS.rows.split(",")))
+    unknown = wanted - {r.name for r in rows}
+    if unknown:
+      raise SystemExit(f"unknown rows {sorted(unknown)}")
     rows = [r for r in rows if r.name in wanted]
   run_rows(rows)
-  extras = {}
-  if not ARGS.no_extras:
-    import sharded_public  # pylint: disable=g-import-not-at-top
-    extras = sharded_public.run(ARGS.mode, cases.seed("extras"))
+  import sharded_public  # pylint: disable=g-import-not-at-top
+  extras = sharded_public.run(
+      ARGS.mode, cases.seed("extras"),
+      None if ARGS.extras == "all" else
+      tuple(filter(None, ARGS.extras.split(","))))
   if WRITER:
     with open(os.path.join(ARGS.out, "extras.json"), "w") as fh:
       json.dump(extras, fh)

@@ -22,6 +22,7 @@ Each check's failure is recorded as a string, so one broken check does not
 hide the others.
 """
 
+import dataclasses
 import sys
 import time
 import traceback
@@ -125,32 +126,49 @@ def check_controls(lp):
 
 def check_bait_state(emb, probs, labeled, mask):
   """BAIT's per-point state stays split (P('pool'), 51 rows a device) and
-  equals the single-device state; F with in_pool equals the unpadded F."""
+  equals the single-device state; F with in_pool equals the unpadded F.
+
+  The state is internal: `_bait._bait.core` (the undecorated core of its
+  `pool_core`) returns it with ``with_state=True``; run here under our own
+  ``shard_map`` whose ``out_specs`` keep the per-point state split, as
+  `bait` runs it on a sharded pool.
+  """
   pool = alfx.shard_pool(emb, probs, labeled, mask)
   s_emb, s_probs, s_labeled, s_mask = pool.arrays
   per_point = ("u", "w", "u0", "w0")
+  core = _bait._bait.core
+  chunk_size = _bait._check_chunk_size(None)
   out = {}
   for fisher, method, capacity in (("full", "dense", None),
                                    ("full", "structured", 32),
                                    ("topc", "structured", 32)):
     top_c = 2 if fisher == "topc" else 1
     static = dict(batch_size=B, kind=fisher, top_c=top_c, oversample=2,
-                  method=method, chunk_size=None, capacity=capacity)
+                  method=method, chunk_size=chunk_size, capacity=capacity,
+                  with_state=True)
     stats = alfx.pool_fisher(emb, probs, fisher=fisher, top_c=top_c,
                              method=method)
     s_stats = alfx.pool_fisher(s_emb, s_probs, fisher=fisher, top_c=top_c,
                                method=method, in_pool=pool.in_pool)
     field = "quad" if fisher == "topc" else "blocks"
     want, got = getattr(stats, field), getattr(s_stats, field)
-    _, state = _bait._bait(emb, probs, labeled, mask, 1.0, stats, None,
-                           stats.quad, with_state=True, **static)
-    state_specs = lambda axis: (P(), {  # noqa: E731
-        k: (P(axis) if k in per_point else P()) for k in state})
-    _, s_state = _sharding.call(
-        _bait._bait, (s_emb, s_probs, s_labeled, s_mask, 1.0, s_stats,
-                      pool.in_pool, s_stats.quad),
-        (True, True, True, True, False, False, True, True),
-        out_specs=state_specs, with_state=True, **static)
+    # As bait passes them: F replicated without its per-point quad, which
+    # travels with the pool.
+    rep = dataclasses.replace(stats, quad=None)
+    s_rep = dataclasses.replace(s_stats, quad=None)
+    _, state = jax.jit(lambda e, p, l, m, f, q: core(
+        e, p, l, m, 1.0, f, None, q, **static))(emb, probs, labeled, mask,
+                                                rep, stats.quad)
+    specs = {k: P("pool") if k in per_point else P() for k in state}
+    split = P("pool")
+    quad_spec = None if s_stats.quad is None else split
+    run = jax.jit(jax.shard_map(
+        lambda e, p, l, m, f, ip, q: core(e, p, l, m, 1.0, f, ip, q,
+                                          axis_name="pool", **static),
+        mesh=pool.mesh, in_specs=(split,) * 4 + (P(), split, quad_spec),
+        out_specs=(P(), specs), check_vma=False))
+    _, s_state = run(s_emb, s_probs, s_labeled, s_mask, s_rep, pool.in_pool,
+                     s_stats.quad)
     out[f"{fisher}_{method}"] = dict(
         fisher_field=field,
         fisher_diff=(rel_diff(want, got) if field == "quad" else float(
@@ -238,22 +256,27 @@ def _global(x, n_pad):
       NamedSharding(mesh, P("pool")), x[lo:lo + rows])
 
 
-def run(mode, seed):
-  """The checks of ``mode``; a dict of JSON-able results."""
+#: The checks of each mode (the names test_conformance asks for).
+CHECKS = {"devices4": ("shard_pool", "controls", "bait_state", "kernels",
+                       "flax"),
+          "multiprocess": ("kernels", "flax")}
+
+
+def run(mode, seed, wanted=None):
+  """The checks ``wanted`` (default all of ``mode``'s); JSON-able results."""
   lp, emb, probs, labeled, mask, x = _inputs(seed)
   if mode == "devices4":
-    return dict(
-        shard_pool=_guard(lambda: check_shard_pool(lp, emb, probs, labeled,
-                                                   mask)),
-        controls=_guard(lambda: check_controls(lp)),
-        bait_state=_guard(lambda: check_bait_state(emb, probs, labeled,
-                                                   mask)),
-        kernels=_guard(lambda: check_kernels(
-            lp, alfx.shard_pool(lp).arrays[0])),
-        flax=_guard(lambda: check_flax(x, alfx.shard_pool(x).arrays[0])))
-  if mode == "multiprocess":
+    pool_of = lambda a: alfx.shard_pool(a).arrays[0]  # noqa: E731
+  else:
     n_pad = -(-N // jax.device_count()) * jax.device_count()
-    return dict(
-        kernels=_guard(lambda: check_kernels(lp, _global(lp, n_pad))),
-        flax=_guard(lambda: check_flax(x, _global(x, n_pad))))
-  return {}
+    pool_of = lambda a: _global(a, n_pad)  # noqa: E731
+  checks = {
+      "shard_pool": lambda: check_shard_pool(lp, emb, probs, labeled, mask),
+      "controls": lambda: check_controls(lp),
+      "bait_state": lambda: check_bait_state(emb, probs, labeled, mask),
+      "kernels": lambda: check_kernels(lp, pool_of(lp)),
+      "flax": lambda: check_flax(x, pool_of(x)),
+  }
+  wanted = CHECKS.get(mode, ()) if wanted is None else wanted
+  return {name: _guard(checks[name]) for name in wanted
+          if name in CHECKS.get(mode, ())}

@@ -55,13 +55,14 @@ B = cases.B
 row_params = pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
 
 
-def _rows(pred=lambda r: True, *, jit=False):
-  """Parametrizes over the rows where ``pred``; ``jit``: the property
-  compiles the row's jit(vmap) program, which for a strategy with a twin
-  row runs under ``-m slow`` only (its twin runs by default)."""
+def _rows(pred=lambda r: True, *, heavy=False):
+  """Parametrizes over the rows where ``pred``. ``heavy``: the property
+  compiles a program of its own (the row's jit(vmap) program, or the row in
+  a device layout), which for a strategy with a twin row runs under
+  ``-m slow`` only: its twin runs by default."""
   chosen = [r for r in ROWS if pred(r)]
-  params = [pytest.param(r, marks=pytest.mark.slow) if jit and r.twin else r
-            for r in chosen]
+  params = [pytest.param(r, marks=pytest.mark.slow) if heavy and r.twin
+            else r for r in chosen]
   return pytest.mark.parametrize("row", params, ids=[r.name for r in chosen])
 
 
@@ -198,7 +199,7 @@ def test_picks_selectable_unique_valid(row):
   _check_picks(row, a, sel)
 
 
-@_rows(jit=True)
+@_rows(heavy=True)
 def test_too_few_selectable_under_jit(row):
   """Under jit the value checks cannot run: picks without a selectable point
   left come back valid=False (eagerly the same input raises, see
@@ -210,7 +211,7 @@ def test_too_few_selectable_under_jit(row):
   _assert_same(got, want, "the other item of the vmapped batch")
 
 
-@_rows(jit=True)
+@_rows(heavy=True)
 def test_jit_vmap_equals_eager_loop(row):
   """jax.jit(jax.vmap(f)) over a leading axis equals eager calls of f, item
   by item (one program for jit and vmap: it compiles once)."""
@@ -249,7 +250,7 @@ def test_new_values_masks_keys_never_recompile_eager(row):
   assert not log.names, f"new values compiled {log.names}"
 
 
-@_rows(jit=True)
+@_rows(heavy=True)
 def test_new_values_masks_keys_never_recompile_under_jit(row):
   """The same under jit(vmap)."""
   a, key, _ = _reference(row)
@@ -355,7 +356,7 @@ def test_knc_layout_warns(row):
       pass  # an error of the odd shape after the warning is fine
 
 
-@_rows(lambda r: r.reads_values, jit=True)
+@_rows(lambda r: r.reads_values, heavy=True)
 def test_nan_under_jit_is_never_plausible(row):
   """NaN in one selectable row, under jit (no value checks): valid=False or
   NaN scores, never plausible picks; the other item of the vmapped batch
@@ -405,19 +406,18 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def run_layout(mode, out, *, rows=(), timeout=_TIMEOUT, extras=True):
-  """Runs the worker in ``mode`` (2 processes for ``multiprocess``).
+def run_layout(mode, out, *, rows="all", extras="all", timeout=_TIMEOUT):
+  """Runs the worker in ``mode`` (2 processes for ``multiprocess``) on
+  ``rows`` and the ``extras`` checks of sharded_public (names or "all").
 
   Each process runs in its own process group; on a timeout or any failure
   every group is killed. Returns ``(returncodes, log text)``.
   """
   os.makedirs(out, exist_ok=True)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  base = [sys.executable, _WORKER, mode, out]
-  if rows:
-    base += ["--rows", ",".join(rows)]
-  if not extras:
-    base += ["--no-extras"]
+  join = lambda x: x if isinstance(x, str) else ",".join(sorted(x))  # noqa
+  base = [sys.executable, _WORKER, mode, out, "--rows", join(rows),
+          "--extras", join(extras)]
   if mode == "multiprocess":
     port = _free_port()
     cmds = [base + ["--process-id", str(i), "--port", str(port)]
@@ -457,27 +457,33 @@ def run_layout(mode, out, *, rows=(), timeout=_TIMEOUT, extras=True):
 
 
 class _Layouts:
-  """The three layout runs, started in background threads."""
+  """The layout runs, started in background threads: each runs the rows and
+  checks that the selected tests read (so ``-k``/``-m`` selections run
+  less)."""
 
   def __init__(self):
     self.dir = tempfile.mkdtemp(prefix="alfx_conformance_")
-    self.threads, self.results = {}, {}
+    self.threads, self.results, self.plan = {}, {}, {}
 
-  def start(self):
-    for mode in _MODES:
-      if mode not in self.threads:
-        t = threading.Thread(target=self._run, args=(mode,), daemon=True)
+  def start(self, plan):
+    for mode, (rows, extras) in plan.items():
+      if mode not in self.threads and (rows or extras):
+        self.plan[mode] = (rows, extras)
+        t = threading.Thread(target=self._run, args=(mode, rows, extras),
+                             daemon=True)
         self.threads[mode] = t
         t.start()
 
-  def _run(self, mode):
+  def _run(self, mode, rows, extras):
     try:
-      self.results[mode] = run_layout(mode, os.path.join(self.dir, mode))
+      self.results[mode] = run_layout(mode, os.path.join(self.dir, mode),
+                                      rows=rows, extras=extras)
     except Exception as e:  # pylint: disable=broad-except
       self.results[mode] = ([repr(e)], "")
 
   def get(self, mode):
-    self.start()
+    if mode not in self.threads:
+      pytest.fail(f"the {mode} run was not planned for this selection")
     self.threads[mode].join()
     codes, text = self.results[mode]
     out = os.path.join(self.dir, mode)
@@ -492,6 +498,36 @@ class _Layouts:
     shutil.rmtree(self.dir, ignore_errors=True)
 
 
+#: Tests reading a sharded_public check: (mode or None for the test's
+#: ``mode`` parameter, check name).
+_CHECK_TESTS = {
+    "test_sharded_shard_pool_pads_and_places": ("devices4", "shard_pool"),
+    "test_sharded_gather_detector_and_padding_controls": ("devices4",
+                                                          "controls"),
+    "test_sharded_bait_scan_state_stays_split": ("devices4", "bait_state"),
+    "test_sharded_flax_helpers_predict_each_devices_rows": (None, "flax"),
+    "test_sharded_kernels_equal_single_device": (None, "kernels"),
+}
+_ROW_TESTS = {
+    "test_devices4_picks_equal_single_device": "devices4",
+    "test_multiprocess_picks_equal_single_process": "multiprocess",
+}
+
+
+def _plan(items):
+  """``{mode: (rows, checks)}`` that the selected ``items`` read."""
+  plan = {mode: (set(), set()) for mode in _MODES}
+  for item in items:
+    name = getattr(item, "originalname", item.name)
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if name in _ROW_TESTS:
+      plan[_ROW_TESTS[name]][0].add(params["row"].name)
+    elif name in _CHECK_TESTS:
+      mode, check = _CHECK_TESTS[name]
+      plan[mode or params["mode"]][1].add(check)
+  return plan
+
+
 @pytest.fixture(scope="module")
 def layouts():
   runs = _Layouts()
@@ -502,11 +538,9 @@ def layouts():
 @pytest.fixture(scope="module", autouse=True)
 def _start_layouts_early(request, layouts):
   """Starts the subprocesses with this module's first test (they run beside
-  the in-process properties), if any selected test reads them."""
-  if any(item.module is request.module and item.name.startswith(
-      ("test_devices4", "test_multiprocess", "test_sharded"))
-         for item in request.session.items):
-    layouts.start()
+  the in-process properties) for what the selected tests read."""
+  layouts.start(_plan(item for item in request.session.items
+                      if item.module is request.module))
 
 
 def _load(out, row):
@@ -520,7 +554,7 @@ def _load(out, row):
     return sel, json.load(fh)
 
 
-@row_params
+@_rows(heavy=True)
 def test_devices4_picks_equal_single_device(row, layouts):
   """4 forced devices, the pool padded 203 -> 204 by alfx.shard_pool: the
   single-device picks, the padding never picked, no all-gather of a
@@ -543,7 +577,7 @@ def test_devices4_picks_equal_single_device(row, layouts):
     assert meta["pool_gathers"], "softrank's [N] utilities are gathered"
 
 
-@row_params
+@_rows(heavy=True)
 def test_multiprocess_picks_equal_single_process(row, layouts):
   """2 processes x 2 devices on 127.0.0.1 (gloo), global arrays from
   jax.make_array_from_process_local_data as in the README's recipe."""
@@ -579,12 +613,16 @@ def test_sharded_gather_detector_and_padding_controls(layouts):
   assert out["mask_none_picks_padding"]
 
 
+@pytest.mark.slow
 def test_sharded_bait_scan_state_stays_split(layouts):
   """BAIT's per-point U_n, W_n live split over the devices (P('pool'), 51
   rows each) and equal the single-device state, on the dense and the
   structured paths; F (with the padding row weighted 0 through in_pool)
   equals the unpadded pool's F: the blocks replicated, structured topc's
-  per-point V_n^T F V_n split like the pool."""
+  per-point V_n^T F V_n split like the pool. (Slow: six more BAIT
+  compilations, ~27 s; by default the BAIT rows' sharded programs are
+  checked free of pool-sized all-gathers, which a replicated state would
+  need.)"""
   states = _extras(layouts, "devices4", "bait_state")
   assert set(states) == {"full_dense", "full_structured", "topc_structured"}
   for name, out in states.items():
