@@ -58,6 +58,7 @@ import dataclasses
 import functools
 import math
 from typing import NamedTuple
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +76,16 @@ METHODS = ("auto", "dense", "structured")
 
 #: ``method='auto'`` uses the dense path while ``d = C * D`` is at most this.
 DENSE_MAX_DIM = 8192
+
+#: The largest ``eps(dtype) * |U|^2`` (``|U|``: the Frobenius norm of a
+#: pick's ``X^T M^-1 X``, or of the quantities the structured set-up cancels)
+#: at which `bait` still trusts its picks; see `_bait`.
+_RESOLUTION = 0.01
+
+#: `bait` warns when ``eps(dtype) * max_n |h_n| / rms_n |h_n - mean|`` is
+#: above this: the embeddings' common offset leaves fewer than ~3 digits for
+#: their spread (float32: offsets beyond ~1e4 times the spread).
+_OFFSET_WARNING = 1e-3
 
 #: Default working-set budget (floats) for chunked pool-wide intermediates.
 _CHUNK_FLOATS = 1 << 24
@@ -94,7 +105,7 @@ class FisherFactors(NamedTuple):
   ``I(x_n) = V_n V_n^T`` with ``V_n = class_factors[n] (x) embeddings[n]``:
   column ``k`` of ``V_n`` is ``class_factors[n, :, k] (x) embeddings[n]``, a
   vector over the ``d = C_f * D`` last-layer parameters (class-major). For
-  ``kind='diagonal'`` the Fisher is the diagonal ``diag(V_n V_n^T)``.
+  ``fisher='diagonal'`` the Fisher is the diagonal ``diag(V_n V_n^T)``.
 
   Attributes:
     class_factors: ``float[N, C_f, r]``, ``A_n``.
@@ -105,7 +116,7 @@ class FisherFactors(NamedTuple):
   embeddings: jax.Array
 
 
-def fisher_factors(embeddings, probs, *, kind="full", top_c=2):
+def fisher_factors(embeddings, probs, *, fisher="full", top_c=2):
   """The per-example last-layer Fisher information of a softmax classifier.
 
   For a last layer ``logits = W h`` with softmax outputs ``p``, the Fisher of
@@ -125,7 +136,7 @@ def fisher_factors(embeddings, probs, *, kind="full", top_c=2):
   Args:
     embeddings: ``float[N, D]`` last-layer inputs ``h``.
     probs: ``float[N, C]`` softmax probabilities.
-    kind: ``'full'``, ``'topc'``, ``'binary'`` or ``'diagonal'``.
+    fisher: ``'full'``, ``'topc'``, ``'binary'`` or ``'diagonal'``.
     top_c: static ``int`` in ``[1, C]``, the classes kept by ``'topc'``.
 
   Returns:
@@ -138,9 +149,9 @@ def fisher_factors(embeddings, probs, *, kind="full", top_c=2):
     (4, 5, 5)
   """
   embeddings, probs = _check_inputs(embeddings, probs)
-  _validation.check_choice(kind, "kind", FISHER_KINDS)
-  top_c = _check_top_c(top_c, kind, probs.shape[1])
-  return _fisher_factors(embeddings, probs, kind, top_c)
+  _validation.check_choice(fisher, "fisher", FISHER_KINDS)
+  top_c = _check_top_c(top_c, fisher, probs.shape[1])
+  return _fisher_factors(embeddings, probs, fisher, top_c)
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "top_c"))
@@ -171,12 +182,86 @@ def _class_factors(probs, kind, top_c):
   raise ValueError(kind)
 
 
-def _class_outer(probs, factors, kind):
-  """``A_n A_n^T``, ``[N, C_f, C_f]`` (exactly ``diag p - p p^T`` for full)."""
-  if kind == "full":
-    return (jax.vmap(jnp.diag)(probs)
-            - probs[:, :, None] * probs[:, None, :])
+def _class_outer(factors):
+  """``A_n A_n^T``, ``[N, C_f, C_f]``."""
   return jnp.einsum("nar,nbr->nab", factors, factors)
+
+
+# --------------------------------------------------------------------------
+# A well-conditioned basis of the last layer's parameters.
+#
+# tr(M^-1 F) is invariant under any orthogonal change of basis of the
+# parameters (M, F and every I(x) are conjugated alike, and lam I stays lam
+# I). Two such changes make float32 accurate where the standard basis is not:
+#
+# * Embeddings with a large common offset mu (ReLU features, or the issue's
+#   shared offset of 1e3) make every D x D block of M and F ~ |mu|^2 along mu
+#   and O(spread^2) across it; in the standard basis the small part is lost
+#   to the rounding of the large entries (eps |mu|^2 ~ 0.6 at |mu| = 2e3,
+#   against lam = 1). A Householder reflection Q that maps mu to e_1 keeps
+#   the two scales in separate coordinates: h' = Q (h - mu) - s |mu| e_1.
+# * For full and topc, every column of A_n sums to zero over the classes, so
+#   1_C (x) R^D is a null space of every Fisher: there M = lam I and F = 0,
+#   while the quadratic forms h^T (M^-1)_ab h carry a common |h|^2 / (C lam)
+#   that cancels in A_n^T (.) A_n (error eps |h|^2 / lam). The dense path
+#   drops that null space: the class factors become P^T A_n, ``[C - 1, r]``,
+#   P an orthonormal basis of 1_C^perp. The trace is unchanged (M is block
+#   diagonal across 1_C^perp and 1_C, and F vanishes on the latter), and d
+#   shrinks from C D to (C - 1) D.
+#
+# Measured at N=12, D=5, C=3, two labelled, offsets 1e3 (float32 against
+# float64 picks): see tests/test_bait.py::test_float32_offset_*.
+
+
+def _pool_center(h, row_weight, n_total, axis_name):
+  """The mean embedding over the pool's rows (``row_weight``: 0/1 or None)."""
+  if row_weight is not None:
+    h = h * row_weight[:, None]
+  return _pool.psum(jnp.sum(h, axis=0), axis_name) / n_total
+
+
+def _rotate(h, center):
+  """``Q h`` for the Householder reflection ``Q`` that maps ``center`` to
+  ``-s |center| e_1`` (``s`` the sign of ``center[0]``), computed as ``Q (h -
+  center) - s |center| e_1`` so that the coordinates across ``center`` keep
+  the precision of ``h - center``."""
+  norm = jnp.sqrt(jnp.sum(center * center))
+  sign = jnp.where(center[0] >= 0, 1, -1).astype(h.dtype)
+  v = center.at[0].add(sign * norm)
+  vv = jnp.sum(v * v)
+  coef = jnp.where(vv > 0, 2 / jnp.where(vv > 0, vv, 1), 0) * v
+  x = h - center
+  x = x - (x @ v)[:, None] * coef
+  return x.at[:, 0].add(-sign * norm)
+
+
+def _null_free(kind, c):
+  """Whether the dense path drops the class null space ``1_C`` (see above)."""
+  return kind in ("full", "topc") and c > 1
+
+
+def _project_classes(x):
+  """``P^T x`` over axis -2 (``[..., C, q] -> [..., C - 1, q]``).
+
+  ``P``: the first ``C - 1`` columns of the Householder reflection ``H = I -
+  2 w w^T / w^T w``, ``w = 1_C / sqrt(C) - e_C``, which maps ``1_C /
+  sqrt(C)`` to ``e_C``: an orthonormal basis of ``1_C^perp``, applied in
+  ``O(C q)``.
+  """
+  c = x.shape[-2]
+  w = np.full((c,), 1 / math.sqrt(c))
+  w[-1] -= 1
+  w = jnp.asarray(w / np.linalg.norm(w) * math.sqrt(2), x.dtype)
+  y = x - w[:, None] * jnp.einsum("a,...aq->...q", w, x)[..., None, :]
+  return y[..., :-1, :]
+
+
+def _dense_factors(probs, kind, top_c):
+  """Class factors of the dense path, ``[N, C_f, r]``, null space dropped."""
+  factors = _class_factors(probs, kind, top_c)
+  if _null_free(kind, probs.shape[1]):
+    factors = _project_classes(factors)
+  return factors
 
 
 # --------------------------------------------------------------------------
@@ -184,8 +269,8 @@ def _class_outer(probs, factors, kind):
 
 
 @functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=("blocks", "quad"),
-                   meta_fields=("kind", "top_c", "method"))
+                   data_fields=("blocks", "quad", "center"),
+                   meta_fields=("fisher", "top_c", "method"))
 @dataclasses.dataclass(frozen=True)
 class PoolFisher:
   """The pool's Fisher information ``F``, in the form `bait` consumes.
@@ -193,11 +278,11 @@ class PoolFisher:
   ``F = mean_n I(x_n)`` over the whole pool (labelled and not) does not depend
   on the labelled set or the picks: compute it once per model with
   `pool_fisher` and pass it to every `bait` call on that pool. A pytree
-  (``kind``, ``top_c`` and ``method`` are static), so it passes through
+  (``fisher``, ``top_c`` and ``method`` are static), so it passes through
   ``jit``.
 
   Attributes:
-    kind: the Fisher kind it was computed for.
+    fisher: the Fisher kind it was computed for.
     top_c: the ``top_c`` of ``'topc'`` (1 otherwise).
     method: ``'dense'``, ``'structured'`` or ``'diagonal'``.
     blocks: ``dense``: ``float[C_f (C_f + 1) / 2, D, D]``, the blocks
@@ -208,16 +293,24 @@ class PoolFisher:
       None.
     quad: ``structured`` ``topc`` only: ``float[N, top_c, top_c]``,
       ``V_n^T F V_n`` for every point (the pool's one ``N^2`` term).
+    center: ``float[D]``, the pool's mean embedding (None for
+      ``diagonal``). ``blocks`` are expressed in the basis where the
+      embeddings are reflected by the Householder reflection that maps
+      ``center`` to a multiple of ``e_1``, and for ``dense`` ``full``/``topc``
+      over the ``C_f = C - 1`` class directions orthogonal to ``1_C`` (the
+      Fisher's null space): a well-conditioned basis in which ``tr(M^-1 F)``
+      is unchanged.
   """
 
-  kind: str
+  fisher: str
   top_c: int
   method: str
   blocks: jax.Array | None
   quad: jax.Array | None
+  center: jax.Array | None = None
 
 
-def pool_fisher(embeddings, probs, *, kind="full", top_c=2, method="auto",
+def pool_fisher(embeddings, probs, *, fisher="full", top_c=2, method="auto",
                 chunk_size=None, in_pool=None):
   """The pool's Fisher information ``F = mean_n I(x_n)``, for `bait`.
 
@@ -233,7 +326,7 @@ def pool_fisher(embeddings, probs, *, kind="full", top_c=2, method="auto",
   Args:
     embeddings: ``float[N, D]``.
     probs: ``float[N, C]``.
-    kind: ``'full'``, ``'topc'``, ``'binary'`` or ``'diagonal'``.
+    fisher: ``'full'``, ``'topc'``, ``'binary'`` or ``'diagonal'``.
     top_c: static ``int``, classes kept by ``'topc'``.
     method: ``'auto'``, ``'dense'`` or ``'structured'`` (as in `bait`).
     chunk_size: static rows per chunk of the pool-wide products (default:
@@ -249,25 +342,26 @@ def pool_fisher(embeddings, probs, *, kind="full", top_c=2, method="auto",
     shards' blocks round a ring of the devices).
   """
   embeddings, probs = _check_inputs(embeddings, probs)
-  _validation.check_choice(kind, "kind", FISHER_KINDS)
-  top_c = _check_top_c(top_c, kind, probs.shape[1])
-  method = _resolve_method(method, kind, probs.shape[1], embeddings.shape[1])
+  _check_range(embeddings)
+  _validation.check_choice(fisher, "fisher", FISHER_KINDS)
+  top_c = _check_top_c(top_c, fisher, probs.shape[1])
+  method = _resolve_method(method, fisher, probs.shape[1],
+                           embeddings.shape[1])
   chunk_size = _check_chunk_size(chunk_size)
   in_pool = _check_in_pool(in_pool, probs.shape[0])
-  return _sharding.call(_pool_fisher, (embeddings, probs, in_pool),
-                        (True, True, True),
-                        out_specs=_pool_fisher_specs(kind, top_c, method),
-                        kind=kind, top_c=top_c, method=method,
-                        chunk_size=chunk_size)
+  return _pool_fisher(embeddings, probs, in_pool, kind=fisher, top_c=top_c,
+                      method=method, chunk_size=chunk_size)
 
 
-def _pool_fisher_specs(kind, top_c, method):
+def _pool_fisher_specs(axis, static):
   """``out_specs`` of a sharded `_pool_fisher`: ``quad`` stays split."""
-  return lambda axis: PoolFisher(kind, top_c, method, P(), P(axis))
+  return PoolFisher(static["kind"], static["top_c"], static["method"], P(),
+                    P(axis), P())
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "top_c", "method",
-                                             "chunk_size", "axis_name"))
+@_sharding.pool_core(pool=("embeddings", "probs", "in_pool"),
+                     static=("kind", "top_c", "method", "chunk_size"),
+                     out_specs=_pool_fisher_specs, selection=False)
 def _pool_fisher(embeddings, probs, in_pool, kind, top_c, method, chunk_size,
                  axis_name=None):
   """`pool_fisher` without checks; ``in_pool`` None means every row."""
@@ -275,29 +369,31 @@ def _pool_fisher(embeddings, probs, in_pool, kind, top_c, method, chunk_size,
   h = embeddings.astype(dtype)
   probs = probs.astype(dtype)
   row_weight, n_total = _pool_rows(in_pool, h.shape[0], dtype, axis_name)
-  factors = _class_factors(probs, kind, top_c)
   if method == "diagonal":
-    q = factors[..., 0]**2
+    q = _class_factors(probs, kind, top_c)[..., 0]**2
     if row_weight is not None:
       q = q * row_weight[:, None]
     blocks = _pool.psum(jnp.einsum("nc,ni->ci", q, h * h),
                         axis_name) / n_total
     return PoolFisher(kind, top_c, method, blocks, None)
+  center = _pool_center(h, row_weight, n_total, axis_name)
+  h = _rotate(h, center)
   if method == "dense":
-    weights = _pack_pairs(_class_outer(probs, factors, kind))
+    weights = _pack_pairs(_class_outer(_dense_factors(probs, kind, top_c)))
     if row_weight is not None:
       weights = weights * row_weight[:, None]
     blocks = _pool.psum(_pool_gram(h, weights, chunk_size), axis_name)
-    return PoolFisher(kind, top_c, method, blocks / n_total, None)
+    return PoolFisher(kind, top_c, method, blocks / n_total, None, center)
   if kind == "full":
     weights = probs if row_weight is None else probs * row_weight[:, None]
     blocks = _pool.psum(_pool_gram(h, weights, chunk_size), axis_name)
-    return PoolFisher(kind, top_c, method, blocks / n_total, None)
+    return PoolFisher(kind, top_c, method, blocks / n_total, None, center)
+  factors = _class_factors(probs, kind, top_c)
   factors_f = (factors if row_weight is None
                else factors * row_weight[:, None, None])
   quad = _topc_pool_quad(h, factors, factors_f, n_total, chunk_size,
                          axis_name)
-  return PoolFisher(kind, top_c, method, None, quad)
+  return PoolFisher(kind, top_c, method, None, quad, center)
 
 
 def _pool_rows(in_pool, n_local, dtype, axis_name):
@@ -315,9 +411,9 @@ def _pool_rows(in_pool, n_local, dtype, axis_name):
 # BAIT.
 
 
-def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
-         lam=1.0, oversample=2, mask=None, pool_fisher=None, method="auto",
-         chunk_size=None, labeled_capacity=None, in_pool=None):
+def bait(embeddings, probs, batch_size, *, labeled=None, mask=None,
+         fisher="full", top_c=2, lam=1.0, oversample=2, pool_fisher=None,
+         method="auto", chunk_size=None, labeled_capacity=None, in_pool=None):
   """BAIT batch selection: greedy forward-backward Fisher trace minimisation.
 
   Picks ``oversample * B`` points greedily, each minimising
@@ -353,15 +449,17 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
   Args:
     embeddings: ``float[N, D]`` last-layer inputs of every pool point.
     probs: ``float[N, C]`` softmax probabilities.
-    labeled: ``bool[N]``, True for the labelled points (they enter ``M``).
     batch_size: static ``int`` ``B``.
+    labeled: optional ``bool[N]``, True for the labelled points: they enter
+      ``M`` and are never picked. Default None: nothing is labelled.
+    mask: optional ``bool[N]``, the selectable points; default all rows
+      (``in_pool`` when given). BAIT picks from ``mask & ~labeled``.
     fisher: ``'full'``, ``'topc'``, ``'binary'`` or ``'diagonal'``.
     top_c: static ``int``, classes kept by ``'topc'``.
     lam: ``lam > 0``, the ridge of ``M``.
     oversample: static ``int >= 1``; the forward pass picks ``oversample *
       B`` points (fewer if fewer are selectable; the missing picks count as
       never made).
-    mask: optional ``bool[N]`` of selectable points; default ``~labeled``.
     pool_fisher: optional `PoolFisher` of this pool (same ``fisher``,
       ``top_c`` and method) to skip its computation.
     method: ``'auto'`` (dense while ``d <= DENSE_MAX_DIM``), ``'dense'`` or
@@ -371,12 +469,13 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
     labeled_capacity: structured path only: static bound on the number of
       labelled points. Default: the labelled count rounded up to a power of
       two when ``labeled`` is concrete (so it recompiles only when the count
-      crosses a power of two), ``N`` under ``jit``. If exceeded (possible only
-      under ``jit``), every pick comes back ``valid=False``.
+      crosses a power of two), ``N`` under ``jit``. Smaller than the labelled
+      count: a ``ValueError`` on concrete input; under ``jit`` every pick
+      comes back ``valid=False``.
     in_pool: optional ``bool[N]``, the rows that belong to the pool: ``F``
-      averages over them only and the default ``mask`` is ``in_pool &
-      ~labeled``. Default all rows. Pass ``ShardedPool.in_pool`` for a pool
-      padded by `alfx.shard_pool`.
+      averages over them only and the default ``mask`` is ``in_pool``.
+      Default all rows. Pass ``ShardedPool.in_pool`` for a pool padded by
+      `alfx.shard_pool`.
 
   Sharded inputs (`alfx.shard_pool`): every method runs as one SPMD program
   with the per-point ``U_n, W_n`` split over the devices and, per step,
@@ -385,21 +484,43 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
   every device (``labeled_capacity`` rows) and computes its ``N^2`` term by
   passing the shards' blocks round a ring of the devices.
 
+  Numerics: ``tr(M^-1 F)`` is evaluated in a basis where float32 keeps the
+  small directions of ``M`` (embeddings reflected so that their mean lies
+  along ``e_1``; for dense full/topc, the class null space ``1_C`` dropped),
+  which leaves the objective unchanged. What float32 still cannot resolve is
+  detected: a pick whose ``X^T M^-1 X`` is so large against ``lam I`` that
+  the rank-``r`` updates lose the dtype's precision (few labelled points,
+  large squared norms against ``lam``). On concrete input that raises a
+  ``ValueError`` (use float64 or a larger ``lam``); under ``jit`` those picks
+  come back ``valid=False``, as do non-finite scores.
+
   Returns:
     `Selection` ``(indices[B], scores[B], valid[B])``: the kept picks in
     forward order and, as ``scores``, the reduction of ``tr(M^-1 F)`` that
     each achieved at its forward step.
+
+  Raises:
+    ValueError: bad shapes, dtypes or options; on concrete input also
+      non-finite values, squared embedding norms that overflow the dtype,
+      and problems the dtype cannot resolve (see Numerics). A warning says
+      when the embeddings' common offset leaves the dtype fewer than ~3
+      digits of their spread.
   """
   embeddings, probs = _check_inputs(embeddings, probs)
+  _check_range(embeddings)
   n, c = probs.shape
-  labeled = _validation.check_mask(labeled, n, name="labeled")
+  labeled = _validation.check_mask(labeled, n, name="labeled", default=False)
   method = _resolve_method(method, fisher, c, embeddings.shape[1])
   in_pool = _check_in_pool(in_pool, n)
   if mask is not None:
     mask = _validation.check_mask(mask, n)
+  elif in_pool is not None:
+    mask = in_pool
   else:
-    mask = ~labeled if in_pool is None else in_pool & ~labeled
-  batch_size = _validation.check_batch_size(batch_size, mask)
+    mask = jnp.ones((n,), bool)
+  batch_size = _validation.check_batch_size(batch_size, mask, labeled=labeled)
+  # Labelled points are never picked, whatever the mask says.
+  mask = mask & ~labeled
   _validation.check_choice(fisher, "fisher", FISHER_KINDS)
   top_c = _check_top_c(top_c, fisher, c)
   oversample = _validation.check_positive_int(oversample, "oversample")
@@ -409,38 +530,47 @@ def bait(embeddings, probs, labeled, batch_size, *, fisher="full", top_c=2,
     _check_pool_fisher(pool_fisher, fisher, top_c, method, n, c,
                        embeddings.shape[1])
   else:  # its own jit: one compile of _bait serves both cases
-    pool_fisher = _sharding.call(
-        _pool_fisher, (embeddings, probs, in_pool), (True, True, True),
-        out_specs=_pool_fisher_specs(fisher, top_c, method),
-        kind=fisher, top_c=top_c, method=method, chunk_size=chunk_size)
+    pool_fisher = _pool_fisher(embeddings, probs, in_pool, kind=fisher,
+                               top_c=top_c, method=method,
+                               chunk_size=chunk_size)
     # Inside a caller's jit, XLA would otherwise fuse F's computation into
     # its consumers (measured 1.3-1.5x slower at the CIFAR-10 shape).
     pool_fisher = jax.lax.optimization_barrier(pool_fisher)
   capacity = None
   if method == "structured":
+    count = None
+    if _validation.is_concrete(labeled):
+      count = int(_validation._host(_validation._count, labeled))
     if labeled_capacity is not None:
       capacity = _validation.check_positive_int(labeled_capacity,
                                                 "labeled_capacity")
-    elif _validation.is_concrete(labeled):
-      count = int(_validation._host(_validation._count, labeled))
+      if count is not None and count > capacity:
+        raise ValueError(
+            f"labeled_capacity={capacity} is smaller than the number of"
+            f" labelled points ({count}): the structured path would drop"
+            f" some. Pass labeled_capacity >= {count}, or None (the count"
+            " rounded up to a power of two).")
+    elif count is not None:
       capacity = 1 << max(3, (max(count, 1) - 1).bit_length())
     else:
       capacity = n
     capacity = min(capacity, n)
   quad = pool_fisher.quad  # per point: split with the pool
   pool_fisher = dataclasses.replace(pool_fisher, quad=None)
-  return _sharding.call(
-      _bait, (embeddings, probs, labeled, mask, lam, pool_fisher, in_pool,
-              quad),
-      (True, True, True, True, False, False, True, True),
-      batch_size=batch_size,
-      kind=fisher, top_c=top_c, oversample=oversample, method=method,
-      chunk_size=chunk_size, capacity=capacity)
+  sel = _bait(embeddings, probs, labeled, mask, lam, pool_fisher, in_pool,
+              quad, batch_size=batch_size, kind=fisher, top_c=top_c,
+              oversample=oversample, method=method, chunk_size=chunk_size,
+              capacity=capacity)
+  if _validation.is_concrete(embeddings, probs, labeled, mask, lam,
+                             pool_fisher, in_pool, quad):
+    _check_resolved(sel, _float_dtype(embeddings, probs), lam, method)
+  return sel
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "batch_size", "kind", "top_c", "oversample", "method", "chunk_size",
-    "capacity", "axis_name", "with_state"))
+@_sharding.pool_core(
+    pool=("embeddings", "probs", "labeled", "mask", "in_pool", "quad"),
+    static=("batch_size", "kind", "top_c", "oversample", "method",
+            "chunk_size", "capacity", "with_state"))
 def _bait(embeddings, probs, labeled, mask, lam, fisher_stats, in_pool, quad,
           batch_size, kind, top_c, oversample, method, chunk_size, capacity,
           axis_name=None, with_state=False):
@@ -455,29 +585,41 @@ def _bait(embeddings, probs, labeled, mask, lam, fisher_stats, in_pool, quad,
   lam = jnp.asarray(lam, dtype)
   n_labeled = _pool.psum(jnp.sum(labeled.astype(jnp.int32)), axis_name)
   denom = (n_labeled + batch_size).astype(dtype)
-  factors = _class_factors(probs, kind, top_c)
   if method == "diagonal":
+    factors = _class_factors(probs, kind, top_c)
     return _bait_diagonal(h, factors[..., 0]**2, labeled, mask, lam, denom,
                           fisher_stats.blocks, batch_size, oversample,
                           chunk_size, axis_name)
+  h = _rotate(h, fisher_stats.center)
   scale = jnp.sqrt(batch_size / denom)
-  scaled = factors * scale  # A_n of X_n = s V_n
   if method == "dense":
-    u, w, apply0 = _dense_setup(h, probs, factors, scaled, labeled, lam,
-                                denom, fisher_stats.blocks, kind, chunk_size,
-                                axis_name)
+    factors = _dense_factors(probs, kind, top_c)
+    scaled = factors * scale  # A_n of X_n = s V_n
+    u, w, apply0 = _dense_setup(h, factors, scaled, labeled, lam, denom,
+                                fisher_stats.blocks, chunk_size, axis_name)
     overflow = jnp.zeros((), bool)
+    size = None
   else:
-    u, w, apply0, overflow = _structured_setup(
+    factors = _class_factors(probs, kind, top_c)
+    scaled = factors * scale
+    u, w, apply0, overflow, size = _structured_setup(
         h, probs, factors, scaled, labeled, lam, denom, batch_size / denom,
         fisher_stats.blocks, quad, in_pool, kind, chunk_size, capacity,
         axis_name)
   u0, w0 = u, w
   sel, state = _greedy(h, scaled, u, w, mask, apply0, batch_size,
-                       oversample, chunk_size, axis_name)
-  sel = sel._replace(valid=sel.valid & ~overflow)
+                       oversample, chunk_size, axis_name, noise=size)
+  size = jnp.max(state["sizes"])
+  # Rank-r Woodbury updates by a pick j cancel terms of size ~|U_j| (U) and
+  # ~|U_j|^2 (W) down to O(1): the relative error is ~eps |U_j|^2. Measured
+  # (float32 against float64 picks, tests/test_bait.py): picks agree while
+  # eps size^2 <= 0.01 and mostly differ beyond 0.1. Past _RESOLUTION the
+  # picks are not a float32 answer to the problem: never valid.
+  resolved = jnp.finfo(dtype).eps * size * size <= _RESOLUTION
+  sel = sel._replace(valid=sel.valid & ~overflow & resolved
+                     & jnp.isfinite(sel.scores))
   if with_state:
-    return sel, dict(state, u0=u0, w0=w0)
+    return sel, dict(state, u0=u0, w0=w0, size=size)
   return sel
 
 
@@ -492,10 +634,88 @@ def _check_inputs(embeddings, probs):
   return embeddings, probs
 
 
+@jax.jit
+def _range_stats(h):
+  h = h.astype(jnp.promote_types(h.dtype, jnp.float32))
+  sq = jnp.sum(h * h, axis=1)
+  spread = jnp.sqrt(jnp.mean(jnp.sum((h - jnp.mean(h, 0))**2, axis=1)))
+  return jnp.max(sq), jnp.max(jnp.abs(h)), jnp.sqrt(jnp.max(sq)), spread
+
+
+def _check_range(embeddings):
+  """What the dtype of ``embeddings`` cannot hold (concrete input only).
+
+  BAIT's Fisher information is built from ``h h^T``: squared norms that
+  overflow are refused. An offset so large that the dtype keeps fewer than
+  ~3 digits of the spread gets a warning (picks then answer the rounded
+  problem). Scaling ``embeddings`` by ``s`` and ``lam`` by ``s^2`` leaves
+  every pick unchanged.
+  """
+  if not _validation.is_concrete(embeddings):
+    return
+  dtype = embeddings.dtype
+  max_sq, max_abs, max_norm, spread = (
+      float(v) for v in _validation._host(_range_stats, embeddings))
+  info = jnp.finfo(dtype)
+  if not max_sq <= float(info.max):
+    raise ValueError(
+        f"embeddings (shape [N, D], {dtype}) have entries up to"
+        f" {max_abs:.3g}, whose squares overflow {dtype} (largest"
+        f" {float(info.max):.3g}): BAIT builds its Fisher information from"
+        " h h^T. Divide embeddings by s and lam by s**2 (the picks are"
+        " unchanged), or use float64: jax.config.update('jax_enable_x64',"
+        " True) and float64 embeddings and probs.")
+  ratio = float(info.eps) * max_norm / spread if spread > 0 else 0.0
+  if ratio > _OFFSET_WARNING:
+    warnings.warn(
+        f"embeddings ({dtype}) share a large offset: norms up to"
+        f" {max_norm:.3g} against a spread (rms distance to their mean) of"
+        f" {spread:.3g}, so {dtype} keeps only about"
+        f" {max(0, round(-math.log10(ratio)))} significant digits of the"
+        " spread and BAIT's picks answer that rounded problem. Use float64:"
+        " jax.config.update('jax_enable_x64', True) and float64 embeddings"
+        " and probs.", stacklevel=3)
+
+
+def _check_resolved(sel, dtype, lam, method):
+  """Raises when the core marked picks invalid on concrete, checked input.
+
+  After the value checks the only cause left is `_RESOLUTION` (or a
+  non-finite intermediate): the problem is beyond the dtype.
+  """
+  if bool(np.all(np.asarray(sel.valid))):
+    return
+  lam = float(np.asarray(lam))
+  fixes = []
+  if jnp.finfo(dtype).bits < 64:
+    fixes.append("use float64: jax.config.update('jax_enable_x64', True) and"
+                 " float64 embeddings and probs")
+  if method == "structured":
+    fixes.append("use method='dense' (a d x d Cholesky, accurate further;"
+                 " d = C * D)")
+  fixes.append("use a larger lam")
+  raise ValueError(
+      f"lam={lam:.3g} is too small for these embeddings in {dtype}"
+      f" (method={method!r}): the Fisher information of the points BAIT"
+      f" picks exceeds lam I so far that its rank-r updates cancel more than"
+      f" {dtype}'s precision (eps={float(jnp.finfo(dtype).eps):.2g}) and the"
+      " picks would not be BAIT's. This happens with few labelled points and"
+      " embeddings whose squared norm is large against lam (e.g. a large"
+      " common offset). To fix: " + "; or ".join(fixes) + ".")
+
+
 def _check_in_pool(in_pool, n):
   if in_pool is None:
     return None
-  return _validation.check_mask(in_pool, n, name="in_pool")
+  in_pool = _validation.check_mask(in_pool, n, name="in_pool")
+  if _validation.is_concrete(in_pool) and not bool(
+      _validation._host(jnp.any, in_pool)):
+    raise ValueError(
+        f"in_pool (shape [N={n}]) marks no row as part of the pool: F, the"
+        " pool's mean Fisher information, would average over nothing. Pass"
+        " in_pool=None for every row, or ShardedPool.in_pool of a pool"
+        " padded by alfx.shard_pool.")
+  return in_pool
 
 
 def _check_top_c(top_c, kind, c):
@@ -515,6 +735,9 @@ def _check_chunk_size(chunk_size):
 
 
 def _check_lam(lam):
+  if lam is None or isinstance(lam, bool):
+    raise ValueError(f"lam is required: a finite float > 0 (the ridge of M,"
+                     f" default 1.0), got {lam!r}.")
   if isinstance(lam, (int, float, np.floating, np.integer)):
     if not (math.isfinite(float(lam)) and float(lam) > 0):
       raise ValueError(f"lam must be a finite float > 0, got {lam!r}.")
@@ -545,12 +768,12 @@ def _check_pool_fisher(stats, kind, top_c, method, n, c, dim):
   if not isinstance(stats, PoolFisher):
     raise ValueError("pool_fisher must be the PoolFisher returned by"
                      f" alfx.pool_fisher, got {type(stats).__name__}.")
-  if (stats.kind, stats.top_c, stats.method) != (kind, top_c, method):
+  if (stats.fisher, stats.top_c, stats.method) != (kind, top_c, method):
     raise ValueError(
-        f"pool_fisher was computed for kind={stats.kind!r},"
+        f"pool_fisher was computed for fisher={stats.fisher!r},"
         f" top_c={stats.top_c}, method={stats.method!r}, but bait was called"
         f" with fisher={kind!r}, top_c={top_c}, method={method!r}.")
-  c_f = 1 if kind == "binary" else c
+  c_f = 1 if kind == "binary" else c - _null_free(kind, c)
   expected = {
       "dense": ("blocks", (c_f * (c_f + 1) // 2, dim, dim)),
       "diagonal": ("blocks", (c, dim)),
@@ -563,6 +786,12 @@ def _check_pool_fisher(stats, kind, top_c, method, n, c, dim):
         f"pool_fisher.{expected[0]} must have shape {list(expected[1])} for"
         f" this pool, got"
         f" {None if value is None else list(value.shape)}.")
+  if method != "diagonal" and (stats.center is None
+                               or tuple(stats.center.shape) != (dim,)):
+    raise ValueError(
+        f"pool_fisher.center must have shape [{dim}] for this pool, got"
+        f" {None if stats.center is None else list(stats.center.shape)};"
+        " pass the PoolFisher that alfx.pool_fisher returned for it.")
 
 
 def _float_dtype(*arrays):
@@ -739,13 +968,13 @@ def _quad_forms(h, blocks, chunk_size):
 # Dense set-up.
 
 
-def _dense_setup(h, probs, factors, scaled, labeled, lam, denom, f_blocks,
-                 kind, chunk_size, axis_name):
+def _dense_setup(h, factors, scaled, labeled, lam, denom, f_blocks,
+                 chunk_size, axis_name):
   """Initial ``U_n, W_n`` and the operators ``X -> M_0^-1 X, G_0 X``."""
   dim = h.shape[1]
   c_f = factors.shape[1]
   d = c_f * dim
-  weights = _pack_pairs(_class_outer(probs, factors, kind))
+  weights = _pack_pairs(_class_outer(factors))
   m_blocks = _pool.psum(_labeled_gram(h, weights, labeled, chunk_size),
                         axis_name)
   m = (lam * jnp.eye(d, dtype=h.dtype)
@@ -777,6 +1006,11 @@ def _dense_setup(h, probs, factors, scaled, labeled, lam, denom, f_blocks,
 
 def _sym(x):
   return 0.5 * (x + jnp.swapaxes(x, -1, -2))
+
+
+def _norm(x):
+  """Frobenius norm of each ``[..., r, r]`` matrix (bounds its eigenvalues)."""
+  return jnp.sqrt(jnp.sum(x * x, axis=(-2, -1)))
 
 
 # --------------------------------------------------------------------------
@@ -915,19 +1149,32 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
       ex = jnp.einsum("ni,aiR,nar->nRr", hc, ek, sc)
       kq = jnp.einsum("nai,ni->na", kinv_h(hc), hc)
     cn = jnp.einsum("RS,nSr->nRr", t_inv, ex)
-    u_n = (jnp.einsum("nar,na,nas->nrs", sc, kq, sc)
-           - jnp.einsum("nRr,nRs->nrs", ex, cn))
+    kx = jnp.einsum("nar,na,nas->nrs", sc, kq, sc)  # X_n^T K^-1 X_n
+    u_n = kx - jnp.einsum("nRr,nRs->nrs", ex, cn)
     cross = jnp.einsum("ni,aiR,nar,nRs->nrs", hc, kf_ek, sc, cn)
     w_n = (jnp.einsum("nRr,RS,nSs->nrs", cn, efe, cn)
            - cross - jnp.swapaxes(cross, -1, -2))
-    return u_n, w_n
+    return u_n, w_n, _norm(kx)
 
   r = scaled.shape[2]
   rows_pp = _chunk_rows(chunk_size, n, 2 * c * r_cols + 2 * r_cols * r)
-  u_n, w_n = _map_rows(per_point, (h, factors, scaled), rows_pp)
+  u_n, w_n, kx = _map_rows(per_point, (h, factors, scaled), rows_pp)
+  # The sizes that the Woodbury identities cancel (see `_bait`): U_n is
+  # X_n^T K^-1 X_n less a term of the same size, and T carries the
+  # cancellation of sign I + E^T K^-1 E; that error enters once, not
+  # squared (measured: picks agree up to |T| ~ 1e4 in float32).
+  size = jnp.maximum(kx, jnp.sqrt(jnp.linalg.norm(t_inv, 2)))
   # X_n^T K^-1 F K^-1 X_n: the one N^2 term.
   if scalar_k:  # s^2 / lam^2 V_n^T F V_n, precomputed by pool_fisher
-    w_n = w_n + quad * (s2 / (lam * lam))
+    big = quad * (s2 / (lam * lam))
+    w_n = w_n + big
+    # W_n is the difference of terms of this size: its relative error is
+    # eps times their ratio, which counts like U^2 in the greedy's updates.
+    big = jnp.trace(big, axis1=-2, axis2=-1)
+    small = jnp.abs(jnp.trace(w_n, axis1=-2, axis2=-1))
+    tiny = jnp.finfo(dtype).tiny
+    size = jnp.maximum(size, jnp.sqrt(
+        jnp.where(big > 0, big / jnp.maximum(small, tiny), 0)))
   else:
     w_n = w_n + _full_kfk(h, u_f[:, :, 0], scaled, kinv_h, f_blocks,
                           sign / n_total, chunk_size, axis_name)
@@ -940,7 +1187,7 @@ def _structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
     fz0 = f_kron(g, aj) - jnp.einsum("aiR,Rr->air", f_ek, cj)
     return z0, minv_dense(fz0)
 
-  return _sym(u_n), _sym(w_n), apply0, overflow
+  return _sym(u_n), _sym(w_n), apply0, overflow, size
 
 
 def _full_kfk(h, probs, scaled, kinv_h, f_blocks, coef, chunk_size,
@@ -1076,7 +1323,7 @@ def _trace_solve_unrolled(s, w):
 
 
 def _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
-            chunk_size, axis_name):
+            chunk_size, axis_name, noise=None):
   """Forward picks and backward drops, as two ``lax.scan``s.
 
   Args:
@@ -1165,13 +1412,17 @@ def _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
     hj = _pool.take(h, j, axis_name)
     aj = _pool.take(scaled, j, axis_name)
     gain = _pool.take(gains, j, axis_name)
+    size = _norm(_pool.take(u, j, axis_name))
+    if noise is not None:
+      size = jnp.maximum(size, _pool.take(noise, j, axis_name))
+    size = size * valid
     zy = directions(hist, hj, aj, valid)
     hist, s_inv, wj = commit(hist, t, hj, aj, zy, 1.0)
     u, w = pool_update(u, w, zy, s_inv, wj)
     selectable = _pool.set_at(selectable, j, False, axis_name)
-    return (u, w, selectable, hist), (j, gain, valid, hj, aj)
+    return (u, w, selectable, hist), (j, gain, valid, hj, aj, size)
 
-  (u, w, _, history), (picks, gains, valid, hp, ap) = lax.scan(
+  (u, w, _, history), (picks, gains, valid, hp, ap, sizes) = lax.scan(
       forward_step, (u, w, mask, history), jnp.arange(n_forward))
   # The picks' own U, W after the forward pass (small, replicated).
   up = jax.vmap(lambda i: _pool.take(u, i, axis_name))(picks)
@@ -1204,7 +1455,7 @@ def _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
   # For tests: the per-point state after the forward pass and the history.
   zy = jnp.transpose(jnp.concatenate(
       [final_history["z"], final_history["y"]], axis=1), (0, 2, 3, 1))
-  state = dict(u=u, w=w, picks=picks, valid=valid, alive=alive,
+  state = dict(u=u, w=w, picks=picks, valid=valid, alive=alive, sizes=sizes,
                dropped=dropped, zy=zy, s_inv=final_history["s_inv"],
                wj=final_history["wj"])
   return sel, state
@@ -1264,4 +1515,5 @@ def _bait_diagonal(h, q, labeled, mask, lam, denom, f_diag, batch_size,
                              length=(oversample - 1) * batch_size)
   order = jnp.argsort(~alive, stable=True)[:batch_size]
   return Selection(indices=picks[order].astype(jnp.int32),
-                   scores=gains[order], valid=alive[order])
+                   scores=gains[order],
+                   valid=alive[order] & jnp.isfinite(gains[order]))

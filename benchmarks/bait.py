@@ -104,7 +104,8 @@ def count(kind, method, n, dim, c, top_c=2, oversample=2, b=B, lab=L):
     # One division per element and step, counted at the measured x log x
     # rate (the division runs on the same vector units, at a similar rate).
     return flops, bytes_, steps * n * c * dim
-  c_f = 1 if kind == "binary" else c
+  # The dense path drops the class null space 1_C of full/topc: C_f = C - 1.
+  c_f = 1 if kind == "binary" else (c - 1 if method == "dense" else c)
   r = {"full": c, "topc": top_c, "binary": 1}[kind]
   d = c_f * dim
   t_c = c_f * (c_f + 1) // 2
@@ -148,11 +149,12 @@ def run_config(name, kind, n, dim, c, eager, with_eager):
   emb, probs, labeled = make_inputs(n, dim, c)
   method = _bait._resolve_method("auto", kind, c, dim)
   capacity = CAPACITY if method == "structured" else None
-  fn = jax.jit(functools.partial(alfx.bait, batch_size=B, fisher=kind,
-                                 labeled_capacity=capacity))
-  stats_fn = jax.jit(functools.partial(alfx.pool_fisher, kind=kind))
+  fn = jax.jit(lambda e, p, l: alfx.bait(
+      e, p, B, labeled=l, fisher=kind, labeled_capacity=capacity))
+  stats_fn = jax.jit(functools.partial(alfx.pool_fisher, fisher=kind))
   given_fn = jax.jit(lambda e, p, l, s: alfx.bait(
-      e, p, l, B, fisher=kind, pool_fisher=s, labeled_capacity=capacity))
+      e, p, B, labeled=l, fisher=kind, pool_fisher=s,
+      labeled_capacity=capacity))
   repeats = 1 if n * c > 20_000_000 or method == "structured" else 3
   best, first, peak = harness.time_compiled(fn, emb, probs, labeled,
                                             repeats=repeats)

@@ -4,6 +4,8 @@ Problems share a few static shapes so that the suite compiles each path only a
 handful of times; values (seeds, lam, the labelled set, masks) vary freely.
 """
 
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ import pytest
 
 import alfx
 from alfx import _bait
+from conftest import compile_log
 import reference_bait as ref
 
 # (fisher, method): every path of the implementation.
@@ -35,7 +38,7 @@ def _run(emb, probs, labeled, b, kind, method, dtype, **kw):
   if method == "structured":
     kw.setdefault("labeled_capacity", CAP)
   sel = alfx.bait(jnp.asarray(emb, dtype), jnp.asarray(probs, dtype),
-                  jnp.asarray(labeled), b, fisher=kind, method=method, **kw)
+                  b, labeled=jnp.asarray(labeled), fisher=kind, method=method, **kw)
   return jax.tree.map(np.asarray, sel)
 
 
@@ -211,7 +214,142 @@ def test_zero_probability_classes_give_no_nan(rng, kind, method):
 
 
 # ---------------------------------------------------------------------------
+# float32 where the standard basis is ill-conditioned: a common offset, huge
+# squares, a tiny lam. Against the float64 reference.
+
+OFFSET_SHAPE = (12, 5, 3)  # the issue's example: N=12, D=5, C=3, 2 labelled
+
+
+def _offset_problem(seed, offset):
+  rng = np.random.default_rng(seed)
+  emb, probs, _ = ref.random_problem(rng, *OFFSET_SHAPE)
+  labeled = np.zeros(OFFSET_SHAPE[0], bool)
+  labeled[rng.choice(OFFSET_SHAPE[0], 2, replace=False)] = True
+  return emb + offset, probs, labeled
+
+
+@pytest.mark.parametrize("kind", ["full", "binary", "diagonal"])
+def test_float32_offset_picks_equal_float64_reference(kind):
+  # Before the change of basis, dense full and binary picks differed from
+  # float64 at an offset of 1e3, and scores went negative at 1e4.
+  for offset in (0.0, 1e1, 1e2, 1e3):
+    for seed in range(6):
+      emb, probs, labeled = _offset_problem(seed, offset)
+      want = ref.bait(emb, probs, labeled, 2, kind=kind)
+      got = _run(emb, probs, labeled, 2, kind, "auto", jnp.float32)
+      np.testing.assert_array_equal(got.indices, want["indices"],
+                                    err_msg=f"offset {offset}, seed {seed}")
+      assert got.valid.all() and (got.scores >= 0).all()
+      np.testing.assert_allclose(got.scores, want["scores"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind,method", [
+    ("topc", "dense"), ("full", "structured"), ("topc", "structured")])
+def test_float32_offset_picks_are_right_or_refused(kind, method):
+  # Where float32 cannot resolve the problem (topc with a labelled set that
+  # barely covers a class direction; the structured path's Woodbury
+  # identities at large offsets) bait raises instead of returning other
+  # picks than float64.
+  answered = 0
+  for offset in (0.0, 1e2, 1e3):
+    for seed in range(4):
+      emb, probs, labeled = _offset_problem(seed, offset)
+      want = ref.bait(emb, probs, labeled, 2, kind=kind)
+      try:
+        got = _run(emb, probs, labeled, 2, kind, method, jnp.float32)
+      except ValueError as e:
+        assert "too small for these embeddings in float32" in str(e)
+        assert "float64" in str(e)
+        continue
+      answered += 1
+      np.testing.assert_array_equal(got.indices, want["indices"],
+                                    err_msg=f"offset {offset}, seed {seed}")
+      assert (got.scores >= 0).all()
+  assert answered >= 4  # at least the offset-free problems
+
+
+@pytest.mark.parametrize("kind,method", [
+    ("full", "dense"), ("topc", "dense"), ("binary", "dense")])
+def test_float64_offset_equals_reference(kind, method):
+  with jax.enable_x64(True):
+    for seed in range(3):
+      emb, probs, labeled = _offset_problem(seed, 1e4)
+      want = ref.bait(emb, probs, labeled, 2, kind=kind)
+      got = _run(emb, probs, labeled, 2, kind, method, jnp.float64)
+      np.testing.assert_array_equal(got.indices, want["indices"])
+      # The reference itself (explicit inverses in the standard basis) is
+      # only good to ~eps64 |h|^2 / lam ~ 1e-7 here.
+      np.testing.assert_allclose(got.scores, want["scores"], rtol=1e-5)
+
+
+def test_offset_past_float32_resolution_warns():
+  emb, probs, labeled = _offset_problem(0, 1e3)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    _run(emb, probs, labeled, 2, "full", "auto", jnp.float32)
+  emb, probs, labeled = _offset_problem(0, 1e4)
+  with pytest.warns(UserWarning, match="large offset.*Use float64"):
+    got = _run(emb, probs, labeled, 2, "full", "auto", jnp.float32)
+  assert (got.scores >= 0).all()
+
+
+def test_overflowing_squares_name_embeddings():
+  emb, probs, labeled = _offset_problem(0, 0.0)
+  huge = jnp.asarray(emb * 1e20, jnp.float32)
+  for call in (lambda: alfx.bait(huge, probs, 2, labeled=labeled),
+               lambda: alfx.pool_fisher(huge, probs)):
+    with pytest.raises(ValueError, match=r"embeddings .* squares overflow"
+                       r" float32.*float64"):
+      call()
+  # The documented way out: scaling embeddings by s and lam by s^2 leaves
+  # the picks unchanged.
+  want = _run(emb, probs, labeled, 2, "full", "auto", jnp.float32)
+  got = _run(emb * 1e-3, probs, labeled, 2, "full", "auto", jnp.float32,
+             lam=1e-6)
+  np.testing.assert_array_equal(got.indices, want.indices)
+  np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind,method", [
+    ("full", "dense"), ("binary", "dense"), ("topc", "structured")])
+def test_tiny_lam_is_refused_or_invalid_never_nan_valid(kind, method):
+  emb, probs, labeled = _offset_problem(1, 0.0)
+  emb, probs = emb.astype(np.float32), probs.astype(np.float32)
+  with pytest.raises(ValueError, match="lam=1e-30 is too small"):
+    _run(emb, probs, labeled, 2, kind, method, jnp.float32, lam=1e-30)
+  fn = jax.jit(lambda e, p, l, a: alfx.bait(
+      e, p, 2, labeled=l, fisher=kind, method=method, lam=a, labeled_capacity=CAP))
+  sel = fn(emb, probs, labeled, 1e-30)
+  assert not np.asarray(sel.valid).any()
+  sel = fn(emb, probs, labeled, 1.0)
+  assert np.asarray(sel.valid).all()
+
+
+# ---------------------------------------------------------------------------
 # The Woodbury state after the scans.
+
+
+def _basis(center, kind, method, c):
+  """The rows of the parameter basis that `bait` works in, ``[d', d]``.
+
+  ``Q``: the Householder reflection mapping ``center`` to a multiple of
+  ``e_1``; ``P^T``: for dense full/topc, the orthonormal basis of the class
+  directions orthogonal to ``1_C`` (the Fisher's null space). Both leave
+  ``tr(M^-1 F)`` unchanged; M^-1 and G restricted to the basis are ``B M^-1
+  B^T`` and ``B G B^T`` because M is block diagonal across the null space.
+  """
+  center = np.asarray(center, np.float64)
+  v = center.copy()
+  v[0] += np.copysign(np.linalg.norm(center), center[0] or 1.0)
+  q = np.eye(len(center)) - 2 * np.outer(v, v) / (v @ v)
+  if kind == "binary":
+    return q
+  classes = np.eye(c)
+  if method == "dense" and c > 1:
+    w = np.full(c, 1 / np.sqrt(c))
+    w[-1] -= 1
+    classes = (np.eye(c) - 2 * np.outer(w, w) / (w @ w))[:-1]
+  return np.kron(classes, q)
 
 
 def _dense_x(emb, probs, kind, s2, top_c=2):
@@ -234,9 +372,12 @@ def test_woodbury_state_equals_direct_inverse(rng, kind, method):
     np.testing.assert_array_equal(sel.indices, want["indices"])
     n_lab = labeled.sum()
     s2 = B / (n_lab + B)
-    x = _dense_x(emb, probs, kind, s2)
-    m0_inv = np.linalg.inv(want["M0"])
-    big_f = want["F"]
+    stats = _bait._pool_fisher(emb, probs, None, kind, 1 if kind != "topc"
+                               else 2, method, None)
+    basis = _basis(stats.center, kind, method, C)
+    x = np.einsum("ed,ndr->ner", basis, _dense_x(emb, probs, kind, s2))
+    m0_inv = basis @ np.linalg.inv(want["M0"]) @ basis.T
+    big_f = basis @ want["F"] @ basis.T
     g0 = m0_inv @ big_f @ m0_inv
 
     # Initial per-point U_n, W_n.
@@ -255,14 +396,14 @@ def test_woodbury_state_equals_direct_inverse(rng, kind, method):
     for zk, yk, sk, wk in zip(z, y, st["s_inv"], st["wj"]):
       m_inv -= zk @ sk @ zk.T
       g += -zk @ sk @ yk.T - yk @ sk @ zk.T + zk @ sk @ wk @ sk @ zk.T
-    direct = np.linalg.inv(want["M_final"])
+    direct = basis @ np.linalg.inv(want["M_final"]) @ basis.T
     np.testing.assert_allclose(m_inv, direct, atol=1e-10)
     np.testing.assert_allclose(g, direct @ big_f @ direct, atol=1e-10)
 
     # Per-point U_n, W_n after the forward pass.
     m_fwd = want["M0"] + sum(s2 * ref.fisher_matrix(emb[j], probs[j], kind)
                              for j in want["forward"])
-    fwd_inv = np.linalg.inv(m_fwd)
+    fwd_inv = basis @ np.linalg.inv(m_fwd) @ basis.T
     np.testing.assert_allclose(
         st["u"], np.einsum("ndr,de,nes->nrs", x, fwd_inv, x), atol=1e-9)
     np.testing.assert_allclose(
@@ -275,12 +416,15 @@ def test_woodbury_state_float32_drift_is_small(rng):
   want = ref.bait(emb, probs, labeled, B, kind="full")
   _, st = _state(emb.astype(np.float32), probs.astype(np.float32), labeled,
                  B, "full", "dense")
-  m0_inv = np.linalg.inv(want["M0"])
+  center = _bait._pool_fisher(emb, probs, None, "full", 1, "dense",
+                              None).center
+  basis = _basis(center, "full", "dense", C)
+  m0_inv = basis @ np.linalg.inv(want["M0"]) @ basis.T
   d = m0_inv.shape[0]
   r = st["zy"].shape[-1] // 2
   z = st["zy"][..., :r].reshape(len(st["zy"]), d, r).astype(np.float64)
   m_inv = m0_inv - sum(zk @ sk @ zk.T for zk, sk in zip(z, st["s_inv"]))
-  direct = np.linalg.inv(want["M_final"])
+  direct = basis @ np.linalg.inv(want["M_final"]) @ basis.T
   assert np.abs(m_inv - direct).max() < 1e-5 * np.abs(direct).max()
 
 
@@ -320,11 +464,13 @@ def test_fewer_selectable_than_oversample_times_batch(rng):
     pytest.param("topc", "structured", marks=pytest.mark.slow)])
 def test_under_jit_a_shortfall_is_marked_invalid(rng, kind, method):
   emb, probs, labeled = _problem(rng)
+  labeled = np.asarray(labeled).copy()
+  labeled[[3, 50]] = False  # labelled points are never picked
   mask = np.zeros(N, bool)
   mask[[3, 50]] = True
-  fn = jax.jit(lambda e, p, l, m: alfx.bait(e, p, l, B, fisher=kind, mask=m,
-                                            method=method,
-                                            labeled_capacity=CAP))
+  fn = jax.jit(lambda e, p, l, m: alfx.bait(
+      e, p, B, labeled=l, fisher=kind, mask=m, method=method,
+      labeled_capacity=CAP))
   sel = fn(emb.astype(np.float32), probs.astype(np.float32), labeled,
            jnp.asarray(mask))
   np.testing.assert_array_equal(sel.valid, [True, True, False])
@@ -335,14 +481,64 @@ def test_batch_larger_than_selectable_raises(rng):
   emb, probs, labeled = _problem(rng)
   mask = np.zeros(N, bool)
   mask[:2] = True
+  labeled = np.asarray(labeled).copy()
+  labeled[:2] = False
   with pytest.raises(ValueError, match="batch_size=3 is larger than the"
-                     " number of selectable points"):
-    alfx.bait(emb, probs, labeled, 3, mask=jnp.asarray(mask))
-  with pytest.raises(ValueError, match="selects no points"):
-    alfx.bait(emb, probs, labeled, 1, mask=jnp.zeros(N, bool))
-  everything = np.ones(N, bool)
+                     " number of selectable"):
+    alfx.bait(emb, probs, 3, labeled=labeled, mask=jnp.asarray(mask))
   with pytest.raises(ValueError, match="mask selects no points"):
-    alfx.bait(emb, probs, jnp.asarray(everything), 1)
+    alfx.bait(emb, probs, 1, labeled=labeled, mask=jnp.zeros(N, bool))
+  everything = np.ones(N, bool)
+  with pytest.raises(ValueError, match="labeled marks every point that mask"
+                     " selects"):
+    alfx.bait(emb, probs, 1, labeled=jnp.asarray(everything))
+  with pytest.raises(ValueError, match="labeled marks every point that mask"
+                     " selects"):
+    alfx.bait(emb, probs, 1, labeled=jnp.asarray(mask), mask=mask)
+
+
+def test_structured_capacity_below_the_labelled_count_raises(rng):
+  emb, probs, _ = _problem(rng)
+  labeled = np.zeros(N, bool)
+  labeled[[4, 9]] = True
+  with pytest.raises(ValueError, match=r"labeled_capacity=1 is smaller than"
+                     r" the number of labelled points \(2\)"):
+    alfx.bait(emb, probs, B, labeled=labeled, method="structured",
+              labeled_capacity=1)
+  sel = alfx.bait(emb, probs, B, labeled=labeled, method="structured",
+                  labeled_capacity=2)
+  assert np.asarray(sel.valid).all()
+
+
+def test_empty_in_pool_and_missing_lam_raise(rng):
+  emb, probs, labeled = _problem(rng)
+  nothing = jnp.zeros(N, bool)
+  with pytest.raises(ValueError, match="in_pool .* marks no row"):
+    alfx.pool_fisher(emb, probs, in_pool=nothing)
+  with pytest.raises(ValueError, match="in_pool .* marks no row"):
+    alfx.bait(emb, probs, B, labeled=labeled, in_pool=nothing)
+  with pytest.raises(ValueError, match="lam is required"):
+    alfx.bait(emb, probs, B, labeled=labeled, lam=None)
+
+
+@pytest.mark.parametrize("kind,method", [
+    ("full", "dense"), ("diagonal", "auto"),
+    pytest.param("topc", "structured", marks=pytest.mark.slow),
+    pytest.param("binary", "dense", marks=pytest.mark.slow)])
+def test_nan_input_under_jit_gives_nan_scores_and_invalid(rng, kind, method):
+  emb, probs, labeled = _problem(rng)
+  emb, probs = emb.astype(np.float32), probs.astype(np.float32)
+  fn = jax.jit(lambda e, p, l: alfx.bait(e, p, B, labeled=l, fisher=kind,
+                                         method=method, labeled_capacity=CAP))
+  bad_emb = emb.copy()
+  bad_emb[7, 2] = np.nan
+  bad_probs = probs.copy()
+  bad_probs[11] = np.nan
+  for e, p in ((bad_emb, probs), (emb, bad_probs)):
+    sel = fn(e, p, labeled)
+    assert np.isnan(np.asarray(sel.scores)).all()
+    assert not np.asarray(sel.valid).any()
+  assert np.asarray(fn(emb, probs, labeled).valid).all()
 
 
 class JitVmapTest(chex.TestCase):
@@ -355,7 +551,7 @@ class JitVmapTest(chex.TestCase):
     emb, probs = emb.astype(np.float32), probs.astype(np.float32)
     for kind, method in (("full", "dense"),):
       fn = self.variant(lambda e, p, l, kind=kind, method=method: alfx.bait(
-          e, p, l, B, fisher=kind, method=method, labeled_capacity=CAP))
+          e, p, B, labeled=l, fisher=kind, method=method, labeled_capacity=CAP))
       got = fn(emb, probs, jnp.asarray(labeled))
       want = ref.bait(emb, probs, labeled, B, kind=kind)
       np.testing.assert_array_equal(got.indices, want["indices"])
@@ -369,7 +565,7 @@ class JitVmapTest(chex.TestCase):
     lam = jnp.asarray([0.5, 1.0, 2.0], jnp.float32)
     for kind, method in (("full", "dense"), ("topc", "structured")):
       fn = lambda e, p, l, a, kind=kind, method=method: alfx.bait(
-          e, p, l, B, fisher=kind, method=method, lam=a, labeled_capacity=CAP)
+          e, p, B, labeled=l, fisher=kind, method=method, lam=a, labeled_capacity=CAP)
       batched = jax.vmap(fn)(emb, probs, labeled, lam)
       for i in range(3):
         single = fn(emb[i], probs[i], labeled[i], float(lam[i]))
@@ -387,7 +583,7 @@ def test_jit_vmap_other_paths(rng, kind, method):
   emb = jnp.asarray(np.stack([p[0] for p in problems]), jnp.float32)
   probs = jnp.asarray(np.stack([p[1] for p in problems]), jnp.float32)
   labeled = jnp.asarray(np.stack([p[2] for p in problems]))
-  fn = lambda e, p, l: alfx.bait(e, p, l, B, fisher=kind, method=method,
+  fn = lambda e, p, l: alfx.bait(e, p, B, labeled=l, fisher=kind, method=method,
                                  labeled_capacity=CAP)
   batched = jax.vmap(fn)(emb, probs, labeled)
   jitted = jax.jit(fn)
@@ -422,19 +618,21 @@ def test_no_recompilation_across_rounds(rng, kind, method):
   emb, probs = jnp.asarray(emb, jnp.float32), jnp.asarray(probs, jnp.float32)
   labeled = np.zeros(N, bool)
   labeled[:9] = True  # 9..16 labelled: one capacity bucket for structured
-  alfx.bait(emb, probs, jnp.asarray(labeled), B, fisher=kind, method=method)
-  before = _bait._bait._cache_size()
-  for _ in range(3):  # active-learning rounds: the labelled set grows
-    sel = alfx.bait(emb, probs, jnp.asarray(labeled), B, fisher=kind,
-                    method=method, lam=float(rng.uniform(0.5, 2)))
-    labeled[np.asarray(sel.indices)[:2]] = True
-    assert not labeled[np.asarray(sel.indices)[2:]].any()
-  assert _bait._bait._cache_size() == before
+  alfx.bait(emb, probs, B, labeled=jnp.asarray(labeled), fisher=kind,
+            method=method)
+  with compile_log() as log:
+    for _ in range(3):  # active-learning rounds: the labelled set grows
+      sel = alfx.bait(emb, probs, B, labeled=jnp.asarray(labeled),
+                      fisher=kind, method=method,
+                      lam=float(rng.uniform(0.5, 2)))
+      labeled[np.asarray(sel.indices)[:2]] = True
+      assert not labeled[np.asarray(sel.indices)[2:]].any()
+  assert not log.names, log.names
 
 
 def test_structured_capacity_overflow_under_jit_is_invalid(rng):
   emb, probs, labeled = _problem(rng, labeled_fraction=0.3)
-  fn = jax.jit(lambda e, p, l: alfx.bait(e, p, l, B, method="structured",
+  fn = jax.jit(lambda e, p, l: alfx.bait(e, p, B, labeled=l, method="structured",
                                          labeled_capacity=8))
   sel = fn(emb.astype(np.float32), probs.astype(np.float32),
            jnp.asarray(labeled))
@@ -468,7 +666,7 @@ def test_chunk_size_does_not_change_the_result(rng, kind, method):
 def test_fisher_factors_reproduce_the_fisher(rng, kind):
   with jax.enable_x64(True):
     emb, probs, _ = _problem(rng, n=7, dim=3, c=4)
-    f = alfx.fisher_factors(emb, probs, kind=kind, top_c=3)
+    f = alfx.fisher_factors(emb, probs, fisher=kind, top_c=3)
     a, h = np.asarray(f.class_factors), np.asarray(f.embeddings)
     assert a.dtype == np.float64
     for i in range(7):
@@ -481,7 +679,7 @@ def test_fisher_factors_reproduce_the_fisher(rng, kind):
   shapes = {"full": (7, 4, 4), "topc": (7, 4, 2), "binary": (7, 1, 1),
             "diagonal": (7, 4, 1)}
   f32 = alfx.fisher_factors(emb.astype(np.float32), probs.astype(np.float32),
-                            kind=kind)
+                            fisher=kind)
   assert f32.class_factors.shape == shapes[kind]
   assert f32.class_factors.dtype == jnp.float32
 
@@ -490,18 +688,22 @@ def test_fisher_factors_reproduce_the_fisher(rng, kind):
 def test_pool_fisher_matches_reference_and_can_be_passed(rng, kind, method):
   with jax.enable_x64(True):
     emb, probs, labeled = _problem(rng)
-    stats = alfx.pool_fisher(emb, probs, kind=kind, method=method)
+    stats = alfx.pool_fisher(emb, probs, fisher=kind, method=method)
     big_f = ref.fisher_matrices(emb, probs, kind).mean(0)
-    c_f = 1 if kind == "binary" else C
-    f4 = big_f.reshape(c_f, D, c_f, D)
+    if stats.method != "diagonal":
+      np.testing.assert_allclose(stats.center, emb.mean(0), atol=1e-12)
     if stats.method == "dense":
+      basis = _basis(stats.center, kind, "dense", C)
+      c_f = basis.shape[0] // D
+      f4 = (basis @ big_f @ basis.T).reshape(c_f, D, c_f, D)
       ia, ib = np.triu_indices(c_f)
       np.testing.assert_allclose(stats.blocks, f4[ia, :, ib, :], atol=1e-12)
     elif stats.method == "diagonal":
       np.testing.assert_allclose(stats.blocks, np.diag(big_f).reshape(C, D),
                                  atol=1e-12)
     elif kind == "full":  # block-diagonal part: mean_n p_na h h^T
-      want = np.einsum("na,ni,nj->aij", probs, emb, emb) / N
+      h = emb @ _basis(stats.center, "binary", method, C).T
+      want = np.einsum("na,ni,nj->aij", probs, h, h) / N
       np.testing.assert_allclose(stats.blocks, want, atol=1e-12)
     else:  # topc: V_n^T F V_n
       v = _dense_x(emb, probs, kind, 1.0)
@@ -548,69 +750,69 @@ class TestBadInput:
   def test_shapes_and_dtypes(self, rng):
     emb, probs, labeled = self._args(rng)
     with pytest.raises(ValueError, match=r"embeddings must have shape \[N, D\]"):
-      alfx.bait(emb[0], probs, labeled, B)
+      alfx.bait(emb[0], probs, B, labeled=labeled)
     with pytest.raises(ValueError, match=r"probs must have shape \[N=96, C\]"):
-      alfx.bait(emb, probs[:5], labeled, B)
+      alfx.bait(emb, probs[:5], B, labeled=labeled)
     with pytest.raises(ValueError, match=r"labeled must have shape \[N=96\]"):
-      alfx.bait(emb, probs, labeled[:5], B)
+      alfx.bait(emb, probs, B, labeled=labeled[:5])
     with pytest.raises(ValueError, match="labeled must be a boolean"):
-      alfx.bait(emb, probs, labeled.astype(np.int32), B)
+      alfx.bait(emb, probs, B, labeled=labeled.astype(np.int32))
     with pytest.raises(ValueError, match=r"mask must have shape \[N=96\]"):
-      alfx.bait(emb, probs, labeled, B, mask=jnp.ones(3, bool))
+      alfx.bait(emb, probs, B, labeled=labeled, mask=jnp.ones(3, bool))
     with pytest.raises(ValueError, match="embeddings must be a floating"):
-      alfx.bait(emb.astype(np.int32), probs, labeled, B)
+      alfx.bait(emb.astype(np.int32), probs, B, labeled=labeled)
 
   def test_values(self, rng):
     emb, probs, labeled = self._args(rng)
     bad = emb.copy()
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match="embeddings.*NaN"):
-      alfx.bait(bad, probs, labeled, B)
+      alfx.bait(bad, probs, B, labeled=labeled)
     with pytest.raises(ValueError, match="probs.*must be probabilities"):
-      alfx.bait(emb, probs * 2, labeled, B)
+      alfx.bait(emb, probs * 2, B, labeled=labeled)
     with pytest.raises(ValueError, match="probs.*must be probabilities"):
-      alfx.bait(emb, np.log(probs), labeled, B)
+      alfx.bait(emb, np.log(probs), B, labeled=labeled)
 
   def test_options(self, rng):
     emb, probs, labeled = self._args(rng)
     with pytest.raises(ValueError, match="fisher must be one of"):
-      alfx.bait(emb, probs, labeled, B, fisher="exp")
+      alfx.bait(emb, probs, B, labeled=labeled, fisher="exp")
     with pytest.raises(ValueError, match="top_c=5 is larger than the number"
                        " of classes"):
-      alfx.bait(emb, probs, labeled, B, fisher="topc", top_c=5)
+      alfx.bait(emb, probs, B, labeled=labeled, fisher="topc", top_c=5)
     for bad in (0, -1, 1.5):
       with pytest.raises(ValueError, match="top_c"):
-        alfx.bait(emb, probs, labeled, B, fisher="topc", top_c=bad)
+        alfx.bait(emb, probs, B, labeled=labeled, fisher="topc", top_c=bad)
       with pytest.raises(ValueError, match="oversample"):
-        alfx.bait(emb, probs, labeled, B, oversample=bad)
+        alfx.bait(emb, probs, B, labeled=labeled, oversample=bad)
       with pytest.raises(ValueError, match="chunk_size"):
-        alfx.bait(emb, probs, labeled, B, chunk_size=bad)
+        alfx.bait(emb, probs, B, labeled=labeled, chunk_size=bad)
     for bad in (0.0, -1.0, float("nan"), float("inf")):
       with pytest.raises(ValueError, match="lam must be"):
-        alfx.bait(emb, probs, labeled, B, lam=bad)
+        alfx.bait(emb, probs, B, labeled=labeled, lam=bad)
     with pytest.raises(ValueError, match="lam must be a scalar"):
-      alfx.bait(emb, probs, labeled, B, lam=jnp.ones(2))
+      alfx.bait(emb, probs, B, labeled=labeled, lam=jnp.ones(2))
     with pytest.raises(ValueError, match="method must be one of"):
-      alfx.bait(emb, probs, labeled, B, method="sparse")
+      alfx.bait(emb, probs, B, labeled=labeled, method="sparse")
     with pytest.raises(ValueError, match="'binary' has d = D"):
-      alfx.bait(emb, probs, labeled, B, fisher="binary", method="structured")
+      alfx.bait(emb, probs, B, labeled=labeled, fisher="binary", method="structured")
     for bad in (0, 2.0, True, None):
       with pytest.raises(ValueError, match="batch_size"):
-        alfx.bait(emb, probs, labeled, bad)
-    with pytest.raises(ValueError, match="kind must be one of"):
-      alfx.fisher_factors(emb, probs, kind="exp")
-    with pytest.raises(ValueError, match="kind must be one of"):
-      alfx.pool_fisher(emb, probs, kind="exp")
+        alfx.bait(emb, probs, bad, labeled=labeled)
+    with pytest.raises(ValueError, match="fisher must be one of"):
+      alfx.fisher_factors(emb, probs, fisher="exp")
+    with pytest.raises(ValueError, match="fisher must be one of"):
+      alfx.pool_fisher(emb, probs, fisher="exp")
 
   def test_mismatched_pool_fisher(self, rng):
     emb, probs, labeled = self._args(rng)
-    stats = alfx.pool_fisher(emb, probs, kind="binary")
+    stats = alfx.pool_fisher(emb, probs, fisher="binary")
     with pytest.raises(ValueError, match="pool_fisher was computed for"
-                       " kind='binary'"):
-      alfx.bait(emb, probs, labeled, B, pool_fisher=stats)
-    other = alfx.pool_fisher(emb[:, :3], probs, kind="binary")
+                       " fisher='binary'"):
+      alfx.bait(emb, probs, B, labeled=labeled, pool_fisher=stats)
+    other = alfx.pool_fisher(emb[:, :3], probs, fisher="binary")
     with pytest.raises(ValueError, match=r"pool_fisher.blocks must have shape"
                        r" \[1, 5, 5\]"):
-      alfx.bait(emb, probs, labeled, B, fisher="binary", pool_fisher=other)
+      alfx.bait(emb, probs, B, labeled=labeled, fisher="binary", pool_fisher=other)
     with pytest.raises(ValueError, match="must be the PoolFisher"):
-      alfx.bait(emb, probs, labeled, B, pool_fisher=np.zeros(3))
+      alfx.bait(emb, probs, B, labeled=labeled, pool_fisher=np.zeros(3))
