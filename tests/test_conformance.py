@@ -83,12 +83,16 @@ def _key(row, tag):
 _EAGER = {}
 
 
+def _picks_inputs(row):
+  """The "picks" inputs of ``row`` (what the worker subprocesses build)."""
+  return _inputs(row, "picks")
+
+
 def _reference(row):
   """``(inputs, key, selection)`` of the eager run on the "picks" inputs:
-  shared by several properties and the reference of the device layouts
-  (the worker subprocesses build the same inputs)."""
+  shared by several properties and the reference of the device layouts."""
   if row.name not in _EAGER:
-    a, key = _inputs(row, "picks"), _key(row, "picks")
+    a, key = _picks_inputs(row), _key(row, "picks")
     _EAGER[row.name] = (a, key, row.call(a, B, key))
   return _EAGER[row.name]
 
@@ -305,8 +309,24 @@ def _bad_cases(row):
         {**a, first: a[first].reshape(-1)[0]}, B), first, True))
   out.append(("int_mask", lambda a: ({**a, "mask": a["mask"].astype(
       jnp.int32)}, B), "mask", True))
+  out.append(("short_mask", lambda a: ({**a, "mask": a["mask"][:-1]}, B),
+              "mask", True))
+  out.append(("batch_size_zero", lambda a: (a, 0), "batch_size", True))
+  out.append(("batch_size_float", lambda a: (a, float(B)), "batch_size",
+              True))
   out.append(("batch_size_above_selectable", lambda a: (
       a, int(cases.selectable(a).sum()) + 1), "batch_size", False))
+  if "log_probs" in row.needs and row.reads_values:
+    out.append(("probabilities_as_log_probs", lambda a: (
+        {**a, "log_probs": jnp.exp(a["log_probs"])}, B),
+                r"(?i)probabilit", False))
+  if "probs" in row.needs:
+    out.append(("unnormalised_probs", lambda a: (
+        {**a, "probs": 2 * a["probs"]}, B), "probs", False))
+  if row.labeled:
+    out.append(("int_labeled", lambda a: (
+        {**a, "labeled": a["labeled"].astype(jnp.int32)}, B), "labeled",
+                True))
   if "log_probs" in row.needs and row.reads_values:
     # [K, N, C] where [N, K, C] is expected: the pool axis disagrees with
     # the mask's length.
@@ -328,7 +348,7 @@ _BAD = [(row, *case) for row in ROWS for case in _bad_cases(row)]
                          ids=[f"{r.name}-{c[0]}" for r, *c in _BAD])
 def test_bad_inputs_raise(row, case, corrupt, match, traced):
   del case
-  a, batch_size = corrupt(_reference(row)[0])
+  a, batch_size = corrupt(_picks_inputs(row))
   key = _key(row, "picks")
   with pytest.raises(ValueError, match=match):
     if traced:
@@ -337,12 +357,21 @@ def test_bad_inputs_raise(row, case, corrupt, match, traced):
       row.call(a, batch_size, key)
 
 
+@_rows(lambda r: r.random)
+def test_missing_key_raises(row):
+  """Randomness only from an explicit key: key=None is a ValueError naming
+  it (checked while tracing: nothing to compile)."""
+  a = _picks_inputs(row)
+  with pytest.raises(ValueError, match="key"):
+    jax.eval_shape(lambda a: row.call(a, B, None), a)
+
+
 @_rows(lambda r: "log_probs" in r.needs and r.reads_values)
 def test_knc_layout_warns(row):
   """A [K, N, C] array with K > N (read as [N, K, C] it has more samples
   than points): a warning that says how to transpose. Checked while
   tracing (jax.eval_shape: a shape rule, nothing to compile)."""
-  a = _reference(row)[0]
+  a = _picks_inputs(row)
   n = cases.K  # the K samples read as the pool
   swapped = {k: v[:n] for k, v in a.items()}
   swapped["log_probs"] = jnp.swapaxes(a["log_probs"], 0, 1)
