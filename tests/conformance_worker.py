@@ -13,21 +13,32 @@ MODE is one of
 * ``devices4``: one process, 4 forced host devices; the pool placed by
   `alfx.shard_pool` (N = 203 padded to 204). Also the checks of the sharded
   programs: no all-gather of a pool-sized operand (compiled HLO of each row,
-  read from an XLA dump), `shard_pool`'s padding and placement, the split
-  scan state of BAIT, the Flax helpers, and two negative controls.
+  read from an XLA dump) and the checks of `sharded_public` (``--extras``:
+  `shard_pool`'s padding and placement, the split scan state of BAIT, the
+  kernels, the Flax helpers, two negative controls).
 * ``multiprocess``: one of 2 processes on 127.0.0.1 (``--process-id``,
   ``--port`` of the coordinator), 2 forced devices each, CPU collectives
   (gloo). The pool is placed as the README's multi-host recipe does: each
   process holds a contiguous block of the padded rows and builds the global
   arrays with ``jax.make_array_from_process_local_data``, ``in_pool`` False
-  on the padding.
+  on the padding. Everything binds and connects on loopback: the
+  coordinator (``coordinator_bind_address``) and gloo's pairs.
 
 Every mode builds the same NumPy inputs (fixed seeds) and calls each row
 eagerly (as a user would, outside ``jit``). Process 0 writes, per row,
 ``OUT_DIR/<row>.npz`` (``indices``, ``valid``, ``scores``) or
 ``OUT_DIR/<row>.error`` (the exception), and ``<row>.json`` (seconds, the
 pool-sized all-gathers found); at the end ``extras.json`` and ``done``. A row
-that raises does not stop the others.
+that raises does not stop the others. ``--rows`` and ``--extras`` default
+to all; the workers compile with LLVM's cheap pipeline unless
+``ALFX_CONFORMANCE_FULL_OPT=1``.
+
+By hand, e.g. the two processes of one row::
+
+  python tests/conformance_worker.py multiprocess /tmp/mp --rows topk_bald \
+      --extras '' --process-id 0 --port 12355 &
+  python tests/conformance_worker.py multiprocess /tmp/mp --rows topk_bald \
+      --extras '' --process-id 1 --port 12355
 """
 
 import argparse
@@ -114,6 +125,7 @@ if ARGS.mode == "multiprocess":
       num_processes=2, process_id=ARGS.process_id,
       initialization_timeout=120)
 
+from jax.experimental import multihost_utils  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
@@ -174,7 +186,6 @@ def place(a, row):
 def fetch(x):
   """A host copy of a (replicated, or sharded) result on every process."""
   if ARGS.mode == "multiprocess" and not x.is_fully_replicated:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   if isinstance(x, jax.Array) and x.is_fully_replicated:
     return np.asarray(x.addressable_data(0))

@@ -28,6 +28,7 @@ import time
 import traceback
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
@@ -48,7 +49,6 @@ def host(x):
   """A host copy of a replicated or (process-local or global) sharded array."""
   if x.is_fully_addressable:
     return np.asarray(x)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
