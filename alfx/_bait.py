@@ -1209,15 +1209,51 @@ def _full_kfk(h, probs, scaled, kinv_h, f_blocks, coef, chunk_size,
       kern = jnp.einsum("nai,mi->nam", kh, hm)
       v = jnp.einsum("nar,ma,nam->nmr", sc, pm, kern)
       out = coef * jnp.einsum("nmr,nms->nrs", v, v)
-      if with_diag:  # the block-diagonal part, once, reusing K^-1 h_n
-        diag = jnp.einsum("nai,aij,naj->na", kh, f_blocks, kh)
-        out = out + jnp.einsum("nar,na,nas->nrs", sc, diag, sc)
-      return out
+      if not with_diag:
+        return out
+      # The block-diagonal part, once, reusing K^-1 h_n.
+      diag = jnp.einsum("nai,aij,naj->na", kh, f_blocks, kh)
+      return out, jnp.einsum("nar,na,nas->nrs", sc, diag, sc)
     return _map_rows(one, (h, scaled), rows)
 
-  return _pool.ring_sum(lambda hm, pm: pairs(hm, pm, False), h, probs,
-                        axis_name=axis_name,
-                        own=lambda hm, pm: pairs(hm, pm, True))
+  low_rank, diag = _ring_sum(lambda hm, pm: pairs(hm, pm, False), h, probs,
+                             axis_name=axis_name,
+                             own=lambda hm, pm: pairs(hm, pm, True))
+  return low_rank + diag
+
+
+def _ring_sum(fn, *blocks, axis_name, own=None):
+  """`_pool.ring_sum` with the shards' terms added in shard order.
+
+  ``_pool.ring_sum`` adds them in ring order, which starts at each device's
+  own shard: equal rows on different devices then round differently, and
+  exact ties (duplicated points) between shards break either way. Here every
+  device keeps the ``P`` partial sums by their source shard (``P`` times the
+  output's memory) and adds them in one order. ``own`` (default ``fn``) may
+  return ``(part, extra)``: ``extra`` is returned as is, outside the sum.
+  """
+  first = (fn if own is None else own)(*blocks)
+  extra = None
+  if own is not None and isinstance(first, tuple):
+    first, extra = first
+  if axis_name is None:
+    return first if extra is None else (first, extra)
+  devices = lax.axis_size(axis_name)
+  me = lax.axis_index(axis_name)
+  ring = [(i, (i + 1) % devices) for i in range(devices)]
+  parts = jnp.zeros((devices,) + first.shape, first.dtype).at[me].set(first)
+
+  def body(k, carry):
+    parts, visiting = carry
+    visiting = tuple(lax.ppermute(b, axis_name, ring) for b in visiting)
+    source = (me - k - 1) % devices  # after k + 1 hops
+    return parts.at[source].set(fn(*visiting)), visiting
+
+  parts, _ = lax.fori_loop(0, devices - 1, body, (parts, blocks))
+  total = parts[0]
+  for i in range(1, devices):
+    total = total + parts[i]
+  return total if extra is None else (total, extra)
 
 
 def _topc_pool_quad(h, factors, factors_f, n_total, chunk_size, axis_name):
@@ -1236,7 +1272,7 @@ def _topc_pool_quad(h, factors, factors_f, n_total, chunk_size, axis_name):
       return jnp.einsum("nm,nrmk,nsmk->nrs", kern, aa, aa)
     return _map_rows(one, (h, factors), rows)
 
-  return _pool.ring_sum(block, h, factors_f, axis_name=axis_name) / n_total
+  return _ring_sum(block, h, factors_f, axis_name=axis_name) / n_total
 
 
 # --------------------------------------------------------------------------
@@ -1320,6 +1356,12 @@ def _trace_solve_unrolled(s, w):
       q[i][col] = acc * inv_diag[i]
     total = total + q[col][col]
   return total
+
+
+def _drop_index(values, picks):
+  """The pick to drop: the largest value; among equal values the highest
+  pool index (ties go to the lower index: it is the one kept)."""
+  return jnp.argmax(jnp.where(values == jnp.max(values), picks, -1))
 
 
 def _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
@@ -1434,7 +1476,7 @@ def _greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
     # tr((U - I)^-1 W) = -tr((I - U)^-1 W): the largest is the pick whose
     # removal leaves the smallest tr((M - X X^T)^-1 F).
     values = jnp.where(alive, _trace_solve(up, wp, -1.0), -jnp.inf)
-    k = jnp.argmax(values)
+    k = _drop_index(values, picks)
     zy = directions(hist, hp[k], ap[k], active)
     hist, s_inv, wj = commit(hist, n_forward + t, hp[k], ap[k], zy, -1.0)
     ab = jnp.einsum("kar,qai,ki->krq", ap, zy, hp)
@@ -1505,7 +1547,8 @@ def _bait_diagonal(h, q, labeled, mask, lam, denom, f_diag, batch_size,
   def backward_step(carry, _):
     m, alive = carry
     active = jnp.sum(alive) > batch_size
-    k = jnp.argmax(jnp.where(alive, values(m, qp, h2p, -1.0), -jnp.inf))
+    k = _drop_index(jnp.where(alive, values(m, qp, h2p, -1.0), -jnp.inf),
+                    picks)
     m = m - active * s2 * qp[k][:, None] * h2p[k][None, :]
     return (m, alive.at[k].set(alive[k] & ~active)), None
 
