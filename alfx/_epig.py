@@ -682,6 +682,7 @@ def _pool_targets(log_probs, mask, key, num_targets, axis_name=None):
 
 
 def _targets_and_key(context, key, mask, num_targets):
+  key = _validation.check_key(key)
   target_key, key = jax.random.split(key)
   # Checked before it meets labeled, so a bad mask gets the contract's error.
   mask = _validation.check_mask(mask, context.log_probs.shape[0])

@@ -166,7 +166,10 @@ def _variation_ratios(log_probs):
   votes = jax.nn.one_hot(jnp.argmax(log_probs, axis=-1), c, dtype=jnp.int32)
   mode_count = jnp.max(jnp.sum(votes, axis=-2), axis=-1)
   # (K - f) / K is exact in floating point for the integer counts.
-  return (k - mode_count).astype(log_probs.dtype) / k
+  ratio = (k - mode_count).astype(log_probs.dtype) / k
+  # argmax would turn NaN rows into plausible votes: propagate NaN instead.
+  return jnp.where(jnp.any(jnp.isnan(log_probs), axis=(-2, -1)), jnp.nan,
+                   ratio)
 
 
 def mean_std(log_probs) -> jax.Array:
