@@ -3,7 +3,7 @@
 Executed by ``tests/test_conformance.py`` (the device count and the process
 group are fixed when JAX starts, hence a subprocess per layout)::
 
-  python tests/conformance_worker.py MODE OUT_DIR [--rows a,b | --rows all]
+  python -m tests.conformance_worker MODE OUT_DIR [--rows a,b | --rows all]
       [--extras a,b | --extras all] [--process-id I --port P]
 
 MODE is one of
@@ -35,9 +35,9 @@ to all; the workers compile with LLVM's cheap pipeline unless
 
 By hand, e.g. the two processes of one row::
 
-  python tests/conformance_worker.py multiprocess /tmp/mp --rows topk_bald \
+  python -m tests.conformance_worker multiprocess /tmp/mp --rows topk_bald \
       --extras '' --process-id 0 --port 12355 &
-  python tests/conformance_worker.py multiprocess /tmp/mp --rows topk_bald \
+  python -m tests.conformance_worker multiprocess /tmp/mp --rows topk_bald \
       --extras '' --process-id 1 --port 12355
 """
 
@@ -79,9 +79,6 @@ if ARGS.mode == "devices4":
              "--xla_dump_hlo_module_re=.*sharded.*"]
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + _flags)
 os.environ["JAX_PLATFORMS"] = "cpu"
-_TESTS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _TESTS)
-sys.path.insert(0, os.path.dirname(_TESTS))
 
 import jax  # noqa: E402
 
@@ -131,8 +128,8 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import alfx  # noqa: E402
-from alfx import _sharding  # noqa: E402
-import conformance_cases as cases  # noqa: E402
+from alfx._core import sharding as _sharding  # noqa: E402
+from tests import conformance_cases as cases  # noqa: E402
 
 WRITER = jax.process_index() == 0
 
@@ -256,7 +253,7 @@ def main():
       raise SystemExit(f"unknown rows {sorted(unknown)}")
     rows = [r for r in rows if r.name in wanted]
   run_rows(rows)
-  import sharded_public  # pylint: disable=g-import-not-at-top
+  from tests import sharded_public  # pylint: disable=g-import-not-at-top
   extras = sharded_public.run(
       ARGS.mode, cases.seed("extras"),
       None if ARGS.extras == "all" else

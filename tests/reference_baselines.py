@@ -8,7 +8,7 @@ import itertools
 
 import numpy as np
 
-from reference import entropy
+from tests.reference import entropy
 
 
 def mean_probs(log_probs):

@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from alfx import _diversity  # noqa: E402
-from alfx import _uncertainty  # noqa: E402
+from alfx.baselines import _diversity  # noqa: E402
+from alfx.baselines import _uncertainty  # noqa: E402
 
 
 def main(seed):

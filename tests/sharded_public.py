@@ -35,8 +35,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import alfx
-from alfx import _bait
-from alfx import _sharding
+from alfx.bait import _bait
+from alfx._core import sharding as _sharding
 
 N, K, C, D, B = 203, 5, 3, 6, 4
 

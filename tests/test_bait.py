@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import alfx
-from alfx import _bait
-from conftest import compile_log
-import reference_bait as ref
+from alfx.bait import _bait
+from tests.helpers import compile_log
+from tests import reference_bait as ref
 
 # (fisher, method): every path of the implementation.
 PATHS = [("full", "dense"), ("full", "structured"), ("topc", "dense"),

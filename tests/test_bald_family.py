@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 import alfx
-from alfx import _bald
-from alfx import _kbald
-from conftest import seed_for
-import reference as ref
-import reference_bald as rb
+from alfx.bald_family import _batchbald as _bald
+from alfx.bald_family import _kbald
+from tests.helpers import seed_for
+from tests import reference as ref
+from tests import reference_bald as rb
 
 
 def _f32(x):
@@ -211,13 +211,13 @@ def test_sampled_estimate_converges(rng):
   estimate = jax.jit(lambda table, rho: _bald.table_entropy(
       probs_t, _bald.posterior_table(table)[0], rho, chunk_size=64))
   for num_samples in (80, 800, 8000):
-    strata, rho = _bald._strata(num_samples, k, jnp.float32)
+    strata, rho = _bald.label_strata(num_samples, k, jnp.float32)
     err = []
     for seed in range(4):
       key = jax.random.key(1000 * seed + num_samples)
       table = jnp.zeros((num_samples, k))
       for t, i in enumerate(batch):
-        table += _bald._draw_labels(jax.random.fold_in(key, t), _f32(lp[i]),
+        table += _bald.draw_labels(jax.random.fold_in(key, t), _f32(lp[i]),
                                     strata)
       est = estimate(table, rho)
       err.append(np.abs(np.asarray(est) - exact).mean())
@@ -590,7 +590,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from alfx import _bald, _kbald
+    from alfx.bald_family import _batchbald as _bald, _kbald
     rng = np.random.default_rng(0)
     logits = 2.5 * rng.standard_normal((22, 4, 3))
     lp = jnp.asarray(jax.nn.log_softmax(logits), jnp.float32)

@@ -46,9 +46,9 @@ import numpy as np
 import pytest
 
 import alfx
-import conformance_cases as cases
-import sharded_public
-from conftest import compile_log
+from tests import conformance_cases as cases
+from tests import sharded_public
+from tests.helpers import compile_log
 
 ROWS = cases.all_rows()
 B = cases.B
@@ -403,7 +403,9 @@ def test_nan_under_jit_is_never_plausible(row):
 # --------------------------------------------------------------------------
 # Device layouts: one subprocess per layout runs every row once.
 
-_WORKER = os.path.join(os.path.dirname(__file__), "conformance_worker.py")
+#: The worker runs as ``python -m tests.conformance_worker`` from the
+#: directory above ``tests/`` (so it imports the installed alfx).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Seconds for each layout's run (all rows), then its processes are killed.
 _TIMEOUT = float(os.environ.get("ALFX_CONFORMANCE_TIMEOUT", "480"))
 #: The layouts compared with this process's eager run (one device); the
@@ -445,7 +447,7 @@ def run_layout(mode, out, *, rows="all", extras="all", timeout=_TIMEOUT):
   os.makedirs(out, exist_ok=True)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   join = lambda x: x if isinstance(x, str) else ",".join(sorted(x))  # noqa
-  base = [sys.executable, _WORKER, mode, out, "--rows", join(rows),
+  base = [sys.executable, "-m", "tests.conformance_worker", mode, out, "--rows", join(rows),
           "--extras", join(extras)]
   if mode == "multiprocess":
     port = _free_port()
@@ -459,7 +461,8 @@ def run_layout(mode, out, *, rows="all", extras="all", timeout=_TIMEOUT):
       log = open(os.path.join(out, f"log{i}.txt"), "w")
       logs.append(log)
       procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True))
+                                    env=env, cwd=_ROOT,
+                                    start_new_session=True))
       _LIVE.add(procs[-1])
     # Wait for all; a process that fails leaves its peer blocked in a
     # collective, so the first failure (or the deadline) ends the run.

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import alfx
-from conftest import seed_for
-import reference as ref
+from tests.helpers import seed_for
+from tests import reference as ref
 
 SHAPES = [  # (N or B, K, C), including C=2, K=1, B=1
     (1, 1, 2), (3, 1, 2), (2, 5, 2), (4, 3, 3), (3, 7, 4), (1, 4, 5),

@@ -9,8 +9,8 @@ import optax
 import pytest
 
 import alfx
-from alfx import _loop
-from alfx import _registry
+from alfx.loop import _loop
+from alfx.loop import _registry
 
 N, D, C = 48, 5, 3
 

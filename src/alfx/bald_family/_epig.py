@@ -47,14 +47,14 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from alfx import _bald
-from alfx import _information
-from alfx import _kbald
-from alfx import _pool
-from alfx import _selection
-from alfx import _sharding
-from alfx import _uncertainty
-from alfx import _validation
+from alfx.bald_family import _batchbald as _bald
+from alfx.information import _kernels as _information
+from alfx.bald_family import _kbald
+from alfx._core import pool as _pool
+from alfx._core import selection as _selection
+from alfx._core import sharding as _sharding
+from alfx.baselines import _uncertainty
+from alfx._core import validation as _validation
 
 #: Default number of sampled configurations of `batch_epig` (rows of the
 #: conditional table ``(y_S, m, y*)``).
@@ -359,14 +359,14 @@ def _batch_epig(log_probs, target_log_probs, mask, key, batch_size,
       del table, targets
       if s == 0:
         return first
-      log_cond = _information._log_joint_table(picked[:s])  # pylint: disable=protected-access
+      log_cond = _information.log_joint_table(picked[:s])
       weights, rho = _gain_table(log_cond, target_rows, m)
       return _bald.table_entropy(probs_t, weights, rho, chunk_size=chunk_size)
     return branch
 
   branches = [exact_branch(s) for s in range(n_exact)]
   if sampled:
-    strata, row_weights = _bald._strata(num_configurations, k, dtype)  # pylint: disable=protected-access
+    strata, row_weights = _bald.label_strata(num_configurations, k, dtype)
     label_key, target_key = jax.random.split(key)
     targets = _draw_targets(target_key, target_log_probs, strata)
     row_weights = jnp.concatenate([row_weights, -row_weights])
@@ -396,7 +396,7 @@ def _batch_epig(log_probs, target_log_probs, mask, key, batch_size,
     lp = _pool.take(log_probs, index, axis_name)
     picked = picked.at[t].set(lp)
     if sampled:
-      table = table + _bald._draw_labels(  # pylint: disable=protected-access
+      table = table + _bald.draw_labels(
           jax.random.fold_in(label_key, t), lp, strata)
     return (available, picked, table), (index, score, valid)
 
@@ -443,7 +443,7 @@ class _KEpigState:
     self.chunk_size = chunk_size
     self.coefficients = jnp.asarray(
         _kbald.kbald_coefficients(batch_size, order), log_probs.dtype)
-    self.subsets = {u: _kbald._colex_subsets(max(batch_size - 1, 0), u - 1)  # pylint: disable=protected-access
+    self.subsets = {u: _kbald.colex_subsets(max(batch_size - 1, 0), u - 1)
                     for u in range(1, order)}
     # counts[u][t]: subsets V' of the t - 1 points picked before the previous
     # pick (pick t - 1); 0 at t = 0, where there is no previous pick.
@@ -465,7 +465,7 @@ class _KEpigState:
         [picked[subsets],
          jnp.broadcast_to(previous, (n_sub, 1) + previous.shape)],
         axis=1)  # [n_sub, u, K, C]
-    log_cond = jax.vmap(_information._log_joint_table)(members)  # pylint: disable=protected-access
+    log_cond = jax.vmap(_information.log_joint_table)(members)
     weights, rho = _gain_table(log_cond, self.target_rows, self.m)
     count = self.counts[u][t]
     rho = jnp.where((jnp.arange(n_sub) < count)[:, None], rho, 0)

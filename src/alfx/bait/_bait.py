@@ -66,10 +66,10 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from alfx import _pool
-from alfx import _sharding
-from alfx import _validation
-from alfx._selection import Selection
+from alfx._core import pool as _pool
+from alfx._core import sharding as _sharding
+from alfx._core import validation as _validation
+from alfx._core.selection import Selection
 
 FISHER_KINDS = ("full", "topc", "binary", "diagonal")
 METHODS = ("auto", "dense", "structured")
@@ -559,7 +559,7 @@ def bait(embeddings, probs, batch_size, *, labeled=None, mask=None,
   if method == "structured":
     count = None
     if _validation.is_concrete(labeled):
-      count = int(_validation._host(_validation._count, labeled))
+      count = int(_validation.to_host(_validation.count_selectable, labeled))
     if labeled_capacity is not None:
       capacity = _validation.check_positive_int(labeled_capacity,
                                                 "labeled_capacity")
@@ -676,7 +676,7 @@ def _check_range(embeddings):
     return
   dtype = embeddings.dtype
   max_sq, max_abs, max_norm, spread = (
-      float(v) for v in _validation._host(_range_stats, embeddings))
+      float(v) for v in _validation.to_host(_range_stats, embeddings))
   info = jnp.finfo(dtype)
   if not max_sq <= float(info.max):
     raise ValueError(
@@ -730,7 +730,7 @@ def _check_in_pool(in_pool, n):
     return None
   in_pool = _validation.check_mask(in_pool, n, name="in_pool")
   if _validation.is_concrete(in_pool) and not bool(
-      _validation._host(jnp.any, in_pool)):
+      _validation.to_host(jnp.any, in_pool)):
     raise ValueError(
         f"in_pool (shape [N={n}]) marks no row as part of the pool: F, the"
         " pool's mean Fisher information, would average over nothing. Pass"

@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from alfx import _pool
-from alfx import _selection
-from alfx import _sharding
-from alfx import _validation
-from alfx._information import plogp_from_log
+from alfx._core import pool as _pool
+from alfx._core import selection as _selection
+from alfx._core import sharding as _sharding
+from alfx._core import validation as _validation
+from alfx.information._kernels import plogp_from_log
 
 #: The modes of `stochastic_batch`.
 STOCHASTIC_MODES = ("power", "softmax", "softrank")

@@ -15,8 +15,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import alfx
-from alfx import _sharding
-from conftest import compile_log
+from alfx._core import sharding as _sharding
+from tests.helpers import compile_log
 
 
 # --------------------------------------------------------------------------

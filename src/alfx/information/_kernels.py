@@ -13,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from alfx import _validation
+from alfx._core import validation as _validation
 
 #: Largest number of label configurations ``C**B`` that `joint_entropy` and
 #: `co_information` enumerate. Their memory is ``C**B * K`` floats.
@@ -107,7 +107,7 @@ def _check_enumerable(b: int, c: int, max_configurations, name: str,
         " configurations.")
 
 
-def _log_joint_table(log_probs: jax.Array) -> jax.Array:
+def log_joint_table(log_probs: jax.Array) -> jax.Array:
   """``log p(y_1..y_B, omega_k)`` (up to 1/K) over all ``C**B`` configurations.
 
   Returns ``float[C**B, K]``; row ``r`` is configuration ``r`` in row-major
@@ -152,7 +152,7 @@ def joint_entropy(log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
 
 
 def _joint_entropy(log_probs: jax.Array) -> jax.Array:
-  log_joint = _log_mean_table(_log_joint_table(log_probs))
+  log_joint = _log_mean_table(log_joint_table(log_probs))
   return -jnp.sum(plogp_from_log(log_joint))
 
 
@@ -226,13 +226,13 @@ def co_information(log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
   b, _, c = log_probs.shape
   _check_enumerable(b, c, max_configurations, "co_information",
                     entries=(c + 1)**b)
-  return _co_information(log_probs)
+  return co_information_unchecked(log_probs)
 
 
 @jax.jit
-def _co_information(log_probs: jax.Array) -> jax.Array:
+def co_information_unchecked(log_probs: jax.Array) -> jax.Array:
   b, _, c = log_probs.shape
-  table = _log_mean_table(_log_joint_table(log_probs)).reshape((c,) * b)
+  table = _log_mean_table(log_joint_table(log_probs)).reshape((c,) * b)
   sign = jnp.ones((), log_probs.dtype)
   for axis in range(b):
     summed_out = jax.nn.logsumexp(table, axis=axis, keepdims=True)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import alfx
-from alfx import _pool
-from conftest import seed_for
+from alfx._core import pool as _pool
+from tests.helpers import seed_for
 
 
 def _numpy_top_b(u, b, mask):

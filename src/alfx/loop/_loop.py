@@ -18,10 +18,11 @@ import jax.numpy as jnp
 if TYPE_CHECKING:
   import optax
 
-from alfx import _flax
-from alfx import _registry
-from alfx import _selection
-from alfx import _validation
+from alfx._core import pool as _pool
+from alfx.nn import _flax
+from alfx.loop import _registry
+from alfx._core import selection as _selection
+from alfx._core import validation as _validation
 
 
 class Data(NamedTuple):
@@ -151,7 +152,7 @@ def make_loop(forward: _flax.Forward,
   if mc_dropout_samples is not None:
     mc_dropout_samples = _validation.check_positive_int(
         mc_dropout_samples, "mc_dropout_samples")
-  chunk_size = _flax._check_chunk_size(chunk_size)  # pylint: disable=protected-access
+  chunk_size = _validation.check_chunk_size(chunk_size, _pool.DEFAULT_CHUNK_SIZE)
   fit = _flax.make_fit(forward, optimizer, num_steps=num_steps,
                        batch_size=train_batch_size).core
   tail = max(1, num_steps // 10)
@@ -171,8 +172,8 @@ def make_loop(forward: _flax.Forward,
 
   def predict(params, inputs, key):
     if mc_dropout_samples is None:
-      return _flax._ensemble_predictions(forward, params, inputs, chunk_size)  # pylint: disable=protected-access
-    return _flax._mc_dropout_predictions(  # pylint: disable=protected-access
+      return _flax.ensemble_predictions_unchecked(forward, params, inputs, chunk_size)
+    return _flax.mc_dropout_predictions_unchecked(
         forward, params, inputs, key, mc_dropout_samples, chunk_size)
 
   def train_and_predict(params, state, data):

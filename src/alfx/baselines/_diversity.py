@@ -31,10 +31,10 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from alfx import _pool
-from alfx import _selection
-from alfx import _sharding
-from alfx import _validation
+from alfx._core import pool as _pool
+from alfx._core import selection as _selection
+from alfx._core import sharding as _sharding
+from alfx._core import validation as _validation
 
 #: Default set rows (labelled points, centroids, cluster members) per tile
 #: (pool rows per tile: ``chunk_size``, `alfx._pool.DEFAULT_CHUNK_SIZE`).

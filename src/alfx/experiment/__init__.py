@@ -554,7 +554,7 @@ def main(argv=None) -> int:
   import alfx  # pylint: disable=g-import-not-at-top
 
   if args.list:
-    for name, text in alfx._registry.strategy_descriptions().items():  # pylint: disable=protected-access
+    for name, text in alfx.loop.strategy_descriptions().items():
       print(f"{name:16s} {text}")
     return 0
   if args.strategies is None:
@@ -627,6 +627,3 @@ def main(argv=None) -> int:
   print(f"total {total:.1f} s; wrote {', '.join(outputs)}")
   return 0
 
-
-if __name__ == "__main__":
-  sys.exit(main())

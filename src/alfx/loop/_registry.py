@@ -21,15 +21,15 @@ from typing import NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from alfx import _bait
-from alfx import _bald
-from alfx import _diversity
-from alfx import _epig
-from alfx import _information
-from alfx import _kbald
-from alfx import _pool
-from alfx import _selection
-from alfx import _uncertainty
+from alfx.bait import _bait
+from alfx.bald_family import _batchbald as _bald
+from alfx.baselines import _diversity
+from alfx.bald_family import _epig
+from alfx.information import _kernels as _information
+from alfx.bald_family import _kbald
+from alfx._core import pool as _pool
+from alfx._core import selection as _selection
+from alfx.baselines import _uncertainty
 
 
 class StrategyContext(NamedTuple):

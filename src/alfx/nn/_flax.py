@@ -35,9 +35,9 @@ import jax.numpy as jnp
 if TYPE_CHECKING:
   import optax
 
-from alfx import _pool
-from alfx import _sharding
-from alfx import _validation
+from alfx._core import pool as _pool
+from alfx._core import sharding as _sharding
+from alfx._core import validation as _validation
 
 #: ``forward(params, inputs, key_or_None) -> (logits[b, C], embeddings[b, D])``
 Forward = Callable[[Any, jax.Array, jax.Array | None],
@@ -292,13 +292,6 @@ def init_ensemble(init_fn: Callable[[jax.Array], Any], num_members: int, *,
 # Prediction over a pool, in chunks.
 
 
-def _check_chunk_size(chunk_size) -> int:
-  """``None`` (the default) is the library-wide `_pool.DEFAULT_CHUNK_SIZE`."""
-  if chunk_size is None:
-    return _pool.DEFAULT_CHUNK_SIZE
-  return _validation.check_positive_int(chunk_size, "chunk_size")
-
-
 def _check_inputs(inputs, name="inputs") -> jax.Array:
   inputs = _validation.as_float_array(inputs, name, "[N, ...]")
   if inputs.ndim < 1 or inputs.shape[0] == 0:
@@ -376,7 +369,8 @@ def ensemble_predictions(forward: Forward, params, inputs, *,
     ready for any acquisition (params are replicated).
   """
   inputs = _check_inputs(inputs)
-  chunk_size = _check_chunk_size(chunk_size)
+  chunk_size = _validation.check_chunk_size(chunk_size,
+                                            _pool.DEFAULT_CHUNK_SIZE)
   return _ensemble_local(params, inputs, forward=forward,
                          chunk_size=chunk_size)
 
@@ -386,11 +380,11 @@ def ensemble_predictions(forward: Forward, params, inputs, *,
 def _ensemble_local(params, inputs, forward, chunk_size, axis_name=None):
   """The rows of ``inputs`` at hand: points are independent, no collective."""
   del axis_name
-  return _ensemble_predictions(forward, params, inputs, chunk_size)
+  return ensemble_predictions_unchecked(forward, params, inputs, chunk_size)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _ensemble_predictions(forward, params, inputs, chunk_size):
+def ensemble_predictions_unchecked(forward, params, inputs, chunk_size):
   return Predictions(*_pool.chunked_map(
       lambda x: _ensemble_chunk(forward, params, x), inputs,
       chunk_size=chunk_size))
@@ -432,7 +426,8 @@ def mc_dropout_predictions(forward: Forward, params, inputs, *, key,
   inputs = _check_inputs(inputs)
   key = _validation.check_key(key)
   num_samples = _validation.check_positive_int(num_samples, "num_samples")
-  chunk_size = _check_chunk_size(chunk_size)
+  chunk_size = _validation.check_chunk_size(chunk_size,
+                                            _pool.DEFAULT_CHUNK_SIZE)
   return _mc_dropout_local(params, inputs, key, forward=forward,
                            num_samples=num_samples, chunk_size=chunk_size)
 
@@ -445,12 +440,12 @@ def _mc_dropout_local(params, inputs, key, forward, num_samples, chunk_size,
   # Every point uses the same K keys (consistent dropout), so the local rows
   # get exactly the single-device predictions: nothing depends on the layout.
   del axis_name
-  return _mc_dropout_predictions(forward, params, inputs, key, num_samples,
+  return mc_dropout_predictions_unchecked(forward, params, inputs, key, num_samples,
                                  chunk_size)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _mc_dropout_predictions(forward, params, inputs, key, num_samples,
+def mc_dropout_predictions_unchecked(forward, params, inputs, key, num_samples,
                             chunk_size):
   keys = jax.random.split(key, num_samples)
   return Predictions(*_pool.chunked_map(

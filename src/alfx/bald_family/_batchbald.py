@@ -29,11 +29,11 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from alfx import _information
-from alfx import _pool
-from alfx import _selection
-from alfx import _sharding
-from alfx import _validation
+from alfx.information import _kernels as _information
+from alfx._core import pool as _pool
+from alfx._core import selection as _selection
+from alfx._core import sharding as _sharding
+from alfx._core import validation as _validation
 
 DEFAULT_CHUNK_SIZE = _pool.DEFAULT_CHUNK_SIZE
 
@@ -214,7 +214,7 @@ def exact_steps(c: int, num_configurations: int, batch_size: int) -> int:
   return s + 1
 
 
-def _strata(num_configurations: int, k: int, dtype):
+def label_strata(num_configurations: int, k: int, dtype):
   """Sample index of each sampled row, and the row weights (stratified)."""
   strata = np.arange(num_configurations) % k
   counts = np.bincount(strata, minlength=k)
@@ -222,7 +222,7 @@ def _strata(num_configurations: int, k: int, dtype):
           jnp.asarray(1.0 / (k * counts[strata]), dtype))
 
 
-def _draw_labels(key, lp, strata):
+def draw_labels(key, lp, strata):
   """``log p(y_m | omega_k)`` ``[M, K]`` for labels ``y_m ~ p(. | omega_{k_m})``."""
   y = jax.random.categorical(key, lp[strata], axis=-1)  # [M]
   return lp.T[y]
@@ -342,13 +342,13 @@ def _batchbald(log_probs, mask, key, batch_size, num_configurations,
       if s == 0:
         return marginal
       weights, mass = posterior_table(
-          _information._log_joint_table(picked[:s]))  # pylint: disable=protected-access
+          _information.log_joint_table(picked[:s]))
       return entropies(weights, mass)
     return branch
 
   branches = [exact_branch(s) for s in range(n_exact)]
   if sampled:
-    strata, rho = _strata(num_configurations, k, dtype)
+    strata, rho = label_strata(num_configurations, k, dtype)
 
     def sampled_branch(picked, table):
       del picked
@@ -372,7 +372,7 @@ def _batchbald(log_probs, mask, key, batch_size, num_configurations,
     lp = _pool.take(log_probs, index, axis_name)
     picked = picked.at[t].set(lp)
     if sampled:
-      table = table + _draw_labels(jax.random.fold_in(key, t), lp, strata)
+      table = table + draw_labels(jax.random.fold_in(key, t), lp, strata)
     return (available, picked, table), (index, score, valid)
 
   init = (mask, jnp.zeros((batch_size, k, c), dtype), table0)

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 import alfx
-from alfx import _epig
-from conftest import seed_for
-import reference_epig as ref
+from alfx.bald_family import _epig
+from tests.helpers import seed_for
+from tests import reference_epig as ref
 
 # The public alfx.epig, alfx.batch_epig and alfx.kepig.
 epig, batch_epig, kepig = _epig.epig, _epig.batch_epig, _epig.kepig
@@ -399,7 +399,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import jax, jax.numpy as jnp, numpy as np
     import alfx
-    from alfx import _epig
+    from alfx.bald_family import _epig
     rng = np.random.default_rng(0)
     lp = jax.nn.log_softmax(2.5 * rng.standard_normal((21, 4, 3)))
     lp = jnp.asarray(jnp.concatenate([lp, lp[:4]]), jnp.float32)  # ties

@@ -44,12 +44,12 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from alfx import _bald
-from alfx import _information
-from alfx import _pool
-from alfx import _selection
-from alfx import _sharding
-from alfx import _validation
+from alfx.bald_family import _batchbald as _bald
+from alfx.information import _kernels as _information
+from alfx._core import pool as _pool
+from alfx._core import selection as _selection
+from alfx._core import sharding as _sharding
+from alfx._core import validation as _validation
 
 
 # Increment tables are split into blocks of whole subsets (at least this
@@ -69,7 +69,7 @@ def kbald_coefficients(batch_size: int, order: int) -> np.ndarray:
   return a
 
 
-def _colex_subsets(m: int, size: int) -> np.ndarray:
+def colex_subsets(m: int, size: int) -> np.ndarray:
   """All ``size``-subsets of ``range(m)`` in colex order, ``[binom(m, size), size]``.
 
   In colex order the subsets of ``range(p)`` come first for every ``p``, so
@@ -110,7 +110,7 @@ class _KBaldState:
     self.chunk_size = chunk_size
     self.coefficients = jnp.asarray(kbald_coefficients(batch_size, order),
                                     log_probs.dtype)
-    self.subsets = {u: _colex_subsets(max(batch_size - 1, 0), u - 1)
+    self.subsets = {u: colex_subsets(max(batch_size - 1, 0), u - 1)
                     for u in range(1, order)}
     # counts[u][t]: subsets U' of the t - 1 points picked before the previous
     # pick (which is pick t - 1); 0 at t = 0, where there is no previous pick.
@@ -132,7 +132,7 @@ class _KBaldState:
         [picked[subsets],
          jnp.broadcast_to(previous, (n_sub, 1) + previous.shape)],
         axis=1)  # [n_sub, u, K, C]
-    log_tables = jax.vmap(_information._log_joint_table)(members)  # pylint: disable=protected-access
+    log_tables = jax.vmap(_information.log_joint_table)(members)
     weights, mass = _bald.posterior_table(log_tables)
     count = self.counts[u][t]
     mass = jnp.where((jnp.arange(n_sub) < count)[:, None], mass, 0)
@@ -282,7 +282,7 @@ def _triple_information(picked, lp, t, batch_size):
   members = jnp.concatenate(
       [picked[pairs], jnp.broadcast_to(lp, (len(pairs), 1) + lp.shape)],
       axis=1)  # [n_pairs, 3, K, C]
-  co = jax.vmap(_information._co_information)(members)  # pylint: disable=protected-access
+  co = jax.vmap(_information.co_information_unchecked)(members)
   return jnp.sum(jnp.where(jnp.asarray(pairs[:, 1]) < t, co, 0))
 
 

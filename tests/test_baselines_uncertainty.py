@@ -12,9 +12,12 @@ import pytest
 from scipy import stats
 
 import alfx
-from conftest import seed_for
-import reference as ref
-import reference_baselines as refb
+from tests.helpers import ALPHA
+from tests.helpers import chi_square_p_value
+from tests.helpers import count_rows
+from tests.helpers import seed_for
+from tests import reference as ref
+from tests import reference_baselines as refb
 
 SCORES = {
     "predictive_entropy": (alfx.predictive_entropy, refb.predictive_entropy),
@@ -26,52 +29,13 @@ SCORES = {
 MEAN_SCORES = ("predictive_entropy", "margin", "least_confidence")
 SAMPLE_SCORES = ("variation_ratios", "mean_std")
 
-#: Significance level of the statistical tests: a correct sampler fails one
-#: with probability 1e-6 (the keys are fixed, so a pass is reproducible).
-ALPHA = 1e-6
+# ----------------------------------------------------------------------------
+# Scores.
 
 
 def _f32(x):
   return jnp.asarray(x, jnp.float32)
 
-
-def chi_square_p_value(counts: dict, probs: dict) -> float:
-  """p-value of observed outcome counts against the given probabilities.
-
-  Outcomes never observed count as 0; an outcome observed but of
-  probability 0 fails outright. Cells with small expected counts are pooled
-  into one so that the chi-square approximation holds.
-  """
-  total = sum(counts.values())
-  for outcome in counts:
-    assert probs.get(outcome, 0) > 0, f"impossible outcome {outcome} drawn"
-  keys = sorted(probs, key=lambda o: probs[o])
-  observed, expected, pool_o, pool_e = [], [], 0, 0.0
-  for o in keys:
-    e = probs[o] * total
-    if e < 5:
-      pool_o += counts.get(o, 0)
-      pool_e += e
-    else:
-      observed.append(counts.get(o, 0))
-      expected.append(e)
-  if pool_e > 0:
-    observed.append(pool_o)
-    expected.append(pool_e)
-  expected = np.array(expected) * sum(observed) / sum(expected)
-  return stats.chisquare(observed, expected).pvalue
-
-
-def count_rows(rows):
-  out = {}
-  for r in np.asarray(rows):
-    key = tuple(int(i) for i in r)
-    out[key] = out.get(key, 0) + 1
-  return out
-
-
-# ----------------------------------------------------------------------------
-# Scores.
 
 
 class ScoresTest(chex.TestCase):

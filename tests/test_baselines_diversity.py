@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 import alfx
-from alfx import _diversity
-from conftest import seed_for
-import reference_baselines as refb
-from test_uncertainty import ALPHA, chi_square_p_value, count_rows
+from alfx.baselines import _diversity
+from tests.helpers import seed_for
+from tests import reference_baselines as refb
+from tests.helpers import ALPHA
+from tests.helpers import chi_square_p_value
+from tests.helpers import count_rows
 
 
 def _f32(x):

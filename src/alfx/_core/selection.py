@@ -5,9 +5,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from alfx import _pool
-from alfx import _sharding
-from alfx import _validation
+from alfx._core import pool as _pool
+from alfx._core import sharding as _sharding
+from alfx._core import validation as _validation
 
 
 class Selection(NamedTuple):

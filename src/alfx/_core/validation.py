@@ -111,7 +111,7 @@ def _fully_addressable(args) -> bool:
              for a in jax.tree.leaves(args))
 
 
-def _host(fn, *args):
+def to_host(fn, *args):
   """Runs a jitted value check on concrete arrays and fetches the result.
 
   ``ensure_compile_time_eval`` evaluates it eagerly even when a public
@@ -140,7 +140,7 @@ def value_check(fn, args, explain, template: str) -> None:
   if not args or any(getattr(a, "size", 1) == 0 for a in args):
     return
   if is_concrete(*args):
-    ok, values = _host(fn, *args)
+    ok, values = to_host(fn, *args)
     if not bool(ok):
       raise ValueError(explain({k: np.asarray(v).item()
                                 for k, v in values.items()}))
@@ -254,7 +254,7 @@ def _prob_stats(p):
 
 
 @jax.jit
-def _count(mask, labeled=None):
+def count_selectable(mask, labeled=None):
   count = jnp.sum(mask, dtype=jnp.int32)
   if labeled is None:
     return count
@@ -411,8 +411,8 @@ def check_batch_size(batch_size, mask, name: str = "batch_size", *,
   args = (mask,) if labeled is None else (mask, labeled)
 
   def fn(mask, labeled=None):
-    count = _count(mask)
-    free = count if labeled is None else _count(mask, labeled)[1]
+    count = count_selectable(mask)
+    free = count if labeled is None else count_selectable(mask, labeled)[1]
     return free >= batch_size, dict(count=count, free=free)
 
   def explain(v):

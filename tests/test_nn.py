@@ -12,9 +12,9 @@ import optax
 import pytest
 
 import alfx
-from alfx import _flax
-from alfx import _pool
-from conftest import seed_for
+from alfx.nn import _flax
+from alfx._core import pool as _pool
+from tests.helpers import seed_for
 
 
 class MLP(nn.Module):

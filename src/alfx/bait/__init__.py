@@ -1,0 +1,24 @@
+"""BAIT: greedy Fisher-information batch selection and its approximations.
+
+The Fisher factors and `pool_fisher` (the pool's Fisher, built once per
+round), and `bait`, the greedy forward-backward selection on the full,
+top-c, binary or diagonal Fisher, on a dense or structured path.
+
+May import: `alfx._core`.
+"""
+
+from alfx.bait._bait import bait
+from alfx.bait._bait import DENSE_MAX_DIM
+from alfx.bait._bait import fisher_factors
+from alfx.bait._bait import FisherFactors
+from alfx.bait._bait import pool_fisher
+from alfx.bait._bait import PoolFisher
+
+__all__ = (
+    "DENSE_MAX_DIM",
+    "FisherFactors",
+    "PoolFisher",
+    "bait",
+    "fisher_factors",
+    "pool_fisher",
+)

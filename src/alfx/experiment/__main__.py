@@ -1,0 +1,5 @@
+"""``python -m alfx.experiment``: the same as ``alfx-experiment``."""
+
+from alfx.experiment import main
+
+raise SystemExit(main())

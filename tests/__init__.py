@@ -1,0 +1,1 @@
+"""alfx's test suite (a package: tests import the installed alfx)."""
