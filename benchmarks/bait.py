@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import alfx  # noqa: E402
-from alfx import _bait  # noqa: E402
+from alfx.bait import _bait  # noqa: E402
 import harness  # noqa: E402
 
 F32 = 4

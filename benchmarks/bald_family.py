@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import alfx  # noqa: E402
-from alfx import _bald  # noqa: E402
+from alfx.bald_family import _batchbald as _bald  # noqa: E402
 import harness  # noqa: E402
 
 C = 10

@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import alfx  # noqa: E402
-from alfx import _diversity  # noqa: E402
-from alfx import _pool  # noqa: E402
+from alfx.baselines import _diversity  # noqa: E402
+from alfx._core import pool as _pool  # noqa: E402
 import harness  # noqa: E402
 
 D, C, B, K = 384, 10, 10, 20

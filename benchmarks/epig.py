@@ -37,8 +37,8 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from alfx import _epig  # noqa: E402
-from alfx import _uncertainty  # noqa: E402
+from alfx._core import sampling as _sampling  # noqa: E402
+from alfx.bald_family import _epig  # noqa: E402
 import bald_family  # noqa: E402
 import harness  # noqa: E402
 
@@ -49,7 +49,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
 
 # The public alfx.epig, alfx.batch_epig, alfx.kepig, alfx.stochastic_batch.
 epig, batch_epig, kepig = _epig.epig, _epig.batch_epig, _epig.kepig
-stochastic_batch = _uncertainty.stochastic_batch
+stochastic_batch = _sampling.stochastic_batch
 
 
 # --------------------------------------------------------------------------

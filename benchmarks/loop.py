@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 import alfx
-from alfx import _flax
+from alfx.nn import _flax
 from alfx.experiment import load_digits_data
 import harness
 
@@ -88,7 +88,7 @@ def main():
     per_point = 2 * (d * hidden + hidden * c)
     pool_bytes = 4 * n * (d + k * c)
 
-    predict = jax.jit(functools.partial(_flax._ensemble_predictions, forward,  # pylint: disable=protected-access
+    predict = jax.jit(functools.partial(_flax.ensemble_predictions_unchecked, forward,  # pylint: disable=protected-access
                                         chunk_size=1024))
     rows.append(row(f"predict {tag} N={n}", predict, (params, data.pool_inputs),
                     n * k * per_point, pool_bytes,
@@ -142,7 +142,7 @@ def main():
                                eval_kwargs={"train": False})
   variables = mlp.init(jax.random.key(0), data.pool_inputs[:1])
   per_point = 2 * (d * hidden + hidden * c)
-  mc = jax.jit(functools.partial(_flax._mc_dropout_predictions, forward,  # pylint: disable=protected-access
+  mc = jax.jit(functools.partial(_flax.mc_dropout_predictions_unchecked, forward,  # pylint: disable=protected-access
                                  num_samples=k, chunk_size=1024))
   # Dropout acts after the first layer, so x W1 does not depend on the
   # sample: vmap over keys leaves it unbatched and computes it once. The K

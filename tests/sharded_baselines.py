@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from alfx._core import sampling as _sampling  # noqa: E402
 from alfx.baselines import _diversity  # noqa: E402
-from alfx.baselines import _uncertainty  # noqa: E402
 
 
 def main(seed):
@@ -50,7 +50,7 @@ def main(seed):
           x, p, m, k, b, axis_name=axis_name), [x, p, mask], [key], P()),
       "coreset": (lambda x, l, m, axis_name=None: _diversity._coreset(
           x, l, m, b, 8, 4, axis_name=axis_name), [x, labeled, mask], [], P()),
-      "random_batch": (lambda m, k, axis_name=None: _uncertainty._random_batch(
+      "random_batch": (lambda m, k, axis_name=None: _sampling._random_batch(
           m, k, b, axis_name=axis_name), [mask], [key], P()),
       "kmeans": (lambda x, m, k, axis_name=None: _diversity._kmeans(
           x, m, jnp.int32(5), k, axis_name=axis_name, **kw),
@@ -59,7 +59,7 @@ def main(seed):
   for mode in ("power", "softmax"):
     cases[f"stochastic_batch({mode})"] = (
         lambda u, m, k, axis_name=None, mode=mode:
-        _uncertainty._stochastic_batch(u, m, k, 1.0, b, mode,
+        _sampling._stochastic_batch(u, m, k, 1.0, b, mode,
                                        axis_name=axis_name),
         [u, mask], [key], P())
   failed = False

@@ -10,6 +10,7 @@ import pytest
 
 import alfx
 from alfx.loop import _loop
+from alfx._core import selection as _selection
 from alfx.loop import _registry
 
 N, D, C = 48, 5, 3
@@ -372,7 +373,7 @@ def test_flip_selected_ignores_invalid_picks():
   labeled = jnp.array([False, True, False, False])
   sel = alfx.Selection(indices=jnp.array([2, 0], jnp.int32),
                        scores=jnp.zeros(2), valid=jnp.array([True, False]))
-  np.testing.assert_array_equal(_registry.flip_selected(labeled, sel),
+  np.testing.assert_array_equal(_selection.flip_selected(labeled, sel),
                                 [False, True, True, False])
 
 
@@ -382,8 +383,8 @@ def test_flip_selected_per_shard_equals_unsharded(rng):
   picks = rng.choice(np.flatnonzero(~np.asarray(labeled)), 5, replace=False)
   sel = alfx.Selection(indices=jnp.asarray(picks, jnp.int32),
                        scores=jnp.zeros(5), valid=jnp.arange(5) < 4)
-  whole = _registry.flip_selected(labeled, sel)
-  shards = jax.vmap(lambda l: _registry.flip_selected(l, sel, "pool"),
+  whole = _selection.flip_selected(labeled, sel)
+  shards = jax.vmap(lambda l: _selection.flip_selected(l, sel, "pool"),
                     axis_name="pool")(labeled.reshape(4, 6))
   np.testing.assert_array_equal(shards.reshape(-1), whole)
   np.testing.assert_array_equal(

@@ -1,4 +1,9 @@
-"""The result type shared by every batch selection, and top-B selection."""
+"""`Selection`, the result of every batch selection; top-B; the greedy step.
+
+`pick` is the step every greedy acquisition takes (BatchBALD, k-BALD, BAIT,
+CoreSet): the best available point, ties to the lower pool index.
+`flip_selected` marks a selection's picks labelled.
+"""
 
 from typing import NamedTuple
 
@@ -69,3 +74,31 @@ def _top_b(utilities, mask, batch_size, axis_name=None):
   take = jax.vmap(lambda i: _pool.take(utilities, i, axis_name))
   return Selection(indices=indices, scores=take(indices),
                    valid=values > -jnp.inf)
+
+
+def pick(gains, available, axis_name=None):
+  """One greedy step: the best available point, marked unavailable.
+
+  Returns ``(index, score, valid, available)``; ``valid`` is False (and
+  ``index``, ``score`` are 0) when no point is available. Ties go to the
+  lowest global index.
+  """
+  masked = jnp.where(available, gains, -jnp.inf)
+  index, best = _pool.argmax(masked, axis_name)
+  valid = best > -jnp.inf
+  available = _pool.set_at(available, index, False, axis_name)
+  return (jnp.where(valid, index, 0), jnp.where(valid, best, 0), valid,
+          available)
+
+
+def flip_selected(labeled: jax.Array, selection: Selection,
+                  axis_name=None) -> jax.Array:
+  """``labeled`` with the valid picks of ``selection`` set to True.
+
+  ``selection.indices`` are global pool indices; with ``axis_name`` (under
+  ``shard_map`` over the pool) each shard sets only the picks it owns.
+  """
+  n_local = labeled.shape[0]
+  local = selection.indices - _pool.offset(n_local, axis_name)
+  owned = selection.valid & (local >= 0) & (local < n_local)
+  return labeled.at[jnp.where(owned, local, n_local)].set(True, mode="drop")

@@ -50,25 +50,6 @@ _MIN_CHUNK = 32
 
 
 # --------------------------------------------------------------------------
-# The greedy step.
-
-
-def pick(gains, available, axis_name=None):
-  """One greedy step: the best available point, marked unavailable.
-
-  Returns ``(index, score, valid, available)``; ``valid`` is False (and
-  ``index``, ``score`` are 0) when no point is available. Ties go to the
-  lowest global index.
-  """
-  masked = jnp.where(available, gains, -jnp.inf)
-  index, best = _pool.argmax(masked, axis_name)
-  valid = best > -jnp.inf
-  available = _pool.set_at(available, index, False, axis_name)
-  return (jnp.where(valid, index, 0), jnp.where(valid, best, 0), valid,
-          available)
-
-
-# --------------------------------------------------------------------------
 # Entropy kernels.
 
 
@@ -368,7 +349,8 @@ def _batchbald(log_probs, mask, key, batch_size, num_configurations,
       # real conditional under vmap (a data-dependent one would run all).
       h = lax.switch(jnp.minimum(t, len(branches) - 1), branches, picked,
                      table)
-    index, score, valid, available = pick(h - cond, available, axis_name)
+    index, score, valid, available = _selection.pick(h - cond, available,
+                                                     axis_name)
     lp = _pool.take(log_probs, index, axis_name)
     picked = picked.at[t].set(lp)
     if sampled:

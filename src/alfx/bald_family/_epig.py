@@ -51,9 +51,9 @@ from alfx.bald_family import _batchbald as _bald
 from alfx.information import _kernels as _information
 from alfx.bald_family import _kbald
 from alfx._core import pool as _pool
+from alfx._core import sampling as _sampling
 from alfx._core import selection as _selection
 from alfx._core import sharding as _sharding
-from alfx.baselines import _uncertainty
 from alfx._core import validation as _validation
 
 #: Default number of sampled configurations of `batch_epig` (rows of the
@@ -392,7 +392,7 @@ def _batch_epig(log_probs, target_log_probs, mask, key, batch_size,
       # conditional under vmap too.
       gains = lax.switch(jnp.minimum(t, len(branches) - 1), branches, picked,
                          table, targets)
-    index, score, valid, available = _bald.pick(gains, available, axis_name)
+    index, score, valid, available = _selection.pick(gains, available, axis_name)
     lp = _pool.take(log_probs, index, axis_name)
     picked = picked.at[t].set(lp)
     if sampled:
@@ -597,7 +597,7 @@ def _kepig(log_probs, target_log_probs, mask, batch_size, order, chunk_size,
 
     def step1(available, t):
       del t
-      index, score, valid, available = _bald.pick(first, available, axis_name)
+      index, score, valid, available = _selection.pick(first, available, axis_name)
       return available, (index, score, valid)
 
     _, (indices, scores, valid) = lax.scan(
@@ -610,7 +610,7 @@ def _kepig(log_probs, target_log_probs, mask, batch_size, order, chunk_size,
   def step(carry, t):
     available, picked, d = carry
     d, gains = state.gains_and_update(probs_t, first, d, picked, t)
-    index, score, valid, available = _bald.pick(gains, available, axis_name)
+    index, score, valid, available = _selection.pick(gains, available, axis_name)
     picked = picked.at[t].set(_pool.take(log_probs, index, axis_name))
     return (available, picked, d), (index, score, valid)
 
@@ -740,7 +740,7 @@ def powerepig_strategy(num_targets=DEFAULT_NUM_TARGETS, beta=1.0,
 
   def strategy(context, batch_size, *, key, mask):
     targets, key = _targets_and_key(context, key, mask, num_targets)
-    return _uncertainty.stochastic_batch(
+    return _sampling.stochastic_batch(
         epig(context.log_probs, targets, chunk_size=chunk_size), batch_size,
         key=key, mode="power", beta=beta, mask=mask)
 

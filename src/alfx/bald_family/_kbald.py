@@ -225,7 +225,7 @@ def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
 
     def step1(available, t):
       del t
-      index, score, valid, available = _bald.pick(bald, available, axis_name)
+      index, score, valid, available = _selection.pick(bald, available, axis_name)
       return available, (index, score, valid)
 
     _, (indices, scores, valid) = lax.scan(
@@ -238,7 +238,7 @@ def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
   def step(carry, t):
     available, picked, d = carry
     d, gains = state.gains_and_update(probs_t, cond, marginal, d, picked, t)
-    index, score, valid, available = _bald.pick(gains, available, axis_name)
+    index, score, valid, available = _selection.pick(gains, available, axis_name)
     picked = picked.at[t].set(_pool.take(log_probs, index, axis_name))
     return (available, picked, d), (index, score, valid)
 
@@ -349,7 +349,7 @@ def _kbald_dynamic(log_probs, mask, tolerance, batch_size, chunk_size,
   def run(carry, t):
     available, picked, d, v2, v3, _ = carry
     d, gains = state.gains_and_update(probs_t, cond, marginal, d, picked, t)
-    index, g2, valid, available = _bald.pick(gains, available, axis_name)
+    index, g2, valid, available = _selection.pick(gains, available, axis_name)
     lp = _pool.take(log_probs, index, axis_name)
     new_v2 = v2 + g2
     new_v3 = v3 + g2 + _triple_information(picked, lp, t, batch_size)
@@ -437,7 +437,7 @@ def _conservative_bald(log_probs, mask, threshold, budget, batch_size,
   def run(carry, t):
     del t
     available, pair_tc, tc, _ = carry
-    index, score, valid, _ = _bald.pick(bald, available, axis_name)
+    index, score, valid, _ = _selection.pick(bald, available, axis_name)
     new_tc = tc + _pool.take(pair_tc, index, axis_name)
     if budget is not None:
       valid = valid & (new_tc <= budget)

@@ -15,8 +15,8 @@ from alfx.baselines._uncertainty import least_confidence
 from alfx.baselines._uncertainty import margin
 from alfx.baselines._uncertainty import mean_std
 from alfx.baselines._uncertainty import predictive_entropy
-from alfx.baselines._uncertainty import random_batch
-from alfx.baselines._uncertainty import stochastic_batch
+from alfx._core.sampling import random_batch
+from alfx._core.sampling import stochastic_batch
 from alfx.baselines._uncertainty import variation_ratios
 
 __all__ = (

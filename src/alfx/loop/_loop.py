@@ -191,7 +191,7 @@ def make_loop(forward: _flax.Forward,
         probs=predictions.probs, labeled=state.labeled)
     selection = strategy(context, batch_size, key=acquire_key,
                          mask=~state.labeled)
-    labeled = _registry.flip_selected(state.labeled, selection)
+    labeled = _selection.flip_selected(state.labeled, selection)
     return LoopState(labeled, next_key), selection
 
   def round_(params, state, data):

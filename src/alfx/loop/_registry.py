@@ -28,6 +28,7 @@ from alfx.bald_family import _epig
 from alfx.information import _kernels as _information
 from alfx.bald_family import _kbald
 from alfx._core import pool as _pool
+from alfx._core import sampling as _sampling
 from alfx._core import selection as _selection
 from alfx.baselines import _uncertainty
 
@@ -160,7 +161,7 @@ def _random():
 
   def strategy(context, batch_size, *, key, mask):
     # Only the pool's length (and sharding) is read from log_probs.
-    return _uncertainty.random_batch(context.log_probs, batch_size, key=key,
+    return _sampling.random_batch(context.log_probs, batch_size, key=key,
                                      mask=mask)
 
   return strategy
@@ -184,7 +185,7 @@ def _stochastic(score, mode):
   def factory(beta=1.0):
 
     def strategy(context, batch_size, *, key, mask):
-      return _uncertainty.stochastic_batch(score(context.log_probs),
+      return _sampling.stochastic_batch(score(context.log_probs),
                                            batch_size, key=key, mode=mode,
                                            beta=beta, mask=mask)
 
@@ -351,16 +352,3 @@ register_strategy("coreset", _coreset,
 register_strategy("typiclust", _typiclust,
                   description="most typical points of uncovered k-means"
                   " clusters (Hacohen et al. 2022)")
-
-
-def flip_selected(labeled: jax.Array, selection: _selection.Selection,
-                  axis_name=None) -> jax.Array:
-  """``labeled`` with the valid picks of ``selection`` set to True.
-
-  ``selection.indices`` are global pool indices; with ``axis_name`` (under
-  ``shard_map`` over the pool) each shard sets only the picks it owns.
-  """
-  n_local = labeled.shape[0]
-  local = selection.indices - _pool.offset(n_local, axis_name)
-  owned = selection.valid & (local >= 0) & (local < n_local)
-  return labeled.at[jnp.where(owned, local, n_local)].set(True, mode="drop")
