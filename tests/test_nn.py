@@ -12,7 +12,9 @@ import optax
 import pytest
 
 import alfx
-from alfx.nn import _flax
+from alfx.nn import _forward
+from alfx.nn import _predictions
+from alfx.nn import _training
 from alfx._core import pool as _pool
 from tests.helpers import seed_for
 
@@ -152,7 +154,8 @@ class EnsemblePredictionsTest(chex.TestCase):
   def test_chunk_size_none_is_the_library_default(self):
     model, x, params = linen_ensemble(self.rng())
     forward = alfx.linen_forward(model)
-    assert not hasattr(_flax, "DEFAULT_CHUNK_SIZE")  # one shared constant
+    for module in (_forward, _predictions, _training):  # one shared constant
+      assert not hasattr(module, "DEFAULT_CHUNK_SIZE")
     assert _pool.DEFAULT_CHUNK_SIZE == 1024
     default = alfx.ensemble_predictions(forward, params, x)
     chex.assert_trees_all_equal(
@@ -349,7 +352,7 @@ def test_nnx_mc_dropout_head_path_and_no_mutation(rng):
   x = jnp.asarray(rng.standard_normal((6, 5)), jnp.float32)
   model = NnxMLP(5, 16, 3, rate=0.5, rngs=nnx.Rngs(0))
   snapshot = lambda: jax.tree.map(
-      lambda a: np.asarray(jax.random.key_data(a) if _flax._is_key(a) else a),
+      lambda a: np.asarray(jax.random.key_data(a) if _forward._is_key(a) else a),
       nnx.state(model))
   before = snapshot()
   forward, params = alfx.nnx_forward(model, head="head")

@@ -7,6 +7,9 @@ acquires a batch with any strategy and flips the picked points in the
 the model, so the round compiles once and later rounds reuse the program;
 ``jax.vmap`` over a leading seed axis of the params and the state runs ``R``
 repetitions of an experiment in one program.
+
+May import: jax, `alfx._core`, `alfx.nn` (its modules: the unchecked
+prediction cores), `alfx.loop._registry`.
 """
 
 from collections.abc import Callable
@@ -19,7 +22,9 @@ if TYPE_CHECKING:
   import optax
 
 from alfx._core import pool as _pool
-from alfx.nn import _flax
+from alfx.nn import _forward
+from alfx.nn import _predictions
+from alfx.nn import _training
 from alfx.loop import _registry
 from alfx._core import selection as _selection
 from alfx._core import validation as _validation
@@ -94,7 +99,7 @@ def _split_round_key(key):
   return next_key, train_key, acquire_key
 
 
-def make_loop(forward: _flax.Forward,
+def make_loop(forward: _forward.Forward,
               optimizer: "optax.GradientTransformation",
               strategy: str | _registry.Strategy, *, batch_size: int,
               num_steps: int, train_batch_size: int = 64,
@@ -153,7 +158,7 @@ def make_loop(forward: _flax.Forward,
     mc_dropout_samples = _validation.check_positive_int(
         mc_dropout_samples, "mc_dropout_samples")
   chunk_size = _validation.check_chunk_size(chunk_size, _pool.DEFAULT_CHUNK_SIZE)
-  fit = _flax.make_fit(forward, optimizer, num_steps=num_steps,
+  fit = _training.make_fit(forward, optimizer, num_steps=num_steps,
                        batch_size=train_batch_size).core
   tail = max(1, num_steps // 10)
 
@@ -172,8 +177,9 @@ def make_loop(forward: _flax.Forward,
 
   def predict(params, inputs, key):
     if mc_dropout_samples is None:
-      return _flax.ensemble_predictions_unchecked(forward, params, inputs, chunk_size)
-    return _flax.mc_dropout_predictions_unchecked(
+      return _predictions.ensemble_predictions_unchecked(forward, params,
+                                                         inputs, chunk_size)
+    return _predictions.mc_dropout_predictions_unchecked(
         forward, params, inputs, key, mc_dropout_samples, chunk_size)
 
   def train_and_predict(params, state, data):
