@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from alfx import experiment
+from alfx.experiment import cli
+from alfx.experiment import datasets
+from alfx.experiment import report
+from alfx.experiment import run
 
 TINY = ["--rounds", "2", "--batch-size", "5", "--initial", "10",
         "--seeds", "2", "--train-steps", "3", "--train-batch-size", "8",
@@ -35,7 +39,7 @@ def test_cli_smoke_writes_csv_png_and_summary(tmp_path, capsys):
                         "--ensemble", "2", "--out", str(out)] + TINY)
   assert rc == 0
   rows = read_csv(out / "results.csv")
-  assert list(rows[0]) == list(experiment.CSV_COLUMNS)
+  assert list(rows[0]) == list(report.CSV_COLUMNS)
   assert len(rows) == 2 * 2 * 3  # strategies x seeds x (rounds + 1)
   for row in rows:
     assert row["dataset"] == "digits"
@@ -82,8 +86,8 @@ def test_cli_mc_dropout_and_npz_with_test_split(tmp_path, rng):
 
 
 def test_digits_loaders():
-  plain = experiment.load_digits_data()
-  rep = experiment.load_digits_data(repeated=True)
+  plain = datasets.load_digits_data()
+  rep = datasets.load_digits_data(repeated=True)
   n = len(plain.pool_y)
   assert n + len(plain.test_y) == 1797 and len(plain.test_y) == 500
   assert len(rep.pool_y) == 3 * n and rep.pool_x.shape[1] == 64
@@ -107,29 +111,29 @@ def test_bad_user_data(tmp_path, rng):
   y = rng.integers(0, 3, 40)
   with pytest.raises(ValueError, match=r"no array named 'y' or 'labels'.*"
                      r"holds \['features'\]"):
-    experiment.load_npz_data(_npz(tmp_path, features=x))
+    datasets.load_npz_data(_npz(tmp_path, features=x))
   with pytest.raises(ValueError, match="no array named 'x'"):
-    experiment.load_npz_data(_npz(tmp_path, y=y))
+    datasets.load_npz_data(_npz(tmp_path, y=y))
   with pytest.raises(ValueError, match="x has 40 points but y has 39 labels"):
-    experiment.load_npz_data(_npz(tmp_path, x=x, y=y[:39]))
+    datasets.load_npz_data(_npz(tmp_path, x=x, y=y[:39]))
   with pytest.raises(ValueError, match="integer class labels"):
-    experiment.load_npz_data(_npz(tmp_path, x=x, y=y + 0.5))
+    datasets.load_npz_data(_npz(tmp_path, x=x, y=y + 0.5))
   with pytest.raises(ValueError, match="contains NaN"):
-    experiment.load_npz_data(_npz(tmp_path, x=np.where(x > 2, np.nan, x),
-                                  y=y))
+    datasets.load_npz_data(_npz(tmp_path, x=np.where(x > 2, np.nan, x),
+                                y=y))
   with pytest.raises(ValueError, match="both x_test and y_test"):
-    experiment.load_npz_data(_npz(tmp_path, x=x, y=y, x_test=x))
+    datasets.load_npz_data(_npz(tmp_path, x=x, y=y, x_test=x))
   with pytest.raises(ValueError, match="x_test has 40 points but y_test"):
-    experiment.load_npz_data(_npz(tmp_path, x=x, y=y, x_test=x,
-                                  y_test=y[:3]))
+    datasets.load_npz_data(_npz(tmp_path, x=x, y=y, x_test=x,
+                                y_test=y[:3]))
   with pytest.raises(ValueError, match="no such file"):
-    experiment.load_npz_data(str(tmp_path / "missing.npz"))
-  data = experiment.load_npz_data(_npz(tmp_path, x=x, y=y.astype(float)))
+    datasets.load_npz_data(str(tmp_path / "missing.npz"))
+  data = datasets.load_npz_data(_npz(tmp_path, x=x, y=y.astype(float)))
   assert len(data.pool_y) == 32 and len(data.test_y) == 8  # 20% held out
   with pytest.raises(ValueError, match=r"the pool has 32 points but the"
                      r" budget needs 35 \(--initial 5 \+ --rounds 3 x"
                      r" --batch-size 10\)"):
-    experiment.check_budget(data, 5, 3, 10)
+    datasets.check_budget(data, 5, 3, 10)
 
 
 def test_cli_reports_errors(tmp_path, capsys):
@@ -158,19 +162,19 @@ def test_cli_mc_dropout_needs_a_model_with_dropout(capsys):
     experiment.main(["--mc-dropout", "4", "--dropout", "0"])
   assert "--dropout 0" in capsys.readouterr().err
   # A linear model with an ensemble is fine (parses and checks).
-  p = experiment.build_parser()
+  p = cli.build_parser()
   args = p.parse_args(["--model", "linear", "--ensemble", "3"])
-  experiment._check_args(p, args)  # pylint: disable=protected-access
+  cli._check_args(p, args)  # pylint: disable=protected-access
   assert args.hidden == []
 
 
 def test_cli_batchbald_num_configurations():
-  p = experiment.build_parser()
+  p = cli.build_parser()
   args = p.parse_args(["--num-configurations", "64"])
-  experiment._check_args(p, args)  # pylint: disable=protected-access
-  assert experiment.strategy_options("batchbald", args) == {
+  cli._check_args(p, args)  # pylint: disable=protected-access
+  assert run.strategy_options("batchbald", args) == {
       "num_configurations": 64}
-  assert experiment.strategy_options("bald", args) == {}
+  assert run.strategy_options("bald", args) == {}
   assert args.chunk_size is None  # the library default (1024 rows)
   with pytest.raises(SystemExit):  # the old flag is gone
     p.parse_args(["--num-samples", "64"])
@@ -184,7 +188,7 @@ def test_area_under_curve():
   labels = np.array([10, 20, 40])
   acc = np.array([[0.5, 0.7, 0.9], [0.4, 0.4, 0.4]])
   expected = [((0.5 + 0.7) / 2 * 10 + (0.7 + 0.9) / 2 * 20) / 30, 0.4]
-  np.testing.assert_allclose(experiment.area_under_curve(labels, acc),
+  np.testing.assert_allclose(report.area_under_curve(labels, acc),
                              expected)
 
 
