@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 import alfx
-from alfx.experiment import load_digits_data
+from alfx.experiment.datasets import load_digits_data
 
 
 class MLP(nnx.Module):

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 import alfx
-from alfx.experiment import load_digits_data
+from alfx.experiment.datasets import load_digits_data
 
 
 class MLP(nn.Module):
