@@ -54,7 +54,8 @@ myst_enable_extensions = ["colon_fence"]
 
 html_theme = "furo"
 html_title = f"alfx {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["alfx.css"]
 
 
 # The public names, by the family package that documents them: `alfx.kbald`
