@@ -42,7 +42,11 @@ N, K, C, D, B = 203, 5, 3, 6, 4
 
 
 def spec_of(x):
-  return [None if s is None else str(s) for s in x.sharding.spec]
+  """The array's PartitionSpec, one entry per dimension (older jax drops
+  trailing Nones)."""
+  spec = list(x.sharding.spec)
+  spec += [None] * (x.ndim - len(spec))
+  return [None if s is None else str(s) for s in spec]
 
 
 def host(x):
@@ -108,7 +112,9 @@ def check_controls(lp):
   pool = alfx.shard_pool(lp)
   (s_lp,) = pool.arrays
   n_pad = s_lp.shape[0]
-  gather = jax.jit(lambda x: jax.reshard(x, NamedSharding(pool.mesh, P())))
+  # A replicated output of a computation on the split pool: XLA gathers it.
+  gather = jax.jit(lambda x: x * 2,
+                   out_shardings=NamedSharding(pool.mesh, P()))
   found = bool(_sharding.pool_gathers(gather.lower(s_lp).compile().as_text(),
                                       n_pad))
   # The last row certain for every sample but disagreeing across samples:

@@ -328,6 +328,10 @@ def pool_core(*, pool: tuple[str, ...], static: tuple[str, ...] = (),
   return decorate
 
 
+#: ``%name = SHAPE all-gather(`` (or ``all-gather-start(``) in HLO text.
+_ALL_GATHER = re.compile(r"=\s*(.+?)\s+all-gather(?:-start)?\(")
+
+
 def pool_gathers(hlo_text: str, pool_size: int) -> list[str]:
   """The all-gather instructions of compiled HLO whose result has a dimension
   of at least ``pool_size``: gathers of the pool, which a sharded scan must
@@ -335,11 +339,13 @@ def pool_gathers(hlo_text: str, pool_size: int) -> list[str]:
   .as_text()``)."""
   found = []
   for line in hlo_text.splitlines():
-    if "all-gather" not in line or "=" not in line:
+    # Only instructions whose opcode is all-gather: the shape between "="
+    # and the opcode (an operand named %all-gather.N does not count).
+    m = _ALL_GATHER.search(line)
+    if not m:
       continue
-    lhs = line.split("=", 1)[1].split("all-gather", 1)[0]
     dims = [int(d) for d in re.findall(r"\d+", "".join(
-        re.findall(r"\[([\d,]*)\]", lhs)))]
+        re.findall(r"\[([\d,]*)\]", m.group(1))))]
     if any(d >= pool_size for d in dims):
       found.append(line.strip())
   return found
