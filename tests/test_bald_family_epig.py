@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 
 import alfx
+from alfx.bald_family import _batch_epig
 from alfx.bald_family import _epig
 from tests.helpers import seed_for
 from tests import reference_epig as ref
 
-# The public alfx.epig, alfx.batch_epig and alfx.kepig.
-epig, batch_epig, kepig = _epig.epig, _epig.batch_epig, _epig.kepig
+epig, batch_epig, kepig = alfx.epig, alfx.batch_epig, alfx.kepig
 
 
 def _log_probs(rng, shape, scale=2.0):
@@ -133,7 +133,7 @@ def test_batch_epig_exact_matches_enumeration(n, k, c, m, b):
   lp, tlp = _problem(rng, n, k, c, m)
   mask = rng.random(n) < 0.85
   mask[:b] = True
-  assert _epig.exact_steps(c, m, 10_000, b) == b
+  assert _batch_epig.exact_steps(c, m, 10_000, b) == b
   with jax.enable_x64(True):
     sel = batch_epig(jnp.asarray(lp), jnp.asarray(tlp), b,
                           mask=jnp.asarray(mask))
@@ -158,12 +158,12 @@ def test_batch_epig_sampled_within_one_percent():
   rng = np.random.default_rng(seed_for("batch_epig_sampled"))
   n, k, c, m, b, r = 24, 8, 3, 13, 6, 1_000
   lp, tlp = _problem(rng, n, k, c, m)
-  assert _epig.exact_steps(c, m, r, b) == 3
+  assert _batch_epig.exact_steps(c, m, r, b) == 3
   problem = ref.Problem(lp, tlp)
   with jax.enable_x64(True):
     exact = batch_epig(jnp.asarray(lp), jnp.asarray(tlp), b,
                             num_configurations=10_000)
-    assert _epig.exact_steps(c, m, 10_000, b) == b
+    assert _batch_epig.exact_steps(c, m, 10_000, b) == b
     best = problem.objective(np.asarray(exact.indices))
     np.testing.assert_allclose(float(jnp.sum(exact.scores)), best, rtol=1e-9)
   lp32, tlp32 = jnp.asarray(lp, jnp.float32), jnp.asarray(tlp, jnp.float32)
@@ -407,7 +407,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
                       jnp.float32)
     mask = jnp.asarray(rng.random(25) < 0.85).at[:6].set(True)
     key = jax.random.key(5)
-    epig, batch_epig, kepig = _epig.epig, _epig.batch_epig, _epig.kepig
+    epig, batch_epig, kepig = alfx.epig, alfx.batch_epig, alfx.kepig
     calls = {{
         "epig": lambda x, m: alfx.top_b(epig(x, tlp), 5, mask=m),
         "batch_epig": lambda x, m: batch_epig(

@@ -7,11 +7,11 @@ prediction-oriented EPIG, BatchEPIG and k-EPIG.
 May import: `alfx._core`, `alfx.information`.
 """
 
+from alfx.bald_family._batch_epig import batch_epig
 from alfx.bald_family._batchbald import batchbald
-from alfx.bald_family._epig import batch_epig
 from alfx.bald_family._epig import epig
-from alfx.bald_family._epig import kepig
 from alfx.bald_family._epig import pool_targets
+from alfx.bald_family._kepig import kepig
 from alfx.bald_family._kbald import conservative_bald
 from alfx.bald_family._kbald import kbald
 from alfx.bald_family._kbald import kbald_dynamic

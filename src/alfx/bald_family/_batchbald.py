@@ -21,7 +21,6 @@ Cost of one candidate against an ``R``-row table: ``2 R K C`` FLOPs (one
 ``[C, K] @ [K, R]`` product) and ``R C`` logarithms.
 """
 
-import functools
 import math
 
 import jax

@@ -2,9 +2,9 @@
 
 Kirsch (2023), sections 2 and 4 (references below).
 
-Notation as in `alfx._bald`: ``S`` the points picked so far, ``s = |S|``,
-``I(U)`` the co-information of the labels of a set ``U`` (``I({i}) = H[Y_i]``,
-``I({i, j}) = I[Y_i; Y_j]``).
+Notation as in `alfx.bald_family._batchbald`: ``S`` the points picked so
+far, ``s = |S|``, ``I(U)`` the co-information of the labels of a set ``U``
+(``I({i}) = H[Y_i]``, ``I({i, j}) = I[Y_i; Y_j]``).
 
 k-BALD of order ``k`` approximates BatchBALD by inclusion-exclusion truncated
 at ``k``-wise terms (Kirsch 2023, eq. 6). The greedy gain of a candidate ``n`` is
@@ -23,7 +23,7 @@ and for ``k > s`` only ``a_s = 1`` survives: the BatchBALD gain
 ``H[Y_n | Y_S] - E_k H[Y_n | omega_k]``. The ``D_u`` are per-point state of
 the scan; when ``j`` joins ``S`` only the subsets containing it are new:
 ``D_u(n) += sum_{U' subset S_old, |U'| = u-1} H[Y_n | Y_U', Y_j]``. Each of
-those is the table kernel of `alfx._bald` on the ``C**u`` configurations of
+those is the table kernel of `_batchbald` on the ``C**u`` configurations of
 ``U' + {j}``, all subsets of one size stacked into one table.
 
 References:
@@ -35,7 +35,6 @@ References:
   2011.
 """
 
-import functools
 import itertools
 import math
 
@@ -52,9 +51,10 @@ from alfx._core import sharding as _sharding
 from alfx._core import validation as _validation
 
 
-# Increment tables are split into blocks of whole subsets (at least this
-# many rows) so that the blocks of subsets not yet active are skipped.
-_MIN_BLOCK_ROWS = 64
+#: Increment tables are split into blocks of whole subsets (at least this
+#: many rows) so that the blocks of subsets not yet active are skipped (k-BALD
+#: and k-EPIG).
+MIN_BLOCK_ROWS = 64
 
 
 def kbald_coefficients(batch_size: int, order: int) -> np.ndarray:
@@ -101,8 +101,17 @@ def _check_order(order, batch_size: int, c: int) -> int:
   return order
 
 
-class _KBaldState:
-  """Static set-up of the order-k increments (subset tables, coefficients)."""
+class SubsetIncrements:
+  """The order-``k`` increments of k-BALD and k-EPIG over subsets of the picks.
+
+  The gains are ``leading(n) + sum_{u=1}^{order-1} a_u(s) D_u(n)``, each
+  ``D_u`` a sum over the subsets ``U`` of the picks with ``|U| = u`` of a
+  table-kernel term of ``U``. When pick ``j`` joins ``S``, only the subsets
+  ``U' + {j}`` (``U'`` of the earlier picks, ``|U'| = u - 1``) are new:
+  their tables (`table`), stacked into one, add to ``D_u``. Static set-up
+  here: the subsets (colex order), their counts per step and the
+  coefficients ``a_u(s)``.
+  """
 
   def __init__(self, log_probs, batch_size: int, order: int, chunk_size: int):
     self.order = order
@@ -119,8 +128,22 @@ class _KBaldState:
                               for t in range(1, batch_size + 1)], jnp.int32)
         for u in range(1, order)}
 
+  def table(self, log_tables):
+    """The stacked tables of the new subsets.
+
+    Args:
+      log_tables: ``[n_sub, C**u, K]``, ``log p(y_U | omega_k)`` of each
+        subset ``U = U' + {j}``.
+
+    Returns:
+      ``(W[n_sub, R, K], rho[n_sub, R])``, ``R`` rows per subset. Here
+      k-BALD's ``H[Y_n | Y_U]`` (`alfx.bald_family._batchbald.posterior_table`,
+      ``R = C**u``); k-EPIG overrides it.
+    """
+    return _bald.posterior_table(log_tables)
+
   def increment(self, probs_t, picked, t, u):
-    """``sum_{U' subset S_old, |U'| = u-1} H[Y_n | Y_U', Y_j]``, ``j`` = pick t-1.
+    """``D_u``'s new terms: the tables of ``U' + {j}``, ``j`` = pick t-1.
 
     The tables of all subsets are stacked into one (colex order: the active
     subsets are a prefix, the rest get zero weight and are skipped).
@@ -133,34 +156,89 @@ class _KBaldState:
          jnp.broadcast_to(previous, (n_sub, 1) + previous.shape)],
         axis=1)  # [n_sub, u, K, C]
     log_tables = jax.vmap(_information.log_joint_table)(members)
-    weights, mass = _bald.posterior_table(log_tables)
+    weights, rho = self.table(log_tables)
     count = self.counts[u][t]
-    mass = jnp.where((jnp.arange(n_sub) < count)[:, None], mass, 0)
-    rows = n_sub * self.c**u
+    rho = jnp.where((jnp.arange(n_sub) < count)[:, None], rho, 0)
+    per = rho.shape[-1]
+    rows = n_sub * per
 
     def compute(operands):
-      weights, mass, count = operands
+      weights, rho, count = operands
       return _bald.table_entropy(
-          probs_t, weights.reshape(rows, -1), mass.reshape(rows),
-          chunk_size=self.chunk_size, num_rows=count * self.c**u,
-          block_rows=self.c**u * -(-_MIN_BLOCK_ROWS // self.c**u))
+          probs_t, weights.reshape(rows, -1), rho.reshape(rows),
+          chunk_size=self.chunk_size, num_rows=count * per,
+          block_rows=per * -(-MIN_BLOCK_ROWS // per))
 
     # No previous pick at t = 0. The predicate is the step counter, so this
     # stays a real conditional (a skipped pass over the pool) under vmap.
     return lax.cond(t > 0, compute,
                     lambda _: jnp.zeros(probs_t.shape[:1], probs_t.dtype),
-                    (weights, mass, count))
+                    (weights, rho, count))
 
-  def gains_and_update(self, probs_t, cond, marginal, d, picked, t):
-    """Adds the increments of pick ``t - 1`` to ``D`` and returns the gains."""
+  def gains_and_update(self, probs_t, leading, d, picked, t):
+    """Adds the increments of pick ``t - 1`` to ``D`` and returns the gains.
+
+    Args:
+      probs_t: ``[N, C, K]`` (`alfx.bald_family._batchbald.prepare`).
+      leading: ``[N]``, the gains' terms without ``D_u`` (``u >= 1``).
+      d: ``[N, order - 1]``, the ``D_u`` before pick ``t - 1``.
+      picked: ``[B, K, C]``, the picks' log-probabilities.
+      t: the step.
+
+    Returns:
+      ``(D [N, order - 1], gains [N])``.
+    """
     a = self.coefficients[t]
-    gain = -cond + a[0] * marginal
+    gain = leading
     columns = []
     for u in range(1, self.order):
       column = d[:, u - 1] + self.increment(probs_t, picked, t, u)
       gain = gain + a[u] * column
       columns.append(column)
     return jnp.stack(columns, axis=1), gain
+
+
+def score_picks(scores, mask, batch_size: int, axis_name=None):
+  """``batch_size`` greedy picks of fixed ``scores`` (order-1 k-BALD, k-EPIG)."""
+
+  def step(available, t):
+    del t
+    index, score, valid, available = _selection.pick(scores, available,
+                                                     axis_name)
+    return available, (index, score, valid)
+
+  _, (indices, scores, valid) = lax.scan(
+      step, mask, jnp.arange(batch_size, dtype=jnp.int32))
+  return _selection.Selection(indices, scores, valid)
+
+
+def increment_picks(log_probs, mask, probs_t, state, leading, batch_size: int,
+                    axis_name=None):
+  """The greedy scan of k-BALD and k-EPIG (``order >= 2``).
+
+  Pick ``t`` maximises ``leading(t) + sum_u a_u(t) D_u`` (`state`, a
+  `SubsetIncrements`) over the available points; ``leading(t)`` is ``[N]``.
+  """
+  n, k, c = log_probs.shape
+
+  def step(carry, t):
+    available, picked, d = carry
+    d, gains = state.gains_and_update(probs_t, leading(t), d, picked, t)
+    index, score, valid, available = _selection.pick(gains, available, axis_name)
+    picked = picked.at[t].set(_pool.take(log_probs, index, axis_name))
+    return (available, picked, d), (index, score, valid)
+
+  init = (mask, jnp.zeros((batch_size, k, c), log_probs.dtype),
+          jnp.zeros((n, state.order - 1), log_probs.dtype))
+  _, (indices, scores, valid) = lax.scan(
+      step, init, jnp.arange(batch_size, dtype=jnp.int32))
+  return _selection.Selection(indices, scores, valid)
+
+
+def _kbald_leading(state, marginal, cond):
+  """``t -> a_0(t) H[Y_n] - E_k H[Y_n | omega_k]``: the k-BALD gain's terms
+  without ``D_u`` (``u >= 1``)."""
+  return lambda t: -cond + state.coefficients[t][0] * marginal
 
 
 def kbald(log_probs, batch_size, *, order=2, mask=None,
@@ -218,35 +296,16 @@ def kbald(log_probs, batch_size, *, order=2, mask=None,
                      static=("batch_size", "order", "chunk_size"))
 def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
   """`kbald` without input checks, over the local slice of the pool."""
-  n, k, c = log_probs.shape
+  n = log_probs.shape[0]
   if order == 1:
     marginal, cond = _bald.pool_entropies(log_probs, min(chunk_size, n))
-    bald = marginal - cond
-
-    def step1(available, t):
-      del t
-      index, score, valid, available = _selection.pick(bald, available, axis_name)
-      return available, (index, score, valid)
-
-    _, (indices, scores, valid) = lax.scan(
-        step1, mask, jnp.arange(batch_size, dtype=jnp.int32))
-    return _selection.Selection(indices, scores, valid)
+    return score_picks(marginal - cond, mask, batch_size, axis_name)
 
   probs_t, marginal, cond = _bald.prepare(log_probs, chunk_size)
-  state = _KBaldState(log_probs, batch_size, order, chunk_size)
-
-  def step(carry, t):
-    available, picked, d = carry
-    d, gains = state.gains_and_update(probs_t, cond, marginal, d, picked, t)
-    index, score, valid, available = _selection.pick(gains, available, axis_name)
-    picked = picked.at[t].set(_pool.take(log_probs, index, axis_name))
-    return (available, picked, d), (index, score, valid)
-
-  init = (mask, jnp.zeros((batch_size, k, c), log_probs.dtype),
-          jnp.zeros((n, order - 1), log_probs.dtype))
-  _, (indices, scores, valid) = lax.scan(
-      step, init, jnp.arange(batch_size, dtype=jnp.int32))
-  return _selection.Selection(indices, scores, valid)
+  state = SubsetIncrements(log_probs, batch_size, order, chunk_size)
+  return increment_picks(log_probs, mask, probs_t, state,
+                         _kbald_leading(state, marginal, cond), batch_size,
+                         axis_name)
 
 
 # --------------------------------------------------------------------------
@@ -342,13 +401,14 @@ def _kbald_dynamic(log_probs, mask, tolerance, batch_size, chunk_size,
   n, k, c = log_probs.shape
   dtype = log_probs.dtype
   probs_t, marginal, cond = _bald.prepare(log_probs, chunk_size)
-  state = _KBaldState(log_probs, batch_size, 2, chunk_size)
+  state = SubsetIncrements(log_probs, batch_size, 2, chunk_size)
+  leading = _kbald_leading(state, marginal, cond)
   tolerance = jnp.asarray(tolerance, dtype)
   zero = jnp.zeros((), dtype)
 
   def run(carry, t):
     available, picked, d, v2, v3, _ = carry
-    d, gains = state.gains_and_update(probs_t, cond, marginal, d, picked, t)
+    d, gains = state.gains_and_update(probs_t, leading(t), d, picked, t)
     index, g2, valid, available = _selection.pick(gains, available, axis_name)
     lp = _pool.take(log_probs, index, axis_name)
     new_v2 = v2 + g2
