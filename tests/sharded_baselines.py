@@ -20,7 +20,9 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from alfx._core import sampling as _sampling  # noqa: E402
-from alfx.baselines import _diversity  # noqa: E402
+from alfx.baselines import _badge  # noqa: E402
+from alfx.baselines import _coreset  # noqa: E402
+from alfx.baselines import _kmeans  # noqa: E402
 
 
 def main(seed):
@@ -46,13 +48,13 @@ def main(seed):
   kw = dict(max_clusters=8, max_iterations=50, tol=0.0, chunk_size=8,
             block_size=4)
   cases = {
-      "badge": (lambda x, p, m, k, axis_name=None: _diversity._badge(
+      "badge": (lambda x, p, m, k, axis_name=None: _badge._badge(
           x, p, m, k, b, axis_name=axis_name), [x, p, mask], [key], P()),
-      "coreset": (lambda x, l, m, axis_name=None: _diversity._coreset(
+      "coreset": (lambda x, l, m, axis_name=None: _coreset._coreset(
           x, l, m, b, 8, 4, axis_name=axis_name), [x, labeled, mask], [], P()),
       "random_batch": (lambda m, k, axis_name=None: _sampling._random_batch(
           m, k, b, axis_name=axis_name), [mask], [key], P()),
-      "kmeans": (lambda x, m, k, axis_name=None: _diversity._kmeans(
+      "kmeans": (lambda x, m, k, axis_name=None: _kmeans.kmeans(
           x, m, jnp.int32(5), k, axis_name=axis_name, **kw),
                  [x, mask | labeled], [key], (P(), P("pool"), P())),
   }
@@ -60,7 +62,7 @@ def main(seed):
     cases[f"stochastic_batch({mode})"] = (
         lambda u, m, k, axis_name=None, mode=mode:
         _sampling._stochastic_batch(u, m, k, 1.0, b, mode,
-                                       axis_name=axis_name),
+                                    axis_name=axis_name),
         [u, mask], [key], P())
   failed = False
   for name, (fn, pool_args, replicated_args, out_specs) in cases.items():

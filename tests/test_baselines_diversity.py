@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 import alfx
-from alfx.baselines import _diversity
+from alfx.baselines import _badge
+from alfx.baselines import _coreset
+from alfx.baselines import _kmeans
+from alfx.baselines import _typiclust
 from tests.helpers import seed_for
 from tests import reference_baselines as refb
 from tests.helpers import ALPHA
@@ -150,7 +153,7 @@ def test_badge_never_forms_n_by_cd(rng):
   n, d, c = 64, 9, 7
   h, p = _f32(rng.standard_normal((n, d))), _f32(_random_probs(rng, n, c))
   size = _max_intermediate_size(
-      lambda h, p, m, k: _diversity._badge(h, p, m, k, batch_size=5), h, p,
+      lambda h, p, m, k: _badge._badge(h, p, m, k, batch_size=5), h, p,
       jnp.ones(n, bool), jax.random.key(0))
   assert size < n * min(c, d) * 2, size
 
@@ -237,8 +240,8 @@ def test_coreset_never_forms_n_by_n(rng):
   x = _f32(rng.standard_normal((n, 4)))
   labeled = jnp.asarray(rng.random(n) < 0.5)
   size = _max_intermediate_size(
-      lambda x, l, m: _diversity._coreset(x, l, m, batch_size=5,
-                                          chunk_size=64, block_size=32),
+      lambda x, l, m: _coreset._coreset(x, l, m, batch_size=5,
+                                        chunk_size=64, block_size=32),
       x, labeled, jnp.ones(n, bool))
   assert size <= 64 * 32 * 2 and size < n * n // 16, size
 
@@ -286,7 +289,7 @@ def test_nearest_centroid_matches_dense(rng, n_active, block, chunk):
   with jax.enable_x64(True):
     # Rows past n_active (and the block of slack) are garbage to be ignored.
     padded = np.concatenate([centroids, 1e-3 * x[:block]])
-    idx, d2 = _diversity._nearest_centroid(
+    idx, d2 = _kmeans._nearest_centroid(
         jnp.asarray(x), jnp.asarray(padded), jnp.int32(n_active),
         shift=jnp.asarray(x[0]), chunk_size=chunk, block_size=block)
   want_idx, want_d2 = refb.nearest_centroid(x, centroids[:n_active])
@@ -301,7 +304,7 @@ def test_kmeans_plus_plus_follows_the_d2_distribution():
   probs = refb.kmeans_pp_sequence_probabilities(x, points, 3)
   keys = jax.random.split(jax.random.key(9), 40_000)
   seed = jax.jit(jax.vmap(
-      lambda k, x, p: _diversity._kmeans_plus_plus(x, p, jnp.int32(3), k, 4)[1],
+      lambda k, x, p: _kmeans._kmeans_plus_plus(x, p, jnp.int32(3), k, 4)[1],
       in_axes=(0, None, None)))
   picks = np.asarray(seed(keys, _f32(x), jnp.asarray(points)))
   np.testing.assert_array_equal(picks[:, 3], 0)  # inactive slot untouched
@@ -316,10 +319,10 @@ def test_kmeans_matches_lloyd_reference(rng):
   with jax.enable_x64(True):
     xj = jnp.asarray(x)
     # The seeding _kmeans runs: same key, same shift (the points' mean).
-    init, _ = _diversity._kmeans_plus_plus(
+    init, _ = _kmeans._kmeans_plus_plus(
         xj, jnp.asarray(points), jnp.int32(k), key, 8,
         shift=jnp.asarray(x[points].mean(0)), chunk_size=32)
-    centroids, labels, iters = _diversity._kmeans(
+    centroids, labels, iters = _kmeans.kmeans(
         xj, jnp.asarray(points), jnp.int32(k), key, max_clusters=8,
         max_iterations=200, tol=0.0, chunk_size=32, block_size=4)
   want_c, want_labels = refb.lloyd(x, points, np.asarray(init)[:k], 200)
@@ -334,7 +337,7 @@ def test_kmeans_is_a_fixed_point_and_finds_blobs(rng):
   x, blob = _blobs(rng, 6, 30, 4)
   points = jnp.ones(len(x), bool)
   centroids, labels, iters = jax.jit(functools.partial(
-      _diversity._kmeans, max_clusters=10, max_iterations=100, tol=1e-4,
+      _kmeans.kmeans, max_clusters=10, max_iterations=100, tol=1e-4,
       chunk_size=64, block_size=4))(_f32(x), points, jnp.int32(6),
                                     jax.random.key(0))
   labels = np.asarray(labels)
@@ -364,7 +367,7 @@ def test_most_typical_matches_dense(rng, m, k_nn, block):
   members[rng.choice(n, m, replace=False)] = True
   with jax.enable_x64(True):
     xj = jnp.asarray(x)
-    index, typ = _diversity._most_typical(
+    index, typ = _typiclust._most_typical(
         xj, jnp.asarray(members), k_nn=k_nn, block_size=block)
   ids = np.flatnonzero(members)
   want = refb.typicality(x[ids], k_nn)
@@ -386,7 +389,7 @@ def test_typiclust_selection_matches_reference(rng, b, min_cluster_size):
   want_idx, want_typ = refb.typiclust_select(
       x, labels, labeled, selectable, b, n_clusters, 4, min_cluster_size)
   with jax.enable_x64(True):
-    sel = _diversity._typiclust_select(
+    sel = _typiclust._typiclust_select(
         jnp.asarray(x), jnp.asarray(labels, jnp.int32), jnp.asarray(labeled),
         jnp.asarray(selectable), b, n_clusters, 4, min_cluster_size, 8)
   np.testing.assert_array_equal(sel.indices, want_idx)
@@ -433,7 +436,7 @@ def test_typiclust_never_forms_n_by_n(rng):
   n = 256
   x = rng.standard_normal((n, 3))
   size = _max_intermediate_size(
-      lambda x, l, m, k: _diversity._typiclust(
+      lambda x, l, m, k: _typiclust._typiclust(
           x, l, m, k, 1e-4, batch_size=3, max_clusters=8, k_nn=20,
           min_cluster_size=5, max_iterations=10, max_candidates=None,
           chunk_size=32, block_size=16),
@@ -588,7 +591,7 @@ def test_tiled_distances_are_translation_invariant_in_float32(rng):
   np.testing.assert_array_equal(near.indices, far.indices)
   np.testing.assert_allclose(near.scores, far.scores, rtol=1e-3)
   members = jnp.asarray(rng.random(300) < 0.4)
-  got = [_diversity._most_typical(_f32(v), members, k_nn=10, block_size=32)
+  got = [_typiclust._most_typical(_f32(v), members, k_nn=10, block_size=32)
          for v in (x, x + offset)]
   assert int(got[0][0]) == int(got[1][0])
   np.testing.assert_allclose(got[0][1], got[1][1], rtol=1e-3)
@@ -601,7 +604,7 @@ def test_most_typical_over_a_candidate_subset(rng):
   members = rng.random(n) < 0.6
   candidates = members & (rng.random(n) < 0.3)
   with jax.enable_x64(True):
-    index, typ = _diversity._most_typical(
+    index, typ = _typiclust._most_typical(
         jnp.asarray(x), jnp.asarray(members), k_nn=6, block_size=8,
         candidates=jnp.asarray(candidates))
   ids = np.flatnonzero(members)
@@ -623,10 +626,10 @@ def test_typiclust_max_candidates(rng):
     args = (jnp.asarray(x), jnp.asarray(labels, jnp.int32),
             jnp.asarray(labeled), jnp.asarray(selectable), b, n_clusters, 4, 5,
             8)
-    exact = _diversity._typiclust_select(*args)
-    capped_high = _diversity._typiclust_select(
+    exact = _typiclust._typiclust_select(*args)
+    capped_high = _typiclust._typiclust_select(
         *args, max_candidates=n, key=jax.random.key(0))
-    capped = _diversity._typiclust_select(*args, max_candidates=3,
+    capped = _typiclust._typiclust_select(*args, max_candidates=3,
                                           key=jax.random.key(0))
   np.testing.assert_array_equal(exact.indices, capped_high.indices)
   want_idx, _ = refb.typiclust_select(x, labels, labeled, selectable, b,

@@ -8,15 +8,15 @@ TypiClust.
 May import: `alfx._core`, `alfx.information`.
 """
 
-from alfx.baselines._diversity import badge
-from alfx.baselines._diversity import coreset
-from alfx.baselines._diversity import typiclust
+from alfx._core.sampling import random_batch
+from alfx._core.sampling import stochastic_batch
+from alfx.baselines._badge import badge
+from alfx.baselines._coreset import coreset
+from alfx.baselines._typiclust import typiclust
 from alfx.baselines._uncertainty import least_confidence
 from alfx.baselines._uncertainty import margin
 from alfx.baselines._uncertainty import mean_std
 from alfx.baselines._uncertainty import predictive_entropy
-from alfx._core.sampling import random_batch
-from alfx._core.sampling import stochastic_batch
 from alfx.baselines._uncertainty import variation_ratios
 
 __all__ = (
