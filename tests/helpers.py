@@ -1,5 +1,7 @@
-"""Shared test helpers: per-test seeds, the compile log, chi-square tests."""
+"""Shared test helpers: per-test seeds, the compile log, chi-square tests,
+the Flax models and data of the nn and loop tests."""
 
+import functools
 import os
 import zlib
 
@@ -92,3 +94,58 @@ def count_rows(rows):
   return out
 
 
+
+
+# ----------------------------------------------------------------------------
+# Flax models and data shared by test_nn.py and test_loop.py. Flax is
+# imported on first use: conftest imports this module in every test process.
+
+
+@functools.cache
+def _mlp_class():
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  class MLP(nn.Module):
+    """x -> relu(Dense) -> [Dropout] -> Dense head (named ``head``)."""
+    hidden: int = 6
+    classes: int = 4
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      h = nn.relu(nn.Dense(self.hidden)(x))
+      if self.rate:
+        h = nn.Dropout(self.rate, deterministic=not train)(h)
+      return nn.Dense(self.classes, name="head")(h)
+
+  return MLP
+
+
+def mlp(hidden: int = 6, classes: int = 4, rate: float = 0.0):
+  """A Linen ``MLP``: ``x[b, d] -> logits[b, classes]``, dropout if ``rate``."""
+  return _mlp_class()(hidden=hidden, classes=classes, rate=rate)
+
+
+@functools.cache
+def _ensemble_init(model, num_members: int):
+  import jax  # pylint: disable=import-outside-toplevel
+  import alfx  # pylint: disable=import-outside-toplevel
+  return jax.jit(lambda key, x: alfx.init_ensemble(
+      lambda k: model.init(k, x), num_members, key=key))
+
+
+def ensemble_params(model, x, num_members: int, key):
+  """`alfx.init_ensemble` of ``model.init(., x[:1])``, jitted once per model
+  and size: eager Linen init dispatches op by op (seconds a call)."""
+  return _ensemble_init(model, num_members)(key, x[:1])
+
+
+def blobs(rng, n: int, d: int, classes: int = 3, spread: float = 4.0,
+          noise: float = 0.3):
+  """Gaussian blobs: ``(float32 x[n, d], int32 y[n])``, ``classes`` centres
+  of scale ``spread``, points ``noise`` around them."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  y = rng.integers(0, classes, n)
+  centres = spread * rng.standard_normal((classes, d))
+  x = centres[y] + noise * rng.standard_normal((n, d))
+  return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)

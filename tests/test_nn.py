@@ -16,25 +16,14 @@ from alfx.nn import _forward
 from alfx.nn import _predictions
 from alfx.nn import _training
 from alfx._core import pool as _pool
+from tests.helpers import blobs
+from tests.helpers import ensemble_params
+from tests.helpers import mlp
 from tests.helpers import seed_for
 
 
-class MLP(nn.Module):
-  """x -> relu(Dense) -> [Dropout] -> Dense head."""
-  hidden: int = 6
-  classes: int = 4
-  rate: float = 0.0
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    h = nn.relu(nn.Dense(self.hidden)(x))
-    if self.rate:
-      h = nn.Dropout(self.rate, deterministic=not train)(h)
-    return nn.Dense(self.classes, name="head")(h)
-
-
 def np_mlp(variables, x):
-  """float64 NumPy forward of `MLP` without dropout: (logits, hidden)."""
+  """float64 NumPy forward of `mlp` without dropout: (logits, hidden)."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
   h = np.maximum(np.asarray(x, np.float64) @ p["Dense_0"]["kernel"]
                  + p["Dense_0"]["bias"], 0)
@@ -47,10 +36,10 @@ def np_log_softmax(z):
 
 
 def linen_ensemble(rng, n=23, d=5, k=3, classes=4, scale=1.0):
-  model = MLP(classes=classes)
+  model = mlp(classes=classes)
   x = jnp.asarray(rng.standard_normal((n, d)), jnp.float32)
   key = jax.random.key(int(rng.integers(2**31)))
-  params = alfx.init_ensemble(lambda kk: model.init(kk, x[:1]), k, key=key)
+  params = ensemble_params(model, x, k, key)
   params = jax.tree.map(lambda a: a * scale, params)
   return model, x, params
 
@@ -94,19 +83,15 @@ class EnsemblePredictionsTest(chex.TestCase):
       logits = model.apply(jax.tree.map(lambda a: a[k], params), x)
       np.testing.assert_allclose(whole.log_probs[:, k],
                                  jax.nn.log_softmax(logits), atol=1e-6)
-
-  def test_vmap_over_seeds_equals_loop(self):
-    rng = self.rng()
-    model, x, _ = linen_ensemble(rng)
-    forward = alfx.linen_forward(model)
-    keys = jax.random.split(jax.random.key(int(rng.integers(99))), 3)
-    seeds = jax.vmap(lambda s: alfx.init_ensemble(
-        lambda kk: model.init(kk, x[:1]), 2, key=s))(keys)
+    # vmap over a seed axis (3 ensembles: these members, reordered, halved)
+    # equals a Python loop over the seeds, whose calls reuse the program of
+    # chunk_size=4 above.
+    seeds = jax.tree.map(lambda a: jnp.stack([a, a[::-1], a / 2]), params)
     batched = jax.vmap(lambda p: alfx.ensemble_predictions(
-        forward, p, x, chunk_size=5))(seeds)
+        forward, p, x, chunk_size=4))(seeds)
     for r in range(3):
       one = alfx.ensemble_predictions(
-          forward, jax.tree.map(lambda a: a[r], seeds), x, chunk_size=5)
+          forward, jax.tree.map(lambda a: a[r], seeds), x, chunk_size=4)
       chex.assert_trees_all_close(jax.tree.map(lambda a: a[r], batched), one,
                                   atol=1e-6)
 
@@ -212,7 +197,7 @@ def test_linen_model_without_dense_needs_head(rng):
 
 
 def test_linen_train_and_eval_kwargs_control_dropout(rng):
-  model = MLP(rate=0.5)
+  model = mlp(rate=0.5)
   x = jnp.asarray(rng.standard_normal((9, 5)), jnp.float32)
   variables = model.init(jax.random.key(0), x[:1])
   forward = alfx.linen_forward(model, train_kwargs={"train": True},
@@ -245,7 +230,7 @@ class MCDropoutTest(chex.TestCase):
 
   def setup_model(self, n=13):
     rng = self.rng()
-    model = MLP(rate=0.5)
+    model = mlp(rate=0.5)
     x = jnp.asarray(rng.standard_normal((n, 5)), jnp.float32)
     variables = model.init(jax.random.key(int(rng.integers(99))), x[:1])
     forward = alfx.linen_forward(model, train_kwargs={"train": True},
@@ -437,16 +422,9 @@ def test_sample_labeled_errors_and_nothing_labelled_under_jit():
     alfx.sample_labeled(jnp.ones((2, 3), bool), 4, key=key)
 
 
-def _blobs(rng, n=60, d=4):
-  y = rng.integers(0, 3, n)
-  centres = 4.0 * rng.standard_normal((3, d))
-  x = centres[y] + 0.3 * rng.standard_normal((n, d))
-  return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
-
-
 def test_fit_loss_falls_on_separable_problem(rng):
-  x, y = _blobs(rng)
-  model = MLP(hidden=8, classes=3)
+  x, y = blobs(rng, 60, 4)
+  model = mlp(hidden=8, classes=3)
   forward = alfx.linen_forward(model)
   params = model.init(jax.random.key(0), x[:1])
   labeled = jnp.asarray(rng.random(60) < 0.5)
@@ -460,8 +438,8 @@ def test_fit_loss_falls_on_separable_problem(rng):
 
 
 def test_fit_ignores_unlabelled_points_entirely(rng):
-  x, y = _blobs(rng)
-  model = MLP(hidden=8, classes=3)
+  x, y = blobs(rng, 60, 4)
+  model = mlp(hidden=8, classes=3)
   forward = alfx.linen_forward(model)
   params = model.init(jax.random.key(0), x[:1])
   labeled = jnp.asarray(rng.random(60) < 0.4)
@@ -475,8 +453,8 @@ def test_fit_ignores_unlabelled_points_entirely(rng):
 
 
 def test_fit_with_no_labelled_point_under_jit_leaves_params(rng):
-  x, y = _blobs(rng, n=10)
-  model = MLP(hidden=4, classes=3)
+  x, y = blobs(rng, 10, 4)
+  model = mlp(hidden=4, classes=3)
   forward = alfx.linen_forward(model)
   params = model.init(jax.random.key(0), x[:1])
   fit = alfx.make_fit(forward, optax.adam(0.1), num_steps=5, batch_size=4)
@@ -494,7 +472,7 @@ def test_train_step_matches_numpy_gradient(rng):
     def __call__(self, x):
       return nn.Dense(3, name="head")(x)
 
-  x, y = _blobs(rng, n=12, d=4)
+  x, y = blobs(rng, 12, 4)
   w = jnp.asarray(rng.random(12) < 0.7, jnp.float32).at[0].set(1.0)
   model = Linear()
   params = model.init(jax.random.key(0), x[:1])
@@ -518,15 +496,15 @@ def test_train_step_matches_numpy_gradient(rng):
 
 
 def test_fit_vmap_over_members_equals_loop(rng):
-  x, y = _blobs(rng, n=30)
-  model = MLP(hidden=5, classes=3)
+  x, y = blobs(rng, 30, 4)
+  model = mlp(hidden=5, classes=3)
   forward = alfx.linen_forward(model)
-  params = alfx.init_ensemble(lambda k: model.init(k, x[:1]), 3,
-                              key=jax.random.key(0))
+  params = ensemble_params(model, x, 3, jax.random.key(0))
   labeled = jnp.arange(30) < 12
   fit = alfx.make_fit(forward, optax.adam(0.02), num_steps=10, batch_size=8)
   keys = jax.random.split(jax.random.key(1), 3)
-  batched = jax.vmap(lambda p, k: fit.core(p, x, y, labeled, key=k))(
+  # Jitted, as the loop runs it (eager vmap of the training scan: seconds).
+  batched = jax.jit(jax.vmap(lambda p, k: fit.core(p, x, y, labeled, key=k)))(
       params, keys)
   for k in range(3):
     one = fit(jax.tree.map(lambda a: a[k], params), x, y, labeled,
@@ -536,8 +514,8 @@ def test_fit_vmap_over_members_equals_loop(rng):
 
 
 def test_fit_bad_inputs(rng):
-  x, y = _blobs(rng, n=10)
-  model = MLP(hidden=4, classes=3)
+  x, y = blobs(rng, 10, 4)
+  model = mlp(hidden=4, classes=3)
   forward = alfx.linen_forward(model)
   params = model.init(jax.random.key(0), x[:1])
   labeled = jnp.arange(10) < 4
