@@ -137,7 +137,7 @@ def make_loop(forward: _forward.Forward,
     train_batch_size: static minibatch size.
     mc_dropout_samples: ``K`` for MC dropout; None for an ensemble.
     chunk_size: static; the most pool rows predicted at once (None: 1024,
-      `alfx._pool.DEFAULT_CHUNK_SIZE`).
+      `alfx._core.pool.DEFAULT_CHUNK_SIZE`).
     strategy_options: options for `alfx.get_strategy` when ``strategy`` is a
       name.
 
