@@ -24,6 +24,7 @@ import pytest
 
 import alfx
 from alfx.bald_family import _batchbald as _bald
+from alfx.bald_family import _increments
 from alfx.bald_family import _kbald
 from tests.helpers import seed_for
 from tests import reference as ref
@@ -158,7 +159,7 @@ def test_kbald_formula_equals_co_information_definition(rng):
                      for v in itertools.combinations(picks, u))
               for u in range(s + 1)}  # D_u = sum_{|U|=u} H[Y_n | Y_U]
     for order in range(1, 7):
-      a = _kbald.kbald_coefficients(s + 1, order)[s]
+      a = _increments.kbald_coefficients(s + 1, order)[s]
       formula = -pool.cond[n] + sum(a[u] * cond_h[u]
                                     for u in range(min(order, s + 1)))
       np.testing.assert_allclose(formula, rb.kbald_gain(pool, picks, n, order),

@@ -19,6 +19,8 @@ of ``s`` probabilities ever underflows into a ``0 / 0``.
 
 Cost of one candidate against an ``R``-row table: ``2 R K C`` FLOPs (one
 ``[C, K] @ [K, R]`` product) and ``R C`` logarithms.
+
+May import: `alfx._core`, `alfx.information`.
 """
 
 import math

@@ -6,14 +6,14 @@ Smith et al. 2023, arXiv:2304.08151), updated incrementally like
 of `alfx.bald_family._epig_tables`.
 
 May import: `alfx._core`, `alfx.information`, `alfx.bald_family._batchbald`,
-`alfx.bald_family._kbald`, `alfx.bald_family._epig_tables`.
+`alfx.bald_family._increments`, `alfx.bald_family._epig_tables`.
 """
 
 import math
 
 from alfx.bald_family import _batchbald as _bald
 from alfx.bald_family import _epig_tables as _tables
-from alfx.bald_family import _kbald
+from alfx.bald_family import _increments
 from alfx.information import _kernels as _information
 from alfx._core import pool as _pool
 from alfx._core import sharding as _sharding
@@ -41,7 +41,7 @@ def _check_order(order, batch_size: int, c: int, m: int) -> int:
   return order
 
 
-class _KEpigIncrements(_kbald.SubsetIncrements):
+class _KEpigIncrements(_increments.SubsetIncrements):
   """k-BALD's increments with EPIG's signed tables: ``E_u`` gains
   ``sum_{V' subset S_old, |V'| = u-1} mean_m I[Y_n; Y* | Y_V', Y_j]``."""
 
@@ -156,9 +156,9 @@ def _kepig(log_probs, target_log_probs, mask, batch_size, order, chunk_size,
   first = _tables.epig_scores(probs_t, marginal, target_log_probs,
                               chunk_size)
   if order == 1:
-    return _kbald.score_picks(first, mask, batch_size, axis_name)
+    return _increments.score_picks(first, mask, batch_size, axis_name)
   state = _KEpigIncrements(log_probs, target_log_probs, batch_size, order,
                            chunk_size)
-  return _kbald.increment_picks(
+  return _increments.increment_picks(
       log_probs, mask, probs_t, state,
       lambda t: state.coefficients[t][0] * first, batch_size, axis_name)

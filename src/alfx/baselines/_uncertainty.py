@@ -9,6 +9,8 @@ rank-2 ``log_probs[N, C]``, read as a single sample (``K = 1``); the scores
 that measure disagreement between samples (variation ratios, mean standard
 deviation) require the sample axis and refuse rank-2 input, which would make
 them identically zero.
+
+May import: `alfx._core`, `alfx.information`.
 """
 
 import math

@@ -6,6 +6,8 @@ posterior sample ``k``. Labels of several points are modelled jointly by the
 ``K``-sample mixture ``p(y_1..y_B) = mean_k prod_i p(y_i | x_i, omega_k)``.
 
 Zero-probability classes (``log_prob = -inf``) contribute ``0 log 0 = 0``.
+
+May import: `alfx._core`.
 """
 
 import math
