@@ -8,11 +8,11 @@ May import: `alfx._core`.
 """
 
 from alfx.bait._bait import bait
-from alfx.bait._bait import DENSE_MAX_DIM
-from alfx.bait._bait import fisher_factors
-from alfx.bait._bait import FisherFactors
-from alfx.bait._bait import pool_fisher
-from alfx.bait._bait import PoolFisher
+from alfx.bait._checks import DENSE_MAX_DIM
+from alfx.bait._factors import fisher_factors
+from alfx.bait._factors import FisherFactors
+from alfx.bait._pool_fisher import pool_fisher
+from alfx.bait._pool_fisher import PoolFisher
 
 __all__ = (
     "DENSE_MAX_DIM",
