@@ -3,9 +3,19 @@
 Every Fisher matrix is formed explicitly as a d x d matrix and every trace
 uses an explicit inverse: slow and obvious. Parameter index (c, i) of the last
 layer is ``c * D + i`` (``np.kron(class_vector, embedding)``).
+
+Also the shared harness of the tests/test_bait_*.py files (the shape, the
+paths, `problem` and `run`).
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+import alfx
+from alfx.bait import _bait
+from alfx.bait import _checks
+from alfx.bait import _pool_fisher
 
 KINDS = ("full", "topc", "binary", "diagonal")
 
@@ -119,8 +129,91 @@ def bait(emb, probs, labeled, batch_size, *, kind="full", top_c=2, lam=1.0,
               F=big_f)
 
 
-def forward_values(m, big_f, fishers, s2, candidates):
-  """tr(M^-1 F) - tr((M + s2 I(x))^-1 F) for each candidate (float64)."""
-  base = np.trace(np.linalg.inv(m) @ big_f)
-  return np.array([base - np.trace(np.linalg.inv(m + s2 * fishers[i]) @ big_f)
-                   for i in candidates])
+def reference_values(m, big_f, fishers, s2, candidates, sign):
+  """Forward (sign=+1): the trace reduction; backward (sign=-1): minus the
+  increase of tr(M^-1 F) on removal. Larger is better in both."""
+  base = np.trace(np.linalg.solve(m, big_f))
+  return np.array([
+      sign * (base - np.trace(np.linalg.solve(m + sign * s2 * fishers[i],
+                                              big_f)))
+      for i in candidates])
+
+
+def parameter_basis(center, kind, method, c):
+  """The rows of the parameter basis that `bait` works in, ``[d', d]``.
+
+  ``Q``: the Householder reflection mapping ``center`` to a multiple of
+  ``e_1``; ``P^T``: for dense full/topc, the orthonormal basis of the class
+  directions orthogonal to ``1_C`` (the Fisher's null space). Both leave
+  ``tr(M^-1 F)`` unchanged; M^-1 and G restricted to the basis are ``B M^-1
+  B^T`` and ``B G B^T`` because M is block diagonal across the null space.
+  """
+  center = np.asarray(center, np.float64)
+  v = center.copy()
+  v[0] += np.copysign(np.linalg.norm(center), center[0] or 1.0)
+  q = np.eye(len(center)) - 2 * np.outer(v, v) / (v @ v)
+  if kind == "binary":
+    return q
+  classes = np.eye(c)
+  if method == "dense" and c > 1:
+    w = np.full(c, 1 / np.sqrt(c))
+    w[-1] -= 1
+    classes = (np.eye(c) - 2 * np.outer(w, w) / (w @ w))[:-1]
+  return np.kron(classes, q)
+
+
+def dense_x(emb, probs, kind, s2, top_c=2):
+  """X_n = s V_n as dense [N, d, r] (reference factors)."""
+  return np.sqrt(s2) * np.stack([fisher_factor_matrix(h, p, kind, top_c)
+                                 for h, p in zip(emb, probs)])
+
+
+# ---------------------------------------------------------------------------
+# The harness of the tests/test_bait_*.py files: one shared shape, so that
+# the suite compiles each path only a handful of times (values vary freely).
+
+# (fisher, method): every path of the implementation.
+PATHS = [("full", "dense"), ("full", "structured"), ("topc", "dense"),
+         ("topc", "structured"), ("binary", "dense"), ("diagonal", "auto")]
+PATH_IDS = [f"{k}-{m}" for k, m in PATHS]
+N, D, C, B = 96, 5, 4, 3  # the shared shape: d = 20
+CAP = 64  # static labelled capacity of the structured path in these tests
+# One representative path per kind, for the variants that need a compile each.
+PER_KIND = [("full", "dense"), ("topc", "structured"), ("binary", "dense"),
+            ("diagonal", "auto")]
+PER_KIND_IDS = [f"{k}-{m}" for k, m in PER_KIND]
+
+
+def problem(rng, n=N, dim=D, c=C, labeled_fraction=0.2, **kw):
+  """`random_problem` at the shared shape by default."""
+  return random_problem(rng, n, dim, c, labeled_fraction=labeled_fraction,
+                        **kw)
+
+
+def run(emb, probs, labeled, b, kind, method, dtype, **kw):
+  """`alfx.bait` on ``dtype`` inputs, as NumPy (structured: capacity CAP)."""
+  if method == "structured":
+    kw.setdefault("labeled_capacity", CAP)
+  sel = alfx.bait(jnp.asarray(emb, dtype), jnp.asarray(probs, dtype),
+                  b, labeled=jnp.asarray(labeled), fisher=kind, method=method,
+                  **kw)
+  return jax.tree.map(np.asarray, sel)
+
+
+def state(emb, probs, labeled, b, kind, method, *, lam=1.0, oversample=2,
+          top_c=2, capacity=None, mask=None):
+  """The private state hook: (Selection, per-point U/W and the history)."""
+  emb = jnp.asarray(emb)
+  probs = jnp.asarray(probs)
+  labeled = jnp.asarray(labeled)
+  mask = ~labeled if mask is None else jnp.asarray(mask)
+  if method == "structured" and capacity is None:
+    capacity = CAP
+  top_c = top_c if kind == "topc" else 1
+  method = _checks.resolve_method(method, kind, probs.shape[1], emb.shape[1])
+  stats = _pool_fisher.pool_fisher_core(emb, probs, None, kind, top_c, method,
+                                        None)
+  sel, st = _bait._bait(emb, probs, labeled, mask, lam, stats, None,
+                        stats.quad, b, kind, top_c, oversample, method, None,
+                        capacity, with_state=True)
+  return jax.tree.map(np.asarray, sel), jax.tree.map(np.asarray, st)
