@@ -40,7 +40,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import alfx  # noqa: E402
-from alfx.bait import _bait  # noqa: E402
 import harness  # noqa: E402
 
 F32 = 4
@@ -147,11 +146,14 @@ def run_config(name, kind, n, dim, c, eager, with_eager):
   print(f"\n== {name}: fisher={kind}, N={n}, D={dim}, C={c}, L={L}, B={B}",
         flush=True)
   emb, probs, labeled = make_inputs(n, dim, c)
-  method = _bait._resolve_method("auto", kind, c, dim)
+  # The path method='auto' takes: PoolFisher.method (static), read off the
+  # traced output types (nothing is computed).
+  pool_fisher = functools.partial(alfx.pool_fisher, fisher=kind)
+  method = jax.eval_shape(pool_fisher, emb, probs).method
   capacity = CAPACITY if method == "structured" else None
   fn = jax.jit(lambda e, p, l: alfx.bait(
       e, p, B, labeled=l, fisher=kind, labeled_capacity=capacity))
-  stats_fn = jax.jit(functools.partial(alfx.pool_fisher, fisher=kind))
+  stats_fn = jax.jit(pool_fisher)
   given_fn = jax.jit(lambda e, p, l, s: alfx.bait(
       e, p, B, labeled=l, fisher=kind, pool_fisher=s,
       labeled_capacity=capacity))
