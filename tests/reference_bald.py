@@ -4,6 +4,7 @@ Written from the definitions, not from alfx's formulas: joint entropies by
 enumerating every label configuration, BatchBALD gains as differences of
 joint mutual informations, k-BALD gains as signed sums of co-informations
 over subsets, and each greedy loop in plain Python (ties to the lowest index).
+`assert_greedy_matches` replays alfx's picks against these gains.
 """
 
 import itertools
@@ -64,7 +65,7 @@ class Pool:
     return self.h([a]) + self.h([b]) - self.h([a, b])
 
 
-def _greedy(n, batch_size, mask, gain_fn):
+def greedy(n, batch_size, mask, gain_fn):
   """Plain greedy: at each step the available point of largest gain."""
   available = np.ones(n, bool) if mask is None else np.array(mask, bool)
   picks, gains = [], []
@@ -78,6 +79,34 @@ def _greedy(n, batch_size, mask, gain_fn):
   return np.array(picks), np.array(gains)
 
 
+def assert_greedy_matches(sel, gain_fn, n, mask=None, atol=2e-5):
+  """Checks a greedy selection step by step against reference gains.
+
+  Replays alfx's own picks: at every step the reference gain of each
+  available candidate is computed; alfx's pick must attain the reference
+  maximum (up to ``atol``, float32 against float64), equal the reference
+  argmax whenever the runner-up is more than ``10 * atol`` behind, and its
+  score must equal the reference gain of the pick.
+  """
+  available = np.ones(n, bool) if mask is None else np.array(mask, bool)
+  picks = []
+  for index, score, valid in zip(np.asarray(sel.indices),
+                                 np.asarray(sel.scores),
+                                 np.asarray(sel.valid)):
+    assert valid
+    candidates = np.flatnonzero(available)
+    gains = np.array([gain_fn(picks, int(i)) for i in candidates])
+    assert available[index], (index, picks)
+    got = gains[candidates == index][0]
+    np.testing.assert_allclose(score, got, atol=atol)
+    assert got >= gains.max() - atol, (picks, index, got, gains.max())
+    top2 = np.sort(gains)[-2:] if len(gains) > 1 else None
+    if top2 is not None and top2[1] - top2[0] > 10 * atol:
+      assert index == candidates[np.argmax(gains)]
+    picks.append(int(index))
+    available[index] = False
+
+
 def bald_scores(log_probs):
   pool = Pool(log_probs)
   return np.array([pool.bald(i) for i in range(len(pool.lp))])
@@ -86,8 +115,8 @@ def bald_scores(log_probs):
 def batchbald_greedy(log_probs, batch_size, mask=None):
   """Greedy BatchBALD: gain = I[Y_{S+n}; Omega] - I[Y_S; Omega], enumerated."""
   pool = Pool(log_probs)
-  return _greedy(len(pool.lp), batch_size, mask,
-                 lambda s, n: pool.mi(s + [n]) - pool.mi(s))
+  return greedy(len(pool.lp), batch_size, mask,
+                lambda s, n: pool.mi(s + [n]) - pool.mi(s))
 
 
 def kbald_gain(pool, picks, n, order) -> float:
@@ -101,8 +130,8 @@ def kbald_gain(pool, picks, n, order) -> float:
 
 def kbald_greedy(log_probs, batch_size, order, mask=None):
   pool = Pool(log_probs)
-  return _greedy(len(pool.lp), batch_size, mask,
-                 lambda s, n: kbald_gain(pool, s, n, order))
+  return greedy(len(pool.lp), batch_size, mask,
+                lambda s, n: kbald_gain(pool, s, n, order))
 
 
 def kbald_value(pool, batch, order) -> float:

@@ -12,6 +12,9 @@ import itertools
 
 import numpy as np
 
+from tests.reference_bald import entropy_of
+from tests.reference_bald import greedy
+
 
 def joint(rows):
   """Dense joint ``[C_1, ..., C_b]`` of labels whose ``[K, C_i]`` rows are given.
@@ -24,12 +27,6 @@ def joint(rows):
   for i, pi in enumerate(p):
     table = table[..., None] * pi.reshape((k,) + (1,) * i + (pi.shape[1],))
   return table.mean(0)
-
-
-def entropy_of(p):
-  p = np.asarray(p, np.float64).ravel()
-  p = p[p > 0]
-  return float(-(p * np.log(p)).sum())
 
 
 class Problem:
@@ -97,20 +94,6 @@ def bald_scores(log_probs):
   mean = p.mean(1)
   h = lambda q: -np.where(q > 0, q * np.log(np.where(q > 0, q, 1)), 0).sum(-1)  # noqa: E731
   return h(mean) - h(p).mean(1)
-
-
-def greedy(n, batch_size, mask, gain_fn):
-  """Plain greedy: at each step the available point of largest gain."""
-  available = np.ones(n, bool) if mask is None else np.array(mask, bool)
-  picks, gains = [], []
-  for _ in range(batch_size):
-    candidates = np.flatnonzero(available)
-    values = np.array([gain_fn(picks, int(i)) for i in candidates])
-    best = int(np.argmax(values))  # first maximum: the lowest index
-    picks.append(int(candidates[best]))
-    gains.append(float(values[best]))
-    available[candidates[best]] = False
-  return np.array(picks), np.array(gains)
 
 
 def batch_epig_gain(problem, picks, n) -> float:

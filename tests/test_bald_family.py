@@ -1,19 +1,16 @@
 """BALD family (topk_bald, batchbald, kbald, kbald_dynamic, conservative_bald).
 
 Every selection is checked against the float64 brute-force greedy references
-in `reference_bald` (every label configuration enumerated), then all of them
-go through one shared suite of invariants: masks, duplicates, ties, jit and
-eager, vmap against a loop, no recompilation, float64, chunk sizes, bad input.
+in `reference_bald` (every label configuration enumerated), plus the
+family's own invariants: chunk sizes, the sampled regime, zero-probability
+classes, the dynamic-size rules, bad method arguments and the table kernel.
+The generic properties of the contract (picks, ties, jit and vmap, float64
+out, recompilation, bad inputs, device layouts) run in the conformance
+suite (tests/conformance_cases.py).
 """
 
 import functools
 import itertools
-import json
-import math
-import os
-import subprocess
-import sys
-import textwrap
 
 from absl.testing import parameterized
 import chex
@@ -25,42 +22,14 @@ import pytest
 import alfx
 from alfx.bald_family import _batchbald as _bald
 from alfx.bald_family import _increments
-from alfx.bald_family import _kbald
 from tests.helpers import seed_for
 from tests import reference as ref
 from tests import reference_bald as rb
+from tests.reference_bald import assert_greedy_matches
 
 
 def _f32(x):
   return jnp.asarray(x, jnp.float32)
-
-
-def assert_greedy_matches(sel, gain_fn, n, mask=None, atol=2e-5):
-  """Checks a greedy selection step by step against reference gains.
-
-  Replays alfx's own picks: at every step the reference gain of each
-  available candidate is computed; alfx's pick must attain the reference
-  maximum (up to ``atol``, float32 against float64), equal the reference
-  argmax whenever the runner-up is more than ``10 * atol`` behind, and its
-  score must equal the reference gain of the pick.
-  """
-  available = np.ones(n, bool) if mask is None else np.array(mask, bool)
-  picks = []
-  for index, score, valid in zip(np.asarray(sel.indices),
-                                 np.asarray(sel.scores),
-                                 np.asarray(sel.valid)):
-    assert valid
-    candidates = np.flatnonzero(available)
-    gains = np.array([gain_fn(picks, int(i)) for i in candidates])
-    assert available[index], (index, picks)
-    got = gains[candidates == index][0]
-    np.testing.assert_allclose(score, got, atol=atol)
-    assert got >= gains.max() - atol, (picks, index, got, gains.max())
-    top2 = np.sort(gains)[-2:] if len(gains) > 1 else None
-    if top2 is not None and top2[1] - top2[0] > 10 * atol:
-      assert index == candidates[np.argmax(gains)]
-    picks.append(int(index))
-    available[index] = False
 
 
 # --------------------------------------------------------------------------
@@ -72,7 +41,7 @@ class ReferenceTest(chex.TestCase):
   def rng(self):
     return np.random.default_rng(seed_for(self.id()))
 
-  @chex.variants(with_jit=True, without_jit=True)
+  @chex.variants(without_jit=True)
   @parameterized.parameters((9, 4, 3, 3), (7, 1, 2, 4), (8, 5, 2, 5))
   def test_batchbald_exact_matches_enumeration(self, n, k, c, b):
     rng = self.rng()
@@ -85,7 +54,7 @@ class ReferenceTest(chex.TestCase):
     assert_greedy_matches(sel, lambda s, i: pool.mi(s + [i]) - pool.mi(s), n,
                           mask)
 
-  @chex.variants(with_jit=True, without_jit=True)
+  @chex.variants(without_jit=True)
   @parameterized.parameters((2, 10, 4, 3, 4), (3, 10, 4, 3, 5),
                             (4, 8, 3, 2, 5), (2, 8, 1, 3, 3))
   def test_kbald_matches_co_information_sums(self, order, n, k, c, b):
@@ -149,7 +118,7 @@ def rb_log_probs(rng, n, k, c, zero_fraction=0.1):
 
 
 def test_kbald_formula_equals_co_information_definition(rng):
-  """The a_u(s) D_u formula of `alfx._kbald` against eq. 6 (float64 only)."""
+  """The a_u(s) D_u formula of k-BALD against eq. 6 (float64 only)."""
   lp = rb_log_probs(rng, 6, 4, 3)
   pool = rb.Pool(lp)
   for s in range(0, 5):
@@ -348,15 +317,13 @@ def test_conservative_bald_drops_duplicates_of_a_pick():
 
 
 # --------------------------------------------------------------------------
-# One suite of invariants for every method.
+# Chunk sizes and float64 references, per method.
 
 KEY = jax.random.key(7)
 
 METHODS = {
     "topk_bald": lambda lp, b, **kw: alfx.topk_bald(lp, b, **kw),
     "batchbald": lambda lp, b, **kw: alfx.batchbald(lp, b, chunk_size=5, **kw),
-    "batchbald_sampled": lambda lp, b, **kw: alfx.batchbald(
-        lp, b, num_configurations=12, key=KEY, chunk_size=5, **kw),
     "kbald2": lambda lp, b, **kw: alfx.kbald(lp, b, order=2, chunk_size=5,
                                              **kw),
     "kbald3": lambda lp, b, **kw: alfx.kbald(lp, b, order=3, chunk_size=5,
@@ -366,130 +333,37 @@ METHODS = {
     "conservative_bald": lambda lp, b, **kw: alfx.conservative_bald(
         lp, b, threshold=1e4, chunk_size=5, **kw),
 }
-FIXED_SIZE = ("topk_bald", "batchbald", "batchbald_sampled", "kbald2",
-              "kbald3")
-CORES = {  # the jitted core of each method, for counting compilations
-    "topk_bald": _kbald._kbald, "batchbald": _bald._batchbald,
-    "batchbald_sampled": _bald._batchbald, "kbald2": _kbald._kbald,
-    "kbald3": _kbald._kbald, "kbald_dynamic": _kbald._kbald_dynamic,
-    "conservative_bald": _kbald._conservative_bald,
-}
-every_method = pytest.mark.parametrize("name", list(METHODS))
 
 
 def _pool_lp(rng, n=17, k=4, c=3):
   return _f32(rb_log_probs(rng, n, k, c))
 
 
-@every_method
-def test_masks_and_no_duplicates(rng, name):
-  lp = _pool_lp(rng)
-  for _ in range(2):
-    mask = rng.random(17) < 0.6
-    mask[:4] = True
-    sel = METHODS[name](lp, 4, mask=jnp.asarray(mask))
-    picked = np.asarray(sel.indices)[np.asarray(sel.valid)]
-    assert mask[picked].all()
-    assert len(set(picked.tolist())) == len(picked)
-    assert sel.indices.dtype == jnp.int32 and sel.scores.dtype == jnp.float32
-    chex.assert_shape((sel.indices, sel.scores, sel.valid), (4,))
-    if name in FIXED_SIZE:
-      assert sel.valid.all()
-
-
-@every_method
-def test_batch_equal_to_selectable_points(rng, name):
-  lp = _pool_lp(rng)
-  mask = np.zeros(17, bool)
-  mask[[1, 5, 6, 11, 16]] = True
-  sel = METHODS[name](lp, 5, mask=jnp.asarray(mask))
-  if name in FIXED_SIZE:
-    assert sel.valid.all()
-    assert sorted(np.asarray(sel.indices).tolist()) == [1, 5, 6, 11, 16]
-  with pytest.raises(ValueError, match="larger than the number of selectable"):
-    METHODS[name](lp, 6, mask=jnp.asarray(mask))
-  with pytest.raises(ValueError, match="larger than the pool"):
-    METHODS[name](lp, 18)
-  with pytest.raises(ValueError, match="selects no points"):
-    METHODS[name](lp, 1, mask=jnp.zeros(17, bool))
-
-
-@every_method
-def test_ties_go_to_the_lowest_index(rng, name):
-  base = rb_log_probs(rng, 4, 4, 3, zero_fraction=0.0)
-  # Three copies of each point (i, i + 4, i + 8), in different chunks
-  # (chunk_size=5): copies have equal gains at every step, so a copy may only
-  # be picked after its lower-index copies.
-  lp = _f32(np.concatenate([base, base, base]))
-  sel = METHODS[name](lp, 4)
-  chex.assert_trees_all_equal(sel, METHODS[name](lp, 4))
-  picks = np.asarray(sel.indices)[np.asarray(sel.valid)].tolist()
-  for t, index in enumerate(picks):
-    assert all(lower in picks[:t] for lower in range(index % 4, index, 4)), (
-        picks)
-  bald = rb.bald_scores(base)
-  assert picks[0] == int(np.argmax(bald))
-  if name == "topk_bald":
-    best = int(np.argmax(bald))
-    np.testing.assert_array_equal(picks[:3], [best, best + 4, best + 8])
-
-
-# Eager runs compile every primitive once: two methods cover every code path
-# (exact and sampled tables, switch, subset increments, skipped blocks).
-@pytest.mark.parametrize("name", [
-    pytest.param("batchbald_sampled", marks=pytest.mark.slow),
-    pytest.param("kbald3", marks=pytest.mark.slow)])
-def test_jit_and_eager_agree(rng, name):
-  lp = _pool_lp(rng, n=8)
-  mask = jnp.asarray(rng.random(8) < 0.8).at[:3].set(True)
-  base = METHODS[name](lp, 3, mask=mask)
-  jitted = jax.jit(lambda x, m: METHODS[name](x, 3, mask=m))(lp, mask)
-  chex.assert_trees_all_close(jitted, base, atol=1e-6)
-  with jax.disable_jit():  # op by op: scan, switch and map as Python loops
-    eager = METHODS[name](lp, 3, mask=mask)
-  np.testing.assert_array_equal(eager.indices, base.indices)
-  np.testing.assert_allclose(eager.scores, base.scores, atol=1e-5)
-
-
-@every_method
+# (topk_bald takes no chunk_size.)
+@pytest.mark.parametrize("name", ["batchbald", "kbald2", "kbald3",
+                                  "conservative_bald", "kbald_dynamic"])
 def test_chunk_sizes_agree(rng, name):
   lp = _pool_lp(rng)
   mask = jnp.asarray(rng.random(17) < 0.8).at[:4].set(True)
   base = METHODS[name](lp, 4, mask=mask)
-  if name in ("batchbald", "kbald2", "kbald3", "conservative_bald",
-              "kbald_dynamic"):
-    fn = {"batchbald": alfx.batchbald,
-          "kbald2": functools.partial(alfx.kbald, order=2),
-          "kbald3": functools.partial(alfx.kbald, order=3),
-          "conservative_bald": functools.partial(alfx.conservative_bald,
-                                                 threshold=1e4),
-          "kbald_dynamic": functools.partial(alfx.kbald_dynamic,
-                                             tolerance=1e4)}[name]
-    for chunk in (3, 64):  # 17 = 5 * 3 + 2: overlapping last chunk
-      other = fn(lp, 4, mask=mask, chunk_size=chunk)
-      np.testing.assert_array_equal(other.indices, base.indices)
-      np.testing.assert_allclose(other.scores, base.scores, atol=1e-5)
+  fn = {"batchbald": alfx.batchbald,
+        "kbald2": functools.partial(alfx.kbald, order=2),
+        "kbald3": functools.partial(alfx.kbald, order=3),
+        "conservative_bald": functools.partial(alfx.conservative_bald,
+                                               threshold=1e4),
+        "kbald_dynamic": functools.partial(alfx.kbald_dynamic,
+                                           tolerance=1e4)}[name]
+  for chunk in (3, 64):  # 17 = 5 * 3 + 2: overlapping last chunk
+    other = fn(lp, 4, mask=mask, chunk_size=chunk)
+    np.testing.assert_array_equal(other.indices, base.indices)
+    np.testing.assert_allclose(other.scores, base.scores, atol=1e-5)
 
 
-@every_method
-def test_vmap_equals_loop(rng, name):
-  lps = jnp.stack([_pool_lp(rng) for _ in range(3)])
-  masks = jnp.asarray(rng.random((3, 17)) < 0.8).at[:, :4].set(True)
-  keys = jax.random.split(jax.random.key(3), 3)
-  if name == "batchbald_sampled":  # a seed axis too
-    fn = lambda x, m, key: alfx.batchbald(x, 4, mask=m, num_configurations=12,
-                                          key=key, chunk_size=5)
-  else:
-    fn = lambda x, m, key: METHODS[name](x, 4, mask=m)
-  batched = jax.vmap(fn)(lps, masks, keys)
-  for e in range(3):
-    one = fn(lps[e], masks[e], keys[e])
-    np.testing.assert_array_equal(batched.indices[e], one.indices)
-    np.testing.assert_array_equal(batched.valid[e], one.valid)
-    np.testing.assert_allclose(batched.scores[e], one.scores, atol=1e-6)
-
-
-@every_method
+# (batchbald_sampled has no reference gain; its float64 scores are checked
+# by the conformance suite.)
+@pytest.mark.parametrize("name", ["topk_bald", "batchbald", "kbald2",
+                                  "kbald3", "kbald_dynamic",
+                                  "conservative_bald"])
 def test_float64_in_float64_out(rng, name):
   lp = rb_log_probs(rng, 9, 3, 3)
   with jax.enable_x64(True):
@@ -503,47 +377,11 @@ def test_float64_in_float64_out(rng, name):
       "kbald3": lambda s, i: rb.kbald_gain(pool, s, i, 3),
       "kbald_dynamic": lambda s, i: rb.kbald_gain(pool, s, i, 2),
       "conservative_bald": lambda s, i: pool.bald(i),
-  }.get(name)
-  if gain is not None:
-    assert_greedy_matches(sel, gain, 9, atol=1e-10)
-
-
-@every_method
-def test_under_jit_missing_points_are_invalid(rng, name):
-  lp = _pool_lp(rng)
-  mask = jnp.zeros(17, bool).at[jnp.array([2, 9])].set(True)
-  sel = jax.jit(lambda x, m: METHODS[name](x, 4, mask=m))(lp, mask)
-  np.testing.assert_array_equal(sel.valid, [True, True, False, False])
-  assert set(np.asarray(sel.indices[:2]).tolist()) == {2, 9}
-  assert np.all(np.isfinite(sel.scores))
-
-
-# --------------------------------------------------------------------------
-# Bad input.
+  }[name]
+  assert_greedy_matches(sel, gain, 9, atol=1e-10)
 
 
 class TestBadInput:
-
-  @every_method
-  def test_log_probs(self, name):
-    with pytest.raises(ValueError, match=r"log_probs must have shape \[N, K, C\]"):
-      METHODS[name](jnp.zeros((4, 3)), 1)
-    bad = np.log(np.full((5, 2, 3), 1 / 3))
-    bad[2, 1, 0] = np.nan
-    with pytest.raises(ValueError, match="log_probs.*NaN"):
-      METHODS[name](bad, 1)
-    with pytest.raises(ValueError, match="normalised"):
-      METHODS[name](jnp.zeros((5, 2, 3)), 1)
-    with pytest.raises(ValueError, match=r"mask must have shape \[N=5\]"):
-      METHODS[name](_f32(np.log(np.full((5, 2, 3), 1 / 3))), 1,
-                    mask=jnp.ones(4, bool))
-
-  @every_method
-  def test_batch_size(self, name):
-    lp = _f32(np.log(np.full((5, 2, 3), 1 / 3)))
-    for bad in (0, 2.0, True):
-      with pytest.raises(ValueError, match="batch_size"):
-        METHODS[name](lp, bad)
 
   def test_method_arguments(self):
     lp = _f32(np.log(np.full((6, 4, 3), 1 / 3)))
@@ -580,82 +418,6 @@ class TestBadInput:
       alfx.kbald_dynamic(lp, 3, tolerance=None)
     with pytest.raises(ValueError, match="batch_size"):
       alfx.kbald_dynamic(lp, 7, tolerance=0.1)
-
-
-# --------------------------------------------------------------------------
-# Sharded over the pool axis (two host devices, in a fresh process).
-
-_SHARDED_SCRIPT = textwrap.dedent("""
-    import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    sys.path.insert(0, {root!r})
-    import jax, jax.numpy as jnp, numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from alfx.bald_family import _batchbald as _bald, _kbald
-    rng = np.random.default_rng(0)
-    logits = 2.5 * rng.standard_normal((22, 4, 3))
-    lp = jnp.asarray(jax.nn.log_softmax(logits), jnp.float32)
-    lp = jnp.concatenate([lp, lp[:4]])  # ties across the two shards
-    mask = jnp.asarray(rng.random(26) < 0.85).at[:6].set(True)
-    key = jax.random.key(5)
-    cores = {{
-        "sampled": lambda x, m, a=None: _bald._batchbald(
-            x, m, key, 5, 10, 4, axis_name=a),
-        "kbald2": lambda x, m, a=None: _kbald._kbald(x, m, 5, 2, 4, axis_name=a),
-    }}
-    if {full}:
-      cores.update({{
-        "batchbald": lambda x, m, a=None: _bald._batchbald(
-            x, m, None, 5, 1000, 4, axis_name=a),
-        "kbald1": lambda x, m, a=None: _kbald._kbald(x, m, 5, 1, 4, axis_name=a),
-        "kbald3": lambda x, m, a=None: _kbald._kbald(x, m, 5, 3, 4, axis_name=a),
-        "dynamic": lambda x, m, a=None: _kbald._kbald_dynamic(
-            x, m, 0.3, 5, 4, axis_name=a),
-        "conservative": lambda x, m, a=None: _kbald._conservative_bald(
-            x, m, 0.1, 0.5, 5, 4, axis_name=a),
-      }})
-    mesh = jax.make_mesh((2,), ("pool",))
-    sharded = NamedSharding(mesh, P("pool"))
-    out = {{}}
-    for name, core in cores.items():
-      single = core(lp, mask)
-      fn = jax.shard_map(lambda x, m, core=core: core(x, m, "pool"), mesh=mesh,
-                         in_specs=(P("pool"), P("pool")), out_specs=P(),
-                         check_vma=False)
-      split = fn(jax.device_put(lp, sharded), jax.device_put(mask, sharded))
-      out[name] = [np.asarray(single.indices).tolist(),
-                   np.asarray(split.indices).tolist(),
-                   float(np.max(np.abs(single.scores - split.scores))),
-                   np.asarray(single.valid).tolist(),
-                   np.asarray(split.valid).tolist()]
-    print(json.dumps(out))
-""")
-
-
-def _run_sharded(full):
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run(
-      [sys.executable, "-c", _SHARDED_SCRIPT.format(root=root, full=full)],
-      capture_output=True, text=True, timeout=600, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = json.loads(result.stdout.strip().splitlines()[-1])
-  for name, (single, split, score_diff, valid1, valid2) in out.items():
-    assert single == split, (name, single, split)
-    assert valid1 == valid2, name
-    assert score_diff < 1e-5, (name, score_diff)
-  return out
-
-
-# The public functions' sharded dispatch is checked in test_sharding.py.
-@pytest.mark.slow
-def test_sharded_over_the_pool_equals_single_device():
-  """BatchBALD (exact steps, then sampled) and 2-BALD on two devices."""
-  assert set(_run_sharded(False)) == {"sampled", "kbald2"}
-
-
-@pytest.mark.slow
-def test_every_core_sharded_over_the_pool_equals_single_device():
-  assert len(_run_sharded(True)) == 7
 
 
 # --------------------------------------------------------------------------

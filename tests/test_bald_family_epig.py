@@ -1,4 +1,4 @@
-"""EPIG, BatchEPIG and k-EPIG (alfx._epig).
+"""EPIG, BatchEPIG and k-EPIG (alfx.bald_family: _epig, _batch_epig, _kepig).
 
 Every score and selection is checked against the float64 brute-force
 references of `reference_epig` (every label configuration enumerated), plus
@@ -6,16 +6,12 @@ the invariants of the issue: ``0 <= EPIG <= BALD``, targets are a set
 (permuting or repeating them changes nothing), ``kepig(order=1)`` is top-k
 EPIG, ``kepig(order=B)`` is exact `batch_epig`, the sampled regime stays
 within 1% of the exact greedy's objective, duplicates get the 2-EPIG
-penalty; and jit, vmap, float64, NaN under jit, bad inputs, the pool targets
-of the registry strategies and a sharded pool. The generic properties of the
-contract run in the conformance suite (tests/conformance_cases.py).
+penalty; and mixed dtypes, NaN targets under jit, bad targets and the pool
+targets of the registry strategies. The generic properties of the contract
+(jit and vmap, float64 out, device layouts, the registry strategies) run in
+the conformance suite (tests/conformance_cases.py).
 """
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +23,7 @@ from alfx.bald_family import _batch_epig
 from alfx.bald_family import _epig
 from tests.helpers import seed_for
 from tests import reference_epig as ref
+from tests.reference_bald import assert_greedy_matches
 
 epig, batch_epig, kepig = alfx.epig, alfx.batch_epig, alfx.kepig
 
@@ -39,32 +36,6 @@ def _log_probs(rng, shape, scale=2.0):
 
 def _problem(rng, n, k, c, m):
   return _log_probs(rng, (n, k, c)), _log_probs(rng, (m, k, c))
-
-
-def assert_greedy_matches(sel, gain_fn, n, mask=None, atol=2e-5):
-  """Replays alfx's picks against reference gains (float32 vs float64).
-
-  Each pick must be available, attain the reference maximum up to ``atol``
-  (and be the reference argmax when the runner-up is more than ``10 atol``
-  behind), and its score must equal its reference gain.
-  """
-  available = np.ones(n, bool) if mask is None else np.array(mask, bool)
-  picks = []
-  for index, score, valid in zip(np.asarray(sel.indices),
-                                 np.asarray(sel.scores),
-                                 np.asarray(sel.valid)):
-    assert valid
-    assert available[index], (index, picks)
-    candidates = np.flatnonzero(available)
-    gains = np.array([gain_fn(picks, int(i)) for i in candidates])
-    got = gains[candidates == index][0]
-    np.testing.assert_allclose(score, got, atol=atol)
-    assert got >= gains.max() - atol, (picks, index, got, gains.max())
-    top2 = np.sort(gains)[-2:]
-    if len(gains) > 1 and top2[1] - top2[0] > 10 * atol:
-      assert index == candidates[np.argmax(gains)]
-    picks.append(int(index))
-    available[index] = False
 
 
 # --------------------------------------------------------------------------
@@ -261,44 +232,17 @@ def test_duplicates_get_the_two_epig_penalty(rng):
 
 
 # --------------------------------------------------------------------------
-# jit, vmap, dtypes, NaN, bad inputs.
-
-
-def test_jit_and_vmap_equal_eager_and_a_loop(rng):
-  items = [_problem(rng, 10, 3, 3, 4) for _ in range(2)]
-  lps = jnp.asarray(np.stack([i[0] for i in items]), jnp.float32)
-  tlps = jnp.asarray(np.stack([i[1] for i in items]), jnp.float32)
-  keys = jax.random.split(jax.random.key(3), 2)
-  fns = {
-      "epig": lambda lp, tlp, key: epig(lp, tlp),
-      "batch_epig": lambda lp, tlp, key: batch_epig(
-          lp, tlp, 3, key=key, num_configurations=40),  # steps 0, 1 exact
-      "kepig": lambda lp, tlp, key: kepig(lp, tlp, 3, order=2),
-  }
-  for name, fn in fns.items():
-    batched = jax.jit(jax.vmap(fn))(lps, tlps, keys)
-    for i in range(2):
-      eager = fn(lps[i], tlps[i], keys[i])
-      jax.tree.map(
-          lambda a, b, name=name: np.testing.assert_allclose(
-              a[i], b, rtol=1e-5, atol=1e-6, err_msg=name), batched, eager)
+# Dtypes, NaN targets, bad inputs.
 
 
 def test_float64_in_float64_out():
+  """A float64 pool with float32 targets: the common dtype. (Float64 in,
+  float64 out for every EPIG row is the conformance suite's.)"""
   rng = np.random.default_rng(1)
   lp, tlp = _problem(rng, 10, 3, 3, 4)
   with jax.enable_x64(True):
-    args = (jnp.asarray(lp), jnp.asarray(tlp))
-    out = jax.eval_shape(lambda a, b: (
-        epig(a, b), batch_epig(a, b, 3, key=jax.random.key(0),
-                                         num_configurations=40),
-        kepig(a, b, 3)), *args)
-    assert out[0].dtype == jnp.float64
-    assert out[1].scores.dtype == jnp.float64
-    assert out[2].scores.dtype == jnp.float64
-    # Mixed: the common dtype.
-    out = jax.eval_shape(lambda a, b: epig(a, b), args[0],
-                         args[1].astype(jnp.float32))
+    out = jax.eval_shape(lambda a, b: epig(a, b), jnp.asarray(lp),
+                         jnp.asarray(tlp, jnp.float32))
     assert out.dtype == jnp.float64
 
 
@@ -346,7 +290,7 @@ def test_bad_inputs_raise(rng):
 
 
 # --------------------------------------------------------------------------
-# Pool targets and the registry strategies.
+# Pool targets.
 
 
 def test_pool_targets_draw_eligible_rows(rng):
@@ -367,76 +311,3 @@ def test_pool_targets_draw_eligible_rows(rng):
   none = jax.jit(lambda lp, m: _epig.pool_targets(lp, 8, key=key, mask=m))(
       lp, jnp.zeros(30, bool))
   assert all(np.any(np.all(rows == t, axis=(1, 2))) for t in np.asarray(none))
-
-
-def test_registry_factories_under_jit(rng):
-  n = 24
-  lp = jnp.asarray(_log_probs(rng, (n, 4, 3)), jnp.float32)
-  labeled = jnp.asarray(np.arange(n) < 5)
-  context = alfx.StrategyContext(log_probs=lp, embeddings=jnp.zeros((n, 2)),
-                                 probs=jnp.exp(lp[:, 0]), labeled=labeled)
-  factories = {
-      "epig": _epig.epig_strategy(num_targets=6),
-      "batch-epig": _epig.batch_epig_strategy(num_targets=6,
-                                              num_configurations=60),
-      "kepig-2": _epig.kepig_strategy(2)(num_targets=6),
-      "powerepig": _epig.powerepig_strategy(num_targets=6),
-  }
-  for name, strategy in factories.items():
-    sel = jax.jit(lambda key, m, s=strategy: s(context, 4, key=key, mask=m))(
-        jax.random.key(1), ~labeled)
-    picks = np.asarray(sel.indices)
-    assert np.all(np.asarray(sel.valid)), name
-    assert len(set(picks.tolist())) == 4 and np.all(picks >= 5), (name, picks)
-
-
-# --------------------------------------------------------------------------
-# Sharded over the pool axis (two host devices, in a fresh process).
-
-_SHARDED_SCRIPT = textwrap.dedent("""
-    import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    sys.path.insert(0, {root!r})
-    import jax, jax.numpy as jnp, numpy as np
-    import alfx
-    from alfx.bald_family import _epig
-    rng = np.random.default_rng(0)
-    lp = jax.nn.log_softmax(2.5 * rng.standard_normal((21, 4, 3)))
-    lp = jnp.asarray(jnp.concatenate([lp, lp[:4]]), jnp.float32)  # ties
-    tlp = jnp.asarray(jax.nn.log_softmax(rng.standard_normal((5, 4, 3))),
-                      jnp.float32)
-    mask = jnp.asarray(rng.random(25) < 0.85).at[:6].set(True)
-    key = jax.random.key(5)
-    epig, batch_epig, kepig = alfx.epig, alfx.batch_epig, alfx.kepig
-    calls = {{
-        "epig": lambda x, m: alfx.top_b(epig(x, tlp), 5, mask=m),
-        "batch_epig": lambda x, m: batch_epig(
-            x, tlp, 5, key=key, mask=m, num_configurations=50),
-        "kepig2": lambda x, m: kepig(x, tlp, 5, mask=m),
-        "targets": lambda x, m: _epig.pool_targets(x, 7, key=key, mask=m),
-    }}
-    pool = alfx.shard_pool(lp, mask)
-    out = {{}}
-    for name, call in calls.items():
-      single = call(lp, mask)
-      split = call(pool.arrays[0], pool.arrays[1])
-      out[name + "_diff"] = max(
-          float(np.max(np.abs(np.asarray(a, float) - np.asarray(b, float))))
-          for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(split)))
-    print(json.dumps(out))
-""")
-
-
-@pytest.mark.slow
-def test_sharded_over_the_pool_equals_single_device():
-  """epig (top-B), batch_epig (exact then sampled), 2-EPIG and pool_targets
-  on a pool split over two devices (padded by shard_pool, ties across the
-  shards) pick what one device picks."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run(
-      [sys.executable, "-c", _SHARDED_SCRIPT.format(root=root)],
-      capture_output=True, text=True, timeout=900, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = json.loads(result.stdout.strip().splitlines()[-1])
-  for name in ("epig", "batch_epig", "kepig2", "targets"):
-    assert out[name + "_diff"] < 1e-5, (name, out)
