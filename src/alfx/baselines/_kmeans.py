@@ -91,7 +91,7 @@ def _kmeans_plus_plus(x, points, n_active, key, n_centroids, *, shift=None,
 
 
 def kmeans(x, points, n_active, key, *, max_clusters, max_iterations, tol,
-           chunk_size, block_size, axis_name=None):
+           block_size, chunk_size=_pool.DEFAULT_CHUNK_SIZE, axis_name=None):
   """k-means (k-means++ seeding, then Lloyd) with a traced number of clusters.
 
   Args:
@@ -107,7 +107,8 @@ def kmeans(x, points, n_active, key, *, max_clusters, max_iterations, tol,
     tol: like scikit-learn's: stop when the squared centroid shift is at most
       ``tol`` times the mean per-feature variance of the points; Lloyd also
       stops as soon as no assignment changes.
-    chunk_size, block_size: tile sizes of the assignment step.
+    block_size, chunk_size: tile sizes of the assignment step (``chunk_size``
+      pool rows, default `alfx._core.pool.DEFAULT_CHUNK_SIZE`).
 
   Returns:
     ``(centroids [M, D], labels int32[N], n_iterations)``; labels are the
