@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import alfx
-from alfx.bait import _bait
-from alfx.bait import _checks
-from alfx.bait import _pool_fisher
+from alfx.bait_family import _bait
+from alfx.bait_family import _checks
+from alfx.bait_family import _pool_fisher
 
 KINDS = ("full", "topc", "binary", "diagonal")
 
@@ -191,7 +191,7 @@ def problem(rng, n=N, dim=D, c=C, labeled_fraction=0.2, **kw):
 
 
 def run(emb, probs, labeled, b, kind, method, dtype, **kw):
-  """`alfx.bait` on ``dtype`` inputs, as NumPy (structured: capacity CAP)."""
+  """`alfx.bait_family` on ``dtype`` inputs, as NumPy (structured: capacity CAP)."""
   if method == "structured":
     kw.setdefault("labeled_capacity", CAP)
   sel = alfx.bait(jnp.asarray(emb, dtype), jnp.asarray(probs, dtype),

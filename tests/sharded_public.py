@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import alfx
-from alfx.bait import _bait
+from alfx.bait_family import _bait
 from alfx._core import sharding as _sharding
 
 N, K, C, D, B = 203, 5, 3, 6, 4

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import alfx
-from alfx.bait import _pool_fisher
+from alfx.bait_family import _pool_fisher
 from tests import reference_bait as ref
 from tests.reference_bait import B, C, CAP, PATH_IDS, PATHS
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import alfx
-from alfx.bait import _greedy
-from alfx.bait import _pool_fisher
+from alfx.bait_family import _greedy
+from alfx.bait_family import _pool_fisher
 from tests import reference_bait as ref
 from tests.reference_bait import B, C, D, N, PATH_IDS, PATHS
 

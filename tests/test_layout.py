@@ -8,6 +8,7 @@ import ast
 import importlib
 import pathlib
 import pkgutil
+import types
 
 import pytest
 
@@ -20,7 +21,8 @@ PACKAGE = pathlib.Path(alfx.__file__).parent
 MAX_LINES = 600
 
 #: Family packages: every name of `alfx.__all__` is also importable from one.
-FAMILIES = ("information", "bald_family", "bait", "baselines", "nn", "loop")
+FAMILIES = ("information", "bald_family", "bait_family", "baselines", "nn",
+            "loop")
 
 
 def _modules():
@@ -115,6 +117,15 @@ def test_every_module_is_short_and_says_what_it_is_for(path):
   tree = ast.parse(path.read_text())
   if path.name != "__main__.py":
     assert ast.get_docstring(tree), f"{path} has no module docstring"
+
+
+@pytest.mark.parametrize("family", FAMILIES + ("experiment",))
+def test_family_packages_are_reachable_as_attributes(family):
+  # `alfx.<family>.<name>` must work: no public function may share a
+  # family package's name (`alfx.bait` the function would shadow a package
+  # `alfx/bait/`).
+  importlib.import_module(f"alfx.{family}")
+  assert isinstance(getattr(alfx, family), types.ModuleType), family
 
 
 def test_every_public_name_is_also_in_its_family_package():

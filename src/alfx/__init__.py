@@ -13,7 +13,7 @@ Conventions (the public contract):
 * Bad input raises ``ValueError`` naming the argument and its expected shape.
 
 Every name here is also importable from its family package:
-`alfx.information`, `alfx.bald_family`, `alfx.bait`, `alfx.baselines`,
+`alfx.information`, `alfx.bald_family`, `alfx.bait_family`, `alfx.baselines`,
 `alfx.nn` (Flax), `alfx.loop`; `alfx.experiment` is the command-line
 experiment.
 """
@@ -29,12 +29,12 @@ from alfx._core.selection import top_b
 from alfx._core.sharding import shard_pool
 from alfx._core.sharding import ShardedPool
 from alfx._core.validation import checked
-from alfx.bait import bait
-from alfx.bait import DENSE_MAX_DIM
-from alfx.bait import fisher_factors
-from alfx.bait import FisherFactors
-from alfx.bait import pool_fisher
-from alfx.bait import PoolFisher
+from alfx.bait_family import bait
+from alfx.bait_family import DENSE_MAX_DIM
+from alfx.bait_family import fisher_factors
+from alfx.bait_family import FisherFactors
+from alfx.bait_family import pool_fisher
+from alfx.bait_family import PoolFisher
 from alfx.bald_family import batch_epig
 from alfx.bald_family import batchbald
 from alfx.bald_family import conservative_bald

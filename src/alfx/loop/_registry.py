@@ -21,7 +21,7 @@ from typing import NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from alfx.bait import _bait
+from alfx.bait_family import _bait
 from alfx.bald_family import _batchbald as _bald
 from alfx.baselines import _diversity
 from alfx.bald_family import _epig

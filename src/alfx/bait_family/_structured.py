@@ -9,7 +9,7 @@ block-diagonal plus the pool's Kronecker atoms. The one ``N^2`` term is
 `pool_fisher`); sharded, it passes the shards' blocks round a ring of the
 devices.
 
-May import: `alfx._core`, `alfx.bait._blocks`.
+May import: `alfx._core`, `alfx.bait_family._blocks`.
 """
 
 import jax
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from alfx._core import pool as _pool
-from alfx.bait import _blocks
+from alfx.bait_family import _blocks
 
 
 def _atoms(probs, factors, kind):
@@ -164,7 +164,7 @@ def structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
   r = scaled.shape[2]
   rows_pp = _blocks.chunk_rows(chunk_size, n, 2 * c * r_cols + 2 * r_cols * r)
   u_n, w_n, kx = _blocks.map_rows(per_point, (h, factors, scaled), rows_pp)
-  # The sizes that the Woodbury identities cancel (see `alfx.bait._bait`):
+  # The sizes that the Woodbury identities cancel (see `alfx.bait_family._bait`):
   # U_n is X_n^T K^-1 X_n less a term of the same size, and T carries the
   # cancellation of sign I + E^T K^-1 E; that error enters once, not
   # squared (measured: picks agree up to |T| ~ 1e4 in float32).

@@ -4,7 +4,7 @@ Shared by the dense and structured paths (`greedy`); the diagonal path
 reuses the backward pass and the final ordering (`backward`).
 
 ``U_n = X_n^T M^-1 X_n`` and ``W_n = X_n^T M^-1 F M^-1 X_n`` (``r x r``) are
-formed once for every point (`alfx.bait._dense`, `alfx.bait._structured`)
+formed once for every point (`alfx.bait_family._dense`, `alfx.bait_family._structured`)
 and then updated after each pick by the rank-``r`` Woodbury change of
 ``M^-1`` (``M'^-1 = M^-1 - Z S^-1 Z^T``, ``Z = M^-1 X_j``, ``S = I + U_j``):
 with ``a_n = X_n^T Z`` and ``b_n = X_n^T G X_j`` (``G = M^-1 F M^-1``)
@@ -18,7 +18,7 @@ picks so far are kept as a low-rank history (``Z_k``, ``G_k X_k``,
 ``S_k^-1``, ``W_k``), from which ``M_t^-1 X_j`` and ``G_t X_j`` follow in
 ``O(t d r^2)``. The backward pass is the same update with ``S = U_j - I``.
 
-May import: `alfx._core`, `alfx.bait._blocks`.
+May import: `alfx._core`, `alfx.bait_family._blocks`.
 """
 
 import jax
@@ -28,7 +28,7 @@ from jax import lax
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
 from alfx._core.selection import Selection
-from alfx.bait import _blocks
+from alfx.bait_family import _blocks
 
 # r x r systems up to this size are solved by an unrolled Cholesky that is
 # vectorised over the pool; larger ones use the batched LAPACK kernels.

@@ -5,15 +5,15 @@ M^-1`` by two products, and the block quadratic forms ``h_n^T (M^-1)_{ab}
 h_n``, ``h_n^T G_{ab} h_n`` of every point by one ``[N, D] @ [D, C_f(C_f+1)/2
 * D]`` product (in chunks).
 
-May import: `alfx._core`, `alfx.bait._factors`, `_blocks`.
+May import: `alfx._core`, `alfx.bait_family._factors`, `_blocks`.
 """
 
 import jax
 import jax.numpy as jnp
 
 from alfx._core import pool as _pool
-from alfx.bait import _blocks
-from alfx.bait import _factors
+from alfx.bait_family import _blocks
+from alfx.bait_family import _factors
 
 
 def dense_setup(h, factors, scaled, labeled, lam, denom, f_blocks,

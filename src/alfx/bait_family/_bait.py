@@ -33,7 +33,7 @@ and per-point ``U_n``, ``W_n`` for small and large ``d``), `_greedy` (the
 Woodbury forward-backward scan), `_diagonal` (the elementwise path),
 `_checks` (input checks); this module: the public `bait` and its core.
 
-May import: `alfx._core`, every `alfx.bait` module.
+May import: `alfx._core`, every `alfx.bait_family` module.
 """
 
 import dataclasses
@@ -44,14 +44,14 @@ import jax.numpy as jnp
 from alfx._core import pool as _pool
 from alfx._core import sharding as _sharding
 from alfx._core import validation as _validation
-from alfx.bait import _basis
-from alfx.bait import _checks
-from alfx.bait import _dense
-from alfx.bait import _diagonal
-from alfx.bait import _factors
-from alfx.bait import _greedy
-from alfx.bait import _pool_fisher
-from alfx.bait import _structured
+from alfx.bait_family import _basis
+from alfx.bait_family import _checks
+from alfx.bait_family import _dense
+from alfx.bait_family import _diagonal
+from alfx.bait_family import _factors
+from alfx.bait_family import _greedy
+from alfx.bait_family import _pool_fisher
+from alfx.bait_family import _structured
 
 
 def bait(embeddings, probs, batch_size, *, labeled=None, mask=None,

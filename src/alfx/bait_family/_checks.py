@@ -25,7 +25,7 @@ DENSE_MAX_DIM = 8192
 
 #: The largest ``eps(dtype) * |U|^2`` (``|U|``: the Frobenius norm of a
 #: pick's ``X^T M^-1 X``, or of the quantities the structured set-up cancels)
-#: at which `bait` still trusts its picks; see `alfx.bait._bait`.
+#: at which `bait` still trusts its picks; see `alfx.bait_family._bait`.
 RESOLUTION = 0.01
 
 #: `bait` warns when ``eps(dtype) * max_n |h_n| / rms_n |h_n - mean|`` is

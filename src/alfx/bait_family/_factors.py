@@ -3,7 +3,7 @@
 `fisher_factors` (public) and the class factors ``A_n`` that every BAIT path
 is built from (`class_factors`, `class_outer`), and the working dtype.
 
-May import: `alfx._core`, `alfx.bait._checks`.
+May import: `alfx._core`, `alfx.bait_family._checks`.
 """
 
 import functools
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from alfx.bait import _checks
+from alfx.bait_family import _checks
 
 
 class FisherFactors(NamedTuple):

@@ -25,7 +25,7 @@ standard basis is not:
 Measured at N=12, D=5, C=3, two labelled, offsets 1e3 (float32 against
 float64 picks): see tests/test_bait_float32.py::test_float32_offset_*.
 
-May import: `alfx._core`, `alfx.bait._factors`.
+May import: `alfx._core`, `alfx.bait_family._factors`.
 """
 
 import math
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alfx._core import pool as _pool
-from alfx.bait import _factors
+from alfx.bait_family import _factors
 
 
 def pool_center(h, row_weight, n_total, axis_name):

@@ -1,6 +1,6 @@
 """BAIT on the diagonal Fisher: everything elementwise.
 
-May import: `alfx._core`, `alfx.bait._blocks`, `_greedy`.
+May import: `alfx._core`, `alfx.bait_family._blocks`, `_greedy`.
 """
 
 import jax.numpy as jnp
@@ -8,8 +8,8 @@ from jax import lax
 
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
-from alfx.bait import _blocks
-from alfx.bait import _greedy
+from alfx.bait_family import _blocks
+from alfx.bait_family import _greedy
 
 
 def bait_diagonal(h, q, labeled, mask, lam, denom, f_diag, batch_size,

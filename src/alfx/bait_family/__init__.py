@@ -7,12 +7,12 @@ top-c, binary or diagonal Fisher, on a dense or structured path.
 May import: `alfx._core`.
 """
 
-from alfx.bait._bait import bait
-from alfx.bait._checks import DENSE_MAX_DIM
-from alfx.bait._factors import fisher_factors
-from alfx.bait._factors import FisherFactors
-from alfx.bait._pool_fisher import pool_fisher
-from alfx.bait._pool_fisher import PoolFisher
+from alfx.bait_family._bait import bait
+from alfx.bait_family._checks import DENSE_MAX_DIM
+from alfx.bait_family._factors import fisher_factors
+from alfx.bait_family._factors import FisherFactors
+from alfx.bait_family._pool_fisher import pool_fisher
+from alfx.bait_family._pool_fisher import PoolFisher
 
 __all__ = (
     "DENSE_MAX_DIM",

@@ -3,7 +3,7 @@
 Everything in BAIT that depends on neither the labelled set nor the picks,
 computed once per model; `check_pool_fisher` checks one passed to `bait`.
 
-May import: `alfx._core`, `alfx.bait._checks`, `_factors`, `_basis`,
+May import: `alfx._core`, `alfx.bait_family._checks`, `_factors`, `_basis`,
 `_blocks`, `_structured`.
 """
 
@@ -17,11 +17,11 @@ from jax.sharding import PartitionSpec as P
 from alfx._core import pool as _pool
 from alfx._core import sharding as _sharding
 from alfx._core import validation as _validation
-from alfx.bait import _basis
-from alfx.bait import _blocks
-from alfx.bait import _checks
-from alfx.bait import _factors
-from alfx.bait import _structured
+from alfx.bait_family import _basis
+from alfx.bait_family import _blocks
+from alfx.bait_family import _checks
+from alfx.bait_family import _factors
+from alfx.bait_family import _structured
 
 
 @functools.partial(jax.tree_util.register_dataclass,
