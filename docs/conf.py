@@ -61,7 +61,8 @@ html_css_files = ["alfx.css"]
 # The public names, by the family package that documents them: `alfx.kbald`
 # (the flat name) and a bare `Selection` in a docstring link to the page of
 # `alfx.bald_family.kbald` and `alfx.Selection`.
-_FAMILIES = ("information", "bald_family", "bait", "baselines", "nn", "loop")
+_FAMILIES = ("information", "bald_family", "bait_family", "baselines", "nn",
+             "loop")
 
 
 def _documented_names():

@@ -69,8 +69,8 @@ def batch_epig(log_probs, target_log_probs, batch_size, *, key=None,
   BatchBALD recipe of Kirsch et al. 2019 applied to EPIG). Step ``s`` adds
   the candidate of largest marginal gain
 
-    ``mean_m (I[Y_S, Y_n; Y*_m] - I[Y_S; Y*_m])
-      = H[Y_n | Y_S] - mean_m H[Y_n | Y_S, Y*_m]``
+    ``mean_m (I[Y_S, Y_n; Y*_m] - I[Y_S; Y*_m])``
+    ``= H[Y_n | Y_S] - mean_m H[Y_n | Y_S, Y*_m]``
 
   (the first step is plain EPIG). Both terms are the table kernel of
   `alfx.batchbald`, in one signed table

@@ -81,8 +81,8 @@ def kepig(log_probs, target_log_probs, batch_size, *, order=2, mask=None,
   ``I[Y_{S+n}; Y*] - I[Y_S; Y*] = sum_{T subset S} (-1)**|T| I(Y_T, Y_n; Y*)``.
   k-EPIG keeps the co-informations of at most ``order`` pool labels:
 
-    ``gain_k(n | S) = sum_{T subset S, |T| <= order-1} (-1)**|T|
-      mean_m I(Y_T, Y_n; Y*_m)``;
+    ``gain_k(n | S) = sum_{T subset S, |T| <= order-1} (-1)**|T|``
+    ``mean_m I(Y_T, Y_n; Y*_m)``;
 
   ``order=1`` is EPIG (top-k EPIG), ``order=2`` is 2-EPIG,
   ``EPIG(n) - sum_{j in S} mean_m I(Y_n; Y_j; Y*_m)``: a pick ``j``
