@@ -33,11 +33,13 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import alfx  # noqa: E402
+import harness
+
+import alfx
+
 # TypiClust's own k-means, to count the work of the clustering a key
 # produces (benchmark-only; every timed call goes through the public API).
-from alfx.baselines._kmeans import kmeans  # noqa: E402
-import harness  # noqa: E402
+from alfx.baselines._kmeans import kmeans
 
 D, C, B, K = 384, 10, 10, 20
 F32 = 4
@@ -53,32 +55,48 @@ def make_data(n, *, with_log_probs, seed=0):
   probs = jax.nn.softmax(x @ w, axis=-1)
   log_probs = None
   if with_log_probs:
-    log_probs = jax.jit(lambda l, e: jax.nn.log_softmax(
-        l[:, None, :] + e, axis=-1))(x @ w, jax.random.normal(k5, (n, K, C)))
+    log_probs = jax.jit(
+      lambda l, e: jax.nn.log_softmax(l[:, None, :] + e, axis=-1)
+    )(x @ w, jax.random.normal(k5, (n, K, C)))
   return jax.block_until_ready((x, probs, log_probs))
 
 
-def measure(name, config, fn, args, *, flops=0.0, transcendentals=0.0,
-            bytes_moved=0.0, eager=True, note="", repeats=3):
+def measure(
+  name,
+  config,
+  fn,
+  args,
+  *,
+  flops=0.0,
+  transcendentals=0.0,
+  bytes_moved=0.0,
+  eager=True,
+  note="",
+  repeats=3,
+):
   compiled, first, peak = harness.time_compiled(fn, *args, repeats=repeats)
   eager_s = None
   if eager:
     eager_s = harness.time_eager(fn, *args)
   floor = harness.floor_seconds(flops, transcendentals, bytes_moved)
   row = {
-      "strategy": name, "config": config,
-      "compiled": harness.fmt_seconds(compiled),
-      "first call": harness.fmt_seconds(first),
-      "eager": harness.fmt_seconds(eager_s) if eager else "skipped",
-      "peak mem": harness.fmt_bytes(peak),
-      "GFLOP": f"{flops / 1e9:.2f}",
-      "GB moved": f"{bytes_moved / 1e9:.2f}",
-      "floor": harness.fmt_seconds(floor),
-      "x floor": f"{compiled / floor:.1f}" if floor > 0 else "-",
-      "note": note,
+    "strategy": name,
+    "config": config,
+    "compiled": harness.fmt_seconds(compiled),
+    "first call": harness.fmt_seconds(first),
+    "eager": harness.fmt_seconds(eager_s) if eager else "skipped",
+    "peak mem": harness.fmt_bytes(peak),
+    "GFLOP": f"{flops / 1e9:.2f}",
+    "GB moved": f"{bytes_moved / 1e9:.2f}",
+    "floor": harness.fmt_seconds(floor),
+    "x floor": f"{compiled / floor:.1f}" if floor > 0 else "-",
+    "note": note,
   }
-  print(f"  {name} [{config}]: {row['compiled']} (floor {row['floor']},"
-        f" eager {row['eager']}, peak {row['peak mem']})", flush=True)
+  print(
+    f"  {name} [{config}]: {row['compiled']} (floor {row['floor']},"
+    f" eager {row['eager']}, peak {row['peak mem']})",
+    flush=True,
+  )
   return row
 
 
@@ -87,19 +105,27 @@ def score_rows(n, log_probs, eager):
   elems = n * K * C
   read = elems * F32
   for name, fn, trans in [
-      ("predictive_entropy", alfx.predictive_entropy, elems),
-      ("margin", alfx.margin, elems),
-      ("least_confidence", alfx.least_confidence, elems),
-      ("variation_ratios", alfx.variation_ratios, 0),
-      ("mean_std", alfx.mean_std, elems),
+    ("predictive_entropy", alfx.predictive_entropy, elems),
+    ("margin", alfx.margin, elems),
+    ("least_confidence", alfx.least_confidence, elems),
+    ("variation_ratios", alfx.variation_ratios, 0),
+    ("mean_std", alfx.mean_std, elems),
   ]:
     # The score and its top-B selection, as one program.
     run = jax.jit(lambda lp, fn=fn: alfx.top_b(fn(lp), B))
-    rows.append(measure(f"{name} + top_b", f"N={n:,} K={K} C={C}", run,
-                        (log_probs,), flops=3 * elems,
-                        transcendentals=trans, bytes_moved=read,
-                        eager=eager, note="exp of every log-prob"
-                        if trans else "argmax votes, no exp"))
+    rows.append(
+      measure(
+        f"{name} + top_b",
+        f"N={n:,} K={K} C={C}",
+        run,
+        (log_probs,),
+        flops=3 * elems,
+        transcendentals=trans,
+        bytes_moved=read,
+        eager=eager,
+        note="exp of every log-prob" if trans else "argmax votes, no exp",
+      )
+    )
   return rows
 
 
@@ -109,20 +135,36 @@ def selection_rows(n, log_probs, eager):
   key = jax.random.key(0)
   mask = jnp.ones((n,), bool)
   for mode in ("power", "softmax", "softrank"):
-    run = jax.jit(functools.partial(alfx.stochastic_batch, batch_size=B,
-                                    mode=mode))
-    rows.append(measure(
-        f"stochastic_batch({mode})", f"N={n:,}",
-        lambda u, k, m, run=run: run(u, key=k, mask=m), (u, key, mask),
-        flops=10 * n, transcendentals=3 * n, bytes_moved=3 * n * F32,
+    run = jax.jit(
+      functools.partial(alfx.stochastic_batch, batch_size=B, mode=mode)
+    )
+    rows.append(
+      measure(
+        f"stochastic_batch({mode})",
+        f"N={n:,}",
+        lambda u, k, m, run=run: run(u, key=k, mask=m),
+        (u, key, mask),
+        flops=10 * n,
+        transcendentals=3 * n,
+        bytes_moved=3 * n * F32,
         eager=eager,
-        note="Gumbel noise: 2 logs/point" + (
-            "; full sort of the pool" if mode == "softrank" else "")))
+        note="Gumbel noise: 2 logs/point"
+        + ("; full sort of the pool" if mode == "softrank" else ""),
+      )
+    )
   run = jax.jit(functools.partial(alfx.random_batch, batch_size=B))
-  rows.append(measure("random_batch", f"N={n:,}",
-                      lambda k, m: run(m, key=k, mask=m), (key, mask),
-                      flops=2 * n, bytes_moved=2 * n * F32, eager=eager,
-                      note="uniform noise + top-k"))
+  rows.append(
+    measure(
+      "random_batch",
+      f"N={n:,}",
+      lambda k, m: run(m, key=k, mask=m),
+      (key, mask),
+      flops=2 * n,
+      bytes_moved=2 * n * F32,
+      eager=eager,
+      note="uniform noise + top-k",
+    )
+  )
   return rows
 
 
@@ -133,11 +175,16 @@ def badge_row(n, x, probs, eager):
   # Per pick: a pass over h [N, D] and a [N, C] (two matvecs, the
   # factorised distance), plus Gumbel noise and log D^2 for the draw.
   return measure(
-      "badge", f"N={n:,} D={D} C={C} B={B}",
-      lambda x, p, k, m: run(x, p, key=k, mask=m), (x, probs, key, mask),
-      flops=B * n * (2 * D + 2 * C + 10), transcendentals=3 * B * n,
-      bytes_moved=B * n * (D + C) * F32, eager=eager,
-      note="B passes over h and a; never [N, C*D]")
+    "badge",
+    f"N={n:,} D={D} C={C} B={B}",
+    lambda x, p, k, m: run(x, p, key=k, mask=m),
+    (x, probs, key, mask),
+    flops=B * n * (2 * D + 2 * C + 10),
+    transcendentals=3 * B * n,
+    bytes_moved=B * n * (D + C) * F32,
+    eager=eager,
+    note="B passes over h and a; never [N, C*D]",
+  )
 
 
 def coreset_row(n, x, n_labeled, eager):
@@ -147,10 +194,15 @@ def coreset_row(n, x, n_labeled, eager):
   # Initial min-distances: an N x L matmul in tiles; then B passes over x.
   flops = 2 * n * n_labeled * D + 3 * B * n * D
   return measure(
-      "coreset", f"N={n:,} D={D} L={n_labeled:,} B={B}",
-      lambda x, l: run(x, labeled=l), (x, labeled),
-      flops=flops, bytes_moved=(B + 1) * n * D * F32, eager=eager,
-      note="N x L tiles, then B passes; never N x N")
+    "coreset",
+    f"N={n:,} D={D} L={n_labeled:,} B={B}",
+    lambda x, l: run(x, labeled=l),
+    (x, labeled),
+    flops=flops,
+    bytes_moved=(B + 1) * n * D * F32,
+    eager=eager,
+    note="N x L tiles, then B passes; never N x N",
+  )
 
 
 def typiclust_row(n, x, n_labeled, eager, max_candidates=None, repeats=3):
@@ -162,13 +214,18 @@ def typiclust_row(n, x, n_labeled, eager, max_candidates=None, repeats=3):
   # call as inside typiclust) and the clusters the picks come from.
   n_active = min(n_labeled + B, 500)
   # typiclust's defaults: chunk_size (kmeans's) and block_size.
-  block_size = inspect.signature(alfx.typiclust).parameters[
-      "block_size"].default
-  _, labels, iters = jax.jit(functools.partial(
-      kmeans, max_clusters=500, max_iterations=100, tol=1e-4,
-      block_size=min(block_size, 500)))(
-          x, jnp.ones((n,), bool), jnp.int32(n_active),
-          jax.random.fold_in(key, 0))
+  block_size = (
+    inspect.signature(alfx.typiclust).parameters["block_size"].default
+  )
+  _, labels, iters = jax.jit(
+    functools.partial(
+      kmeans,
+      max_clusters=500,
+      max_iterations=100,
+      tol=1e-4,
+      block_size=min(block_size, 500),
+    )
+  )(x, jnp.ones((n,), bool), jnp.int32(n_active), jax.random.fold_in(key, 0))
   sel = run(x, labeled=labeled, key=key)
   sizes = jnp.bincount(labels, length=501)
   m = [int(sizes[labels[i]]) for i in sel.indices]
@@ -179,22 +236,34 @@ def typiclust_row(n, x, n_labeled, eager, max_candidates=None, repeats=3):
   bytes_moved = (n_active + 2 * iters) * n * D * F32
   cap = f" max_candidates={max_candidates}" if max_candidates else ""
   return measure(
-      "typiclust", f"N={n:,} D={D} L={n_labeled} B={B}{cap}",
-      lambda x, l, k: run(x, labeled=l, key=k), (x, labeled, key),
-      flops=flops,
-      bytes_moved=bytes_moved, eager=eager, repeats=repeats,
-      note=(f"{n_active} clusters, {iters} Lloyd iters"
-            f" ({iters * 2 * n * n_active * D / 1e9:.0f} GFLOP),"
-            f" kNN in picked clusters of ~{sum(m) // len(m):,} pts"
-            f" ({knn_flops / 1e9:.0f} GFLOP)"))
+    "typiclust",
+    f"N={n:,} D={D} L={n_labeled} B={B}{cap}",
+    lambda x, l, k: run(x, labeled=l, key=k),
+    (x, labeled, key),
+    flops=flops,
+    bytes_moved=bytes_moved,
+    eager=eager,
+    repeats=repeats,
+    note=(
+      f"{n_active} clusters, {iters} Lloyd iters"
+      f" ({iters * 2 * n * n_active * D / 1e9:.0f} GFLOP),"
+      f" kNN in picked clusters of ~{sum(m) // len(m):,} pts"
+      f" ({knn_flops / 1e9:.0f} GFLOP)"
+    ),
+  )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="N=50,000 only, no eager runs")
-  parser.add_argument("--out", default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", "baselines.md"))
+  parser.add_argument(
+    "--quick", action="store_true", help="N=50,000 only, no eager runs"
+  )
+  parser.add_argument(
+    "--out",
+    default=os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), "results", "baselines.md"
+    ),
+  )
   args = parser.parse_args()
 
   print(harness.machine_description(), flush=True)
@@ -219,8 +288,11 @@ def main():
 
   if not args.quick:
     n = 1_000_000
-    print(f"N={n:,} (eager skipped: op-by-op dispatch over 1M rows takes"
-          " minutes per strategy)", flush=True)
+    print(
+      f"N={n:,} (eager skipped: op-by-op dispatch over 1M rows takes"
+      " minutes per strategy)",
+      flush=True,
+    )
     x, probs, log_probs = make_data(n, with_log_probs=True)
     rows += score_rows(n, log_probs, False)
     rows += selection_rows(n, log_probs, False)
@@ -228,18 +300,30 @@ def main():
     rows.append(badge_row(n, x, probs, False))
     rows.append(coreset_row(n, x, 1_000, False))
     # Minutes per call: timed once after the compiling call.
-    rows.append(typiclust_row(n, x, 10, False, max_candidates=4096,
-                              repeats=1))
+    rows.append(typiclust_row(n, x, 10, False, max_candidates=4096, repeats=1))
     del x, probs
 
-  columns = ["strategy", "config", "compiled", "first call", "eager",
-             "peak mem", "GFLOP", "GB moved", "floor", "x floor", "note"]
+  columns = [
+    "strategy",
+    "config",
+    "compiled",
+    "first call",
+    "eager",
+    "peak mem",
+    "GFLOP",
+    "GB moved",
+    "floor",
+    "x floor",
+    "note",
+  ]
   table = harness.print_table(rows, columns)
-  header = (f"# Baselines benchmark\n\n{harness.machine_description()}\n\n"
-            f"Load average at start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
-            f" ({os.cpu_count()} cores); run"
-            f" {time.strftime('%Y-%m-%d %H:%M')}"
-            f"{' with --quick' if args.quick else ''}.\n\n")
+  header = (
+    f"# Baselines benchmark\n\n{harness.machine_description()}\n\n"
+    f"Load average at start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+    f" ({os.cpu_count()} cores); run"
+    f" {time.strftime('%Y-%m-%d %H:%M')}"
+    f"{' with --quick' if args.quick else ''}.\n\n"
+  )
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     f.write(header + table + "\n")

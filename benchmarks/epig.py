@@ -38,18 +38,20 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import alfx  # noqa: E402
+import bald_family
+import harness
+
+import alfx
+
 # The work model counts BatchEPIG's exact steps as the implementation does
 # (benchmark-only; every timed call goes through the public API).
-from alfx.bald_family._batch_epig import exact_steps  # noqa: E402
-import bald_family  # noqa: E402
-import harness  # noqa: E402
+from alfx.bald_family._batch_epig import exact_steps
 
 N, K, C, B = 10_000, 20, 10, 10
-R = inspect.signature(
-    alfx.batch_epig).parameters["num_configurations"].default
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                       "epig.md")
+R = inspect.signature(alfx.batch_epig).parameters["num_configurations"].default
+RESULTS = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), "results", "epig.md"
+)
 
 epig, batch_epig, kepig = alfx.epig, alfx.batch_epig, alfx.kepig
 stochastic_batch = alfx.stochastic_batch
@@ -60,8 +62,9 @@ stochastic_batch = alfx.stochastic_batch
 
 
 def work_epig(n, k, c, m):
-  return bald_family.add_work(bald_family.setup_work(n, k, c),
-                              bald_family.table_work(n, k, c, m * c))
+  return bald_family.add_work(
+    bald_family.setup_work(n, k, c), bald_family.table_work(n, k, c, m * c)
+  )
 
 
 def work_batch_epig(n, k, c, m, b, r=R):
@@ -82,9 +85,23 @@ def work_kepig2(n, k, c, m, b):
   return bald_family.add_work(*works)
 
 
-COLUMNS = ["method", "config", "compiled", "eager", "compile+run",
-           "peak mem", "XLA temp", "GFLOP", "G logs", "GB", "floor", "ratio",
-           "floor+", "ratio+", "note"]
+COLUMNS = [
+  "method",
+  "config",
+  "compiled",
+  "eager",
+  "compile+run",
+  "peak mem",
+  "XLA temp",
+  "GFLOP",
+  "G logs",
+  "GB",
+  "floor",
+  "ratio",
+  "floor+",
+  "ratio+",
+  "note",
+]
 
 
 def run(quick):
@@ -96,16 +113,30 @@ def run(quick):
     config = f"N={N} M={m} K={K} C={C} B={B}"
     n_exact = exact_steps(C, m, R, B)
     methods = {
-        "EPIG": (jax.jit(lambda x, t, key: epig(x, t)),
-                 work_epig(N, K, C, m), True, ""),
-        "PowerEPIG": (jax.jit(lambda x, t, key: stochastic_batch(
-            epig(x, t), B, key=key)), work_epig(N, K, C, m), False, ""),
-        "BatchEPIG": (jax.jit(lambda x, t, key: batch_epig(x, t, B, key=key)),
-                      work_batch_epig(N, K, C, m, B), False,
-                      f"{n_exact} exact steps, {B - n_exact} sampled"
-                      f" ({R} rows)"),
-        "2-EPIG": (jax.jit(lambda x, t, key: kepig(x, t, B, order=2)),
-                   work_kepig2(N, K, C, m, B), False, ""),
+      "EPIG": (
+        jax.jit(lambda x, t, key: epig(x, t)),
+        work_epig(N, K, C, m),
+        True,
+        "",
+      ),
+      "PowerEPIG": (
+        jax.jit(lambda x, t, key: stochastic_batch(epig(x, t), B, key=key)),
+        work_epig(N, K, C, m),
+        False,
+        "",
+      ),
+      "BatchEPIG": (
+        jax.jit(lambda x, t, key: batch_epig(x, t, B, key=key)),
+        work_batch_epig(N, K, C, m, B),
+        False,
+        f"{n_exact} exact steps, {B - n_exact} sampled ({R} rows)",
+      ),
+      "2-EPIG": (
+        jax.jit(lambda x, t, key: kepig(x, t, B, order=2)),
+        work_kepig2(N, K, C, m, B),
+        False,
+        "",
+      ),
     }
     for method, (fn, work, cheap, note) in methods.items():
       if quick and not cheap and method != "PowerEPIG" and m > 100:
@@ -113,17 +144,27 @@ def run(quick):
       slow = bald_family.floors(work)[1] > 4
       eager = cheap or not quick
       bald_family.measure(
-          rows, method, config, fn, (lp, tlp, key), work, eager=eager,
-          repeats=1 if slow else 3,
-          note=note + ("" if eager else ("; " if note else "")
-                       + "eager skipped (--quick)"))
+        rows,
+        method,
+        config,
+        fn,
+        (lp, tlp, key),
+        work,
+        eager=eager,
+        repeats=1 if slow else 3,
+        note=note
+        + ("" if eager else ("; " if note else "") + "eager skipped (--quick)"),
+      )
   return rows
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="no eager runs of the scans; scans at M=100 only")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="no eager runs of the scans; scans at M=100 only",
+  )
   args = parser.parse_args()
   started = time.time()
   load_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -131,15 +172,22 @@ def main():
   print(machine, flush=True)
   rows = run(args.quick)
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  out = ["# EPIG benchmark", "",
-         f"Machine: {machine}.", "",
-         f"Load average at start {load_start}, at end {load} (2 cores: a"
-         " load above 2 means other processes shared the cores, and the"
-         " peaks, floors and times above are all affected).", "",
-         f"Command: `python benchmarks/epig.py"
-         f"{' --quick' if args.quick else ''}`"
-         f" ({time.time() - started:.0f} s).", "",
-         harness.print_table(rows, COLUMNS), ""]
+  out = [
+    "# EPIG benchmark",
+    "",
+    f"Machine: {machine}.",
+    "",
+    f"Load average at start {load_start}, at end {load} (2 cores: a"
+    " load above 2 means other processes shared the cores, and the"
+    " peaks, floors and times above are all affected).",
+    "",
+    f"Command: `python benchmarks/epig.py"
+    f"{' --quick' if args.quick else ''}`"
+    f" ({time.time() - started:.0f} s).",
+    "",
+    harness.print_table(rows, COLUMNS),
+    "",
+  ]
   path = RESULTS.replace(".md", "_quick.md") if args.quick else RESULTS
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:

@@ -103,16 +103,23 @@ def machine_peaks() -> dict:
   cp = jax.jit(lambda x: x + 1.0)
   t, _, _ = time_compiled(cp, x)
   bandwidth = 2 * 4 * x.size / t
-  return {"flops": flops, "transcendentals": transcendentals,
-          "bandwidth": bandwidth}
+  return {
+    "flops": flops,
+    "transcendentals": transcendentals,
+    "bandwidth": bandwidth,
+  }
 
 
-def floor_seconds(flops: float = 0.0, transcendentals: float = 0.0,
-                  bytes_moved: float = 0.0) -> float:
+def floor_seconds(
+  flops: float = 0.0, transcendentals: float = 0.0, bytes_moved: float = 0.0
+) -> float:
   """Roofline lower bound on this machine for the given work."""
   p = machine_peaks()
-  return max(flops / p["flops"], transcendentals / p["transcendentals"],
-             bytes_moved / p["bandwidth"])
+  return max(
+    flops / p["flops"],
+    transcendentals / p["transcendentals"],
+    bytes_moved / p["bandwidth"],
+  )
 
 
 def machine_description() -> str:
@@ -127,11 +134,13 @@ def machine_description() -> str:
     pass
   devices = jax.devices()
   p = machine_peaks()
-  return (f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} on"
-          f" {devices[0].platform} ({len(devices)} device(s)); measured peaks:"
-          f" {p['flops'] / 1e9:.0f} GFLOP/s matmul,"
-          f" {p['transcendentals'] / 1e9:.2f} G x*log(x)/s,"
-          f" {p['bandwidth'] / 1e9:.1f} GB/s copy")
+  return (
+    f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} on"
+    f" {devices[0].platform} ({len(devices)} device(s)); measured peaks:"
+    f" {p['flops'] / 1e9:.0f} GFLOP/s matmul,"
+    f" {p['transcendentals'] / 1e9:.2f} G x*log(x)/s,"
+    f" {p['bandwidth'] / 1e9:.1f} GB/s copy"
+  )
 
 
 def fmt_seconds(s) -> str:
@@ -156,13 +165,19 @@ def fmt_bytes(b) -> str:
 
 def print_table(rows: list[dict], columns: list[str]) -> str:
   """Prints (and returns) a Markdown table of the given columns."""
-  widths = {c: max(len(c), *(len(str(r.get(c, "-"))) for r in rows))
-            for c in columns}
-  lines = ["| " + " | ".join(c.ljust(widths[c]) for c in columns) + " |",
-           "|" + "|".join("-" * (widths[c] + 2) for c in columns) + "|"]
+  widths = {
+    c: max(len(c), *(len(str(r.get(c, "-"))) for r in rows)) for c in columns
+  }
+  lines = [
+    "| " + " | ".join(c.ljust(widths[c]) for c in columns) + " |",
+    "|" + "|".join("-" * (widths[c] + 2) for c in columns) + "|",
+  ]
   for r in rows:
-    lines.append("| " + " | ".join(str(r.get(c, "-")).ljust(widths[c])
-                                   for c in columns) + " |")
+    lines.append(
+      "| "
+      + " | ".join(str(r.get(c, "-")).ljust(widths[c]) for c in columns)
+      + " |"
+    )
   text = "\n".join(lines)
   print(text, flush=True)
   return text

@@ -27,13 +27,13 @@ import os
 import time
 
 import flax.linen as nn
+import harness
 import jax
 import jax.numpy as jnp
 import optax
 
 import alfx
 from alfx.experiment.datasets import load_digits_data
-import harness
 
 
 class MLP(nn.Module):
@@ -52,131 +52,220 @@ def row(name, fn, args, flops, bytes_moved=0.0, eager=True, note=""):
   best, first, peak = harness.time_compiled(fn, *args)
   eager_s = harness.time_eager(fn, *args) if eager else None
   floor = harness.floor_seconds(flops=flops, bytes_moved=bytes_moved)
-  return {"configuration": name, "compiled": harness.fmt_seconds(best),
-          "first call": harness.fmt_seconds(first),
-          "eager": harness.fmt_seconds(eager_s) if eager else "skipped",
-          "peak mem": harness.fmt_bytes(peak),
-          "GFLOP": f"{flops / 1e9:.2f}",
-          "floor": harness.fmt_seconds(floor),
-          "x floor": f"{best / floor:.1f}", "note": note, "_best": best}
+  return {
+    "configuration": name,
+    "compiled": harness.fmt_seconds(best),
+    "first call": harness.fmt_seconds(first),
+    "eager": harness.fmt_seconds(eager_s) if eager else "skipped",
+    "peak mem": harness.fmt_bytes(peak),
+    "GFLOP": f"{flops / 1e9:.2f}",
+    "floor": harness.fmt_seconds(floor),
+    "x floor": f"{best / floor:.1f}",
+    "note": note,
+    "_best": best,
+  }
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--quick", action="store_true",
-                      help="one configuration, no eager runs")
-  parser.add_argument("--out", default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", "loop.md"))
+  parser.add_argument(
+    "--quick", action="store_true", help="one configuration, no eager runs"
+  )
+  parser.add_argument(
+    "--out",
+    default=os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), "results", "loop.md"
+    ),
+  )
   args = parser.parse_args()
   print(harness.machine_description(), flush=True)
   load = os.getloadavg()
   digits = load_digits_data(repeated=True)
-  data = alfx.Data(jnp.asarray(digits.pool_x), jnp.asarray(digits.pool_y),
-                   jnp.asarray(digits.test_x), jnp.asarray(digits.test_y))
+  data = alfx.Data(
+    jnp.asarray(digits.pool_x),
+    jnp.asarray(digits.pool_y),
+    jnp.asarray(digits.test_x),
+    jnp.asarray(digits.test_y),
+  )
   n, d = data.pool_inputs.shape
   c, b, train_batch = 10, 10, 64
-  configs = [(8, 64, 100)] if args.quick else [(8, 64, 100), (8, 64, 200),
-                                               (16, 128, 100)]
+  configs = (
+    [(8, 64, 100)]
+    if args.quick
+    else [(8, 64, 100), (8, 64, 200), (16, 128, 100)]
+  )
   rows = []
   for k, hidden, steps in configs:
     tag = f"K={k} H={hidden}"
     mlp = MLP(hidden)
     forward = alfx.linen_forward(mlp)
-    params = alfx.init_ensemble(lambda key: mlp.init(key, data.pool_inputs[:1]),
-                                k, key=jax.random.key(0))
+    params = alfx.init_ensemble(
+      lambda key: mlp.init(key, data.pool_inputs[:1]), k, key=jax.random.key(0)
+    )
     per_point = 2 * (d * hidden + hidden * c)
     pool_bytes = 4 * n * (d + k * c)
 
     # Jitted around the public function: its checks run at trace time only,
     # so the compiled program is the prediction alone.
-    predict = jax.jit(functools.partial(alfx.ensemble_predictions, forward,
-                                        chunk_size=1024))
-    rows.append(row(f"predict {tag} N={n}", predict, (params, data.pool_inputs),
-                    n * k * per_point, pool_bytes,
-                    note="K members vmapped, 4 chunks of 1024 rows"))
+    predict = jax.jit(
+      functools.partial(alfx.ensemble_predictions, forward, chunk_size=1024)
+    )
+    rows.append(
+      row(
+        f"predict {tag} N={n}",
+        predict,
+        (params, data.pool_inputs),
+        n * k * per_point,
+        pool_bytes,
+        note="K members vmapped, 4 chunks of 1024 rows",
+      )
+    )
 
-    fit = alfx.make_fit(forward, optax.adam(1e-2), num_steps=steps,
-                        batch_size=train_batch)
-    fit_members = jax.jit(jax.vmap(
+    fit = alfx.make_fit(
+      forward, optax.adam(1e-2), num_steps=steps, batch_size=train_batch
+    )
+    fit_members = jax.jit(
+      jax.vmap(
         lambda p, x, y, lab, key: fit.core(p, x, y, lab, key=key),
-        in_axes=(0, None, None, None, 0)))
+        in_axes=(0, None, None, None, 0),
+      )
+    )
     labeled = jnp.arange(n) < 100
     keys = jax.random.split(jax.random.key(1), k)
     train_flops = steps * k * 3 * train_batch * per_point
-    rows.append(row(f"fit {tag} S={steps}", fit_members,
-                    (params, data.pool_inputs, data.pool_labels, labeled, keys),
-                    train_flops, eager=not args.quick and k <= 8,
-                    note=f"{k} members vmapped; {steps} steps of 64x{d}x{hidden}"
-                    " matmuls: small, so per-step overhead shows"))
+    rows.append(
+      row(
+        f"fit {tag} S={steps}",
+        fit_members,
+        (params, data.pool_inputs, data.pool_labels, labeled, keys),
+        train_flops,
+        eager=not args.quick and k <= 8,
+        note=f"{k} members vmapped; {steps} steps of 64x{d}x{hidden}"
+        " matmuls: small, so per-step overhead shows",
+      )
+    )
 
-    loop = alfx.make_loop(forward, optax.adam(1e-2), "bald", batch_size=b,
-                          num_steps=steps)
+    loop = alfx.make_loop(
+      forward, optax.adam(1e-2), "bald", batch_size=b, num_steps=steps
+    )
     state = alfx.initial_state(data.pool_labels, 20, key=jax.random.key(2))
     round_flops = train_flops + (n + 500) * k * per_point
-    rows.append(row(f"round {tag} S={steps} bald", loop.round,
-                    (params, state, data), round_flops, pool_bytes,
-                    eager=False, note="fit + test + pool predictions + BALD"))
+    rows.append(
+      row(
+        f"round {tag} S={steps} bald",
+        loop.round,
+        (params, state, data),
+        round_flops,
+        pool_bytes,
+        eager=False,
+        note="fit + test + pool predictions + BALD",
+      )
+    )
 
     seeds = 3
     stack = lambda x: jax.tree.map(lambda a: jnp.stack([a] * seeds), x)
     batched = alfx.vmap_loop(loop)
-    vm = row(f"round x{seeds} seeds vmap {tag}", batched.round,
-             (stack(params), stack(state), data), seeds * round_flops,
-             seeds * pool_bytes, eager=False)
-    looped = row(f"round x{seeds} seeds loop {tag}",
-                 lambda p, s, dd: [loop.round(p, s, dd) for _ in range(seeds)],
-                 (params, state, data), seeds * round_flops,
-                 seeds * pool_bytes, eager=False)
-    grouped = row(f"round x{seeds} seeds lax.map {tag}",
-                  alfx.vmap_loop(loop, seeds_per_batch=1).round,
-                  (stack(params), stack(state), data), seeds * round_flops,
-                  seeds * pool_bytes, eager=False)
+    vm = row(
+      f"round x{seeds} seeds vmap {tag}",
+      batched.round,
+      (stack(params), stack(state), data),
+      seeds * round_flops,
+      seeds * pool_bytes,
+      eager=False,
+    )
+    looped = row(
+      f"round x{seeds} seeds loop {tag}",
+      lambda p, s, dd: [loop.round(p, s, dd) for _ in range(seeds)],
+      (params, state, data),
+      seeds * round_flops,
+      seeds * pool_bytes,
+      eager=False,
+    )
+    grouped = row(
+      f"round x{seeds} seeds lax.map {tag}",
+      alfx.vmap_loop(loop, seeds_per_batch=1).round,
+      (stack(params), stack(state), data),
+      seeds * round_flops,
+      seeds * pool_bytes,
+      eager=False,
+    )
     for r in (vm, grouped):
-      r["configuration"] += (f" (speed-up {looped['_best'] / r['_best']:.2f}x"
-                             " over the loop)")
+      r["configuration"] += (
+        f" (speed-up {looped['_best'] / r['_best']:.2f}x over the loop)"
+      )
     rows += [vm, grouped, looped]
 
   # MC dropout: consistent masks (per-point passes under vmap) vs plain.
   k, hidden = 16, 128
   mlp = MLP(hidden, rate=0.3)
-  forward = alfx.linen_forward(mlp, train_kwargs={"train": True},
-                               eval_kwargs={"train": False})
+  forward = alfx.linen_forward(
+    mlp, train_kwargs={"train": True}, eval_kwargs={"train": False}
+  )
   variables = mlp.init(jax.random.key(0), data.pool_inputs[:1])
   per_point = 2 * (d * hidden + hidden * c)
-  mc = jax.jit(lambda v, x, key: alfx.mc_dropout_predictions(
-      forward, v, x, key=key, num_samples=k, chunk_size=1024))
+  mc = jax.jit(
+    lambda v, x, key: alfx.mc_dropout_predictions(
+      forward, v, x, key=key, num_samples=k, chunk_size=1024
+    )
+  )
   # Dropout acts after the first layer, so x W1 does not depend on the
   # sample: vmap over keys leaves it unbatched and computes it once. The K
   # samples cost the head only; plus one deterministic pass.
   mc_flops = n * (2 * d * hidden + k * 2 * hidden * c + per_point)
-  rows.append(row(f"predict mc K={k} H={hidden} N={n}", mc,
-                  (variables, data.pool_inputs, jax.random.key(3)),
-                  mc_flops, 4 * n * (d + k * c),
-                  note="consistent masks: K x H random bits; x W1 once"))
+  rows.append(
+    row(
+      f"predict mc K={k} H={hidden} N={n}",
+      mc,
+      (variables, data.pool_inputs, jax.random.key(3)),
+      mc_flops,
+      4 * n * (d + k * c),
+      note="consistent masks: K x H random bits; x W1 once",
+    )
+  )
 
   @jax.jit
   def plain(variables, x, key):
     logits = jax.vmap(lambda kk: forward(variables, x, kk)[0])(
-        jax.random.split(key, k))
+      jax.random.split(key, k)
+    )
     return jax.nn.log_softmax(logits, -1)
 
   # Per-example masks: K * N * H random bits (the consistent version draws
   # K * H), the same matmuls.
-  rows.append(row(f"predict mc (plain) K={k} H={hidden} N={n}", plain,
-                  (variables, data.pool_inputs, jax.random.key(3)),
-                  mc_flops - n * per_point, 4 * n * (d + k * c),
-                  note="per-example masks: K x N x H random bits dominate"))
-  table = harness.print_table(rows, ["configuration", "compiled",
-                                     "first call", "eager", "peak mem",
-                                     "GFLOP", "floor", "x floor", "note"])
-  header = (f"# Flax predictions, training and the round\n\n"
-            f"{harness.machine_description()}\n\n"
-            f"Load average at start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
-            f" ({os.cpu_count()} cores); run"
-            f" {time.strftime('%Y-%m-%d %H:%M')}"
-            f"{' with --quick' if args.quick else ''}. Eager: skipped for"
-            " whole rounds and large fits (a training scan op by op takes"
-            " minutes).\n\n")
+  rows.append(
+    row(
+      f"predict mc (plain) K={k} H={hidden} N={n}",
+      plain,
+      (variables, data.pool_inputs, jax.random.key(3)),
+      mc_flops - n * per_point,
+      4 * n * (d + k * c),
+      note="per-example masks: K x N x H random bits dominate",
+    )
+  )
+  table = harness.print_table(
+    rows,
+    [
+      "configuration",
+      "compiled",
+      "first call",
+      "eager",
+      "peak mem",
+      "GFLOP",
+      "floor",
+      "x floor",
+      "note",
+    ],
+  )
+  header = (
+    f"# Flax predictions, training and the round\n\n"
+    f"{harness.machine_description()}\n\n"
+    f"Load average at start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+    f" ({os.cpu_count()} cores); run"
+    f" {time.strftime('%Y-%m-%d %H:%M')}"
+    f"{' with --quick' if args.quick else ''}. Eager: skipped for"
+    " whole rounds and large fits (a training scan op by op takes"
+    " minutes).\n\n"
+  )
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     f.write(header + table + "\n")

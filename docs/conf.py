@@ -21,9 +21,9 @@ release = alfx.__version__
 version = release
 
 extensions = [
-    "sphinx.ext.autodoc",
-    "sphinx.ext.napoleon",
-    "myst_parser",
+  "sphinx.ext.autodoc",
+  "sphinx.ext.napoleon",
+  "myst_parser",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -38,9 +38,9 @@ napoleon_use_rtype = False
 default_role = "py:obj"
 
 autodoc_default_options = {
-    "members": True,
-    "member-order": "bysource",
-    "show-inheritance": False,
+  "members": True,
+  "member-order": "bysource",
+  "show-inheritance": False,
 }
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
@@ -61,12 +61,19 @@ html_css_files = ["alfx.css"]
 # The public names, by the family package that documents them: `alfx.kbald`
 # (the flat name) and a bare `Selection` in a docstring link to the page of
 # `alfx.bald_family.kbald` and `alfx.Selection`.
-_FAMILIES = ("information", "bald_family", "bait_family", "baselines", "nn",
-             "loop")
+_FAMILIES = (
+  "information",
+  "bald_family",
+  "bait_family",
+  "baselines",
+  "nn",
+  "loop",
+)
 
 
 def _documented_names():
   import importlib  # pylint: disable=import-outside-toplevel
+
   names = {name: "alfx" for name in alfx.__all__}
   for family in _FAMILIES:
     module = importlib.import_module(f"alfx.{family}")
@@ -87,8 +94,14 @@ def _resolve_flat_name(app, env, node, contnode):
   if "." in name or name not in _DOCUMENTED:
     return None
   return env.get_domain("py").resolve_xref(
-      env, node["refdoc"], app.builder, node["reftype"],
-      f"{_DOCUMENTED[name]}.{name}", node, contnode)
+    env,
+    node["refdoc"],
+    app.builder,
+    node["reftype"],
+    f"{_DOCUMENTED[name]}.{name}",
+    node,
+    contnode,
+  )
 
 
 def _skip_namedtuple_fields(app, what, name, obj, skip, options):

@@ -20,7 +20,6 @@ from alfx.experiment.datasets import load_digits_data
 
 
 class MLP(nn.Module):
-
   @nn.compact
   def __call__(self, x):
     x = nn.relu(nn.Dense(64)(x))
@@ -34,23 +33,32 @@ def main():
   args = parser.parse_args()
 
   digits = load_digits_data()
-  data = alfx.Data(jnp.asarray(digits.pool_x), jnp.asarray(digits.pool_y),
-                   jnp.asarray(digits.test_x), jnp.asarray(digits.test_y))
+  data = alfx.Data(
+    jnp.asarray(digits.pool_x),
+    jnp.asarray(digits.pool_y),
+    jnp.asarray(digits.test_x),
+    jnp.asarray(digits.test_y),
+  )
   mlp = MLP()
   forward = alfx.linen_forward(mlp)
   init_key, state_key = jax.random.split(jax.random.key(0))
-  params = alfx.init_ensemble(lambda k: mlp.init(k, data.pool_inputs[:1]),
-                              8, key=init_key)  # every leaf: a leading [8]
-  state = alfx.initial_state(data.pool_labels, 20, key=state_key,
-                             per_class=True)
+  params = alfx.init_ensemble(
+    lambda k: mlp.init(k, data.pool_inputs[:1]), 8, key=init_key
+  )  # every leaf: a leading [8]
+  state = alfx.initial_state(
+    data.pool_labels, 20, key=state_key, per_class=True
+  )
 
   for name in args.strategies.split(","):
-    loop = alfx.make_loop(forward, optax.adam(1e-2), name, batch_size=10,
-                          num_steps=100)
+    loop = alfx.make_loop(
+      forward, optax.adam(1e-2), name, batch_size=10, num_steps=100
+    )
     history = alfx.run_loop(loop, params, state, data, args.rounds)
     curve = " ".join(f"{a:.3f}" for a in history.accuracy)
-    print(f"{name:12s} labels {history.num_labeled[0]}..."
-          f"{history.num_labeled[-1]}: accuracy {curve}")
+    print(
+      f"{name:12s} labels {history.num_labeled[0]}..."
+      f"{history.num_labeled[-1]}: accuracy {curve}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ class Conv3x3(nn.Module):
   training loop about 6x slower than this (jax-ml/jax#12868); on a GPU, use
   ``nn.Conv``.
   """
+
   features: int
   stride: int = 1
 
@@ -36,9 +37,11 @@ class Conv3x3(nn.Module):
   def __call__(self, x):
     h, w = x.shape[1], x.shape[2]
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    patches = jnp.concatenate([padded[:, i:i + h, j:j + w, :]
-                               for i in range(3) for j in range(3)], axis=-1)
-    patches = patches[:, ::self.stride, ::self.stride, :]
+    patches = jnp.concatenate(
+      [padded[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)],
+      axis=-1,
+    )
+    patches = patches[:, :: self.stride, :: self.stride, :]
     return nn.Dense(self.features)(patches)
 
 
@@ -63,32 +66,48 @@ def main():
   args = parser.parse_args()
 
   digits = load_digits_data()
-  data = alfx.Data(jnp.asarray(digits.pool_x), jnp.asarray(digits.pool_y),
-                   jnp.asarray(digits.test_x), jnp.asarray(digits.test_y))
+  data = alfx.Data(
+    jnp.asarray(digits.pool_x),
+    jnp.asarray(digits.pool_y),
+    jnp.asarray(digits.test_x),
+    jnp.asarray(digits.test_y),
+  )
   cnn = CNN()
   # With a key the model runs with dropout (training and MC samples); without
   # one, deterministically (embeddings and probs for BAIT-like strategies).
-  forward = alfx.linen_forward(cnn, train_kwargs={"train": True},
-                               eval_kwargs={"train": False})
+  forward = alfx.linen_forward(
+    cnn, train_kwargs={"train": True}, eval_kwargs={"train": False}
+  )
   init_key, state_key = jax.random.split(jax.random.key(0))
   params = cnn.init(init_key, data.pool_inputs[:1])
-  options = ({"num_configurations": 1000} if args.strategy == "batchbald"
-             else {})
-  loop = alfx.make_loop(forward, optax.adam(3e-3), args.strategy,
-                        strategy_options=options, batch_size=10,
-                        num_steps=200, mc_dropout_samples=20)
-  state = alfx.initial_state(data.pool_labels, 20, key=state_key,
-                             per_class=True)
+  options = {"num_configurations": 1000} if args.strategy == "batchbald" else {}
+  loop = alfx.make_loop(
+    forward,
+    optax.adam(3e-3),
+    args.strategy,
+    strategy_options=options,
+    batch_size=10,
+    num_steps=200,
+    mc_dropout_samples=20,
+  )
+  state = alfx.initial_state(
+    data.pool_labels, 20, key=state_key, per_class=True
+  )
 
   for r in range(args.rounds + 1):  # the last round only reports accuracy
     t = time.perf_counter()
     state, metrics = loop.round(params, state, data)
     jax.block_until_ready(state)
-    print(f"round {r}: {int(metrics.num_labeled):3d} labels, test accuracy"
-          f" {float(metrics.accuracy):.3f}"
-          + (f", picked {metrics.selection.indices.tolist()}"
-             if r < args.rounds else "")
-          + f" ({time.perf_counter() - t:.2f} s)")
+    print(
+      f"round {r}: {int(metrics.num_labeled):3d} labels, test accuracy"
+      f" {float(metrics.accuracy):.3f}"
+      + (
+        f", picked {metrics.selection.indices.tolist()}"
+        if r < args.rounds
+        else ""
+      )
+      + f" ({time.perf_counter() - t:.2f} s)"
+    )
   print(f"compiled the round {loop.round._cache_size()} time(s)")  # pylint: disable=protected-access
 
 

@@ -21,7 +21,6 @@ from alfx.experiment.datasets import load_digits_data
 
 
 class MLP(nnx.Module):
-
   def __init__(self, *, rngs: nnx.Rngs):
     self.hidden = nnx.Linear(64, 128, rngs=rngs)
     self.dropout = nnx.Dropout(0.3, rngs=rngs)
@@ -38,25 +37,39 @@ def main():
   args = parser.parse_args()
 
   digits = load_digits_data(repeated=True)
-  data = alfx.Data(jnp.asarray(digits.pool_x), jnp.asarray(digits.pool_y),
-                   jnp.asarray(digits.test_x), jnp.asarray(digits.test_y))
-  state = alfx.initial_state(data.pool_labels, 20, key=jax.random.key(1),
-                             per_class=True)
+  data = alfx.Data(
+    jnp.asarray(digits.pool_x),
+    jnp.asarray(digits.pool_y),
+    jnp.asarray(digits.test_x),
+    jnp.asarray(digits.test_y),
+  )
+  state = alfx.initial_state(
+    data.pool_labels, 20, key=jax.random.key(1), per_class=True
+  )
 
   # MC dropout: one model, 16 consistent dropout samples.
   forward, params = alfx.nnx_forward(MLP(rngs=nnx.Rngs(0)), head="head")
-  loop = alfx.make_loop(forward, optax.adam(3e-3), args.strategy,
-                        batch_size=10, num_steps=150, mc_dropout_samples=16)
+  loop = alfx.make_loop(
+    forward,
+    optax.adam(3e-3),
+    args.strategy,
+    batch_size=10,
+    num_steps=150,
+    mc_dropout_samples=16,
+  )
   history = alfx.run_loop(loop, params, state, data, args.rounds)
   print("test accuracy per round")
   print("MC dropout (K=16):", " ".join(f"{a:.3f}" for a in history.accuracy))
 
   # Deep ensemble: the Param states of 8 independently initialised models.
   members = alfx.init_ensemble(
-      lambda k: alfx.nnx_forward(MLP(rngs=nnx.Rngs(k)))[1], 8,
-      key=jax.random.key(2))
-  loop = alfx.make_loop(forward, optax.adam(3e-3), args.strategy,
-                        batch_size=10, num_steps=150)
+    lambda k: alfx.nnx_forward(MLP(rngs=nnx.Rngs(k)))[1],
+    8,
+    key=jax.random.key(2),
+  )
+  loop = alfx.make_loop(
+    forward, optax.adam(3e-3), args.strategy, batch_size=10, num_steps=150
+  )
   history = alfx.run_loop(loop, members, state, data, args.rounds)
   print("ensemble (K=8):   ", " ".join(f"{a:.3f}" for a in history.accuracy))
   print("labels:           ", " ".join(f"{n:5d}" for n in history.num_labeled))

@@ -21,15 +21,19 @@ def main():
   batch = alfx.top_b(scores, batch_size, mask=mask)
 
   print(f"pool: N={n} points, K={k} samples, C={c} classes")
-  print(f"BALD range over the pool: [{float(scores.min()):.3f},"
-        f" {float(scores.max()):.3f}] nats (upper bound log C ="
-        f" {float(jnp.log(c)):.3f})")
+  print(
+    f"BALD range over the pool: [{float(scores.min()):.3f},"
+    f" {float(scores.max()):.3f}] nats (upper bound log C ="
+    f" {float(jnp.log(c)):.3f})"
+  )
   print("picked indices:", batch.indices.tolist())
   print("their BALD    :", [round(float(s), 4) for s in batch.scores])
   jent = alfx.joint_entropy(log_probs[batch.indices])
   ents = alfx.entropy(jnp.log(jnp.mean(jnp.exp(log_probs[batch.indices]), 1)))
-  print(f"joint entropy of the batch {float(jent):.3f} nats <= sum of its"
-        f" marginal entropies {float(ents.sum()):.3f}")
+  print(
+    f"joint entropy of the batch {float(jent):.3f} nats <= sum of its"
+    f" marginal entropies {float(ents.sum()):.3f}"
+  )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from alfx.experiment.datasets import load_digits_data
 
 
 class MLP(nn.Module):
-
   @nn.compact
   def __call__(self, x):
     return nn.Dense(10, name="head")(nn.relu(nn.Dense(64)(x)))
@@ -37,17 +36,29 @@ def main():
   args = parser.parse_args()
 
   digits = load_digits_data(repeated=True)
-  data = alfx.Data(jnp.asarray(digits.pool_x), jnp.asarray(digits.pool_y),
-                   jnp.asarray(digits.test_x), jnp.asarray(digits.test_y))
+  data = alfx.Data(
+    jnp.asarray(digits.pool_x),
+    jnp.asarray(digits.pool_y),
+    jnp.asarray(digits.test_x),
+    jnp.asarray(digits.test_y),
+  )
   mlp = MLP()
-  loop = alfx.make_loop(alfx.linen_forward(mlp), optax.adam(1e-2),
-                        args.strategy, batch_size=10, num_steps=100)
+  loop = alfx.make_loop(
+    alfx.linen_forward(mlp),
+    optax.adam(1e-2),
+    args.strategy,
+    batch_size=10,
+    num_steps=100,
+  )
   init = lambda k: mlp.init(k, data.pool_inputs[:1])
   keys = jax.random.split(jax.random.key(0), args.seeds)
   params = [alfx.init_ensemble(init, 8, key=k) for k in keys]
-  states = [alfx.initial_state(data.pool_labels, 20,
-                               key=jax.random.fold_in(k, 1), per_class=True)
-            for k in keys]
+  states = [
+    alfx.initial_state(
+      data.pool_labels, 20, key=jax.random.fold_in(k, 1), per_class=True
+    )
+    for k in keys
+  ]
   stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)
   batched = alfx.vmap_loop(loop)
 
@@ -56,20 +67,26 @@ def main():
   jax.block_until_ready(loop.round(params[0], states[0], data))
 
   t = time.perf_counter()
-  together = alfx.run_loop(batched, stack(params), stack(states), data,
-                           args.rounds)
+  together = alfx.run_loop(
+    batched, stack(params), stack(states), data, args.rounds
+  )
   vmapped = time.perf_counter() - t
   t = time.perf_counter()
-  apart = [alfx.run_loop(loop, p, s, data, args.rounds)
-           for p, s in zip(params, states)]
+  apart = [
+    alfx.run_loop(loop, p, s, data, args.rounds) for p, s in zip(params, states)
+  ]
   looped = time.perf_counter() - t
 
-  same = all(np.array_equal(together.indices[r], apart[r].indices)
-             for r in range(args.seeds))
-  print(f"{args.seeds} seeds x {args.rounds} rounds ({args.strategy}, ensemble"
-        f" of 8, pool {len(digits.pool_y)}): vmapped {vmapped:.2f} s, Python"
-        f" loop {looped:.2f} s, speed-up {looped / vmapped:.2f}x; same picks:"
-        f" {same}")
+  same = all(
+    np.array_equal(together.indices[r], apart[r].indices)
+    for r in range(args.seeds)
+  )
+  print(
+    f"{args.seeds} seeds x {args.rounds} rounds ({args.strategy}, ensemble"
+    f" of 8, pool {len(digits.pool_y)}): vmapped {vmapped:.2f} s, Python"
+    f" loop {looped:.2f} s, speed-up {looped / vmapped:.2f}x; same picks:"
+    f" {same}"
+  )
   print("final accuracy per seed:", np.round(together.accuracy[:, -1], 3))
 
 

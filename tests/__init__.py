@@ -9,4 +9,5 @@ import jax
 
 if not hasattr(jax, "enable_x64"):
   from jax.experimental import enable_x64 as _enable_x64  # pylint: disable=g-import-not-at-top
+
   jax.enable_x64 = _enable_x64

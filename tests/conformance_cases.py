@@ -19,10 +19,10 @@ points itself); the others receive ``mask & ~labeled``.
 This module imports no test framework: the worker subprocess imports it too.
 """
 
+from collections.abc import Callable
 import dataclasses
 import os
 import zlib
-from collections.abc import Callable
 
 import numpy as np
 
@@ -103,95 +103,161 @@ def _bait_row(name, fisher, **kw):
     extra = dict(kw)
     if extra.get("method") == "structured":
       extra["labeled_capacity"] = _capacity(a)
-    return alfx.bait(a["embeddings"], a["probs"], b, labeled=a["labeled"],
-                     mask=a["mask"], fisher=fisher, in_pool=_in_pool(a),
-                     **extra)
+    return alfx.bait(
+      a["embeddings"],
+      a["probs"],
+      b,
+      labeled=a["labeled"],
+      mask=a["mask"],
+      fisher=fisher,
+      in_pool=_in_pool(a),
+      **extra,
+    )
+
   return Row(name, call, ("embeddings", "probs"), labeled=True, in_pool=True)
 
 
 def _stochastic_row(mode):
   return Row(
-      f"stochastic_batch_{mode}",
-      lambda a, b, key: alfx.stochastic_batch(a["utilities"], b, key=key,
-                                              mode=mode, mask=a["mask"]),
-      ("utilities",), random=True)
+    f"stochastic_batch_{mode}",
+    lambda a, b, key: alfx.stochastic_batch(
+      a["utilities"], b, key=key, mode=mode, mask=a["mask"]
+    ),
+    ("utilities",),
+    random=True,
+  )
 
 
 ROWS = [
-    Row("top_b", lambda a, b, key: alfx.top_b(a["utilities"], b,
-                                              mask=a["mask"]),
-        ("utilities",)),
-    Row("topk_bald", lambda a, b, key: alfx.topk_bald(a["log_probs"], b,
-                                                      mask=a["mask"]),
-        ("log_probs",)),
-    Row("batchbald", lambda a, b, key: alfx.batchbald(a["log_probs"], b,
-                                                      mask=a["mask"]),
-        ("log_probs",)),
-    # C**3 = 27 > 20 configurations: exact for 2 picks, then sampled.
-    Row("batchbald_sampled",
-        lambda a, b, key: alfx.batchbald(a["log_probs"], b, key=key,
-                                         mask=a["mask"],
-                                         num_configurations=20),
-        ("log_probs",), random=True),
-    Row("kbald2", lambda a, b, key: alfx.kbald(a["log_probs"], b, order=2,
-                                               mask=a["mask"]),
-        ("log_probs",)),
-    Row("kbald3", lambda a, b, key: alfx.kbald(a["log_probs"], b, order=3,
-                                               mask=a["mask"]),
-        ("log_probs",)),
-    Row("kbald_dynamic",
-        lambda a, b, key: alfx.kbald_dynamic(a["log_probs"], b, tolerance=0.5,
-                                             mask=a["mask"]),
-        ("log_probs",), dynamic=True),
-    Row("conservative_bald",
-        lambda a, b, key: alfx.conservative_bald(a["log_probs"], b,
-                                                 threshold=0.05,
-                                                 mask=a["mask"]),
-        ("log_probs",), dynamic=True),
-    _stochastic_row("power"),
-    _stochastic_row("softmax"),
-    _stochastic_row("softrank"),
-    Row("random_batch",
-        lambda a, b, key: alfx.random_batch(a["embeddings"], b, key=key,
-                                            mask=a["mask"]),
-        ("embeddings",), random=True, reads_values=False),
-    Row("badge", lambda a, b, key: alfx.badge(a["embeddings"], a["probs"], b,
-                                              key=key, mask=a["mask"]),
-        ("embeddings", "probs"), random=True),
-    Row("coreset", lambda a, b, key: alfx.coreset(a["embeddings"], b,
-                                                  labeled=a["labeled"],
-                                                  mask=a["mask"],
-                                                  block_size=8),
-        ("embeddings",), labeled=True),
-    Row("typiclust",
-        lambda a, b, key: alfx.typiclust(a["embeddings"], b, key=key,
-                                         labeled=a["labeled"], mask=a["mask"],
-                                         block_size=8),
-        ("embeddings",), labeled=True, random=True, duplicates=False),
-    _bait_row("bait_full", "full"),
-    _bait_row("bait_topc", "topc"),
-    _bait_row("bait_binary", "binary"),
-    _bait_row("bait_diagonal", "diagonal"),
-    # The path of C * D > DENSE_MAX_DIM, forced at a small shape.
-    _bait_row("bait_structured_full", "full", method="structured"),
-    # EPIG against M replicated target predictions. M C**4 = 648
-    # configurations: exact for every step.
-    Row("batch_epig",
-        lambda a, b, key: alfx.batch_epig(a["log_probs"],
-                                           a["target_log_probs"], b,
-                                           mask=a["mask"]),
-        ("log_probs",)),
-    # M C**3 = 216 > 100: exact for 2 picks, then sampled.
-    Row("batch_epig_sampled",
-        lambda a, b, key: alfx.batch_epig(a["log_probs"],
-                                           a["target_log_probs"], b, key=key,
-                                           mask=a["mask"],
-                                           num_configurations=100),
-        ("log_probs",), random=True),
-    Row("kepig2",
-        lambda a, b, key: alfx.kepig(a["log_probs"], a["target_log_probs"],
-                                      b, order=2, mask=a["mask"]),
-        ("log_probs",)),
+  Row(
+    "top_b",
+    lambda a, b, key: alfx.top_b(a["utilities"], b, mask=a["mask"]),
+    ("utilities",),
+  ),
+  Row(
+    "topk_bald",
+    lambda a, b, key: alfx.topk_bald(a["log_probs"], b, mask=a["mask"]),
+    ("log_probs",),
+  ),
+  Row(
+    "batchbald",
+    lambda a, b, key: alfx.batchbald(a["log_probs"], b, mask=a["mask"]),
+    ("log_probs",),
+  ),
+  # C**3 = 27 > 20 configurations: exact for 2 picks, then sampled.
+  Row(
+    "batchbald_sampled",
+    lambda a, b, key: alfx.batchbald(
+      a["log_probs"], b, key=key, mask=a["mask"], num_configurations=20
+    ),
+    ("log_probs",),
+    random=True,
+  ),
+  Row(
+    "kbald2",
+    lambda a, b, key: alfx.kbald(a["log_probs"], b, order=2, mask=a["mask"]),
+    ("log_probs",),
+  ),
+  Row(
+    "kbald3",
+    lambda a, b, key: alfx.kbald(a["log_probs"], b, order=3, mask=a["mask"]),
+    ("log_probs",),
+  ),
+  Row(
+    "kbald_dynamic",
+    lambda a, b, key: alfx.kbald_dynamic(
+      a["log_probs"], b, tolerance=0.5, mask=a["mask"]
+    ),
+    ("log_probs",),
+    dynamic=True,
+  ),
+  Row(
+    "conservative_bald",
+    lambda a, b, key: alfx.conservative_bald(
+      a["log_probs"], b, threshold=0.05, mask=a["mask"]
+    ),
+    ("log_probs",),
+    dynamic=True,
+  ),
+  _stochastic_row("power"),
+  _stochastic_row("softmax"),
+  _stochastic_row("softrank"),
+  Row(
+    "random_batch",
+    lambda a, b, key: alfx.random_batch(
+      a["embeddings"], b, key=key, mask=a["mask"]
+    ),
+    ("embeddings",),
+    random=True,
+    reads_values=False,
+  ),
+  Row(
+    "badge",
+    lambda a, b, key: alfx.badge(
+      a["embeddings"], a["probs"], b, key=key, mask=a["mask"]
+    ),
+    ("embeddings", "probs"),
+    random=True,
+  ),
+  Row(
+    "coreset",
+    lambda a, b, key: alfx.coreset(
+      a["embeddings"], b, labeled=a["labeled"], mask=a["mask"], block_size=8
+    ),
+    ("embeddings",),
+    labeled=True,
+  ),
+  Row(
+    "typiclust",
+    lambda a, b, key: alfx.typiclust(
+      a["embeddings"],
+      b,
+      key=key,
+      labeled=a["labeled"],
+      mask=a["mask"],
+      block_size=8,
+    ),
+    ("embeddings",),
+    labeled=True,
+    random=True,
+    duplicates=False,
+  ),
+  _bait_row("bait_full", "full"),
+  _bait_row("bait_topc", "topc"),
+  _bait_row("bait_binary", "binary"),
+  _bait_row("bait_diagonal", "diagonal"),
+  # The path of C * D > DENSE_MAX_DIM, forced at a small shape.
+  _bait_row("bait_structured_full", "full", method="structured"),
+  # EPIG against M replicated target predictions. M C**4 = 648
+  # configurations: exact for every step.
+  Row(
+    "batch_epig",
+    lambda a, b, key: alfx.batch_epig(
+      a["log_probs"], a["target_log_probs"], b, mask=a["mask"]
+    ),
+    ("log_probs",),
+  ),
+  # M C**3 = 216 > 100: exact for 2 picks, then sampled.
+  Row(
+    "batch_epig_sampled",
+    lambda a, b, key: alfx.batch_epig(
+      a["log_probs"],
+      a["target_log_probs"],
+      b,
+      key=key,
+      mask=a["mask"],
+      num_configurations=100,
+    ),
+    ("log_probs",),
+    random=True,
+  ),
+  Row(
+    "kepig2",
+    lambda a, b, key: alfx.kepig(
+      a["log_probs"], a["target_log_probs"], b, order=2, mask=a["mask"]
+    ),
+    ("log_probs",),
+  ),
 ]
 
 # --------------------------------------------------------------------------
@@ -201,35 +267,35 @@ ROWS = [
 #: `alfx.strategy_names()` must appear (test_conformance checks it).
 _LP, _EP = ("log_probs",), ("embeddings", "probs")
 STRATEGY_TRAITS = {
-    "random": (_LP, True, False, "random_batch"),
-    "bald": (_LP, False, False, None),
-    "entropy": (_LP, False, False, None),
-    "margin": (_LP, False, False, None),
-    "least-confidence": (_LP, False, False, None),
-    "variation-ratios": (_LP, False, False, None),
-    "mean-std": (_LP, False, False, None),
-    "powerbald": (_LP, True, False, "stochastic_batch_power"),
-    "softmaxbald": (_LP, True, False, "stochastic_batch_softmax"),
-    "softrankbald": (_LP, True, False, "stochastic_batch_softrank"),
-    "batchbald": (_LP, False, False, "batchbald"),
-    "kbald-2": (_LP, False, False, "kbald2"),
-    "kbald-3": (_LP, False, False, "kbald3"),
-    "kbald-dynamic": (_LP, False, True, "kbald_dynamic"),
-    "conservative-bald": (_LP, False, True, "conservative_bald"),
-    "bait-full": (_EP, False, False, "bait_full"),
-    "bait-topc": (_EP, False, False, "bait_topc"),
-    "bait-binary": (_EP, False, False, "bait_binary"),
-    "bait-diagonal": (_EP, False, False, "bait_diagonal"),
-    "badge": (_EP, True, False, "badge"),
-    "coreset": (("embeddings",), False, False, "coreset"),
-    "typiclust": (("embeddings",), True, False, "typiclust"),
-    # EPIG: the targets are pool rows drawn with the key, so every EPIG
-    # strategy is random.
-    "epig": (_LP, True, False, None),
-    "powerepig": (_LP, True, False, None),
-    "batch-epig": (_LP, True, False, "batch_epig"),
-    "kepig-2": (_LP, True, False, "kepig2"),
-    "kepig-3": (_LP, True, False, "kepig2"),
+  "random": (_LP, True, False, "random_batch"),
+  "bald": (_LP, False, False, None),
+  "entropy": (_LP, False, False, None),
+  "margin": (_LP, False, False, None),
+  "least-confidence": (_LP, False, False, None),
+  "variation-ratios": (_LP, False, False, None),
+  "mean-std": (_LP, False, False, None),
+  "powerbald": (_LP, True, False, "stochastic_batch_power"),
+  "softmaxbald": (_LP, True, False, "stochastic_batch_softmax"),
+  "softrankbald": (_LP, True, False, "stochastic_batch_softrank"),
+  "batchbald": (_LP, False, False, "batchbald"),
+  "kbald-2": (_LP, False, False, "kbald2"),
+  "kbald-3": (_LP, False, False, "kbald3"),
+  "kbald-dynamic": (_LP, False, True, "kbald_dynamic"),
+  "conservative-bald": (_LP, False, True, "conservative_bald"),
+  "bait-full": (_EP, False, False, "bait_full"),
+  "bait-topc": (_EP, False, False, "bait_topc"),
+  "bait-binary": (_EP, False, False, "bait_binary"),
+  "bait-diagonal": (_EP, False, False, "bait_diagonal"),
+  "badge": (_EP, True, False, "badge"),
+  "coreset": (("embeddings",), False, False, "coreset"),
+  "typiclust": (("embeddings",), True, False, "typiclust"),
+  # EPIG: the targets are pool rows drawn with the key, so every EPIG
+  # strategy is random.
+  "epig": (_LP, True, False, None),
+  "powerepig": (_LP, True, False, None),
+  "batch-epig": (_LP, True, False, "batch_epig"),
+  "kepig-2": (_LP, True, False, "kepig2"),
+  "kepig-3": (_LP, True, False, "kepig2"),
 }
 
 
@@ -237,19 +303,30 @@ def _strategy_row(name):
   # An unknown (newly registered) name still gets a row, with the weakest
   # traits; test_conformance asks for an entry in STRATEGY_TRAITS.
   needs, random, dynamic, twin = STRATEGY_TRAITS.get(
-      name, (FLOAT_ARRAYS, True, True, None))
+    name, (FLOAT_ARRAYS, True, True, None)
+  )
   strategy = alfx.get_strategy(name)
 
   def call(a, b, key):
     context = alfx.StrategyContext(
-        log_probs=a["log_probs"], embeddings=a["embeddings"],
-        probs=a["probs"], labeled=a["labeled"])
+      log_probs=a["log_probs"],
+      embeddings=a["embeddings"],
+      probs=a["probs"],
+      labeled=a["labeled"],
+    )
     return strategy(context, b, key=key, mask=a["mask"])
 
   # The context carries every array; a strategy reads those of `needs`.
-  return Row(f"strategy:{name}", call, needs, random=random, dynamic=dynamic,
-             reads_values=name != "random", twin=twin,
-             duplicates=name != "typiclust")
+  return Row(
+    f"strategy:{name}",
+    call,
+    needs,
+    random=random,
+    dynamic=dynamic,
+    reads_values=name != "random",
+    twin=twin,
+    duplicates=name != "typiclust",
+  )
 
 
 def all_rows():
@@ -270,8 +347,9 @@ def twin(j, n=N):
   return j - half if half <= j < 2 * half else None
 
 
-def make_inputs(row, seed_, *, n=N, k=K, c=C, d=D, dtype=np.float32,
-                selectable=None):
+def make_inputs(
+  row, seed_, *, n=N, k=K, c=C, d=D, dtype=np.float32, selectable=None
+):
   """NumPy inputs of ``row`` from ``seed_``.
 
   Rows ``n // 2 + i`` of every float array are exact copies of rows ``i``
@@ -293,14 +371,16 @@ def make_inputs(row, seed_, *, n=N, k=K, c=C, d=D, dtype=np.float32,
   logits = 2.5 * rng.standard_normal((n, k, c))
   log_probs = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
   probs_logits = 2.0 * rng.standard_normal((n, c))
-  probs = np.exp(probs_logits) / np.sum(np.exp(probs_logits), -1,
-                                        keepdims=True)
+  probs = np.exp(probs_logits) / np.sum(np.exp(probs_logits), -1, keepdims=True)
   target_logits = 2.5 * rng.standard_normal((M, k, c))
   a = dict(
-      log_probs=log_probs, utilities=rng.random(n),
-      embeddings=rng.standard_normal((n, d)) + 3.0, probs=probs,
-      target_log_probs=target_logits - np.log(np.sum(
-          np.exp(target_logits), -1, keepdims=True)))
+    log_probs=log_probs,
+    utilities=rng.random(n),
+    embeddings=rng.standard_normal((n, d)) + 3.0,
+    probs=probs,
+    target_log_probs=target_logits
+    - np.log(np.sum(np.exp(target_logits), -1, keepdims=True)),
+  )
   # Fixed counts (whatever the seed): n // 6 labelled points (at least
   # one), n // 8 further points masked out; mask selects half of the
   # labelled points (those must still never be picked).
@@ -309,12 +389,12 @@ def make_inputs(row, seed_, *, n=N, k=K, c=C, d=D, dtype=np.float32,
   labeled = np.zeros(n, bool)
   labeled[order[:n_labeled]] = True
   mask = np.ones(n, bool)
-  mask[order[n_labeled:n_labeled + n_out]] = False
+  mask[order[n_labeled : n_labeled + n_out]] = False
   mask[order[1:n_labeled:2]] = False
   if row.duplicates:
     half = n // 2
     for name in FLOAT_ARRAYS:
-      a[name][half:2 * half] = a[name][:half]
+      a[name][half : 2 * half] = a[name][:half]
   if selectable is not None:
     # The first `selectable` unlabelled points.
     free = np.flatnonzero(~labeled)[:selectable]

@@ -48,16 +48,23 @@ import sys
 import time
 import traceback
 
+
 def _parse():
   p = argparse.ArgumentParser()
   p.add_argument("mode", choices=("single", "devices4", "multiprocess"))
   p.add_argument("out")
-  p.add_argument("--rows", default="all",
-                 help="comma-separated row names, 'all' or '' (none)")
+  p.add_argument(
+    "--rows",
+    default="all",
+    help="comma-separated row names, 'all' or '' (none)",
+  )
   p.add_argument("--process-id", type=int, default=0)
   p.add_argument("--port", type=int, default=0)
-  p.add_argument("--extras", default="all",
-                 help="checks of sharded_public.CHECKS: names, 'all' or ''")
+  p.add_argument(
+    "--extras",
+    default="all",
+    help="checks of sharded_public.CHECKS: names, 'all' or ''",
+  )
   return p.parse_args()
 
 
@@ -70,18 +77,22 @@ if os.environ.get("ALFX_CONFORMANCE_FULL_OPT", "0") != "1":
   # it by ~30% (measured). What is compared is the partitioned program and
   # the eager multi-process layer, not the code generator; float semantics
   # stay (no fast math), and ALFX_CONFORMANCE_FULL_OPT=1 restores -O3.
-  _flags += ["--xla_backend_optimization_level=0",
-             "--xla_llvm_disable_expensive_passes=true"]
+  _flags += [
+    "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true",
+  ]
 if ARGS.mode == "devices4":
   # The compiled program of each eager call, to look for pool-sized gathers
   # without compiling anything twice.
-  _flags += [f"--xla_dump_to={_HLO_DIR}", "--xla_dump_hlo_as_text",
-             "--xla_dump_hlo_module_re=.*sharded.*"]
+  _flags += [
+    f"--xla_dump_to={_HLO_DIR}",
+    "--xla_dump_hlo_as_text",
+    "--xla_dump_hlo_module_re=.*sharded.*",
+  ]
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + _flags)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
-
 
 
 def _gloo_on_loopback():
@@ -100,12 +111,15 @@ def _gloo_on_loopback():
 
     def factory():
       return xla_bridge.make_cpu_client(
-          collectives=_jax.make_gloo_tcp_collectives(
-              distributed_client=distributed.global_state.client,
-              hostname="127.0.0.1"))
+        collectives=_jax.make_gloo_tcp_collectives(
+          distributed_client=distributed.global_state.client,
+          hostname="127.0.0.1",
+        )
+      )
 
-    xla_bridge.register_backend_factory("cpu", factory, priority=0,
-                                        fail_quietly=False)
+    xla_bridge.register_backend_factory(
+      "cpu", factory, priority=0, fail_quietly=False
+    )
   except (ImportError, AttributeError, TypeError) as e:
     print(f"gloo stays on its default address: {e!r}", file=sys.stderr)
 
@@ -117,15 +131,17 @@ if ARGS.mode == "multiprocess":
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   _gloo_on_loopback()
   jax.distributed.initialize(
-      coordinator_address=f"127.0.0.1:{ARGS.port}",
-      coordinator_bind_address=f"127.0.0.1:{ARGS.port}",
-      num_processes=2, process_id=ARGS.process_id,
-      initialization_timeout=120)
+    coordinator_address=f"127.0.0.1:{ARGS.port}",
+    coordinator_bind_address=f"127.0.0.1:{ARGS.port}",
+    num_processes=2,
+    process_id=ARGS.process_id,
+    initialization_timeout=120,
+  )
 
 from jax.experimental import multihost_utils  # noqa: E402
-import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
+import numpy as np  # noqa: E402
 
 import alfx  # noqa: E402
 from alfx._core import sharding as _sharding  # noqa: E402
@@ -139,8 +155,10 @@ N, B = cases.N, cases.B  # N = 203 needs padding on 2 and 4 devices
 
 def row_inputs(row):
   """The inputs of test_conformance's in-process eager run of ``row``."""
-  return (cases.make_inputs(row, cases.seed(row.name, "picks")),
-          jax.random.key(cases.seed(row.name, "picks", "key")))
+  return (
+    cases.make_inputs(row, cases.seed(row.name, "picks")),
+    jax.random.key(cases.seed(row.name, "picks", "key")),
+  )
 
 
 def pad_rows(x, n_pad):
@@ -175,9 +193,13 @@ def place(a, row):
   host = {k: pad_rows(v, n_pad) for k, v in a.items()}
   if row.in_pool:
     host["in_pool"] = np.arange(n_pad) < N
-  return {**{k: jax.make_array_from_process_local_data(sharding,
-                                                      v[lo:lo + rows])
-             for k, v in host.items()}, **replicated}, n_pad
+  return {
+    **{
+      k: jax.make_array_from_process_local_data(sharding, v[lo : lo + rows])
+      for k, v in host.items()
+    },
+    **replicated,
+  }, n_pad
 
 
 def fetch(x):
@@ -192,8 +214,9 @@ def fetch(x):
 def _hlo_files():
   if not os.path.isdir(_HLO_DIR):
     return set()
-  return {f for f in os.listdir(_HLO_DIR)
-          if f.endswith("after_optimizations.txt")}
+  return {
+    f for f in os.listdir(_HLO_DIR) if f.endswith("after_optimizations.txt")
+  }
 
 
 def _new_programs(seen, n_pad):
@@ -205,8 +228,10 @@ def _new_programs(seen, n_pad):
     with open(os.path.join(_HLO_DIR, f)) as fh:
       text = fh.read()
     programs += 1
-    collectives += sum(text.count(op) for op in (
-        "all-reduce(", "all-gather(", "collective-permute("))
+    collectives += sum(
+      text.count(op)
+      for op in ("all-reduce(", "all-gather(", "collective-permute(")
+    )
     found += [f"{f}: {line}" for line in _sharding.pool_gathers(text, n_pad)]
   for f in os.listdir(_HLO_DIR) if os.path.isdir(_HLO_DIR) else ():
     try:
@@ -254,10 +279,14 @@ def main():
     rows = [r for r in rows if r.name in wanted]
   run_rows(rows)
   from tests import sharded_public  # pylint: disable=g-import-not-at-top
+
   extras = sharded_public.run(
-      ARGS.mode, cases.seed("extras"),
-      None if ARGS.extras == "all" else
-      tuple(filter(None, ARGS.extras.split(","))))
+    ARGS.mode,
+    cases.seed("extras"),
+    None
+    if ARGS.extras == "all"
+    else tuple(filter(None, ARGS.extras.split(","))),
+  )
   if WRITER:
     with open(os.path.join(ARGS.out, "extras.json"), "w") as fh:
       json.dump(extras, fh)

@@ -15,7 +15,3 @@ def rng(request):
 
 def pytest_report_header(config):
   return f"alfx test inputs: ALFX_TEST_SEED={BASE_SEED}"
-
-
-def pytest_report_header(config):
-  return f"alfx test inputs: ALFX_TEST_SEED={BASE_SEED}"

@@ -31,6 +31,7 @@ def _on_duration(event, duration_secs, **kwargs):
 
 def _register_compile_listener():
   import jax  # pylint: disable=import-outside-toplevel
+
   jax.monitoring.register_event_duration_secs_listener(_on_duration)
 
 
@@ -51,7 +52,7 @@ class compile_log:  # pylint: disable=invalid-name
     return self
 
   def __exit__(self, *exc):
-    self.names = _COMPILES[self._start:]
+    self.names = _COMPILES[self._start :]
 
 
 #: Significance level of the statistical tests: a correct sampler fails one
@@ -94,8 +95,6 @@ def count_rows(rows):
   return out
 
 
-
-
 # ----------------------------------------------------------------------------
 # Flax models and data shared by test_nn.py and test_loop.py. Flax is
 # imported on first use: conftest imports this module in every test process.
@@ -107,6 +106,7 @@ def _mlp_class():
 
   class MLP(nn.Module):
     """x -> relu(Dense) -> [Dropout] -> Dense head (named ``head``)."""
+
     hidden: int = 6
     classes: int = 4
     rate: float = 0.0
@@ -129,9 +129,14 @@ def mlp(hidden: int = 6, classes: int = 4, rate: float = 0.0):
 @functools.cache
 def _ensemble_init(model, num_members: int):
   import jax  # pylint: disable=import-outside-toplevel
+
   import alfx  # pylint: disable=import-outside-toplevel
-  return jax.jit(lambda key, x: alfx.init_ensemble(
-      lambda k: model.init(k, x), num_members, key=key))
+
+  return jax.jit(
+    lambda key, x: alfx.init_ensemble(
+      lambda k: model.init(k, x), num_members, key=key
+    )
+  )
 
 
 def ensemble_params(model, x, num_members: int, key):
@@ -140,11 +145,13 @@ def ensemble_params(model, x, num_members: int, key):
   return _ensemble_init(model, num_members)(key, x[:1])
 
 
-def blobs(rng, n: int, d: int, classes: int = 3, spread: float = 4.0,
-          noise: float = 0.3):
+def blobs(
+  rng, n: int, d: int, classes: int = 3, spread: float = 4.0, noise: float = 0.3
+):
   """Gaussian blobs: ``(float32 x[n, d], int32 y[n])``, ``classes`` centres
   of scale ``spread``, points ``noise`` around them."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   y = rng.integers(0, classes, n)
   centres = spread * rng.standard_normal((classes, d))
   x = centres[y] + noise * rng.standard_normal((n, d))

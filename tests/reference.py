@@ -42,8 +42,9 @@ def joint_distribution(log_probs):
   b, k, c = p.shape
   joint = np.zeros((c,) * b)
   for config in itertools.product(range(c), repeat=b):
-    joint[config] = np.mean([np.prod([p[i, s, config[i]] for i in range(b)])
-                             for s in range(k)])
+    joint[config] = np.mean(
+      [np.prod([p[i, s, config[i]] for i in range(b)]) for s in range(k)]
+    )
   return joint
 
 
@@ -58,8 +59,9 @@ def mutual_information(log_probs_a, log_probs_b):
   for i in range(len(a)):
     for j in range(len(b)):
       pair = np.stack([a[i], b[j]])
-      out[i, j] = (joint_entropy(pair[:1]) + joint_entropy(pair[1:])
-                   - joint_entropy(pair))
+      out[i, j] = (
+        joint_entropy(pair[:1]) + joint_entropy(pair[1:]) - joint_entropy(pair)
+      )
   return out
 
 
@@ -67,11 +69,15 @@ def subset_entropies(log_probs):
   """{subset tuple: H[Y_subset]} for every non-empty subset."""
   lp = np.asarray(log_probs, np.float64)
   b = len(lp)
-  return {s: joint_entropy(lp[list(s)])
-          for r in range(1, b + 1) for s in itertools.combinations(range(b), r)}
+  return {
+    s: joint_entropy(lp[list(s)])
+    for r in range(1, b + 1)
+    for s in itertools.combinations(range(b), r)
+  }
 
 
 def co_information(log_probs):
   """Sum over non-empty subsets U of (-1)**(|U|+1) H[Y_U]."""
-  return sum((-1)**(len(s) + 1) * h
-             for s, h in subset_entropies(log_probs).items())
+  return sum(
+    (-1) ** (len(s) + 1) * h for s, h in subset_entropies(log_probs).items()
+  )

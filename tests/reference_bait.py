@@ -20,8 +20,9 @@ from alfx.bait_family import _pool_fisher
 KINDS = ("full", "topc", "binary", "diagonal")
 
 
-def random_problem(rng, n, d, c, *, scale=2.0, labeled_fraction=0.2,
-                   embedding_scale=1.0):
+def random_problem(
+  rng, n, d, c, *, scale=2.0, labeled_fraction=0.2, embedding_scale=1.0
+):
   """float64 embeddings [n, d], probs [n, c] and a labelled mask [n]."""
   emb = embedding_scale * rng.standard_normal((n, d))
   logits = scale * rng.standard_normal((n, c))
@@ -47,8 +48,10 @@ def fisher_factor_matrix(h, p, kind, top_c=2):
   elif kind == "topc":
     top = top_classes(p, top_c)
     p_hat = p[top] / p[top].sum()
-    cols = [np.kron(np.sqrt(p_hat[i]) * (np.eye(c)[k] - p), h)
-            for i, k in enumerate(top)]
+    cols = [
+      np.kron(np.sqrt(p_hat[i]) * (np.eye(c)[k] - p), h)
+      for i, k in enumerate(top)
+    ]
   elif kind == "binary":
     p_max = p.max()
     cols = [np.sqrt(p_max * (1 - p_max)) * h]
@@ -67,12 +70,23 @@ def fisher_matrix(h, p, kind, top_c=2):
 
 
 def fisher_matrices(emb, probs, kind, top_c=2):
-  return np.stack([fisher_matrix(h, p, kind, top_c)
-                   for h, p in zip(emb, probs)])
+  return np.stack(
+    [fisher_matrix(h, p, kind, top_c) for h, p in zip(emb, probs)]
+  )
 
 
-def bait(emb, probs, labeled, batch_size, *, kind="full", top_c=2, lam=1.0,
-         oversample=2, mask=None):
+def bait(
+  emb,
+  probs,
+  labeled,
+  batch_size,
+  *,
+  kind="full",
+  top_c=2,
+  lam=1.0,
+  oversample=2,
+  mask=None,
+):
   """BAIT's greedy forward-backward selection, verbatim.
 
   Returns:
@@ -122,21 +136,28 @@ def bait(emb, probs, labeled, batch_size, *, kind="full", top_c=2, lam=1.0,
     m = m - s2 * fishers[picks[drop]]
     kept.remove(drop)
     dropped.append(picks[drop])
-  return dict(indices=np.array([picks[k] for k in kept], np.int64),
-              scores=np.array([gains[k] for k in kept]),
-              forward=np.array(forward, np.int64),
-              dropped=np.array(dropped, np.int64), M_final=m, M0=m0,
-              F=big_f)
+  return dict(
+    indices=np.array([picks[k] for k in kept], np.int64),
+    scores=np.array([gains[k] for k in kept]),
+    forward=np.array(forward, np.int64),
+    dropped=np.array(dropped, np.int64),
+    M_final=m,
+    M0=m0,
+    F=big_f,
+  )
 
 
 def reference_values(m, big_f, fishers, s2, candidates, sign):
   """Forward (sign=+1): the trace reduction; backward (sign=-1): minus the
   increase of tr(M^-1 F) on removal. Larger is better in both."""
   base = np.trace(np.linalg.solve(m, big_f))
-  return np.array([
-      sign * (base - np.trace(np.linalg.solve(m + sign * s2 * fishers[i],
-                                              big_f)))
-      for i in candidates])
+  return np.array(
+    [
+      sign
+      * (base - np.trace(np.linalg.solve(m + sign * s2 * fishers[i], big_f)))
+      for i in candidates
+    ]
+  )
 
 
 def parameter_basis(center, kind, method, c):
@@ -164,8 +185,9 @@ def parameter_basis(center, kind, method, c):
 
 def dense_x(emb, probs, kind, s2, top_c=2):
   """X_n = s V_n as dense [N, d, r] (reference factors)."""
-  return np.sqrt(s2) * np.stack([fisher_factor_matrix(h, p, kind, top_c)
-                                 for h, p in zip(emb, probs)])
+  return np.sqrt(s2) * np.stack(
+    [fisher_factor_matrix(h, p, kind, top_c) for h, p in zip(emb, probs)]
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -173,35 +195,62 @@ def dense_x(emb, probs, kind, s2, top_c=2):
 # the suite compiles each path only a handful of times (values vary freely).
 
 # (fisher, method): every path of the implementation.
-PATHS = [("full", "dense"), ("full", "structured"), ("topc", "dense"),
-         ("topc", "structured"), ("binary", "dense"), ("diagonal", "auto")]
+PATHS = [
+  ("full", "dense"),
+  ("full", "structured"),
+  ("topc", "dense"),
+  ("topc", "structured"),
+  ("binary", "dense"),
+  ("diagonal", "auto"),
+]
 PATH_IDS = [f"{k}-{m}" for k, m in PATHS]
 N, D, C, B = 96, 5, 4, 3  # the shared shape: d = 20
 CAP = 64  # static labelled capacity of the structured path in these tests
 # One representative path per kind, for the variants that need a compile each.
-PER_KIND = [("full", "dense"), ("topc", "structured"), ("binary", "dense"),
-            ("diagonal", "auto")]
+PER_KIND = [
+  ("full", "dense"),
+  ("topc", "structured"),
+  ("binary", "dense"),
+  ("diagonal", "auto"),
+]
 PER_KIND_IDS = [f"{k}-{m}" for k, m in PER_KIND]
 
 
 def problem(rng, n=N, dim=D, c=C, labeled_fraction=0.2, **kw):
   """`random_problem` at the shared shape by default."""
-  return random_problem(rng, n, dim, c, labeled_fraction=labeled_fraction,
-                        **kw)
+  return random_problem(rng, n, dim, c, labeled_fraction=labeled_fraction, **kw)
 
 
 def run(emb, probs, labeled, b, kind, method, dtype, **kw):
   """`alfx.bait_family` on ``dtype`` inputs, as NumPy (structured: capacity CAP)."""
   if method == "structured":
     kw.setdefault("labeled_capacity", CAP)
-  sel = alfx.bait(jnp.asarray(emb, dtype), jnp.asarray(probs, dtype),
-                  b, labeled=jnp.asarray(labeled), fisher=kind, method=method,
-                  **kw)
+  sel = alfx.bait(
+    jnp.asarray(emb, dtype),
+    jnp.asarray(probs, dtype),
+    b,
+    labeled=jnp.asarray(labeled),
+    fisher=kind,
+    method=method,
+    **kw,
+  )
   return jax.tree.map(np.asarray, sel)
 
 
-def state(emb, probs, labeled, b, kind, method, *, lam=1.0, oversample=2,
-          top_c=2, capacity=None, mask=None):
+def state(
+  emb,
+  probs,
+  labeled,
+  b,
+  kind,
+  method,
+  *,
+  lam=1.0,
+  oversample=2,
+  top_c=2,
+  capacity=None,
+  mask=None,
+):
   """The private state hook: (Selection, per-point U/W and the history)."""
   emb = jnp.asarray(emb)
   probs = jnp.asarray(probs)
@@ -211,9 +260,25 @@ def state(emb, probs, labeled, b, kind, method, *, lam=1.0, oversample=2,
     capacity = CAP
   top_c = top_c if kind == "topc" else 1
   method = _checks.resolve_method(method, kind, probs.shape[1], emb.shape[1])
-  stats = _pool_fisher.pool_fisher_core(emb, probs, None, kind, top_c, method,
-                                        None)
-  sel, st = _bait._bait(emb, probs, labeled, mask, lam, stats, None,
-                        stats.quad, b, kind, top_c, oversample, method, None,
-                        capacity, with_state=True)
+  stats = _pool_fisher.pool_fisher_core(
+    emb, probs, None, kind, top_c, method, None
+  )
+  sel, st = _bait._bait(
+    emb,
+    probs,
+    labeled,
+    mask,
+    lam,
+    stats,
+    None,
+    stats.quad,
+    b,
+    kind,
+    top_c,
+    oversample,
+    method,
+    None,
+    capacity,
+    with_state=True,
+  )
   return jax.tree.map(np.asarray, sel), jax.tree.map(np.asarray, st)

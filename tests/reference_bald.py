@@ -34,8 +34,9 @@ class Pool:
   def __init__(self, log_probs):
     self.lp = np.asarray(log_probs, np.float64)
     p = np.exp(self.lp)
-    self.cond = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(
-        -1).mean(-1)  # E_k H[Y_n | omega_k], [N]
+    self.cond = (
+      -np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(-1).mean(-1)
+    )  # E_k H[Y_n | omega_k], [N]
     self._cache = {}
 
   def h(self, subset) -> float:
@@ -58,8 +59,11 @@ class Pool:
   def co_information(self, subset) -> float:
     """sum over non-empty V subset U of (-1)**(|V|+1) H[Y_V]."""
     subset = list(subset)
-    return sum((-1)**(r + 1) * self.h(v) for r in range(1, len(subset) + 1)
-               for v in itertools.combinations(subset, r))
+    return sum(
+      (-1) ** (r + 1) * self.h(v)
+      for r in range(1, len(subset) + 1)
+      for v in itertools.combinations(subset, r)
+    )
 
   def pair_mi(self, a, b) -> float:
     return self.h([a]) + self.h([b]) - self.h([a, b])
@@ -90,9 +94,9 @@ def assert_greedy_matches(sel, gain_fn, n, mask=None, atol=2e-5):
   """
   available = np.ones(n, bool) if mask is None else np.array(mask, bool)
   picks = []
-  for index, score, valid in zip(np.asarray(sel.indices),
-                                 np.asarray(sel.scores),
-                                 np.asarray(sel.valid)):
+  for index, score, valid in zip(
+    np.asarray(sel.indices), np.asarray(sel.scores), np.asarray(sel.valid)
+  ):
     assert valid
     candidates = np.flatnonzero(available)
     gains = np.array([gain_fn(picks, int(i)) for i in candidates])
@@ -115,8 +119,9 @@ def bald_scores(log_probs):
 def batchbald_greedy(log_probs, batch_size, mask=None):
   """Greedy BatchBALD: gain = I[Y_{S+n}; Omega] - I[Y_S; Omega], enumerated."""
   pool = Pool(log_probs)
-  return greedy(len(pool.lp), batch_size, mask,
-                lambda s, n: pool.mi(s + [n]) - pool.mi(s))
+  return greedy(
+    len(pool.lp), batch_size, mask, lambda s, n: pool.mi(s + [n]) - pool.mi(s)
+  )
 
 
 def kbald_gain(pool, picks, n, order) -> float:
@@ -124,14 +129,15 @@ def kbald_gain(pool, picks, n, order) -> float:
   gain = pool.bald(n)
   for r in range(1, min(order - 1, len(picks)) + 1):
     for t in itertools.combinations(picks, r):
-      gain += (-1)**r * pool.co_information(list(t) + [n])
+      gain += (-1) ** r * pool.co_information(list(t) + [n])
   return gain
 
 
 def kbald_greedy(log_probs, batch_size, order, mask=None):
   pool = Pool(log_probs)
-  return greedy(len(pool.lp), batch_size, mask,
-                lambda s, n: kbald_gain(pool, s, n, order))
+  return greedy(
+    len(pool.lp), batch_size, mask, lambda s, n: kbald_gain(pool, s, n, order)
+  )
 
 
 def kbald_value(pool, batch, order) -> float:
@@ -139,7 +145,7 @@ def kbald_value(pool, batch, order) -> float:
   value = sum(pool.bald(i) for i in batch)
   for r in range(2, min(order, len(batch)) + 1):
     for u in itertools.combinations(batch, r):
-      value += (-1)**(r + 1) * pool.co_information(u)
+      value += (-1) ** (r + 1) * pool.co_information(u)
   return value
 
 
@@ -169,12 +175,16 @@ def kbald_dynamic_reference(log_probs, max_batch_size, tolerance, mask=None):
     available[j] = False
   m = len(picks)
   pad = max_batch_size - m
-  return (np.array(picks + [0] * pad), np.array(gains + [0.0] * pad),
-          np.array([True] * m + [False] * pad))
+  return (
+    np.array(picks + [0] * pad),
+    np.array(gains + [0.0] * pad),
+    np.array([True] * m + [False] * pad),
+  )
 
 
-def conservative_reference(log_probs, max_batch_size, threshold, budget=None,
-                           mask=None):
+def conservative_reference(
+  log_probs, max_batch_size, threshold, budget=None, mask=None
+):
   """Top BALD, dropping n with I[Y_n; Y_j] > threshold; pairwise TC budget."""
   pool = Pool(log_probs)
   n = len(pool.lp)
@@ -199,8 +209,11 @@ def conservative_reference(log_probs, max_batch_size, threshold, budget=None,
         available[i] = False
   m = len(picks)
   pad = max_batch_size - m
-  return (np.array(picks + [0] * pad), np.array(scores + [0.0] * pad),
-          np.array([True] * m + [False] * pad))
+  return (
+    np.array(picks + [0] * pad),
+    np.array(scores + [0.0] * pad),
+    np.array([True] * m + [False] * pad),
+  )
 
 
 def batch_mutual_information(log_probs, indices) -> float:

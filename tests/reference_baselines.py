@@ -63,7 +63,7 @@ def stochastic_weights(utilities, mode, beta, mask):
     order = sorted(np.flatnonzero(mask), key=lambda i: (-s[i], i))
     rank = np.zeros(len(s))
     rank[order] = np.arange(1, len(order) + 1)
-    w = np.where(mask, np.where(mask, rank, 1.0)**-beta, 0.0)
+    w = np.where(mask, np.where(mask, rank, 1.0) ** -beta, 0.0)
   return np.where(mask, w, 0.0)
 
 
@@ -96,7 +96,7 @@ def badge_embeddings(embeddings, probs):
 def sq_dists(x, y):
   """Dense [len(x), len(y)] squared distances, by differences."""
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  return ((x[:, None, :] - y[None, :, :])**2).sum(-1)
+  return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
 
 
 def badge_sequence_probabilities(embeddings, probs, mask, length):
@@ -108,7 +108,8 @@ def badge_sequence_probabilities(embeddings, probs, mask, length):
   first = int(np.argmax(norms))
   out = {}
   for rest in itertools.permutations(
-      [i for i in np.flatnonzero(mask) if i != first], length - 1):
+    [i for i in np.flatnonzero(mask) if i != first], length - 1
+  ):
     picks, p = [first], 1.0
     for i in rest:
       w = np.where(mask, d2[:, picks].min(1), 0.0)
@@ -187,22 +188,30 @@ def typicality(x_members, k_nn):
   return 1 / (mean + 1e-5)
 
 
-def typiclust_select(x, labels, labeled, selectable, b, n_clusters, k_nn,
-                     min_cluster_size):
+def typiclust_select(
+  x, labels, labeled, selectable, b, n_clusters, k_nn, min_cluster_size
+):
   """TypiClust's selection given cluster labels (n_clusters = outside)."""
   labels = np.asarray(labels)
   labeled = np.asarray(labeled, bool)
   candidates = np.asarray(selectable, bool).copy()
   sizes = np.array([(labels == c).sum() for c in range(n_clusters)])
-  covered = np.array([(labeled & (labels == c)).sum()
-                      for c in range(n_clusters)])
+  covered = np.array(
+    [(labeled & (labels == c)).sum() for c in range(n_clusters)]
+  )
   picks, scores = [], []
   for _ in range(b):
     open_ = [c for c in range(n_clusters) if (candidates & (labels == c)).any()]
-    c = min(open_, key=lambda c: (sizes[c] <= min_cluster_size
-                                  and any(sizes[o] > min_cluster_size
-                                          for o in open_),
-                                  covered[c], -sizes[c], c))
+    c = min(
+      open_,
+      key=lambda c: (
+        sizes[c] <= min_cluster_size
+        and any(sizes[o] > min_cluster_size for o in open_),
+        covered[c],
+        -sizes[c],
+        c,
+      ),
+    )
     members = np.flatnonzero(candidates & (labels == c))
     typ = typicality(np.asarray(x)[members], k_nn)
     j = int(np.argmax(typ))

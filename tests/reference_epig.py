@@ -50,8 +50,11 @@ class Problem:
   def objective(self, subset) -> float:
     """``mean_m I[Y_S; Y*_m] = mean_m H[Y_S] + H[Y*_m] - H[Y_S, Y*_m]``."""
     m = len(self.tlp)
-    return float(np.mean([self.h(subset) + self.h([], t) - self.h(subset, t)
-                          for t in range(m)]))
+    return float(
+      np.mean(
+        [self.h(subset) + self.h([], t) - self.h(subset, t) for t in range(m)]
+      )
+    )
 
   def epig(self, n) -> float:
     return self.objective([n])
@@ -66,21 +69,24 @@ class Problem:
       for u in itertools.combinations(variables, r):
         pool = [i for kind, i in u if kind == "pool"]
         with_target = any(kind == "target" for kind, _ in u)
-        total += (-1)**(r + 1) * self.h(pool, target if with_target else None)
+        total += (-1) ** (r + 1) * self.h(pool, target if with_target else None)
     return total
 
   def mean_co_information(self, subset) -> float:
-    return float(np.mean([self.co_information(subset, t)
-                          for t in range(len(self.tlp))]))
+    return float(
+      np.mean([self.co_information(subset, t) for t in range(len(self.tlp))])
+    )
 
   def inclusion_exclusion(self, subset, order=None) -> float:
     """``sum_{non-empty T subset S, |T| <= order} (-1)**(|T|+1)
     mean_m I(Y_T; Y*_m)`` (the full identity when ``order`` is None)."""
     subset = list(subset)
     order = len(subset) if order is None else order
-    return sum((-1)**(r + 1) * self.mean_co_information(t)
-               for r in range(1, min(order, len(subset)) + 1)
-               for t in itertools.combinations(subset, r))
+    return sum(
+      (-1) ** (r + 1) * self.mean_co_information(t)
+      for r in range(1, min(order, len(subset)) + 1)
+      for t in itertools.combinations(subset, r)
+    )
 
 
 def epig_scores(log_probs, target_log_probs):
@@ -92,7 +98,7 @@ def bald_scores(log_probs):
   """``I[Y_n; Omega] = H[mean_k p_k] - mean_k H[p_k]``."""
   p = np.exp(np.asarray(log_probs, np.float64))
   mean = p.mean(1)
-  h = lambda q: -np.where(q > 0, q * np.log(np.where(q > 0, q, 1)), 0).sum(-1)  # noqa: E731
+  h = lambda q: -np.where(q > 0, q * np.log(np.where(q > 0, q, 1)), 0).sum(-1)
   return h(mean) - h(p).mean(1)
 
 
@@ -103,18 +109,28 @@ def batch_epig_gain(problem, picks, n) -> float:
 
 def kepig_gain(problem, picks, n, order) -> float:
   """``sum_{T subset S, |T| <= order-1} (-1)**|T| mean_m I(Y_T, Y_n; Y*_m)``."""
-  return sum((-1)**r * problem.mean_co_information(list(t) + [n])
-             for r in range(0, min(order - 1, len(picks)) + 1)
-             for t in itertools.combinations(picks, r))
+  return sum(
+    (-1) ** r * problem.mean_co_information(list(t) + [n])
+    for r in range(0, min(order - 1, len(picks)) + 1)
+    for t in itertools.combinations(picks, r)
+  )
 
 
 def batch_epig_greedy(log_probs, target_log_probs, batch_size, mask=None):
   problem = Problem(log_probs, target_log_probs)
-  return greedy(len(problem.lp), batch_size, mask,
-                lambda s, n: batch_epig_gain(problem, s, n))
+  return greedy(
+    len(problem.lp),
+    batch_size,
+    mask,
+    lambda s, n: batch_epig_gain(problem, s, n),
+  )
 
 
 def kepig_greedy(log_probs, target_log_probs, batch_size, order, mask=None):
   problem = Problem(log_probs, target_log_probs)
-  return greedy(len(problem.lp), batch_size, mask,
-                lambda s, n: kepig_gain(problem, s, n, order))
+  return greedy(
+    len(problem.lp),
+    batch_size,
+    mask,
+    lambda s, n: kepig_gain(problem, s, n, order),
+  )

@@ -30,13 +30,13 @@ import traceback
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 import alfx
-from alfx.bait_family import _bait
 from alfx._core import sharding as _sharding
+from alfx.bait_family import _bait
 
 N, K, C, D, B = 203, 5, 3, 6, 4
 
@@ -65,11 +65,15 @@ def rel_diff(single, sharded):
 
 def _inputs(seed):
   rng = np.random.default_rng(seed)
-  lp = np.asarray(jax.nn.log_softmax(
-      jnp.asarray(2.5 * rng.standard_normal((N, K, C)), jnp.float32)))
+  lp = np.asarray(
+    jax.nn.log_softmax(
+      jnp.asarray(2.5 * rng.standard_normal((N, K, C)), jnp.float32)
+    )
+  )
   emb = np.asarray(rng.standard_normal((N, D)) + 3.0, np.float32)
-  probs = np.asarray(jax.nn.softmax(
-      jnp.asarray(2 * rng.standard_normal((N, C)), jnp.float32)))
+  probs = np.asarray(
+    jax.nn.softmax(jnp.asarray(2 * rng.standard_normal((N, C)), jnp.float32))
+  )
   labeled = rng.random(N) < 0.1
   mask = (rng.random(N) < 0.9) & ~labeled
   x = np.asarray(rng.standard_normal((N, 5)), np.float32)
@@ -82,8 +86,9 @@ def _guard(fn):
     out = fn()
   except Exception as e:  # pylint: disable=broad-except
     out = {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
-  print(f"extras: {time.perf_counter() - start:.1f}s", file=sys.stderr,
-        flush=True)
+  print(
+    f"extras: {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True
+  )
   return out
 
 
@@ -92,18 +97,25 @@ def check_shard_pool(lp, emb, probs, labeled, mask):
   s_lp, _, _, s_labeled, s_mask = pool.arrays
   n_pad = s_lp.shape[0]
   return dict(
-      n=pool.n, n_pad=n_pad,
-      specs=[spec_of(a) for a in pool.arrays + (pool.in_pool,)],
-      in_pool=np.asarray(pool.in_pool).tolist(),
-      prefix_equal=all(
-          bool(np.array_equal(np.asarray(a)[:N], np.asarray(b)))
-          for a, b in zip(pool.arrays, (lp, emb, probs, labeled, mask))),
-      pad_float_is_last_row=bool(np.array_equal(
-          np.asarray(s_lp)[N:], np.asarray(lp)[-1:].repeat(n_pad - N, 0))),
-      pad_bool_false=bool(not np.asarray(s_mask)[N:].any()
-                          and not np.asarray(s_labeled)[N:].any()),
-      shard_rows=[int(s.data.shape[0]) for s in s_lp.addressable_shards],
-      devices=len({s.device for s in s_lp.addressable_shards}))
+    n=pool.n,
+    n_pad=n_pad,
+    specs=[spec_of(a) for a in pool.arrays + (pool.in_pool,)],
+    in_pool=np.asarray(pool.in_pool).tolist(),
+    prefix_equal=all(
+      bool(np.array_equal(np.asarray(a)[:N], np.asarray(b)))
+      for a, b in zip(pool.arrays, (lp, emb, probs, labeled, mask))
+    ),
+    pad_float_is_last_row=bool(
+      np.array_equal(
+        np.asarray(s_lp)[N:], np.asarray(lp)[-1:].repeat(n_pad - N, 0)
+      )
+    ),
+    pad_bool_false=bool(
+      not np.asarray(s_mask)[N:].any() and not np.asarray(s_labeled)[N:].any()
+    ),
+    shard_rows=[int(s.data.shape[0]) for s in s_lp.addressable_shards],
+    devices=len({s.device for s in s_lp.addressable_shards}),
+  )
 
 
 def check_controls(lp):
@@ -113,21 +125,24 @@ def check_controls(lp):
   (s_lp,) = pool.arrays
   n_pad = s_lp.shape[0]
   # A replicated output of a computation on the split pool: XLA gathers it.
-  gather = jax.jit(lambda x: x * 2,
-                   out_shardings=NamedSharding(pool.mesh, P()))
-  found = bool(_sharding.pool_gathers(gather.lower(s_lp).compile().as_text(),
-                                      n_pad))
+  gather = jax.jit(lambda x: x * 2, out_shardings=NamedSharding(pool.mesh, P()))
+  found = bool(
+    _sharding.pool_gathers(gather.lower(s_lp).compile().as_text(), n_pad)
+  )
   # The last row certain for every sample but disagreeing across samples:
   # the highest BALD score; its padding copy ties with it.
-  best = np.asarray(np.log(np.eye(C)[np.arange(K) % C] * 0.98 + 0.02 / C),
-                    np.float32)
+  best = np.asarray(
+    np.log(np.eye(C)[np.arange(K) % C] * 0.98 + 0.02 / C), np.float32
+  )
   last_best = np.asarray(lp).copy()
   last_best[N - 1] = best
   (padded,) = alfx.shard_pool(last_best).arrays
-  picks_padding = bool(np.any(np.asarray(
-      alfx.topk_bald(padded, 2).indices) >= N))
-  return dict(detector_finds_gather=found,
-              mask_none_picks_padding=picks_padding)
+  picks_padding = bool(
+    np.any(np.asarray(alfx.topk_bald(padded, 2).indices) >= N)
+  )
+  return dict(
+    detector_finds_gather=found, mask_none_picks_padding=picks_padding
+  )
 
 
 def check_bait_state(emb, probs, labeled, mask):
@@ -145,46 +160,74 @@ def check_bait_state(emb, probs, labeled, mask):
   core = _bait._bait.core
   chunk_size = _bait._check_chunk_size(None)
   out = {}
-  for fisher, method, capacity in (("full", "dense", None),
-                                   ("full", "structured", 32),
-                                   ("topc", "structured", 32)):
+  for fisher, method, capacity in (
+    ("full", "dense", None),
+    ("full", "structured", 32),
+    ("topc", "structured", 32),
+  ):
     top_c = 2 if fisher == "topc" else 1
-    static = dict(batch_size=B, kind=fisher, top_c=top_c, oversample=2,
-                  method=method, chunk_size=chunk_size, capacity=capacity,
-                  with_state=True)
-    stats = alfx.pool_fisher(emb, probs, fisher=fisher, top_c=top_c,
-                             method=method)
-    s_stats = alfx.pool_fisher(s_emb, s_probs, fisher=fisher, top_c=top_c,
-                               method=method, in_pool=pool.in_pool)
+    static = dict(
+      batch_size=B,
+      kind=fisher,
+      top_c=top_c,
+      oversample=2,
+      method=method,
+      chunk_size=chunk_size,
+      capacity=capacity,
+      with_state=True,
+    )
+    stats = alfx.pool_fisher(
+      emb, probs, fisher=fisher, top_c=top_c, method=method
+    )
+    s_stats = alfx.pool_fisher(
+      s_emb,
+      s_probs,
+      fisher=fisher,
+      top_c=top_c,
+      method=method,
+      in_pool=pool.in_pool,
+    )
     field = "quad" if fisher == "topc" else "blocks"
     want, got = getattr(stats, field), getattr(s_stats, field)
     # As bait passes them: F replicated without its per-point quad, which
     # travels with the pool.
     rep = dataclasses.replace(stats, quad=None)
     s_rep = dataclasses.replace(s_stats, quad=None)
-    _, state = jax.jit(lambda e, p, l, m, f, q: core(
-        e, p, l, m, 1.0, f, None, q, **static))(emb, probs, labeled, mask,
-                                                rep, stats.quad)
+    _, state = jax.jit(
+      lambda e, p, l, m, f, q: core(e, p, l, m, 1.0, f, None, q, **static)
+    )(emb, probs, labeled, mask, rep, stats.quad)
     specs = {k: P("pool") if k in per_point else P() for k in state}
     split = P("pool")
     quad_spec = None if s_stats.quad is None else split
-    run = jax.jit(jax.shard_map(
-        lambda e, p, l, m, f, ip, q: core(e, p, l, m, 1.0, f, ip, q,
-                                          axis_name="pool", **static),
-        mesh=pool.mesh, in_specs=(split,) * 4 + (P(), split, quad_spec),
-        out_specs=(P(), specs), check_vma=False))
-    _, s_state = run(s_emb, s_probs, s_labeled, s_mask, s_rep, pool.in_pool,
-                     s_stats.quad)
+    run = jax.jit(
+      jax.shard_map(
+        lambda e, p, l, m, f, ip, q: core(
+          e, p, l, m, 1.0, f, ip, q, axis_name="pool", **static
+        ),
+        mesh=pool.mesh,
+        in_specs=(split,) * 4 + (P(), split, quad_spec),
+        out_specs=(P(), specs),
+        check_vma=False,
+      )
+    )
+    _, s_state = run(
+      s_emb, s_probs, s_labeled, s_mask, s_rep, pool.in_pool, s_stats.quad
+    )
     out[f"{fisher}_{method}"] = dict(
-        fisher_field=field,
-        fisher_diff=(rel_diff(want, got) if field == "quad" else float(
-            jnp.max(jnp.abs(want - got)) / jnp.max(jnp.abs(want)))),
-        fisher_spec=spec_of(got),
-        specs={k: spec_of(s_state[k]) for k in per_point},
-        shard_rows=[int(s.data.shape[0]) for s in
-                    s_state["u"].addressable_shards],
-        u_diff=rel_diff(state["u"], s_state["u"]),
-        w_diff=rel_diff(state["w"], s_state["w"]))
+      fisher_field=field,
+      fisher_diff=(
+        rel_diff(want, got)
+        if field == "quad"
+        else float(jnp.max(jnp.abs(want - got)) / jnp.max(jnp.abs(want)))
+      ),
+      fisher_spec=spec_of(got),
+      specs={k: spec_of(s_state[k]) for k in per_point},
+      shard_rows=[
+        int(s.data.shape[0]) for s in s_state["u"].addressable_shards
+      ],
+      u_diff=rel_diff(state["u"], s_state["u"]),
+      w_diff=rel_diff(state["w"], s_state["w"]),
+    )
   return out
 
 
@@ -192,7 +235,6 @@ def _mlp():
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
 
   class MLP(nn.Module):
-
     @nn.compact
     def __call__(self, x, train: bool = False):
       h = nn.relu(nn.Dense(8)(x))
@@ -210,22 +252,25 @@ def check_flax(x, sharded_x):
   x = jnp.asarray(x)
   # One compiled init (eager linen init dispatches op by op: seconds).
   params = jax.jit(jax.vmap(lambda k: model.init(k, x[:1])))(
-      jax.random.split(jax.random.key(1), K))
+    jax.random.split(jax.random.key(1), K)
+  )
   one = jax.tree.map(lambda a: a[0], params)
   out = {}
   for name, predict in {
-      "ensemble": lambda xs: alfx.ensemble_predictions(
-          forward, params, xs, chunk_size=16),
-      "mc_dropout": lambda xs: alfx.mc_dropout_predictions(
-          forward, one, xs, key=jax.random.key(2), num_samples=K,
-          chunk_size=16),
+    "ensemble": lambda xs: alfx.ensemble_predictions(
+      forward, params, xs, chunk_size=16
+    ),
+    "mc_dropout": lambda xs: alfx.mc_dropout_predictions(
+      forward, one, xs, key=jax.random.key(2), num_samples=K, chunk_size=16
+    ),
   }.items():
     single, split = predict(x), predict(sharded_x)
     # Equal predictions (to float32 rounding) give the same picks: the
     # acquisitions on sharded pools are the conformance rows.
     out[name] = dict(
-        specs=[spec_of(a) for a in split],
-        diff=max(rel_diff(a, b) for a, b in zip(single, split)))
+      specs=[spec_of(a) for a in split],
+      diff=max(rel_diff(a, b) for a, b in zip(single, split)),
+    )
   return out
 
 
@@ -241,9 +286,10 @@ def check_kernels(lp, sharded_lp):
   for name in KERNELS:
     single = getattr(alfx, name)(jnp.asarray(lp))
     split = getattr(alfx, name)(sharded_lp)
-    out[name] = dict(spec=spec_of(split)[:1],
-                     diff=float(np.max(np.abs(np.asarray(single) -
-                                              host(split)[:N]))))
+    out[name] = dict(
+      spec=spec_of(split)[:1],
+      diff=float(np.max(np.abs(np.asarray(single) - host(split)[:N]))),
+    )
   return out
 
 
@@ -259,30 +305,35 @@ def _global(x, n_pad):
     x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
   lo = jax.process_index() * rows
   return jax.make_array_from_process_local_data(
-      NamedSharding(mesh, P("pool")), x[lo:lo + rows])
+    NamedSharding(mesh, P("pool")), x[lo : lo + rows]
+  )
 
 
 #: The checks of each mode (the names test_conformance asks for).
-CHECKS = {"devices4": ("shard_pool", "controls", "bait_state", "kernels",
-                       "flax"),
-          "multiprocess": ("kernels", "flax")}
+CHECKS = {
+  "devices4": ("shard_pool", "controls", "bait_state", "kernels", "flax"),
+  "multiprocess": ("kernels", "flax"),
+}
 
 
 def run(mode, seed, wanted=None):
   """The checks ``wanted`` (default all of ``mode``'s); JSON-able results."""
   lp, emb, probs, labeled, mask, x = _inputs(seed)
   if mode == "devices4":
-    pool_of = lambda a: alfx.shard_pool(a).arrays[0]  # noqa: E731
+    pool_of = lambda a: alfx.shard_pool(a).arrays[0]
   else:
     n_pad = -(-N // jax.device_count()) * jax.device_count()
-    pool_of = lambda a: _global(a, n_pad)  # noqa: E731
+    pool_of = lambda a: _global(a, n_pad)
   checks = {
-      "shard_pool": lambda: check_shard_pool(lp, emb, probs, labeled, mask),
-      "controls": lambda: check_controls(lp),
-      "bait_state": lambda: check_bait_state(emb, probs, labeled, mask),
-      "kernels": lambda: check_kernels(lp, pool_of(lp)),
-      "flax": lambda: check_flax(x, pool_of(x)),
+    "shard_pool": lambda: check_shard_pool(lp, emb, probs, labeled, mask),
+    "controls": lambda: check_controls(lp),
+    "bait_state": lambda: check_bait_state(emb, probs, labeled, mask),
+    "kernels": lambda: check_kernels(lp, pool_of(lp)),
+    "flax": lambda: check_flax(x, pool_of(x)),
   }
   wanted = CHECKS.get(mode, ()) if wanted is None else wanted
-  return {name: _guard(checks[name]) for name in wanted
-          if name in CHECKS.get(mode, ())}
+  return {
+    name: _guard(checks[name])
+    for name in wanted
+    if name in CHECKS.get(mode, ())
+  }

@@ -15,11 +15,16 @@ import pytest
 import alfx
 from alfx.bait_family import _pool_fisher
 from tests import reference_bait as ref
-from tests.reference_bait import B, C, CAP, PATH_IDS, PATHS
+from tests.reference_bait import B
+from tests.reference_bait import C
+from tests.reference_bait import CAP
+from tests.reference_bait import PATH_IDS
+from tests.reference_bait import PATHS
 
 
-def _assert_greedy_optimal(emb, probs, labeled, b, kind, state, *, lam=1.0,
-                           mask=None, top_c=2, rtol=1e-4):
+def _assert_greedy_optimal(
+  emb, probs, labeled, b, kind, state, *, lam=1.0, mask=None, top_c=2, rtol=1e-4
+):
   """Each of our forward picks and backward drops is the reference's best
   choice up to rtol: robust to genuine float32 near-ties, and exact otherwise.
   """
@@ -43,8 +48,9 @@ def _assert_greedy_optimal(emb, probs, labeled, b, kind, state, *, lam=1.0,
   for k in state["dropped"]:
     if k < 0:
       continue
-    values = ref.reference_values(m, big_f, fishers, s2,
-                               [picks[a] for a in alive], -1.0)
+    values = ref.reference_values(
+      m, big_f, fishers, s2, [picks[a] for a in alive], -1.0
+    )
     best = values.max()
     assert values[alive.index(k)] >= best - rtol * abs(best), (k, best)
     alive.remove(k)
@@ -54,7 +60,9 @@ def _assert_greedy_optimal(emb, probs, labeled, b, kind, state, *, lam=1.0,
 @pytest.mark.parametrize("kind,method", PATHS, ids=PATH_IDS)
 def test_float32_picks_are_greedy_optimal_and_scores_close(rng, kind, method):
   for trial in range(3):
-    emb, probs, labeled = ref.problem(rng, labeled_fraction=(0.2, 0.0, 0.4)[trial])
+    emb, probs, labeled = ref.problem(
+      rng, labeled_fraction=(0.2, 0.0, 0.4)[trial]
+    )
     lam = float(rng.uniform(0.5, 2.0))
     want = ref.bait(emb, probs, labeled, B, kind=kind, lam=lam)
     got = ref.run(emb, probs, labeled, B, kind, method, jnp.float32, lam=lam)
@@ -63,14 +71,26 @@ def test_float32_picks_are_greedy_optimal_and_scores_close(rng, kind, method):
       # Only a genuine near-tie may differ: replay the reference along our
       # picks and require each to be (nearly) the best choice.
       if kind == "diagonal":
-        pytest.fail(f"diagonal picks differ: {got.indices} vs"
-                    f" {want['indices']}")
-      _, state = ref.state(emb.astype(np.float32), probs.astype(np.float32),
-                        labeled, B, kind, method, lam=lam)
+        pytest.fail(
+          f"diagonal picks differ: {got.indices} vs {want['indices']}"
+        )
+      _, state = ref.state(
+        emb.astype(np.float32),
+        probs.astype(np.float32),
+        labeled,
+        B,
+        kind,
+        method,
+        lam=lam,
+      )
       _assert_greedy_optimal(emb, probs, labeled, B, kind, state, lam=lam)
     else:
-      np.testing.assert_allclose(got.scores, want["scores"], rtol=2e-4,
-                                 atol=1e-6 * np.abs(want["scores"]).max())
+      np.testing.assert_allclose(
+        got.scores,
+        want["scores"],
+        rtol=2e-4,
+        atol=1e-6 * np.abs(want["scores"]).max(),
+      )
 
 
 # ---------------------------------------------------------------------------
@@ -98,14 +118,17 @@ def test_float32_offset_picks_equal_float64_reference(kind):
       emb, probs, labeled = _offset_problem(seed, offset)
       want = ref.bait(emb, probs, labeled, 2, kind=kind)
       got = ref.run(emb, probs, labeled, 2, kind, "auto", jnp.float32)
-      np.testing.assert_array_equal(got.indices, want["indices"],
-                                    err_msg=f"offset {offset}, seed {seed}")
+      np.testing.assert_array_equal(
+        got.indices, want["indices"], err_msg=f"offset {offset}, seed {seed}"
+      )
       assert got.valid.all() and (got.scores >= 0).all()
       np.testing.assert_allclose(got.scores, want["scores"], rtol=1e-3)
 
 
-@pytest.mark.parametrize("kind,method", [
-    ("topc", "dense"), ("full", "structured"), ("topc", "structured")])
+@pytest.mark.parametrize(
+  "kind,method",
+  [("topc", "dense"), ("full", "structured"), ("topc", "structured")],
+)
 def test_float32_offset_picks_are_right_or_refused(kind, method):
   # Where float32 cannot resolve the problem (topc with a labelled set that
   # barely covers a class direction; the structured path's Woodbury
@@ -123,14 +146,16 @@ def test_float32_offset_picks_are_right_or_refused(kind, method):
         assert "float64" in str(e)
         continue
       answered += 1
-      np.testing.assert_array_equal(got.indices, want["indices"],
-                                    err_msg=f"offset {offset}, seed {seed}")
+      np.testing.assert_array_equal(
+        got.indices, want["indices"], err_msg=f"offset {offset}, seed {seed}"
+      )
       assert (got.scores >= 0).all()
   assert answered >= 4  # at least the offset-free problems
 
 
-@pytest.mark.parametrize("kind,method", [
-    ("full", "dense"), ("topc", "dense"), ("binary", "dense")])
+@pytest.mark.parametrize(
+  "kind,method", [("full", "dense"), ("topc", "dense"), ("binary", "dense")]
+)
 def test_float64_offset_equals_reference(kind, method):
   with jax.enable_x64(True):
     for seed in range(3):
@@ -157,29 +182,47 @@ def test_offset_past_float32_resolution_warns():
 def test_overflowing_squares_name_embeddings():
   emb, probs, labeled = _offset_problem(0, 0.0)
   huge = jnp.asarray(emb * 1e20, jnp.float32)
-  for call in (lambda: alfx.bait(huge, probs, 2, labeled=labeled),
-               lambda: alfx.pool_fisher(huge, probs)):
-    with pytest.raises(ValueError, match=r"embeddings .* squares overflow"
-                       r" float32.*float64"):
+  for call in (
+    lambda: alfx.bait(huge, probs, 2, labeled=labeled),
+    lambda: alfx.pool_fisher(huge, probs),
+  ):
+    with pytest.raises(
+      ValueError,
+      match=r"embeddings .* squares overflow"
+      r" float32.*float64",
+    ):
       call()
   # The documented way out: scaling embeddings by s and lam by s^2 leaves
   # the picks unchanged.
   want = ref.run(emb, probs, labeled, 2, "full", "auto", jnp.float32)
-  got = ref.run(emb * 1e-3, probs, labeled, 2, "full", "auto", jnp.float32,
-             lam=1e-6)
+  got = ref.run(
+    emb * 1e-3, probs, labeled, 2, "full", "auto", jnp.float32, lam=1e-6
+  )
   np.testing.assert_array_equal(got.indices, want.indices)
   np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind,method", [
-    ("full", "dense"), ("binary", "dense"), ("topc", "structured")])
+@pytest.mark.parametrize(
+  "kind,method",
+  [("full", "dense"), ("binary", "dense"), ("topc", "structured")],
+)
 def test_tiny_lam_is_refused_or_invalid_never_nan_valid(kind, method):
   emb, probs, labeled = _offset_problem(1, 0.0)
   emb, probs = emb.astype(np.float32), probs.astype(np.float32)
   with pytest.raises(ValueError, match="lam=1e-30 is too small"):
     ref.run(emb, probs, labeled, 2, kind, method, jnp.float32, lam=1e-30)
-  fn = jax.jit(lambda e, p, l, a: alfx.bait(
-      e, p, 2, labeled=l, fisher=kind, method=method, lam=a, labeled_capacity=CAP))
+  fn = jax.jit(
+    lambda e, p, l, a: alfx.bait(
+      e,
+      p,
+      2,
+      labeled=l,
+      fisher=kind,
+      method=method,
+      lam=a,
+      labeled_capacity=CAP,
+    )
+  )
   sel = fn(emb, probs, labeled, 1e-30)
   assert not np.asarray(sel.valid).any()
   sel = fn(emb, probs, labeled, 1.0)
@@ -189,10 +232,17 @@ def test_tiny_lam_is_refused_or_invalid_never_nan_valid(kind, method):
 def test_woodbury_state_float32_drift_is_small(rng):
   emb, probs, labeled = ref.problem(rng)
   want = ref.bait(emb, probs, labeled, B, kind="full")
-  _, st = ref.state(emb.astype(np.float32), probs.astype(np.float32), labeled,
-                 B, "full", "dense")
-  center = _pool_fisher.pool_fisher_core(emb, probs, None, "full", 1, "dense",
-                              None).center
+  _, st = ref.state(
+    emb.astype(np.float32),
+    probs.astype(np.float32),
+    labeled,
+    B,
+    "full",
+    "dense",
+  )
+  center = _pool_fisher.pool_fisher_core(
+    emb, probs, None, "full", 1, "dense", None
+  ).center
   basis = ref.parameter_basis(center, "full", "dense", C)
   m0_inv = basis @ np.linalg.inv(want["M0"]) @ basis.T
   d = m0_inv.shape[0]

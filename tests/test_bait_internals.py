@@ -13,7 +13,12 @@ import alfx
 from alfx.bait_family import _greedy
 from alfx.bait_family import _pool_fisher
 from tests import reference_bait as ref
-from tests.reference_bait import B, C, D, N, PATH_IDS, PATHS
+from tests.reference_bait import B
+from tests.reference_bait import C
+from tests.reference_bait import D
+from tests.reference_bait import N
+from tests.reference_bait import PATH_IDS
+from tests.reference_bait import PATHS
 
 
 @pytest.mark.parametrize("kind", ref.KINDS)
@@ -29,11 +34,17 @@ def test_fisher_factors_reproduce_the_fisher(rng, kind):
       if kind == "diagonal":
         fisher = np.diag(np.diag(fisher))
       np.testing.assert_allclose(
-          fisher, ref.fisher_matrix(emb[i], probs[i], kind, 3), atol=1e-12)
-  shapes = {"full": (7, 4, 4), "topc": (7, 4, 2), "binary": (7, 1, 1),
-            "diagonal": (7, 4, 1)}
-  f32 = alfx.fisher_factors(emb.astype(np.float32), probs.astype(np.float32),
-                            fisher=kind)
+        fisher, ref.fisher_matrix(emb[i], probs[i], kind, 3), atol=1e-12
+      )
+  shapes = {
+    "full": (7, 4, 4),
+    "topc": (7, 4, 2),
+    "binary": (7, 1, 1),
+    "diagonal": (7, 4, 1),
+  }
+  f32 = alfx.fisher_factors(
+    emb.astype(np.float32), probs.astype(np.float32), fisher=kind
+  )
   assert f32.class_factors.shape == shapes[kind]
   assert f32.class_factors.dtype == jnp.float32
 
@@ -53,8 +64,9 @@ def test_pool_fisher_matches_reference_and_can_be_passed(rng, kind, method):
       ia, ib = np.triu_indices(c_f)
       np.testing.assert_allclose(stats.blocks, f4[ia, :, ib, :], atol=1e-12)
     elif stats.method == "diagonal":
-      np.testing.assert_allclose(stats.blocks, np.diag(big_f).reshape(C, D),
-                                 atol=1e-12)
+      np.testing.assert_allclose(
+        stats.blocks, np.diag(big_f).reshape(C, D), atol=1e-12
+      )
     elif kind == "full":  # block-diagonal part: mean_n p_na h h^T
       h = emb @ ref.parameter_basis(stats.center, "binary", method, C).T
       want = np.einsum("na,ni,nj->aij", probs, h, h) / N
@@ -62,10 +74,12 @@ def test_pool_fisher_matches_reference_and_can_be_passed(rng, kind, method):
     else:  # topc: V_n^T F V_n
       v = ref.dense_x(emb, probs, kind, 1.0)
       np.testing.assert_allclose(
-          stats.quad, np.einsum("ndr,de,nes->nrs", v, big_f, v), atol=1e-10)
+        stats.quad, np.einsum("ndr,de,nes->nrs", v, big_f, v), atol=1e-10
+      )
     plain = ref.run(emb, probs, labeled, B, kind, method, jnp.float64)
-    passed = ref.run(emb, probs, labeled, B, kind, method, jnp.float64,
-                  pool_fisher=stats)
+    passed = ref.run(
+      emb, probs, labeled, B, kind, method, jnp.float64, pool_fisher=stats
+    )
     np.testing.assert_array_equal(passed.indices, plain.indices)
     np.testing.assert_allclose(passed.scores, plain.scores, rtol=1e-12)
     # A pytree: it goes through jit.
@@ -73,11 +87,16 @@ def test_pool_fisher_matches_reference_and_can_be_passed(rng, kind, method):
     assert leaves and all(isinstance(x, jax.Array) for x in leaves)
 
 
-@pytest.mark.parametrize("kind,method", [
-    ("full", "dense"), ("topc", "structured"),
+@pytest.mark.parametrize(
+  "kind,method",
+  [
+    ("full", "dense"),
+    ("topc", "structured"),
     pytest.param("binary", "dense", marks=pytest.mark.slow),
     pytest.param("topc", "dense", marks=pytest.mark.slow),
-    pytest.param("full", "structured", marks=pytest.mark.slow)])
+    pytest.param("full", "structured", marks=pytest.mark.slow),
+  ],
+)
 def test_woodbury_state_equals_direct_inverse(rng, kind, method):
   with jax.enable_x64(True):
     emb, probs, labeled = ref.problem(rng)
@@ -87,8 +106,9 @@ def test_woodbury_state_equals_direct_inverse(rng, kind, method):
     np.testing.assert_array_equal(sel.indices, want["indices"])
     n_lab = labeled.sum()
     s2 = B / (n_lab + B)
-    stats = _pool_fisher.pool_fisher_core(emb, probs, None, kind, 1 if kind != "topc"
-                               else 2, method, None)
+    stats = _pool_fisher.pool_fisher_core(
+      emb, probs, None, kind, 1 if kind != "topc" else 2, method, None
+    )
     basis = ref.parameter_basis(stats.center, kind, method, C)
     x = np.einsum("ed,ndr->ner", basis, ref.dense_x(emb, probs, kind, s2))
     m0_inv = basis @ np.linalg.inv(want["M0"]) @ basis.T
@@ -97,9 +117,11 @@ def test_woodbury_state_equals_direct_inverse(rng, kind, method):
 
     # Initial per-point U_n, W_n.
     np.testing.assert_allclose(
-        st["u0"], np.einsum("ndr,de,nes->nrs", x, m0_inv, x), atol=1e-10)
+      st["u0"], np.einsum("ndr,de,nes->nrs", x, m0_inv, x), atol=1e-10
+    )
     np.testing.assert_allclose(
-        st["w0"], np.einsum("ndr,de,nes->nrs", x, g0, x), atol=1e-10)
+      st["w0"], np.einsum("ndr,de,nes->nrs", x, g0, x), atol=1e-10
+    )
 
     # M^-1 and G after all forward picks and backward drops, rebuilt from the
     # low-rank history, equal the direct inverse of the reference's final M.
@@ -116,14 +138,18 @@ def test_woodbury_state_equals_direct_inverse(rng, kind, method):
     np.testing.assert_allclose(g, direct @ big_f @ direct, atol=1e-10)
 
     # Per-point U_n, W_n after the forward pass.
-    m_fwd = want["M0"] + sum(s2 * ref.fisher_matrix(emb[j], probs[j], kind)
-                             for j in want["forward"])
+    m_fwd = want["M0"] + sum(
+      s2 * ref.fisher_matrix(emb[j], probs[j], kind) for j in want["forward"]
+    )
     fwd_inv = basis @ np.linalg.inv(m_fwd) @ basis.T
     np.testing.assert_allclose(
-        st["u"], np.einsum("ndr,de,nes->nrs", x, fwd_inv, x), atol=1e-9)
+      st["u"], np.einsum("ndr,de,nes->nrs", x, fwd_inv, x), atol=1e-9
+    )
     np.testing.assert_allclose(
-        st["w"], np.einsum("ndr,de,nes->nrs", x, fwd_inv @ big_f @ fwd_inv,
-                           x), atol=1e-9)
+      st["w"],
+      np.einsum("ndr,de,nes->nrs", x, fwd_inv @ big_f @ fwd_inv, x),
+      atol=1e-9,
+    )
 
 
 @pytest.mark.parametrize("r", [1, 2, 3, 7, 12, 13, 20])
@@ -134,11 +160,11 @@ def test_trace_solve_against_numpy(rng, r):
     b = rng.standard_normal((9, r, r))
     w = np.einsum("nij,nkj->nik", b, b)
     got = _greedy.trace_solve(jnp.asarray(u), jnp.asarray(w), 1.0)
-    want = [np.trace(np.linalg.solve(np.eye(r) + u[i], w[i])) for i in
-            range(9)]
+    want = [np.trace(np.linalg.solve(np.eye(r) + u[i], w[i])) for i in range(9)]
     np.testing.assert_allclose(got, want, rtol=1e-10)
     u_small = u / (1 + np.linalg.norm(u, 2, axis=(1, 2)))[:, None, None]
     got = _greedy.trace_solve(jnp.asarray(u_small), jnp.asarray(w), -1.0)
-    want = [np.trace(np.linalg.solve(u_small[i] - np.eye(r), w[i]))
-            for i in range(9)]
+    want = [
+      np.trace(np.linalg.solve(u_small[i] - np.eye(r), w[i])) for i in range(9)
+    ]
     np.testing.assert_allclose(got, want, rtol=1e-10)

@@ -14,7 +14,13 @@ import pytest
 
 import alfx
 from tests import reference_bait as ref
-from tests.reference_bait import B, C, CAP, N, PATH_IDS, PATHS, PER_KIND
+from tests.reference_bait import B
+from tests.reference_bait import C
+from tests.reference_bait import CAP
+from tests.reference_bait import N
+from tests.reference_bait import PATH_IDS
+from tests.reference_bait import PATHS
+from tests.reference_bait import PER_KIND
 from tests.reference_bait import PER_KIND_IDS
 
 
@@ -40,10 +46,10 @@ def test_float64_oversample_one_equals_reference(rng, kind, method):
   with jax.enable_x64(True):
     for frac in (0.2, 0.0):
       emb, probs, labeled = ref.problem(rng, labeled_fraction=frac)
-      want = ref.bait(emb, probs, labeled, B, kind=kind, lam=0.6,
-                      oversample=1)
-      got = ref.run(emb, probs, labeled, B, kind, method, jnp.float64, lam=0.6,
-                 oversample=1)
+      want = ref.bait(emb, probs, labeled, B, kind=kind, lam=0.6, oversample=1)
+      got = ref.run(
+        emb, probs, labeled, B, kind, method, jnp.float64, lam=0.6, oversample=1
+      )
       np.testing.assert_array_equal(got.indices, want["indices"])
       np.testing.assert_allclose(got.scores, want["scores"], rtol=1e-9)
 
@@ -53,8 +59,9 @@ def test_float64_oversample_three_equals_reference(rng):
   with jax.enable_x64(True):
     emb, probs, labeled = ref.problem(rng)
     want = ref.bait(emb, probs, labeled, B, kind="full", oversample=3)
-    got = ref.run(emb, probs, labeled, B, "full", "structured", jnp.float64,
-               oversample=3)
+    got = ref.run(
+      emb, probs, labeled, B, "full", "structured", jnp.float64, oversample=3
+    )
     np.testing.assert_array_equal(got.indices, want["indices"])
     np.testing.assert_allclose(got.scores, want["scores"], rtol=1e-9)
     assert len(want["dropped"]) == 2 * B
@@ -68,10 +75,20 @@ def test_float64_larger_problem_and_oversample_variants(rng, kind, method):
   with jax.enable_x64(True):
     emb, probs, labeled = ref.problem(rng, n=240, dim=8, c=5)
     for oversample in (1, 3):
-      want = ref.bait(emb, probs, labeled, 4, kind=kind, lam=0.7,
-                      oversample=oversample)
-      got = ref.run(emb, probs, labeled, 4, kind, method, jnp.float64, lam=0.7,
-                 oversample=oversample)
+      want = ref.bait(
+        emb, probs, labeled, 4, kind=kind, lam=0.7, oversample=oversample
+      )
+      got = ref.run(
+        emb,
+        probs,
+        labeled,
+        4,
+        kind,
+        method,
+        jnp.float64,
+        lam=0.7,
+        oversample=oversample,
+      )
       np.testing.assert_array_equal(got.indices, want["indices"])
       np.testing.assert_allclose(got.scores, want["scores"], rtol=1e-9)
 
@@ -82,8 +99,9 @@ def test_topc_with_more_classes_kept(rng):
     emb, probs, labeled = ref.problem(rng, n=80, dim=4, c=5)
     for method in ("dense", "structured"):
       want = ref.bait(emb, probs, labeled, 3, kind="topc", top_c=3)
-      got = ref.run(emb, probs, labeled, 3, "topc", method, jnp.float64,
-                 top_c=3)
+      got = ref.run(
+        emb, probs, labeled, 3, "topc", method, jnp.float64, top_c=3
+      )
       np.testing.assert_array_equal(got.indices, want["indices"])
       np.testing.assert_allclose(got.scores, want["scores"], rtol=1e-9)
 
@@ -112,8 +130,9 @@ def test_mask_respected_and_no_duplicates(rng, kind, method):
     emb, probs, labeled = ref.problem(rng)
     mask = (rng.random(N) < 0.4) & ~labeled
     want = ref.bait(emb, probs, labeled, B, kind=kind, mask=mask)
-    got = ref.run(emb, probs, labeled, B, kind, method, jnp.float64,
-               mask=jnp.asarray(mask))
+    got = ref.run(
+      emb, probs, labeled, B, kind, method, jnp.float64, mask=jnp.asarray(mask)
+    )
     np.testing.assert_array_equal(got.indices, want["indices"])
     assert mask[got.indices].all()
     assert len(set(got.indices.tolist())) == B
@@ -127,30 +146,47 @@ def test_fewer_selectable_than_oversample_times_batch(rng):
     mask[rng.choice(np.flatnonzero(~labeled), 4, replace=False)] = True
     for kind, method in PATHS:
       want = ref.bait(emb, probs, labeled, B, kind=kind, mask=mask)
-      got = ref.run(emb, probs, labeled, B, kind, method, jnp.float64,
-                 mask=jnp.asarray(mask))
+      got = ref.run(
+        emb,
+        probs,
+        labeled,
+        B,
+        kind,
+        method,
+        jnp.float64,
+        mask=jnp.asarray(mask),
+      )
       np.testing.assert_array_equal(got.indices, want["indices"])
       assert got.valid.all()
 
 
-@pytest.mark.parametrize("kind,method", [
+@pytest.mark.parametrize(
+  "kind,method",
+  [
     ("full", "dense"),
     pytest.param("full", "structured", marks=pytest.mark.slow),
-    pytest.param("binary", "dense", marks=pytest.mark.slow)])
+    pytest.param("binary", "dense", marks=pytest.mark.slow),
+  ],
+)
 def test_chunk_size_does_not_change_the_result(rng, kind, method):
   with jax.enable_x64(True):
     emb, probs, labeled = ref.problem(rng)
     want = ref.run(emb, probs, labeled, B, kind, method, jnp.float64)
-    got = ref.run(emb, probs, labeled, B, kind, method, jnp.float64,
-               chunk_size=7)
+    got = ref.run(
+      emb, probs, labeled, B, kind, method, jnp.float64, chunk_size=7
+    )
     np.testing.assert_array_equal(got.indices, want.indices)
     np.testing.assert_allclose(got.scores, want.scores, rtol=1e-10)
 
 
-@pytest.mark.parametrize("kind,method", [
+@pytest.mark.parametrize(
+  "kind,method",
+  [
     pytest.param("full", "dense", marks=pytest.mark.slow),
     pytest.param("topc", "structured", marks=pytest.mark.slow),
-    pytest.param("diagonal", "auto", marks=pytest.mark.slow)])
+    pytest.param("diagonal", "auto", marks=pytest.mark.slow),
+  ],
+)
 def test_uncompiled_op_by_op_run_matches(rng, kind, method):
   emb, probs, labeled = ref.problem(rng, n=16, dim=3, c=3)
   with jax.enable_x64(True):
@@ -171,13 +207,16 @@ def test_jit_vmap_other_paths(rng, kind, method):
   emb = jnp.asarray(np.stack([p[0] for p in problems]), jnp.float32)
   probs = jnp.asarray(np.stack([p[1] for p in problems]), jnp.float32)
   labeled = jnp.asarray(np.stack([p[2] for p in problems]))
-  fn = lambda e, p, l: alfx.bait(e, p, B, labeled=l, fisher=kind, method=method,
-                                 labeled_capacity=CAP)
+  fn = lambda e, p, l: alfx.bait(
+    e, p, B, labeled=l, fisher=kind, method=method, labeled_capacity=CAP
+  )
   batched = jax.vmap(fn)(emb, probs, labeled)
   jitted = jax.jit(fn)
   for i in range(2):
-    want = ref.bait(problems[i][0], problems[i][1], problems[i][2], B,
-                    kind=kind)
+    want = ref.bait(
+      problems[i][0], problems[i][1], problems[i][2], B, kind=kind
+    )
     np.testing.assert_array_equal(batched.indices[i], want["indices"])
-    np.testing.assert_array_equal(jitted(emb[i], probs[i], labeled[i]).indices,
-                                  want["indices"])
+    np.testing.assert_array_equal(
+      jitted(emb[i], probs[i], labeled[i]).indices, want["indices"]
+    )

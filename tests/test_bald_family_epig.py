@@ -12,7 +12,6 @@ targets of the registry strategies. The generic properties of the contract
 the conformance suite (tests/conformance_cases.py).
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +20,8 @@ import pytest
 import alfx
 from alfx.bald_family import _batch_epig
 from alfx.bald_family import _epig
-from tests.helpers import seed_for
 from tests import reference_epig as ref
+from tests.helpers import seed_for
 from tests.reference_bald import assert_greedy_matches
 
 epig, batch_epig, kepig = alfx.epig, alfx.batch_epig, alfx.kepig
@@ -42,8 +41,7 @@ def _problem(rng, n, k, c, m):
 # EPIG.
 
 
-@pytest.mark.parametrize("n,k,c,m", [(9, 4, 3, 3), (7, 1, 2, 4),
-                                     (6, 5, 4, 2)])
+@pytest.mark.parametrize("n,k,c,m", [(9, 4, 3, 3), (7, 1, 2, 4), (6, 5, 4, 2)])
 def test_epig_matches_enumeration(n, k, c, m):
   rng = np.random.default_rng(seed_for(f"epig{n}{k}{c}{m}"))
   lp, tlp = _problem(rng, n, k, c, m)
@@ -59,11 +57,13 @@ def test_epig_matches_enumeration(n, k, c, m):
 
 def test_epig_between_zero_and_bald(rng):
   # Confident and uncertain points, agreeing and disagreeing samples.
-  lp = np.concatenate([_log_probs(rng, (6, 5, 4), scale=s)
-                       for s in (0.3, 2.0, 6.0)])
+  lp = np.concatenate(
+    [_log_probs(rng, (6, 5, 4), scale=s) for s in (0.3, 2.0, 6.0)]
+  )
   tlp = _log_probs(rng, (5, 5, 4), scale=3.0)
-  scores = np.asarray(epig(jnp.asarray(lp, jnp.float32),
-                                jnp.asarray(tlp, jnp.float32)))
+  scores = np.asarray(
+    epig(jnp.asarray(lp, jnp.float32), jnp.asarray(tlp, jnp.float32))
+  )
   bald = np.asarray(alfx.bald(jnp.asarray(lp, jnp.float32)))
   assert np.all(scores >= 0), scores
   assert np.all(scores <= bald + 1e-6), (scores - bald).max()
@@ -71,8 +71,10 @@ def test_epig_between_zero_and_bald(rng):
   # Targets on which the samples agree carry no information about them.
   agree = np.broadcast_to(tlp[:, :1], tlp.shape)
   np.testing.assert_allclose(
-      epig(jnp.asarray(lp, jnp.float32),
-                jnp.asarray(agree, jnp.float32)), 0, atol=2e-6)
+    epig(jnp.asarray(lp, jnp.float32), jnp.asarray(agree, jnp.float32)),
+    0,
+    atol=2e-6,
+  )
 
 
 def test_targets_are_a_set_and_chunks_do_not_matter(rng):
@@ -84,10 +86,10 @@ def test_targets_are_a_set_and_chunks_do_not_matter(rng):
   perm = rng.permutation(6)
   np.testing.assert_allclose(epig(lp, tlp[perm]), want, atol=1e-6)
   np.testing.assert_allclose(
-      epig(lp, jnp.concatenate([tlp, tlp[perm]])), want, atol=1e-6)
+    epig(lp, jnp.concatenate([tlp, tlp[perm]])), want, atol=1e-6
+  )
   for chunk in (1, 4):
-    np.testing.assert_allclose(epig(lp, tlp, chunk_size=chunk), want,
-                               atol=1e-6)
+    np.testing.assert_allclose(epig(lp, tlp, chunk_size=chunk), want, atol=1e-6)
   sel = batch_epig(lp, tlp, 3)
   sel_perm = batch_epig(lp, tlp[perm], 3)
   np.testing.assert_array_equal(sel.indices, sel_perm.indices)
@@ -106,8 +108,9 @@ def test_batch_epig_exact_matches_enumeration(n, k, c, m, b):
   mask[:b] = True
   assert _batch_epig.exact_steps(c, m, 10_000, b) == b
   with jax.enable_x64(True):
-    sel = batch_epig(jnp.asarray(lp), jnp.asarray(tlp), b,
-                          mask=jnp.asarray(mask))
+    sel = batch_epig(
+      jnp.asarray(lp), jnp.asarray(tlp), b, mask=jnp.asarray(mask)
+    )
     assert sel.scores.dtype == jnp.float64
   picks, gains = ref.batch_epig_greedy(lp, tlp, b, mask)
   np.testing.assert_array_equal(sel.indices, picks)
@@ -115,11 +118,15 @@ def test_batch_epig_exact_matches_enumeration(n, k, c, m, b):
   assert np.all(np.asarray(sel.valid))
   # float32: the same greedy up to rounding.
   problem = ref.Problem(lp, tlp)
-  sel32 = batch_epig(jnp.asarray(lp, jnp.float32),
-                          jnp.asarray(tlp, jnp.float32), b,
-                          mask=jnp.asarray(mask))
-  assert_greedy_matches(sel32, lambda s, i: ref.batch_epig_gain(problem, s, i),
-                        n, mask)
+  sel32 = batch_epig(
+    jnp.asarray(lp, jnp.float32),
+    jnp.asarray(tlp, jnp.float32),
+    b,
+    mask=jnp.asarray(mask),
+  )
+  assert_greedy_matches(
+    sel32, lambda s, i: ref.batch_epig_gain(problem, s, i), n, mask
+  )
 
 
 def test_batch_epig_sampled_within_one_percent():
@@ -132,14 +139,16 @@ def test_batch_epig_sampled_within_one_percent():
   assert _batch_epig.exact_steps(c, m, r, b) == 3
   problem = ref.Problem(lp, tlp)
   with jax.enable_x64(True):
-    exact = batch_epig(jnp.asarray(lp), jnp.asarray(tlp), b,
-                            num_configurations=10_000)
+    exact = batch_epig(
+      jnp.asarray(lp), jnp.asarray(tlp), b, num_configurations=10_000
+    )
     assert _batch_epig.exact_steps(c, m, 10_000, b) == b
     best = problem.objective(np.asarray(exact.indices))
     np.testing.assert_allclose(float(jnp.sum(exact.scores)), best, rtol=1e-9)
   lp32, tlp32 = jnp.asarray(lp, jnp.float32), jnp.asarray(tlp, jnp.float32)
-  run = jax.jit(lambda key: batch_epig(lp32, tlp32, b, key=key,
-                                            num_configurations=r))
+  run = jax.jit(
+    lambda key: batch_epig(lp32, tlp32, b, key=key, num_configurations=r)
+  )
   for seed in range(3):
     sel = run(jax.random.key(seed))
     picks = np.asarray(sel.indices)
@@ -169,8 +178,9 @@ def test_kepig_matches_enumeration(order, b):
   mask = np.ones(9, bool)
   mask[2] = False
   with jax.enable_x64(True):
-    sel = kepig(jnp.asarray(lp), jnp.asarray(tlp), b, order=order,
-                     mask=jnp.asarray(mask))
+    sel = kepig(
+      jnp.asarray(lp), jnp.asarray(tlp), b, order=order, mask=jnp.asarray(mask)
+    )
   picks, gains = ref.kepig_greedy(lp, tlp, b, order, mask)
   np.testing.assert_array_equal(sel.indices, picks)
   np.testing.assert_allclose(sel.scores, gains, rtol=1e-9, atol=1e-12)
@@ -196,14 +206,14 @@ def test_kepig_full_order_is_batch_epig_and_the_identity(rng):
     full = kepig(jnp.asarray(lp), jnp.asarray(tlp), b, order=b)
     exact = batch_epig(jnp.asarray(lp), jnp.asarray(tlp), b)
   np.testing.assert_array_equal(full.indices, exact.indices)
-  np.testing.assert_allclose(full.scores, exact.scores, rtol=1e-9,
-                             atol=1e-13)
+  np.testing.assert_allclose(full.scores, exact.scores, rtol=1e-9, atol=1e-13)
   problem = ref.Problem(lp, tlp)
   picks = np.asarray(full.indices)
   value = problem.objective(picks)
   np.testing.assert_allclose(np.sum(np.asarray(full.scores)), value, rtol=1e-9)
-  np.testing.assert_allclose(problem.inclusion_exclusion(picks), value,
-                             rtol=1e-9)
+  np.testing.assert_allclose(
+    problem.inclusion_exclusion(picks), value, rtol=1e-9
+  )
   # Truncated at pairs: the 2-EPIG value of the batch.
   assert abs(problem.inclusion_exclusion(picks, 2) - value) > 1e-6
 
@@ -214,7 +224,7 @@ def test_duplicates_get_the_two_epig_penalty(rng):
   (the reference co-information, positive) and prefers other points."""
   lp, tlp = _problem(rng, 10, 6, 3, 4)
   top = int(np.argmax(ref.epig_scores(lp, tlp)))
-  lp = np.concatenate([lp, lp[top:top + 1], lp[top:top + 1]])
+  lp = np.concatenate([lp, lp[top : top + 1], lp[top : top + 1]])
   copies = {top, 10, 11}
   lp32, tlp32 = jnp.asarray(lp, jnp.float32), jnp.asarray(tlp, jnp.float32)
   topk = kepig(lp32, tlp32, 3, order=1)
@@ -241,8 +251,9 @@ def test_float64_in_float64_out():
   rng = np.random.default_rng(1)
   lp, tlp = _problem(rng, 10, 3, 3, 4)
   with jax.enable_x64(True):
-    out = jax.eval_shape(lambda a, b: epig(a, b), jnp.asarray(lp),
-                         jnp.asarray(tlp, jnp.float32))
+    out = jax.eval_shape(
+      lambda a, b: epig(a, b), jnp.asarray(lp), jnp.asarray(tlp, jnp.float32)
+    )
     assert out.dtype == jnp.float64
 
 
@@ -254,8 +265,7 @@ def test_nan_under_jit_is_never_plausible(rng):
   scores = jax.jit(epig)(lp, bad_t)
   assert np.all(np.isnan(scores))
   assert np.isnan(jax.jit(epig)(bad_p, tlp)[2])
-  for fn in (lambda a, b: batch_epig(a, b, 3),
-             lambda a, b: kepig(a, b, 3)):
+  for fn in (lambda a, b: batch_epig(a, b, 3), lambda a, b: kepig(a, b, 3)):
     for a, b in ((lp, bad_t), (bad_p, tlp)):
       sel = jax.jit(fn)(a, b)
       assert not np.any(sel.valid) and np.all(np.isnan(sel.scores))
@@ -263,9 +273,11 @@ def test_nan_under_jit_is_never_plausible(rng):
 
 def test_bad_inputs_raise(rng):
   lp, tlp = _problem(rng, 8, 3, 3, 4)
-  for fn in (lambda t: epig(lp, t),
-             lambda t: batch_epig(lp, t, 2),
-             lambda t: kepig(lp, t, 2)):
+  for fn in (
+    lambda t: epig(lp, t),
+    lambda t: batch_epig(lp, t, 2),
+    lambda t: kepig(lp, t, 2),
+  ):
     with pytest.raises(ValueError, match=r"target_log_probs.*K=3"):
       fn(_log_probs(rng, (4, 5, 3)))  # other K
     with pytest.raises(ValueError, match=r"target_log_probs.*C=3"):
@@ -281,8 +293,9 @@ def test_bad_inputs_raise(rng):
   with pytest.raises(ValueError, match="order"):
     kepig(lp, tlp, 2, order=0)
   with pytest.raises(ValueError, match="order.*MAX_CONFIGURATIONS"):
-    kepig(_log_probs(rng, (40, 2, 10)), _log_probs(rng, (200, 2, 10)),
-               30, order=3)
+    kepig(
+      _log_probs(rng, (40, 2, 10)), _log_probs(rng, (200, 2, 10)), 30, order=3
+    )
   with pytest.raises(ValueError, match="batch_size"):
     batch_epig(lp, tlp, 9)
   with pytest.raises(ValueError, match="mask"):
@@ -297,17 +310,20 @@ def test_pool_targets_draw_eligible_rows(rng):
   lp = jnp.asarray(_log_probs(rng, (30, 3, 4)), jnp.float32)
   mask = jnp.asarray(np.arange(30) % 3 == 0)
   key = jax.random.key(7)
-  targets = alfx_pool_targets = _epig.pool_targets(lp, 50, key=key,
-                                                   mask=mask)
+  targets = alfx_pool_targets = _epig.pool_targets(lp, 50, key=key, mask=mask)
   assert targets.shape == (50, 3, 4)
   rows = np.asarray(lp)
-  drawn = [int(np.flatnonzero(np.all(rows == t, axis=(1, 2)))[0])
-           for t in np.asarray(targets)]
+  drawn = [
+    int(np.flatnonzero(np.all(rows == t, axis=(1, 2)))[0])
+    for t in np.asarray(targets)
+  ]
   assert all(i % 3 == 0 for i in drawn), drawn
   assert len(set(drawn)) > 5  # with replacement, but spread
   np.testing.assert_array_equal(
-      _epig.pool_targets(lp, 50, key=key, mask=mask), alfx_pool_targets)
+    _epig.pool_targets(lp, 50, key=key, mask=mask), alfx_pool_targets
+  )
   # No eligible point: every point is.
   none = jax.jit(lambda lp, m: _epig.pool_targets(lp, 8, key=key, mask=m))(
-      lp, jnp.zeros(30, bool))
+    lp, jnp.zeros(30, bool)
+  )
   assert all(np.any(np.all(rows == t, axis=(1, 2))) for t in np.asarray(none))

@@ -15,19 +15,19 @@ import numpy as np
 import pytest
 
 import alfx
+from tests import reference as ref
+from tests import reference_baselines as refb
 from tests.helpers import ALPHA
 from tests.helpers import chi_square_p_value
 from tests.helpers import count_rows
 from tests.helpers import seed_for
-from tests import reference as ref
-from tests import reference_baselines as refb
 
 SCORES = {
-    "predictive_entropy": (alfx.predictive_entropy, refb.predictive_entropy),
-    "margin": (alfx.margin, refb.margin),
-    "least_confidence": (alfx.least_confidence, refb.least_confidence),
-    "variation_ratios": (alfx.variation_ratios, refb.variation_ratios),
-    "mean_std": (alfx.mean_std, refb.mean_std),
+  "predictive_entropy": (alfx.predictive_entropy, refb.predictive_entropy),
+  "margin": (alfx.margin, refb.margin),
+  "least_confidence": (alfx.least_confidence, refb.least_confidence),
+  "variation_ratios": (alfx.variation_ratios, refb.variation_ratios),
+  "mean_std": (alfx.mean_std, refb.mean_std),
 }
 MEAN_SCORES = ("predictive_entropy", "margin", "least_confidence")
 SAMPLE_SCORES = ("variation_ratios", "mean_std")
@@ -40,20 +40,18 @@ def _f32(x):
   return jnp.asarray(x, jnp.float32)
 
 
-
 class ScoresTest(chex.TestCase):
-
   def rng(self):
     return np.random.default_rng(seed_for(self.id()))
 
   @chex.variants(without_jit=True)
-  @parameterized.product(name=list(SCORES), shape=[(1, 1, 2), (7, 1, 3),
-                                                    (9, 4, 2), (13, 6, 5),
-                                                    (5, 10, 10)])
+  @parameterized.product(
+    name=list(SCORES),
+    shape=[(1, 1, 2), (7, 1, 3), (9, 4, 2), (13, 6, 5), (5, 10, 10)],
+  )
   def test_matches_reference(self, name, shape):
     fn, reference = SCORES[name]
-    lp = ref.random_log_probs(self.rng(), *shape, scale=3.0,
-                              zero_fraction=0.2)
+    lp = ref.random_log_probs(self.rng(), *shape, scale=3.0, zero_fraction=0.2)
     got = self.variant(fn)(_f32(lp))
     chex.assert_shape(got, shape[:1])
     assert got.dtype == jnp.float32
@@ -64,8 +62,7 @@ class ScoresTest(chex.TestCase):
     rng = self.rng()
     # Few classes and sharp samples: many different vote patterns.
     lp = ref.random_log_probs(rng, 200, 7, 3, scale=5.0)
-    got = np.asarray(self.variant(alfx.variation_ratios)(_f32(lp)),
-                     np.float64)
+    got = np.asarray(self.variant(alfx.variation_ratios)(_f32(lp)), np.float64)
     want = refb.variation_ratios(lp)
     np.testing.assert_array_equal(np.round(got * 7), np.round(want * 7))
     np.testing.assert_allclose(got, want, atol=1e-7)
@@ -83,7 +80,9 @@ def test_rank_2_is_one_sample(rng):
 def test_rank_2_refused_where_samples_are_needed():
   lp = jnp.log(jnp.full((3, 2), 0.5))
   for name in SAMPLE_SCORES:
-    with pytest.raises(ValueError, match=r"needs posterior samples.*\[N, K, C\]"):
+    with pytest.raises(
+      ValueError, match=r"needs posterior samples.*\[N, K, C\]"
+    ):
       SCORES[name][0](lp)
 
 
@@ -102,8 +101,9 @@ def test_score_ranges_and_orderings(rng):
     assert np.all((sd >= 0) & (sd <= 0.5))
     # Entropy = BALD + mean conditional entropy.
     cond = ref.entropy(np.exp(lp)).mean(1)
-    np.testing.assert_allclose(h, np.asarray(alfx.bald(_f32(lp))) + cond,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      h, np.asarray(alfx.bald(_f32(lp))) + cond, atol=1e-5
+    )
     # With two classes margin and least confidence order points alike.
     if c == 2:
       np.testing.assert_allclose(m, 2 * lc - 1, atol=1e-6)
@@ -131,8 +131,9 @@ def test_sample_permutation_invariance(rng):
   lp = ref.random_log_probs(rng, 20, 6, 4, zero_fraction=0.1)
   perm = rng.permutation(6)
   for name, (fn, _) in SCORES.items():
-    np.testing.assert_allclose(fn(_f32(lp[:, perm])), fn(_f32(lp)),
-                               atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(
+      fn(_f32(lp[:, perm])), fn(_f32(lp)), atol=1e-6, err_msg=name
+    )
 
 
 def test_float64_in_float64_out(rng):
@@ -141,16 +142,18 @@ def test_float64_in_float64_out(rng):
     for name, (fn, reference) in SCORES.items():
       got = fn(jnp.asarray(lp, jnp.float64))
       assert got.dtype == jnp.float64, name
-      np.testing.assert_allclose(got, reference(lp), rtol=1e-12, atol=1e-14,
-                                 err_msg=name)
+      np.testing.assert_allclose(
+        got, reference(lp), rtol=1e-12, atol=1e-14, err_msg=name
+      )
 
 
 class TestScoresBadInput:
-
   @pytest.mark.parametrize("name", list(SCORES))
   def test_rank_nan_and_normalisation(self, name):
     fn = SCORES[name][0]
-    with pytest.raises(ValueError, match=r"log_probs must have shape \[N, K, C\]"):
+    with pytest.raises(
+      ValueError, match=r"log_probs must have shape \[N, K, C\]"
+    ):
       fn(jnp.zeros((2, 2, 2, 2)))
     lp = np.log(np.full((2, 3, 2), 0.5))
     lp[1, 1, 0] = np.nan
@@ -175,20 +178,41 @@ def _draws(utilities, b, n_draws, mode, beta, mask=None, seed=0):
   # treat a constant inside a trace as concrete and would try to read it.
   keys = jax.random.split(jax.random.key(seed), n_draws)
   mask = jnp.ones(utilities.shape, bool) if mask is None else mask
-  fn = jax.jit(jax.vmap(lambda k, u, m: alfx.stochastic_batch(
-      u, b, key=k, mode=mode, beta=beta, mask=m), in_axes=(0, None, None)))
+  fn = jax.jit(
+    jax.vmap(
+      lambda k, u, m: alfx.stochastic_batch(
+        u, b, key=k, mode=mode, beta=beta, mask=m
+      ),
+      in_axes=(0, None, None),
+    )
+  )
   return fn(keys, utilities, mask)
 
 
-@pytest.mark.parametrize("mode,beta", [("power", 1.0), ("power", 2.5),
-                                       ("softmax", 1.0), ("softmax", 3.0),
-                                       ("softrank", 1.0), ("softrank", 0.5)])
+@pytest.mark.parametrize(
+  "mode,beta",
+  [
+    ("power", 1.0),
+    ("power", 2.5),
+    ("softmax", 1.0),
+    ("softmax", 3.0),
+    ("softrank", 1.0),
+    ("softrank", 0.5),
+  ],
+)
 def test_stochastic_batch_follows_sequential_sampling(mode, beta):
   """The first two picks follow sequential sampling without replacement."""
   u = np.array([0.8, 0.05, 0.4, 0.0, 1.3, 0.4, -0.2], np.float32)
   mask = np.array([True, True, True, True, True, True, False])
-  sel = _draws(_f32(u), 2, 40_000, mode, beta, jnp.asarray(mask),
-               seed=seed_for(mode + str(beta)))
+  sel = _draws(
+    _f32(u),
+    2,
+    40_000,
+    mode,
+    beta,
+    jnp.asarray(mask),
+    seed=seed_for(mode + str(beta)),
+  )
   weights = refb.stochastic_weights(u, mode, beta, mask)
   probs = refb.sequence_probabilities(weights, 2)
   assert chi_square_p_value(count_rows(sel.indices), probs) > ALPHA
@@ -218,12 +242,15 @@ def test_softmax_minus_inf_utility_comes_last():
 def test_beta_zero_is_uniform_and_large_beta_is_top_b(rng):
   u = _f32(rng.standard_normal(6) ** 2)
   sel = _draws(u, 1, 30_000, "power", 0.0)
-  assert chi_square_p_value(count_rows(sel.indices),
-                            {(i,): 1 / 6 for i in range(6)}) > ALPHA
+  assert (
+    chi_square_p_value(count_rows(sel.indices), {(i,): 1 / 6 for i in range(6)})
+    > ALPHA
+  )
   u = _f32(np.linspace(0.1, 1.0, 40)[rng.permutation(40)])
   for mode in ("power", "softmax", "softrank"):
-    sel = alfx.stochastic_batch(u, 4, key=jax.random.key(1), mode=mode,
-                                beta=1e4)
+    sel = alfx.stochastic_batch(
+      u, 4, key=jax.random.key(1), mode=mode, beta=1e4
+    )
     np.testing.assert_array_equal(sel.indices, alfx.top_b(u, 4).indices)
 
 
@@ -232,23 +259,24 @@ def test_stochastic_batch_mask_keys_and_duplicates(rng):
   u = _f32(rng.random(n))
   mask = jnp.asarray(rng.random(n) < 0.5)
   for mode in ("power", "softmax", "softrank"):
-    a = alfx.stochastic_batch(u, b, key=jax.random.key(3), mode=mode,
-                              mask=mask)
-    same = alfx.stochastic_batch(u, b, key=jax.random.key(3), mode=mode,
-                                 mask=mask)
-    other = alfx.stochastic_batch(u, b, key=jax.random.key(4), mode=mode,
-                                  mask=mask)
+    a = alfx.stochastic_batch(u, b, key=jax.random.key(3), mode=mode, mask=mask)
+    same = alfx.stochastic_batch(
+      u, b, key=jax.random.key(3), mode=mode, mask=mask
+    )
+    other = alfx.stochastic_batch(
+      u, b, key=jax.random.key(4), mode=mode, mask=mask
+    )
     idx = np.asarray(a.indices)
     assert len(set(idx)) == b and np.asarray(mask)[idx].all()
     np.testing.assert_array_equal(idx, same.indices)
     assert not np.array_equal(idx, other.indices)
-    raw = alfx.stochastic_batch(u, b, key=jax.random.PRNGKey(3), mode=mode,
-                                mask=mask)
+    raw = alfx.stochastic_batch(
+      u, b, key=jax.random.PRNGKey(3), mode=mode, mask=mask
+    )
     assert len(set(np.asarray(raw.indices))) == b
 
 
 class TestStochasticBadInput:
-
   def test_mode_beta_key(self):
     u = jnp.arange(1.0, 5.0)
     with pytest.raises(ValueError, match="mode must be one of"):
@@ -263,6 +291,7 @@ class TestStochasticBadInput:
     with pytest.raises(ValueError, match="PRNG key"):
       alfx.stochastic_batch(u, 2, key=jnp.zeros(3, jnp.uint32))
 
+
 # ----------------------------------------------------------------------------
 # Random.
 
@@ -270,8 +299,11 @@ class TestStochasticBadInput:
 def test_random_batch_is_uniform_without_replacement():
   mask = jnp.array([True, False, True, True, True, False, True])
   keys = jax.random.split(jax.random.key(11), 30_000)
-  sel = jax.jit(jax.vmap(lambda k, m: alfx.random_batch(m, 2, key=k, mask=m),
-                         in_axes=(0, None)))(keys, mask)
+  sel = jax.jit(
+    jax.vmap(
+      lambda k, m: alfx.random_batch(m, 2, key=k, mask=m), in_axes=(0, None)
+    )
+  )(keys, mask)
   allowed = [0, 2, 3, 4, 6]
   probs = {(i, j): 1 / 20 for i in allowed for j in allowed if i != j}
   assert chi_square_p_value(count_rows(sel.indices), probs) > ALPHA
@@ -286,25 +318,34 @@ def test_random_batch_mask_keys_and_whole_pool(rng):
   np.testing.assert_array_equal(np.sort(sel.indices), np.flatnonzero(mask))
   a = alfx.random_batch(mask, 5, key=jax.random.key(1), mask=mask)
   np.testing.assert_array_equal(
-      a.indices, alfx.random_batch(mask, 5, key=jax.random.key(1), mask=mask).indices)
+    a.indices,
+    alfx.random_batch(mask, 5, key=jax.random.key(1), mask=mask).indices,
+  )
   assert not np.array_equal(
-      a.indices, alfx.random_batch(mask, 5, key=jax.random.key(2), mask=mask).indices)
+    a.indices,
+    alfx.random_batch(mask, 5, key=jax.random.key(2), mask=mask).indices,
+  )
   jitted = jax.jit(lambda k, m: alfx.random_batch(m, 5, key=k, mask=m))
-  np.testing.assert_array_equal(jitted(jax.random.key(1), mask).indices,
-                                a.indices)
+  np.testing.assert_array_equal(
+    jitted(jax.random.key(1), mask).indices, a.indices
+  )
 
 
 def test_random_batch_bad_input():
   with pytest.raises(ValueError, match="pool must be an array"):
     alfx.random_batch(None, 2, key=jax.random.key(0))
-  with pytest.raises(ValueError, match=r"mask must be a boolean.*astype\(bool\)"):
+  with pytest.raises(
+    ValueError, match=r"mask must be a boolean.*astype\(bool\)"
+  ):
     alfx.random_batch(jnp.ones(4), 2, key=jax.random.key(0), mask=jnp.ones(4))
   with pytest.raises(ValueError, match=r"mask must have shape \[N=2\]"):
-    alfx.random_batch(jnp.ones(2), 2, key=jax.random.key(0),
-                      mask=jnp.ones((2, 2), bool))
+    alfx.random_batch(
+      jnp.ones(2), 2, key=jax.random.key(0), mask=jnp.ones((2, 2), bool)
+    )
   with pytest.raises(ValueError, match="larger than the number"):
-    alfx.random_batch(jnp.ones(3), 3, key=jax.random.key(0),
-                      mask=jnp.array([True, False, True]))
+    alfx.random_batch(
+      jnp.ones(3), 3, key=jax.random.key(0), mask=jnp.array([True, False, True])
+    )
   with pytest.raises(ValueError, match="key is required"):
     alfx.random_batch(jnp.ones(3), 1, key=None)
 

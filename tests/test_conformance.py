@@ -61,8 +61,10 @@ def _rows(pred=lambda r: True, *, heavy=False):
   a device layout), which for a strategy with a twin row runs under
   ``-m slow`` only: its twin runs by default."""
   chosen = [r for r in ROWS if pred(r)]
-  params = [pytest.param(r, marks=pytest.mark.slow) if heavy and r.twin
-            else r for r in chosen]
+  params = [
+    pytest.param(r, marks=pytest.mark.slow) if heavy and r.twin else r
+    for r in chosen
+  ]
   return pytest.mark.parametrize("row", params, ids=[r.name for r in chosen])
 
 
@@ -105,15 +107,15 @@ def _program(row):
   per row, shared by every property under jit and vmap (jit vs eager, vmap
   vs a loop, too few selectable, NaN, recompilation)."""
   if row.name not in _PROGRAMS:
-    _PROGRAMS[row.name] = jax.jit(jax.vmap(
-        lambda a, key: row.call(a, B, key)))
+    _PROGRAMS[row.name] = jax.jit(jax.vmap(lambda a, key: row.call(a, B, key)))
   return _PROGRAMS[row.name]
 
 
 def _under_jit(row, items, keys):
   """The program's outputs for each of the 2 ``(items, keys)``."""
-  out = _program(row)(jax.tree.map(lambda *x: jnp.stack(x), *items),
-                      jnp.stack(keys))
+  out = _program(row)(
+    jax.tree.map(lambda *x: jnp.stack(x), *items), jnp.stack(keys)
+  )
   return [jax.tree.map(lambda x, i=i: x[i], out) for i in range(len(items))]
 
 
@@ -126,7 +128,10 @@ def _check_picks(row, a, sel, *, concrete=True, selectable_count=None):
   indices, valid, scores = _host(sel)
   n = a["mask"].shape[0]
   assert indices.shape == valid.shape == scores.shape == (B,), (
-      indices.shape, valid.shape, scores.shape)
+    indices.shape,
+    valid.shape,
+    scores.shape,
+  )
   assert jnp.issubdtype(indices.dtype, jnp.integer), indices.dtype
   assert valid.dtype == np.bool_, valid.dtype
   picks = indices[valid]
@@ -134,13 +139,15 @@ def _check_picks(row, a, sel, *, concrete=True, selectable_count=None):
   assert len(set(picks.tolist())) == len(picks), f"repeated picks {indices}"
   ok = cases.selectable(a)
   assert ok[picks].all(), (
-      f"picked masked or labelled points {picks[~ok[picks]].tolist()}"
-      f" (mask {np.asarray(a['mask'])[picks]}, labeled"
-      f" {np.asarray(a['labeled'])[picks]})")
+    f"picked masked or labelled points {picks[~ok[picks]].tolist()}"
+    f" (mask {np.asarray(a['mask'])[picks]}, labeled"
+    f" {np.asarray(a['labeled'])[picks]})"
+  )
   count = int(valid.sum())
   # The valid picks come first (indices[~valid] carry no meaning).
-  np.testing.assert_array_equal(valid, np.arange(B) < count,
-                                err_msg="valid is not a prefix")
+  np.testing.assert_array_equal(
+    valid, np.arange(B) < count, err_msg="valid is not a prefix"
+  )
   if selectable_count is None:
     if row.dynamic:
       assert count >= 1, valid
@@ -150,7 +157,8 @@ def _check_picks(row, a, sel, *, concrete=True, selectable_count=None):
     assert count <= selectable_count, valid
     if not row.dynamic:
       assert count == selectable_count, (
-          f"valid={valid}: {selectable_count} points were selectable")
+        f"valid={valid}: {selectable_count} points were selectable"
+      )
   assert np.all(np.isfinite(scores[valid])) or not concrete, scores
 
 
@@ -161,8 +169,9 @@ def _assert_same(got, want, what, rtol=1e-4):
   np.testing.assert_array_equal(gi[gv], wi[wv], err_msg=f"{what}: indices")
   if wv.any():
     scale = max(float(np.max(np.abs(ws[wv]))), 1e-6)
-    np.testing.assert_allclose(gs[gv], ws[wv], rtol=rtol, atol=rtol * scale,
-                               err_msg=f"{what}: scores")
+    np.testing.assert_allclose(
+      gs[gv], ws[wv], rtol=rtol, atol=rtol * scale, err_msg=f"{what}: scores"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -170,10 +179,22 @@ def _assert_same(got, want, what, rtol=1e-4):
 
 
 #: The public acquisitions; each must be called by a row.
-ACQUISITIONS = ("top_b", "topk_bald", "batchbald", "kbald", "kbald_dynamic",
-                "conservative_bald", "stochastic_batch", "random_batch",
-                "badge", "coreset", "typiclust", "bait", "batch_epig",
-                "kepig")
+ACQUISITIONS = (
+  "top_b",
+  "topk_bald",
+  "batchbald",
+  "kbald",
+  "kbald_dynamic",
+  "conservative_bald",
+  "stochastic_batch",
+  "random_batch",
+  "badge",
+  "coreset",
+  "typiclust",
+  "bait",
+  "batch_epig",
+  "kepig",
+)
 
 
 def test_table_covers_every_acquisition_and_strategy():
@@ -187,10 +208,12 @@ def test_table_covers_every_acquisition_and_strategy():
   assert set(ACQUISITIONS) <= called, set(ACQUISITIONS) - called
   missing = set(alfx.strategy_names()) - set(cases.STRATEGY_TRAITS)
   assert not missing, (
-      f"strategies {sorted(missing)} have no entry in"
-      " conformance_cases.STRATEGY_TRAITS")
+    f"strategies {sorted(missing)} have no entry in"
+    " conformance_cases.STRATEGY_TRAITS"
+  )
   assert {r.name for r in ROWS} >= {
-      f"strategy:{n}" for n in alfx.strategy_names()}
+    f"strategy:{n}" for n in alfx.strategy_names()
+  }
 
 
 # --------------------------------------------------------------------------
@@ -234,8 +257,9 @@ def test_float64_in_float64_out(row):
   with jax.enable_x64(True):
     a = _inputs(row, "x64", dtype=np.float64)
     assert a[row.needs[0]].dtype == jnp.float64
-    out = jax.eval_shape(lambda a, key: row.call(a, B, key), a,
-                         _key(row, "x64"))
+    out = jax.eval_shape(
+      lambda a, key: row.call(a, B, key), a, _key(row, "x64")
+    )
   assert out.scores.dtype == jnp.float64, out.scores.dtype
   assert jnp.issubdtype(out.indices.dtype, jnp.integer), out.indices.dtype
   assert out.valid.dtype == jnp.bool_, out.valid.dtype
@@ -279,7 +303,8 @@ def test_ties_go_to_the_lower_index(row):
     i = cases.twin(j)
     if i is not None and ok[i]:
       assert i in picks[:pos], (
-          f"picked {j} (a copy of {i}) before or instead of {i}: {picks}")
+        f"picked {j} (a copy of {i}) before or instead of {i}: {picks}"
+      )
 
 
 # --------------------------------------------------------------------------
@@ -300,42 +325,99 @@ def _bad_cases(row):
   first = row.needs[0]
   out = []
   if row.reads_values:
-    out.append(("wrong_rank", lambda a: ({**a, first: _wrong_rank(a[first])},
-                                         B), first, True))
-    out.append(("nan", lambda a: (
-        {**a, first: a[first].at[2].set(jnp.nan)}, B), "NaN", False))
+    out.append(
+      (
+        "wrong_rank",
+        lambda a: ({**a, first: _wrong_rank(a[first])}, B),
+        first,
+        True,
+      )
+    )
+    out.append(
+      (
+        "nan",
+        lambda a: ({**a, first: a[first].at[2].set(jnp.nan)}, B),
+        "NaN",
+        False,
+      )
+    )
   else:
-    out.append(("scalar_pool", lambda a: (
-        {**a, first: a[first].reshape(-1)[0]}, B), first, True))
-  out.append(("int_mask", lambda a: ({**a, "mask": a["mask"].astype(
-      jnp.int32)}, B), "mask", True))
-  out.append(("short_mask", lambda a: ({**a, "mask": a["mask"][:-1]}, B),
-              "mask", True))
+    out.append(
+      (
+        "scalar_pool",
+        lambda a: ({**a, first: a[first].reshape(-1)[0]}, B),
+        first,
+        True,
+      )
+    )
+  out.append(
+    (
+      "int_mask",
+      lambda a: ({**a, "mask": a["mask"].astype(jnp.int32)}, B),
+      "mask",
+      True,
+    )
+  )
+  out.append(
+    ("short_mask", lambda a: ({**a, "mask": a["mask"][:-1]}, B), "mask", True)
+  )
   out.append(("batch_size_zero", lambda a: (a, 0), "batch_size", True))
-  out.append(("batch_size_float", lambda a: (a, float(B)), "batch_size",
-              True))
-  out.append(("batch_size_above_selectable", lambda a: (
-      a, int(cases.selectable(a).sum()) + 1), "batch_size", False))
+  out.append(("batch_size_float", lambda a: (a, float(B)), "batch_size", True))
+  out.append(
+    (
+      "batch_size_above_selectable",
+      lambda a: (a, int(cases.selectable(a).sum()) + 1),
+      "batch_size",
+      False,
+    )
+  )
   if "log_probs" in row.needs and row.reads_values:
-    out.append(("probabilities_as_log_probs", lambda a: (
-        {**a, "log_probs": jnp.exp(a["log_probs"])}, B),
-                r"(?i)probabilit", False))
+    out.append(
+      (
+        "probabilities_as_log_probs",
+        lambda a: ({**a, "log_probs": jnp.exp(a["log_probs"])}, B),
+        r"(?i)probabilit",
+        False,
+      )
+    )
   if "probs" in row.needs:
-    out.append(("unnormalised_probs", lambda a: (
-        {**a, "probs": 2 * a["probs"]}, B), "probs", False))
+    out.append(
+      (
+        "unnormalised_probs",
+        lambda a: ({**a, "probs": 2 * a["probs"]}, B),
+        "probs",
+        False,
+      )
+    )
   if row.labeled:
-    out.append(("int_labeled", lambda a: (
-        {**a, "labeled": a["labeled"].astype(jnp.int32)}, B), "labeled",
-                True))
+    out.append(
+      (
+        "int_labeled",
+        lambda a: ({**a, "labeled": a["labeled"].astype(jnp.int32)}, B),
+        "labeled",
+        True,
+      )
+    )
   if "log_probs" in row.needs and row.reads_values:
     # [K, N, C] where [N, K, C] is expected: the pool axis disagrees with
     # the mask's length.
-    out.append(("knc_layout", lambda a: (
-        {**a, "log_probs": jnp.swapaxes(a["log_probs"], 0, 1)}, B),
-                r"log_probs|mask", True))
+    out.append(
+      (
+        "knc_layout",
+        lambda a: ({**a, "log_probs": jnp.swapaxes(a["log_probs"], 0, 1)}, B),
+        r"log_probs|mask",
+        True,
+      )
+    )
   if row.labeled:
-    out.append(("labeled_empties_pool", lambda a: (
-        {**a, "labeled": a["labeled"] | a["mask"]}, B), "labeled", False))
+    out.append(
+      (
+        "labeled_empties_pool",
+        lambda a: ({**a, "labeled": a["labeled"] | a["mask"]}, B),
+        "labeled",
+        False,
+      )
+    )
   return out
 
 
@@ -344,8 +426,11 @@ _BAD = [(row, *case) for row in ROWS for case in _bad_cases(row)]
 
 # The [K, N, C] case also warns (test_knc_layout_warns checks the warning).
 @pytest.mark.filterwarnings("ignore:log_probs has shape")
-@pytest.mark.parametrize("row,case,corrupt,match,traced", _BAD,
-                         ids=[f"{r.name}-{c[0]}" for r, *c in _BAD])
+@pytest.mark.parametrize(
+  "row,case,corrupt,match,traced",
+  _BAD,
+  ids=[f"{r.name}-{c[0]}" for r, *c in _BAD],
+)
 def test_bad_inputs_raise(row, case, corrupt, match, traced):
   del case
   a, batch_size = corrupt(_picks_inputs(row))
@@ -379,8 +464,9 @@ def test_knc_layout_warns(row):
   swapped["labeled"] = jnp.zeros(n, bool)
   with pytest.warns(Warning, match=r"(?i)transpose|swapaxes|\[K, N, C\]"):
     try:
-      jax.eval_shape(lambda a, key: row.call(a, B, key), swapped,
-                     _key(row, "picks"))
+      jax.eval_shape(
+        lambda a, key: row.call(a, B, key), swapped, _key(row, "picks")
+      )
     except ValueError:
       pass  # an error of the odd shape after the warning is fine
 
@@ -446,13 +532,23 @@ def run_layout(mode, out, *, rows="all", extras="all", timeout=_TIMEOUT):
   """
   os.makedirs(out, exist_ok=True)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  join = lambda x: x if isinstance(x, str) else ",".join(sorted(x))  # noqa
-  base = [sys.executable, "-m", "tests.conformance_worker", mode, out, "--rows", join(rows),
-          "--extras", join(extras)]
+  join = lambda x: x if isinstance(x, str) else ",".join(sorted(x))
+  base = [
+    sys.executable,
+    "-m",
+    "tests.conformance_worker",
+    mode,
+    out,
+    "--rows",
+    join(rows),
+    "--extras",
+    join(extras),
+  ]
   if mode == "multiprocess":
     port = _free_port()
-    cmds = [base + ["--process-id", str(i), "--port", str(port)]
-            for i in range(2)]
+    cmds = [
+      base + ["--process-id", str(i), "--port", str(port)] for i in range(2)
+    ]
   else:
     cmds = [base]
   procs, logs = [], []
@@ -460,9 +556,16 @@ def run_layout(mode, out, *, rows="all", extras="all", timeout=_TIMEOUT):
     for i, cmd in enumerate(cmds):
       log = open(os.path.join(out, f"log{i}.txt"), "w")
       logs.append(log)
-      procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                    env=env, cwd=_ROOT,
-                                    start_new_session=True))
+      procs.append(
+        subprocess.Popen(
+          cmd,
+          stdout=log,
+          stderr=subprocess.STDOUT,
+          env=env,
+          cwd=_ROOT,
+          start_new_session=True,
+        )
+      )
       _LIVE.add(procs[-1])
     # Wait for all; a process that fails leaves its peer blocked in a
     # collective, so the first failure (or the deadline) ends the run.
@@ -473,9 +576,12 @@ def run_layout(mode, out, *, rows="all", extras="all", timeout=_TIMEOUT):
       if time.monotonic() > deadline:
         break
       time.sleep(0.2)
-    codes = [p.poll() if p.poll() is not None else
-             ("timeout" if time.monotonic() > deadline else "killed")
-             for p in procs]
+    codes = [
+      p.poll()
+      if p.poll() is not None
+      else ("timeout" if time.monotonic() > deadline else "killed")
+      for p in procs
+    ]
   finally:
     for p in procs:
       _kill(p)
@@ -501,15 +607,17 @@ class _Layouts:
     for mode, (rows, extras) in plan.items():
       if mode not in self.threads and (rows or extras):
         self.plan[mode] = (rows, extras)
-        t = threading.Thread(target=self._run, args=(mode, rows, extras),
-                             daemon=True)
+        t = threading.Thread(
+          target=self._run, args=(mode, rows, extras), daemon=True
+        )
         self.threads[mode] = t
         t.start()
 
   def _run(self, mode, rows, extras):
     try:
-      self.results[mode] = run_layout(mode, os.path.join(self.dir, mode),
-                                      rows=rows, extras=extras)
+      self.results[mode] = run_layout(
+        mode, os.path.join(self.dir, mode), rows=rows, extras=extras
+      )
     except Exception as e:  # pylint: disable=broad-except
       self.results[mode] = ([repr(e)], "")
 
@@ -533,16 +641,15 @@ class _Layouts:
 #: Tests reading a sharded_public check: (mode or None for the test's
 #: ``mode`` parameter, check name).
 _CHECK_TESTS = {
-    "test_sharded_shard_pool_pads_and_places": ("devices4", "shard_pool"),
-    "test_sharded_gather_detector_and_padding_controls": ("devices4",
-                                                          "controls"),
-    "test_sharded_bait_scan_state_stays_split": ("devices4", "bait_state"),
-    "test_sharded_flax_helpers_predict_each_devices_rows": (None, "flax"),
-    "test_sharded_kernels_equal_single_device": (None, "kernels"),
+  "test_sharded_shard_pool_pads_and_places": ("devices4", "shard_pool"),
+  "test_sharded_gather_detector_and_padding_controls": ("devices4", "controls"),
+  "test_sharded_bait_scan_state_stays_split": ("devices4", "bait_state"),
+  "test_sharded_flax_helpers_predict_each_devices_rows": (None, "flax"),
+  "test_sharded_kernels_equal_single_device": (None, "kernels"),
 }
 _ROW_TESTS = {
-    "test_devices4_picks_equal_single_device": "devices4",
-    "test_multiprocess_picks_equal_single_process": "multiprocess",
+  "test_devices4_picks_equal_single_device": "devices4",
+  "test_multiprocess_picks_equal_single_process": "multiprocess",
 }
 
 
@@ -571,8 +678,11 @@ def layouts():
 def _start_layouts_early(request, layouts):
   """Starts the subprocesses with this module's first test (they run beside
   the in-process properties) for what the selected tests read."""
-  layouts.start(_plan(item for item in request.session.items
-                      if item.module is request.module))
+  layouts.start(
+    _plan(
+      item for item in request.session.items if item.module is request.module
+    )
+  )
 
 
 def _load(out, row):
@@ -665,8 +775,9 @@ def test_sharded_bait_scan_state_stays_split(layouts):
       assert out["fisher_spec"] == ["pool", None, None], name
     else:
       assert out["fisher_spec"] == [None, None, None], name  # replicated
-    assert out["specs"] == {k: ["pool", None, None] for k in ("u", "w", "u0",
-                                                              "w0")}, name
+    assert out["specs"] == {
+      k: ["pool", None, None] for k in ("u", "w", "u0", "w0")
+    }, name
     assert out["shard_rows"] == [51] * 4, name
     # Structured topc forms W_n by cancelling terms: its float32 W differs
     # from float64 by 1.3e-4 on one device already (measured), so it gets
@@ -681,8 +792,11 @@ def test_sharded_flax_helpers_predict_each_devices_rows(layouts, mode):
   the single-device predictions (MC dropout included), same picks; on 4
   devices of one process and on 2 processes (global inputs)."""
   for name, out in _extras(layouts, mode, "flax").items():
-    assert out["specs"] == [["pool", None, None], ["pool", None],
-                            ["pool", None]], name
+    assert out["specs"] == [
+      ["pool", None, None],
+      ["pool", None],
+      ["pool", None],
+    ], name
     assert out["diff"] < 1e-5, (name, out["diff"])
 
 

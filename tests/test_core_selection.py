@@ -74,10 +74,12 @@ def test_value_checks_run_on_constants_closed_over_in_a_trace():
 
 
 class TestBadInput:
-
   def test_batch_larger_than_selectable(self):
-    with pytest.raises(ValueError, match="batch_size=3 is larger than the"
-                       " number of selectable points: 2 of N=4"):
+    with pytest.raises(
+      ValueError,
+      match="batch_size=3 is larger than the"
+      " number of selectable points: 2 of N=4",
+    ):
       alfx.top_b(jnp.arange(4.0), 3, mask=jnp.array([1, 0, 0, 1], bool))
     with pytest.raises(ValueError, match="larger than the pool"):
       alfx.top_b(jnp.arange(4.0), 5)
@@ -108,8 +110,12 @@ class TestBadInput:
 def test_chunked_map_equals_direct(rng, chunk):
   x = jnp.asarray(rng.standard_normal((23, 4)), jnp.float32)
   m = jnp.asarray(rng.random(23) < 0.5)
-  got = _pool.chunked_map(lambda a, b: (jnp.tanh(a), jnp.where(b, a.sum(1), -1.)),
-                          x, m, chunk_size=chunk)
+  got = _pool.chunked_map(
+    lambda a, b: (jnp.tanh(a), jnp.where(b, a.sum(1), -1.0)),
+    x,
+    m,
+    chunk_size=chunk,
+  )
   want = (jnp.tanh(x), jnp.where(m, x.sum(1), -1.0))
   chex.assert_trees_all_close(got, want, atol=1e-6)
 
@@ -119,10 +125,14 @@ def test_chunked_sum_counts_every_row_once(rng, chunk):
   x = jnp.asarray(rng.standard_normal((23, 3)), jnp.float32)
   w = jnp.asarray(rng.random(23), jnp.float32)
   got = _pool.chunked_sum(
-      lambda a, v, fresh: (jnp.sum(jnp.where(fresh[:, None], a * v[:, None],
-                                             0), 0),
-                           jnp.sum(fresh)),
-      x, w, chunk_size=chunk)
+    lambda a, v, fresh: (
+      jnp.sum(jnp.where(fresh[:, None], a * v[:, None], 0), 0),
+      jnp.sum(fresh),
+    ),
+    x,
+    w,
+    chunk_size=chunk,
+  )
   np.testing.assert_allclose(got[0], (x * w[:, None]).sum(0), rtol=1e-5)
   assert int(got[1]) == 23
 
@@ -164,12 +174,14 @@ def _check_random_draws(dtype):
   assert abs(g.mean() - np.euler_gamma) < 0.03
   assert abs(g.var() - np.pi**2 / 6) < 0.1
   assert not np.array_equal(
-      u, np.asarray(_pool.uniform(jax.random.fold_in(key, 1), (100_000,),
-                                  dtype), np.float64))
+    u,
+    np.asarray(
+      _pool.uniform(jax.random.fold_in(key, 1), (100_000,), dtype), np.float64
+    ),
+  )
   # A shard's rows: [5, 3] starting at row 7 of a [12, 3] draw.
   key_data = _pool._threefry_key(key)
-  whole = _pool._bits_to_unit(_pool._counter_bits(key_data, 0, (12, 3)),
-                              dtype)
+  whole = _pool._bits_to_unit(_pool._counter_bits(key_data, 0, (12, 3)), dtype)
   part = _pool._bits_to_unit(_pool._counter_bits(key_data, 7, (5, 3)), dtype)
   np.testing.assert_array_equal(part, whole[7:12])
 
@@ -179,8 +191,10 @@ def test_pool_random_draws_other_prngs():
   jax.random's own draw."""
   raw = jax.random.PRNGKey(4)
   np.testing.assert_array_equal(
-      _pool.uniform(raw, (6,)),
-      _pool.uniform(jax.random.wrap_key_data(raw), (6,)))
+    _pool.uniform(raw, (6,)), _pool.uniform(jax.random.wrap_key_data(raw), (6,))
+  )
   rbg = jax.random.key(4, impl="rbg")
-  np.testing.assert_array_equal(_pool.uniform(rbg, (6,), jnp.float32),
-                                jax.random.uniform(rbg, (6,), jnp.float32))
+  np.testing.assert_array_equal(
+    _pool.uniform(rbg, (6,), jnp.float32),
+    jax.random.uniform(rbg, (6,), jnp.float32),
+  )

@@ -11,23 +11,25 @@ import alfx
 
 
 def _lp(rng, n=12, k=3, c=4, dtype=jnp.float32):
-  return jax.nn.log_softmax(jnp.asarray(rng.standard_normal((n, k, c)) * 2,
-                                        dtype))
+  return jax.nn.log_softmax(
+    jnp.asarray(rng.standard_normal((n, k, c)) * 2, dtype)
+  )
 
 
 BALD_FAMILY = {
-    "topk_bald": lambda lp, **kw: alfx.topk_bald(lp, 3, **kw),
-    "batchbald": lambda lp, **kw: alfx.batchbald(lp, 3, **kw),
-    "kbald": lambda lp, **kw: alfx.kbald(lp, 3, **kw),
-    "kbald_dynamic": lambda lp, **kw: alfx.kbald_dynamic(
-        lp, 3, tolerance=0.5, **kw),
-    "conservative_bald": lambda lp, **kw: alfx.conservative_bald(
-        lp, 3, threshold=0.5, **kw),
+  "topk_bald": lambda lp, **kw: alfx.topk_bald(lp, 3, **kw),
+  "batchbald": lambda lp, **kw: alfx.batchbald(lp, 3, **kw),
+  "kbald": lambda lp, **kw: alfx.kbald(lp, 3, **kw),
+  "kbald_dynamic": lambda lp, **kw: alfx.kbald_dynamic(
+    lp, 3, tolerance=0.5, **kw
+  ),
+  "conservative_bald": lambda lp, **kw: alfx.conservative_bald(
+    lp, 3, threshold=0.5, **kw
+  ),
 }
 
 
 class TestLogProbMessages:
-
   def test_probabilities_passed_as_log_probabilities(self, rng):
     with pytest.raises(ValueError, match=r"looks like probabilities.*jnp\.log"):
       alfx.kbald(jnp.exp(_lp(rng)), 2)
@@ -49,8 +51,12 @@ class TestLogProbMessages:
     assert alfx.bald(lp).dtype == dtype
 
   def test_low_precision_tolerance_still_refuses_unnormalised(self, rng):
-    lp = jax.nn.log_softmax(jnp.asarray(rng.standard_normal((8, 2, 5)),
-                                        jnp.bfloat16)) - 0.5
+    lp = (
+      jax.nn.log_softmax(
+        jnp.asarray(rng.standard_normal((8, 2, 5)), jnp.bfloat16)
+      )
+      - 0.5
+    )
     with pytest.raises(ValueError, match="off by up to 0.5"):
       alfx.bald(lp)
 
@@ -68,25 +74,33 @@ class TestLogProbMessages:
 
 
 class TestMasksAndScalars:
-
   def test_integer_mask_hint(self, rng):
     with pytest.raises(ValueError, match=r"dtype int64.*mask\.astype\(bool\)"):
       alfx.kbald(_lp(rng), 2, mask=np.ones(12, np.int64))
 
   def test_batchbald_key_message_names_the_switch(self, rng):
     lp = _lp(rng, n=30, k=3, c=10)
-    with pytest.raises(ValueError, match=r"key is required: batch_size=6 with"
-                       r" C=10 classes switches to sampled label"
-                       r" configurations after 5 picks"):
+    with pytest.raises(
+      ValueError,
+      match=r"key is required: batch_size=6 with"
+      r" C=10 classes switches to sampled label"
+      r" configurations after 5 picks",
+    ):
       alfx.batchbald(lp, 6)
 
-  @pytest.mark.parametrize("fn,arg", [
+  @pytest.mark.parametrize(
+    "fn,arg",
+    [
       (lambda lp, v: alfx.kbald_dynamic(lp, 2, tolerance=v), "tolerance"),
       (lambda lp, v: alfx.conservative_bald(lp, 2, threshold=v), "threshold"),
-      (lambda lp, v: alfx.stochastic_batch(alfx.bald(lp), 2,
-                                           key=jax.random.key(0), beta=v),
-       "beta"),
-  ])
+      (
+        lambda lp, v: alfx.stochastic_batch(
+          alfx.bald(lp), 2, key=jax.random.key(0), beta=v
+        ),
+        "beta",
+      ),
+    ],
+  )
   def test_scalars_none_or_nan(self, rng, fn, arg):
     lp = _lp(rng)
     with pytest.raises(ValueError, match=f"{arg} is required"):
@@ -97,15 +111,17 @@ class TestMasksAndScalars:
       fn(lp, "0.1")
 
   def test_max_configurations_none(self, rng):
-    with pytest.raises(ValueError, match="max_configurations must be a"
-                       " positive static int"):
+    with pytest.raises(
+      ValueError, match="max_configurations must be a positive static int"
+    ):
       alfx.joint_entropy(_lp(rng, n=2), max_configurations=None)
 
   def test_huge_beta_still_fills_the_batch(self):
     u = jnp.array([0.5, 0.2, 0.9, 0.1, 0.3])
     for mode in ("power", "softmax", "softrank"):
-      sel = alfx.stochastic_batch(u, 3, key=jax.random.key(0), mode=mode,
-                                  beta=1e38)
+      sel = alfx.stochastic_batch(
+        u, 3, key=jax.random.key(0), mode=mode, beta=1e38
+      )
       assert sel.valid.all(), mode
       np.testing.assert_array_equal(sel.indices, [2, 0, 4])
 
@@ -122,22 +138,30 @@ class TestNaNUnderJit:
   @pytest.mark.parametrize("name", sorted(BALD_FAMILY))
   def test_bald_family_marks_picks_invalid(self, rng, name):
     lp = _lp(rng).at[5, 1, 2].set(jnp.nan)
-    sel = jax.jit(lambda x: BALD_FAMILY[name](x, key=jax.random.key(0))
-                  if name == "batchbald" else BALD_FAMILY[name](x))(lp)
+    sel = jax.jit(
+      lambda x: (
+        BALD_FAMILY[name](x, key=jax.random.key(0))
+        if name == "batchbald"
+        else BALD_FAMILY[name](x)
+      )
+    )(lp)
     assert not sel.valid.any()
     assert np.isnan(sel.scores).all()
 
   def test_top_b_and_stochastic_batch_mark_picks_invalid(self):
     u = jnp.array([0.1, jnp.nan, 0.3, 0.2])
-    for fn in (lambda v: alfx.top_b(v, 2),
-               lambda v: alfx.stochastic_batch(v, 2, key=jax.random.key(0))):
+    for fn in (
+      lambda v: alfx.top_b(v, 2),
+      lambda v: alfx.stochastic_batch(v, 2, key=jax.random.key(0)),
+    ):
       sel = jax.jit(fn)(u)
       assert not sel.valid.any()
 
   def test_clean_input_is_untouched_under_jit(self, rng):
     lp = _lp(rng)
-    np.testing.assert_array_equal(jax.jit(lambda x: alfx.kbald(x, 3))(lp),
-                                  alfx.kbald(lp, 3))
+    np.testing.assert_array_equal(
+      jax.jit(lambda x: alfx.kbald(x, 3))(lp), alfx.kbald(lp, 3)
+    )
 
   def test_checked_raises_inside_jit(self, rng):
     step = alfx.checked(lambda x: alfx.kbald(x, 3).indices)

@@ -26,17 +26,35 @@ def _missing(*modules):
 def test_docs_build_has_no_warnings(tmp_path):
   missing = _missing("sphinx", "myst_parser", "furo")
   if missing:
-    pytest.skip(f"{', '.join(missing)} not installed: pip install -e"
-                " '.[docs]' to build the documentation")
+    pytest.skip(
+      f"{', '.join(missing)} not installed: pip install -e"
+      " '.[docs]' to build the documentation"
+    )
   # A fresh build (own doctree cache) into tmp_path: every page and
   # docstring is read again, so every warning shows.
   result = subprocess.run(
-      [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b",
-       "html", "-d", str(tmp_path / "doctrees"), str(DOCS),
-       str(tmp_path / "html")],
-      capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+    [
+      sys.executable,
+      "-m",
+      "sphinx",
+      "-W",
+      "--keep-going",
+      "-q",
+      "-b",
+      "html",
+      "-d",
+      str(tmp_path / "doctrees"),
+      str(DOCS),
+      str(tmp_path / "html"),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=BUILD_TIMEOUT_S,
+    check=False,
+  )
   assert result.returncode == 0, (
-      f"sphinx-build failed ({result.returncode}):\n{result.stderr[-8000:]}")
+    f"sphinx-build failed ({result.returncode}):\n{result.stderr[-8000:]}"
+  )
   assert (tmp_path / "html" / "index.html").exists()
   assert (tmp_path / "html" / "api" / "bald_family.html").exists()
 
@@ -50,11 +68,16 @@ def _picks(stdout, label):
 
 def test_from_torch_example(tmp_path):
   result = subprocess.run(
-      [sys.executable, str(DOCS / "examples" / "from_torch.py")],
-      capture_output=True, text=True, timeout=EXAMPLE_TIMEOUT_S,
-      cwd=tmp_path, check=False)
+    [sys.executable, str(DOCS / "examples" / "from_torch.py")],
+    capture_output=True,
+    text=True,
+    timeout=EXAMPLE_TIMEOUT_S,
+    cwd=tmp_path,
+    check=False,
+  )
   assert result.returncode == 0, (
-      f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-8000:]}")
+    f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-8000:]}"
+  )
   numpy_picks = _picks(result.stdout, "numpy")
   for name in ("kbald", "bait"):
     assert len(numpy_picks[name]) == 10

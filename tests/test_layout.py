@@ -21,8 +21,14 @@ PACKAGE = pathlib.Path(alfx.__file__).parent
 MAX_LINES = 600
 
 #: Family packages: every name of `alfx.__all__` is also importable from one.
-FAMILIES = ("information", "bald_family", "bait_family", "baselines", "nn",
-            "loop")
+FAMILIES = (
+  "information",
+  "bald_family",
+  "bait_family",
+  "baselines",
+  "nn",
+  "loop",
+)
 
 
 def _modules():
@@ -54,23 +60,31 @@ def _private_reach_ins(path: pathlib.Path) -> list[str]:
   tree = ast.parse(path.read_text(), str(path))
   found, aliases = [], {}
   for node in ast.walk(tree):
-    if isinstance(node, ast.ImportFrom) and node.module and (
-        node.module == "alfx" or node.module.startswith("alfx.")):
+    if (
+      isinstance(node, ast.ImportFrom)
+      and node.module
+      and (node.module == "alfx" or node.module.startswith("alfx."))
+    ):
       for a in node.names:
         dotted = f"{node.module}.{a.name}"
         if _is_module(dotted):
           aliases[a.asname or a.name] = dotted
         elif a.name.startswith("_"):
-          found.append(f"{path.name}:{node.lineno}: from {node.module}"
-                       f" import {a.name}")
+          found.append(
+            f"{path.name}:{node.lineno}: from {node.module} import {a.name}"
+          )
     elif isinstance(node, ast.Import):
       for a in node.names:
         if a.name.startswith("alfx"):
           aliases[a.asname or a.name.split(".")[0]] = (
-              a.name if a.asname else "alfx")
+            a.name if a.asname else "alfx"
+          )
   for node in ast.walk(tree):
-    if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
-        and not node.attr.startswith("__")):
+    if (
+      isinstance(node, ast.Attribute)
+      and node.attr.startswith("_")
+      and not node.attr.startswith("__")
+    ):
       base = node.value
       chain = []
       while isinstance(base, ast.Attribute):
@@ -90,27 +104,32 @@ def test_the_walk_sees_every_module():
   assert len(names) > 20, names
 
 
-@pytest.mark.parametrize("path", _modules(),
-                         ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize(
+  "path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE))
+)
 def test_no_module_uses_another_modules_private_names(path):
   assert not _private_reach_ins(path), (
-      "shared names lose their underscore (they stay private by living in"
-      " a private module):\n" + "\n".join(_private_reach_ins(path)))
+    "shared names lose their underscore (they stay private by living in"
+    " a private module):\n" + "\n".join(_private_reach_ins(path))
+  )
 
 
 def test_the_reach_in_detector_finds_reach_ins(tmp_path):
   # Negative control: the checker must flag both forms.
   bad = tmp_path / "bad.py"
-  bad.write_text("from alfx._core import pool as _pool\n"
-                 "from alfx._core.selection import _top_b\n"
-                 "x = _pool._private_thing\n"
-                 "y = _pool.argmax\n")
+  bad.write_text(
+    "from alfx._core import pool as _pool\n"
+    "from alfx._core.selection import _top_b\n"
+    "x = _pool._private_thing\n"
+    "y = _pool.argmax\n"
+  )
   found = _private_reach_ins(bad)
   assert len(found) == 2, found
 
 
-@pytest.mark.parametrize("path", _modules(),
-                         ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize(
+  "path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE))
+)
 def test_every_module_is_short_and_says_what_it_is_for(path):
   lines = path.read_text().count("\n")
   assert lines <= MAX_LINES, f"{path.name}: {lines} lines > {MAX_LINES}"
@@ -134,7 +153,8 @@ def test_every_public_name_is_also_in_its_family_package():
     module = importlib.import_module(f"alfx.{family}")
     for name in module.__all__:
       assert getattr(module, name) is getattr(alfx, name, None) or (
-          name not in alfx.__all__), (family, name)
+        name not in alfx.__all__
+      ), (family, name)
       homes.setdefault(name, family)
   core_only = {"Selection", "top_b", "shard_pool", "ShardedPool", "checked"}
   missing = set(alfx.__all__) - set(homes) - core_only

@@ -26,7 +26,13 @@ import numpy as np
 
 import alfx
 
-N, D_IN, HIDDEN, C, K = 400, 16, 32, 5, 8  # pool, inputs, width, classes, members
+N, D_IN, HIDDEN, C, K = (
+  400,
+  16,
+  32,
+  5,
+  8,
+)  # pool, inputs, width, classes, members
 BATCH_SIZE = 10
 NUM_LABELED = 20
 
@@ -35,10 +41,15 @@ def make_problem(seed=0):
   """The pool inputs, the first labelled points and K members' weights."""
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(N, D_IN))
-  weights = [(rng.normal(size=(D_IN, HIDDEN)) / np.sqrt(D_IN),
-              0.1 * rng.normal(size=HIDDEN),
-              rng.normal(size=(HIDDEN, C)) * 2 / np.sqrt(HIDDEN),
-              0.1 * rng.normal(size=C)) for _ in range(K)]
+  weights = [
+    (
+      rng.normal(size=(D_IN, HIDDEN)) / np.sqrt(D_IN),
+      0.1 * rng.normal(size=HIDDEN),
+      rng.normal(size=(HIDDEN, C)) * 2 / np.sqrt(HIDDEN),
+      0.1 * rng.normal(size=C),
+    )
+    for _ in range(K)
+  ]
   labeled = np.zeros(N, bool)
   labeled[:NUM_LABELED] = True
   return x, weights, labeled
@@ -66,11 +77,18 @@ def torch_predictions(x, weights):
   with torch.no_grad():
     for w1, b1, w2, b2 in weights:
       model = torch.nn.Sequential(
-          torch.nn.Linear(D_IN, HIDDEN), torch.nn.ReLU(),
-          torch.nn.Linear(HIDDEN, C)).double()
-      model.load_state_dict({
-          "0.weight": torch.from_numpy(w1.T), "0.bias": torch.from_numpy(b1),
-          "2.weight": torch.from_numpy(w2.T), "2.bias": torch.from_numpy(b2)})
+        torch.nn.Linear(D_IN, HIDDEN),
+        torch.nn.ReLU(),
+        torch.nn.Linear(HIDDEN, C),
+      ).double()
+      model.load_state_dict(
+        {
+          "0.weight": torch.from_numpy(w1.T),
+          "0.bias": torch.from_numpy(b1),
+          "2.weight": torch.from_numpy(w2.T),
+          "2.bias": torch.from_numpy(b2),
+        }
+      )
       model.eval()  # deterministic members (an ensemble), no dropout
       h = model[:2](inputs)  # the input of the last linear layer
       log_probs.append(torch.log_softmax(model[2](h), dim=-1))
@@ -84,14 +102,18 @@ def torch_predictions(x, weights):
 
 def select(log_probs, embeddings, probs, labeled):
   """The picks of 2-BALD and BAIT, as NumPy arrays (float32 in, as usual)."""
-  log_probs, embeddings, probs = (np.asarray(a, np.float32)
-                                  for a in (log_probs, embeddings, probs))
+  log_probs, embeddings, probs = (
+    np.asarray(a, np.float32) for a in (log_probs, embeddings, probs)
+  )
   kbald = alfx.kbald(log_probs, BATCH_SIZE, order=2, mask=~labeled)
-  bait = alfx.bait(embeddings, probs, BATCH_SIZE, labeled=labeled,
-                   fisher="full")
+  bait = alfx.bait(
+    embeddings, probs, BATCH_SIZE, labeled=labeled, fisher="full"
+  )
   assert np.asarray(kbald.valid).all() and np.asarray(bait.valid).all()
-  return {"kbald": np.asarray(kbald.indices).tolist(),
-          "bait": np.asarray(bait.indices).tolist()}
+  return {
+    "kbald": np.asarray(kbald.indices).tolist(),
+    "bait": np.asarray(bait.indices).tolist(),
+  }
 
 
 def main():

@@ -18,12 +18,6 @@ Every name here is also importable from its family package:
 experiment.
 """
 
-from alfx.information import bald
-from alfx.information import co_information
-from alfx.information import entropy
-from alfx.information import joint_entropy
-from alfx.information import MAX_CONFIGURATIONS
-from alfx.information import mutual_information
 from alfx._core.selection import Selection
 from alfx._core.selection import top_b
 from alfx._core.sharding import shard_pool
@@ -54,6 +48,12 @@ from alfx.baselines import random_batch
 from alfx.baselines import stochastic_batch
 from alfx.baselines import typiclust
 from alfx.baselines import variation_ratios
+from alfx.information import bald
+from alfx.information import co_information
+from alfx.information import entropy
+from alfx.information import joint_entropy
+from alfx.information import MAX_CONFIGURATIONS
+from alfx.information import mutual_information
 from alfx.loop import Data
 from alfx.loop import get_strategy
 from alfx.loop import History
@@ -83,65 +83,65 @@ from alfx.nn import sample_labeled
 __version__ = "0.1.0"
 
 __all__ = (
-    "DENSE_MAX_DIM",
-    "Data",
-    "FisherFactors",
-    "FitResult",
-    "Forward",
-    "History",
-    "Loop",
-    "LoopState",
-    "MAX_CONFIGURATIONS",
-    "PoolFisher",
-    "Predictions",
-    "RoundMetrics",
-    "Selection",
-    "ShardedPool",
-    "Strategy",
-    "StrategyContext",
-    "badge",
-    "bait",
-    "bald",
-    "batchbald",
-    "batch_epig",
-    "checked",
-    "co_information",
-    "conservative_bald",
-    "coreset",
-    "ensemble_predictions",
-    "entropy",
-    "epig",
-    "fisher_factors",
-    "get_strategy",
-    "init_ensemble",
-    "initial_state",
-    "joint_entropy",
-    "kepig",
-    "kbald",
-    "kbald_dynamic",
-    "least_confidence",
-    "linen_forward",
-    "make_fit",
-    "make_loop",
-    "make_train_step",
-    "margin",
-    "mc_dropout_predictions",
-    "mean_std",
-    "mutual_information",
-    "nnx_forward",
-    "pool_fisher",
-    "pool_targets",
-    "predictive_entropy",
-    "random_batch",
-    "register_strategy",
-    "run_loop",
-    "sample_labeled",
-    "shard_pool",
-    "stochastic_batch",
-    "strategy_names",
-    "top_b",
-    "topk_bald",
-    "typiclust",
-    "variation_ratios",
-    "vmap_loop",
+  "DENSE_MAX_DIM",
+  "Data",
+  "FisherFactors",
+  "FitResult",
+  "Forward",
+  "History",
+  "Loop",
+  "LoopState",
+  "MAX_CONFIGURATIONS",
+  "PoolFisher",
+  "Predictions",
+  "RoundMetrics",
+  "Selection",
+  "ShardedPool",
+  "Strategy",
+  "StrategyContext",
+  "badge",
+  "bait",
+  "bald",
+  "batchbald",
+  "batch_epig",
+  "checked",
+  "co_information",
+  "conservative_bald",
+  "coreset",
+  "ensemble_predictions",
+  "entropy",
+  "epig",
+  "fisher_factors",
+  "get_strategy",
+  "init_ensemble",
+  "initial_state",
+  "joint_entropy",
+  "kepig",
+  "kbald",
+  "kbald_dynamic",
+  "least_confidence",
+  "linen_forward",
+  "make_fit",
+  "make_loop",
+  "make_train_step",
+  "margin",
+  "mc_dropout_predictions",
+  "mean_std",
+  "mutual_information",
+  "nnx_forward",
+  "pool_fisher",
+  "pool_targets",
+  "predictive_entropy",
+  "random_batch",
+  "register_strategy",
+  "run_loop",
+  "sample_labeled",
+  "shard_pool",
+  "stochastic_batch",
+  "strategy_names",
+  "top_b",
+  "topk_bald",
+  "typiclust",
+  "variation_ratios",
+  "vmap_loop",
 )

@@ -20,9 +20,9 @@ from collections.abc import Callable
 import math
 
 import jax
+from jax import lax
 import jax.extend.random
 import jax.numpy as jnp
-from jax import lax
 
 #: Default of every ``chunk_size``: the most pool rows any step processes at
 #: once (a cap on the working set; a function may use fewer, e.g. to keep a
@@ -83,8 +83,9 @@ def take(x: jax.Array, index: jax.Array, axis_name=None) -> jax.Array:
   owned = (local >= 0) & (local < n_local)
   row = x[jnp.clip(local, 0, n_local - 1)]
   if row.dtype == jnp.bool_:
-    return lax.psum(jnp.where(owned, row, False).astype(jnp.int32),
-                    axis_name) > 0
+    return (
+      lax.psum(jnp.where(owned, row, False).astype(jnp.int32), axis_name) > 0
+    )
   # Only the owner contributes; x + 0 is exact, also for -inf.
   return lax.psum(jnp.where(owned, row, jnp.zeros_like(row)), axis_name)
 
@@ -117,10 +118,12 @@ def _counter_bits(key_data, start, shape) -> tuple[jax.Array, jax.Array]:
   """
   width = math.prod(shape[1:])
   size_ = shape[0] * width
-  count = (jnp.asarray(start, jnp.uint32) * width
-           + jnp.arange(size_, dtype=jnp.uint32))
+  count = jnp.asarray(start, jnp.uint32) * width + jnp.arange(
+    size_, dtype=jnp.uint32
+  )
   words = jax.extend.random.threefry_2x32(
-      key_data, jnp.concatenate([jnp.zeros_like(count), count]))
+    key_data, jnp.concatenate([jnp.zeros_like(count), count])
+  )
   return words[:size_].reshape(shape), words[size_:].reshape(shape)
 
 
@@ -129,8 +132,9 @@ def _bits_to_unit(bits, dtype) -> jax.Array:
   otherwise (exact in float32; narrower types are clamped below 1)."""
   hi, lo = bits
   if jnp.dtype(dtype) == jnp.float64:
-    return ((hi >> 5).astype(dtype) * 2.0**26
-            + (lo >> 6).astype(dtype)) * 2.0**-53
+    return (
+      (hi >> 5).astype(dtype) * 2.0**26 + (lo >> 6).astype(dtype)
+    ) * 2.0**-53
   u = (hi >> 8).astype(jnp.float32) * 2.0**-24
   if jnp.dtype(dtype) == jnp.float32:
     return u
@@ -138,8 +142,11 @@ def _bits_to_unit(bits, dtype) -> jax.Array:
   return jnp.minimum(u.astype(dtype), below_one)
 
 
-def _random_slice(draw: Callable[[tuple[int, ...]], jax.Array],
-                  shape: tuple[int, ...], axis_name) -> jax.Array:
+def _random_slice(
+  draw: Callable[[tuple[int, ...]], jax.Array],
+  shape: tuple[int, ...],
+  axis_name,
+) -> jax.Array:
   """Fallback for non-Threefry keys: the whole draw on every device, sliced."""
   if axis_name is None:
     return draw(shape)
@@ -149,8 +156,9 @@ def _random_slice(draw: Callable[[tuple[int, ...]], jax.Array],
   return lax.dynamic_slice(full, start, shape)
 
 
-def uniform(key, shape: tuple[int, ...], dtype=jnp.float32, axis_name=None
-            ) -> jax.Array:
+def uniform(
+  key, shape: tuple[int, ...], dtype=jnp.float32, axis_name=None
+) -> jax.Array:
   """Uniform [0, 1) noise for the local rows, equal to the unsharded draw.
 
   Counter-based (`_counter_bits`): each device hashes only its own rows.
@@ -158,14 +166,16 @@ def uniform(key, shape: tuple[int, ...], dtype=jnp.float32, axis_name=None
   shape = tuple(shape)
   key_data = _threefry_key(key)
   if key_data is None:
-    return _random_slice(lambda s: jax.random.uniform(key, s, dtype), shape,
-                         axis_name)
+    return _random_slice(
+      lambda s: jax.random.uniform(key, s, dtype), shape, axis_name
+    )
   bits = _counter_bits(key_data, offset(shape[0], axis_name), shape)
   return _bits_to_unit(bits, dtype)
 
 
-def gumbel(key, shape: tuple[int, ...], dtype=jnp.float32, axis_name=None
-           ) -> jax.Array:
+def gumbel(
+  key, shape: tuple[int, ...], dtype=jnp.float32, axis_name=None
+) -> jax.Array:
   """Standard Gumbel noise for the local rows, equal to the unsharded draw."""
   u = uniform(key, shape, dtype, axis_name)
   return -jnp.log(-jnp.log(jnp.maximum(u, jnp.finfo(u.dtype).tiny)))
@@ -176,8 +186,12 @@ def all_gather(x: jax.Array, axis_name=None) -> jax.Array:
   return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
 
 
-def ring_sum(fn: Callable[..., jax.Array], *blocks: jax.Array, axis_name=None,
-             own: Callable[..., jax.Array] | None = None):
+def ring_sum(
+  fn: Callable[..., jax.Array],
+  *blocks: jax.Array,
+  axis_name=None,
+  own: Callable[..., jax.Array] | None = None,
+):
   """``sum over the shards' blocks b of fn(*b)``: pool-pairwise sums, no gather.
 
   For ``O(N^2)`` terms such as ``sum_m f(x_n, x_m)`` for the local rows
@@ -204,9 +218,9 @@ def ring_sum(fn: Callable[..., jax.Array], *blocks: jax.Array, axis_name=None,
   return total
 
 
-def compact(keep: jax.Array, arrays: tuple[jax.Array, ...], capacity: int,
-            axis_name=None) -> tuple[tuple[jax.Array, ...], jax.Array,
-                                     jax.Array]:
+def compact(
+  keep: jax.Array, arrays: tuple[jax.Array, ...], capacity: int, axis_name=None
+) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
   """The rows with ``keep`` True, in pool order, in ``capacity`` static slots.
 
   Returns ``(rows, ok, count)``: ``rows[i]`` is ``arrays[i]`` (numeric) at
@@ -226,21 +240,32 @@ def compact(keep: jax.Array, arrays: tuple[jax.Array, ...], capacity: int,
   if axis_name is None:
     return rows, jnp.arange(capacity) < count, count
   counts = all_gather(count[None], axis_name)
-  before = jnp.sum(jnp.where(
-      jnp.arange(counts.shape[0]) < lax.axis_index(axis_name), counts, 0))
+  before = jnp.sum(
+    jnp.where(
+      jnp.arange(counts.shape[0]) < lax.axis_index(axis_name), counts, 0
+    )
+  )
   slot = before + jnp.arange(slots)
-  slot = jnp.where((jnp.arange(slots) < count) & (slot < capacity), slot,
-                   capacity)
+  slot = jnp.where(
+    (jnp.arange(slots) < count) & (slot < capacity), slot, capacity
+  )
   # Each slot has one writer; the others add exact zeros.
   rows = tuple(
-      lax.psum(jnp.zeros((capacity,) + r.shape[1:], r.dtype)
-               .at[slot].set(r, mode="drop"), axis_name) for r in rows)
+    lax.psum(
+      jnp.zeros((capacity,) + r.shape[1:], r.dtype)
+      .at[slot]
+      .set(r, mode="drop"),
+      axis_name,
+    )
+    for r in rows
+  )
   count = jnp.sum(counts)
   return rows, jnp.arange(capacity) < count, count
 
 
-def top_k(values: jax.Array, k: int, axis_name=None
-          ) -> tuple[jax.Array, jax.Array]:
+def top_k(
+  values: jax.Array, k: int, axis_name=None
+) -> tuple[jax.Array, jax.Array]:
   """``(values[k], int32 global indices[k])`` of the ``k`` largest in the pool.
 
   Ties go to the lower global index (``lax.top_k`` is stable). Sharded, each
@@ -260,8 +285,9 @@ def _chunk_starts(n: int, chunk_size: int) -> tuple[int, int]:
   return chunk, -(-n // chunk)
 
 
-def chunked_map(fn: Callable[..., jax.Array], *arrays: jax.Array,
-                chunk_size: int):
+def chunked_map(
+  fn: Callable[..., jax.Array], *arrays: jax.Array, chunk_size: int
+):
   """Applies ``fn`` to consecutive ``chunk_size`` rows of the pool arrays.
 
   Peak memory of ``fn``'s intermediates is bounded by ``chunk_size`` rows,
@@ -283,21 +309,24 @@ def chunked_map(fn: Callable[..., jax.Array], *arrays: jax.Array,
   chunk, n_chunks = _chunk_starts(n, chunk_size)
   if n_chunks == 1:
     return fn(*arrays)
-  shapes = jax.eval_shape(fn, *(jax.ShapeDtypeStruct((chunk,) + a.shape[1:],
-                                                     a.dtype) for a in arrays))
+  shapes = jax.eval_shape(
+    fn, *(jax.ShapeDtypeStruct((chunk,) + a.shape[1:], a.dtype) for a in arrays)
+  )
   init = jax.tree.map(lambda o: jnp.zeros((n,) + o.shape[1:], o.dtype), shapes)
 
   def body(i, outs):
     start = jnp.minimum(i * chunk, n - chunk)
     res = fn(*(lax.dynamic_slice_in_dim(a, start, chunk) for a in arrays))
     return jax.tree.map(
-        lambda o, r: lax.dynamic_update_slice_in_dim(o, r, start, 0), outs, res)
+      lambda o, r: lax.dynamic_update_slice_in_dim(o, r, start, 0), outs, res
+    )
 
   return lax.fori_loop(0, n_chunks, body, init)
 
 
-def chunked_sum(fn: Callable[..., jax.Array], *arrays: jax.Array,
-                chunk_size: int):
+def chunked_sum(
+  fn: Callable[..., jax.Array], *arrays: jax.Array, chunk_size: int
+):
   """Sum over the pool of ``fn``'s per-chunk partial sums, in bounded memory.
 
   ``fn(*chunk_arrays, fresh)`` receives ``chunk_size`` rows and ``fresh:
@@ -314,9 +343,11 @@ def chunked_sum(fn: Callable[..., jax.Array], *arrays: jax.Array,
   def partial(i):
     start = jnp.minimum(i * chunk, n - chunk)
     fresh = start + jnp.arange(chunk) >= i * chunk
-    return fn(*(lax.dynamic_slice_in_dim(a, start, chunk) for a in arrays),
-              fresh)
+    return fn(
+      *(lax.dynamic_slice_in_dim(a, start, chunk) for a in arrays), fresh
+    )
 
   first = partial(0)
   return lax.fori_loop(
-      1, n_chunks, lambda i, acc: jax.tree.map(jnp.add, acc, partial(i)), first)
+    1, n_chunks, lambda i, acc: jax.tree.map(jnp.add, acc, partial(i)), first
+  )

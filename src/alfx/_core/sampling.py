@@ -8,10 +8,9 @@ comes from `pool.gumbel`, so that a sharded run draws the single-device
 noise.
 """
 
-
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
@@ -26,8 +25,9 @@ STOCHASTIC_MODES = ("power", "softmax", "softrank")
 # Stochastic batch acquisition.
 
 
-def stochastic_batch(utilities, batch_size, *, key, mode="power", beta=1.0,
-                     mask=None):
+def stochastic_batch(
+  utilities, batch_size, *, key, mode="power", beta=1.0, mask=None
+):
   """Samples a batch with probabilities from the utilities (Kirsch et al. 2021).
 
   Stochastic batch acquisition replaces top-B by sampling ``B`` selectable
@@ -71,13 +71,15 @@ def stochastic_batch(utilities, batch_size, *, key, mode="power", beta=1.0,
   key = _validation.check_key(key)
   _validation.check_choice(mode, "mode", STOCHASTIC_MODES)
   beta = _validation.check_scalar(beta, "beta", minimum=0)
-  return _stochastic_batch(utilities, mask, key, beta, batch_size=batch_size,
-                           mode=mode)
+  return _stochastic_batch(
+    utilities, mask, key, beta, batch_size=batch_size, mode=mode
+  )
 
 
 @_sharding.pool_core(pool=("utilities", "mask"), static=("batch_size", "mode"))
-def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
-                      axis_name=None):
+def _stochastic_batch(
+  utilities, mask, key, beta, batch_size, mode, axis_name=None
+):
   """`stochastic_batch` without checks; shardable over the pool."""
   dtype = utilities.dtype
   beta = jnp.asarray(beta, dtype)
@@ -106,13 +108,17 @@ def _stochastic_batch(utilities, mask, key, beta, batch_size, mode,
     # the pool's data) are all-gathered and each device sorts them.
     lowest = jnp.finfo(dtype).min
     ranked = _pool.all_gather(
-        jnp.where(mask, jnp.maximum(utilities, lowest), -jnp.inf), axis_name)
+      jnp.where(mask, jnp.maximum(utilities, lowest), -jnp.inf), axis_name
+    )
     order = jnp.argsort(-ranked, stable=True)
-    rank = jnp.zeros(ranked.shape, dtype).at[order].set(
-        jnp.arange(1, ranked.shape[0] + 1, dtype=dtype))
+    rank = (
+      jnp.zeros(ranked.shape, dtype)
+      .at[order]
+      .set(jnp.arange(1, ranked.shape[0] + 1, dtype=dtype))
+    )
     rank = lax.dynamic_slice(
-        rank, (_pool.offset(utilities.shape[0], axis_name),),
-        utilities.shape)
+      rank, (_pool.offset(utilities.shape[0], axis_name),), utilities.shape
+    )
     log_w = -scale * jnp.log(rank)
     supported = mask
   # Weight-0 points (power: s <= 0; softmax: s = -inf) come after every
@@ -163,14 +169,19 @@ def random_batch(pool, batch_size, *, key, mask=None):
     (3,)
   """
   if not hasattr(pool, "shape") or len(pool.shape) == 0:
-    raise ValueError("pool must be an array whose axis 0 is the pool, [N,"
-                     " ...] (log_probs, embeddings or a mask), got"
-                     f" {type(pool).__name__}.")
+    raise ValueError(
+      "pool must be an array whose axis 0 is the pool, [N,"
+      " ...] (log_probs, embeddings or a mask), got"
+      f" {type(pool).__name__}."
+    )
   n = pool.shape[0]
   if mask is None:
     # Carries the pool's sharding, so a sharded pool draws sharded.
-    mask = (jnp.ones((n,), bool) if _sharding.pool_axis(pool) is None
-            else _pool_ones(pool))
+    mask = (
+      jnp.ones((n,), bool)
+      if _sharding.pool_axis(pool) is None
+      else _pool_ones(pool)
+    )
   mask = _validation.check_mask(mask, n)
   batch_size = _validation.check_batch_size(batch_size, mask)
   key = _validation.check_key(key)
@@ -180,17 +191,21 @@ def random_batch(pool, batch_size, *, key, mask=None):
 def _pool_ones(pool):
   """``bool[N]`` True, sharded like axis 0 of ``pool``."""
   mesh, axis = _sharding.pool_axis(pool)
-  return jax.device_put(jnp.ones((pool.shape[0],), bool),
-                        jax.sharding.NamedSharding(
-                            mesh, jax.sharding.PartitionSpec(axis)))
+  return jax.device_put(
+    jnp.ones((pool.shape[0],), bool),
+    jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis)),
+  )
 
 
 @_sharding.pool_core(pool=("mask",), static=("batch_size",))
 def _random_batch(mask, key, batch_size, axis_name=None):
   noise = _pool.uniform(key, mask.shape, axis_name=axis_name)
   # Unselectable points get -1 < every uniform draw in [0, 1).
-  values, indices = _pool.top_k(jnp.where(mask, noise, -1.0), batch_size,
-                                axis_name)
+  values, indices = _pool.top_k(
+    jnp.where(mask, noise, -1.0), batch_size, axis_name
+  )
   return _selection.Selection(
-      indices=indices, scores=jnp.zeros((batch_size,), jnp.float32),
-      valid=values >= 0)
+    indices=indices,
+    scores=jnp.zeros((batch_size,), jnp.float32),
+    valid=values >= 0,
+  )

@@ -72,8 +72,9 @@ def _top_b(utilities, mask, batch_size, axis_name=None):
   ranked = jnp.where(mask, jnp.maximum(utilities, lowest), -jnp.inf)
   values, indices = _pool.top_k(ranked, batch_size, axis_name)
   take = jax.vmap(lambda i: _pool.take(utilities, i, axis_name))
-  return Selection(indices=indices, scores=take(indices),
-                   valid=values > -jnp.inf)
+  return Selection(
+    indices=indices, scores=take(indices), valid=values > -jnp.inf
+  )
 
 
 def pick(gains, available, axis_name=None):
@@ -87,12 +88,17 @@ def pick(gains, available, axis_name=None):
   index, best = _pool.argmax(masked, axis_name)
   valid = best > -jnp.inf
   available = _pool.set_at(available, index, False, axis_name)
-  return (jnp.where(valid, index, 0), jnp.where(valid, best, 0), valid,
-          available)
+  return (
+    jnp.where(valid, index, 0),
+    jnp.where(valid, best, 0),
+    valid,
+    available,
+  )
 
 
-def flip_selected(labeled: jax.Array, selection: Selection,
-                  axis_name=None) -> jax.Array:
+def flip_selected(
+  labeled: jax.Array, selection: Selection, axis_name=None
+) -> jax.Array:
   """``labeled`` with the valid picks of ``selection`` set to True.
 
   ``selection.indices`` are global pool indices; with ``axis_name`` (under

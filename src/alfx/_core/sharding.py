@@ -25,7 +25,8 @@ from collections.abc import Callable
 import functools
 import inspect
 import re
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,8 +64,7 @@ def _pad_rows(x: jax.Array, pad: int) -> jax.Array:
   # Copies of the last row: still valid log-probabilities, probabilities,
   # finite embeddings, so the input checks pass and nothing becomes NaN.
   last = x[-1:]
-  return jnp.concatenate(
-      [x, jnp.broadcast_to(last, (pad,) + x.shape[1:])])
+  return jnp.concatenate([x, jnp.broadcast_to(last, (pad,) + x.shape[1:])])
 
 
 def shard_pool(*arrays, mesh=None, axis_name: str = "pool") -> ShardedPool:
@@ -99,26 +99,31 @@ def shard_pool(*arrays, mesh=None, axis_name: str = "pool") -> ShardedPool:
   arrays = [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in arrays]
   for i, x in enumerate(arrays):
     if x.ndim == 0:
-      raise ValueError(f"arrays[{i}] must have a pool axis [N, ...], got a"
-                       " scalar.")
+      raise ValueError(
+        f"arrays[{i}] must have a pool axis [N, ...], got a scalar."
+      )
   n = arrays[0].shape[0]
   for i, x in enumerate(arrays):
     if x.shape[0] != n:
       raise ValueError(
-          f"arrays[{i}] must have the pool size N={n} as axis 0 (that of"
-          f" arrays[0]), got shape {list(x.shape)}.")
+        f"arrays[{i}] must have the pool size N={n} as axis 0 (that of"
+        f" arrays[0]), got shape {list(x.shape)}."
+      )
   if n == 0:
     raise ValueError("shard_pool got an empty pool (N = 0).")
   if mesh is None:
     mesh = jax.make_mesh((jax.device_count(),), (axis_name,))
   if axis_name not in mesh.axis_names:
-    raise ValueError(f"mesh has axes {mesh.axis_names}; axis_name="
-                     f"{axis_name!r} is not one of them.")
+    raise ValueError(
+      f"mesh has axes {mesh.axis_names}; axis_name="
+      f"{axis_name!r} is not one of them."
+    )
   devices = mesh.shape[axis_name]
   n_pad = -(-n // devices) * devices
   sharding = NamedSharding(mesh, P(axis_name))
-  placed = tuple(jax.device_put(_pad_rows(x, n_pad - n), sharding)
-                 for x in arrays)
+  placed = tuple(
+    jax.device_put(_pad_rows(x, n_pad - n), sharding) for x in arrays
+  )
   in_pool = jax.device_put(jnp.arange(n_pad) < n, sharding)
   return ShardedPool(placed, in_pool, n, mesh, axis_name)
 
@@ -150,22 +155,25 @@ def pool_axis(*arrays) -> tuple[Any, str] | None:
       continue
     if any(s is not None for s in sharding.spec[1:]):
       raise ValueError(
-          f"only the pool axis (axis 0) may be sharded, got spec"
-          f" {sharding.spec} for an array of shape {list(x.shape)}.")
+        f"only the pool axis (axis 0) may be sharded, got spec"
+        f" {sharding.spec} for an array of shape {list(x.shape)}."
+      )
     axis = sharding.spec[0]
     if axis is None:
       continue
     if isinstance(axis, tuple):
       if len(axis) != 1:
         raise ValueError(
-            f"the pool axis is split over several mesh axes {axis}; alfx"
-            " shards the pool over one mesh axis (a 1-D mesh).")
+          f"the pool axis is split over several mesh axes {axis}; alfx"
+          " shards the pool over one mesh axis (a 1-D mesh)."
+        )
       axis = axis[0]
     mesh = sharding.mesh
-    if found is not None and (found[1] != axis or
-                              found[0].shape != mesh.shape):
-      raise ValueError("pool arrays are sharded over different meshes or"
-                       f" axes ({found[1]!r} and {axis!r}).")
+    if found is not None and (found[1] != axis or found[0].shape != mesh.shape):
+      raise ValueError(
+        "pool arrays are sharded over different meshes or"
+        f" axes ({found[1]!r} and {axis!r})."
+      )
     found = (mesh, axis)
   return found
 
@@ -178,18 +186,23 @@ def _place(x, mesh, spec):
   return jax.lax.with_sharding_constraint(x, sharding)
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "core", "mesh", "axis_name", "pool", "out_specs", "static"))
+@functools.partial(
+  jax.jit,
+  static_argnames=("core", "mesh", "axis_name", "pool", "out_specs", "static"),
+)
 def _sharded(args, core, mesh, axis_name, pool, out_specs, static):
   specs = tuple(P(axis_name) if p else P() for p in pool)
   args = tuple(
-      jax.tree.map(lambda a, s=s: _place(a, mesh, s), arg)
-      for arg, s in zip(args, specs))
+    jax.tree.map(lambda a, s=s: _place(a, mesh, s), arg)
+    for arg, s in zip(args, specs)
+  )
   return jax.shard_map(
-      lambda *a: core(*a, axis_name=axis_name, **dict(static)),
-      mesh=mesh, in_specs=specs, out_specs=jax.tree.unflatten(out_specs[1],
-                                                               out_specs[0]),
-      check_vma=False)(*args)
+    lambda *a: core(*a, axis_name=axis_name, **dict(static)),
+    mesh=mesh,
+    in_specs=specs,
+    out_specs=jax.tree.unflatten(out_specs[1], out_specs[0]),
+    check_vma=False,
+  )(*args)
 
 
 def pool_spec(axis_name: str, static=None) -> P:
@@ -209,14 +222,21 @@ def _dispatch(jitted, args, pool, out_specs, static):
     for leaf in jax.tree.leaves(a) if p else ():
       if leaf.shape[0] % devices:
         raise ValueError(
-            f"a pool array of shape {list(leaf.shape)} cannot be split evenly"
-            f" over {devices} devices; pad the pool with alfx.shard_pool.")
+          f"a pool array of shape {list(leaf.shape)} cannot be split evenly"
+          f" over {devices} devices; pad the pool with alfx.shard_pool."
+        )
   specs = P() if out_specs is None else out_specs(axis_name, static)
   # A static argument must be hashable: the specs as leaves and tree.
   leaves, tree = jax.tree.flatten(specs, is_leaf=lambda x: isinstance(x, P))
-  return _sharded(tuple(args), core=jitted, mesh=mesh, axis_name=axis_name,
-                  pool=tuple(pool), out_specs=(tuple(leaves), tree),
-                  static=tuple(sorted(static.items())))
+  return _sharded(
+    tuple(args),
+    core=jitted,
+    mesh=mesh,
+    axis_name=axis_name,
+    pool=tuple(pool),
+    out_specs=(tuple(leaves), tree),
+    static=tuple(sorted(static.items())),
+  )
 
 
 def _has_tracer(tree) -> bool:
@@ -242,9 +262,11 @@ def _nan_guard(selection, args, pool, axis_name):
         bad_replicated = bad_replicated | isnan
   bad = bad_replicated | (_psum_any(bad_local, axis_name))
   return selection._replace(
-      scores=jnp.where(bad, jnp.nan, selection.scores).astype(
-          selection.scores.dtype),
-      valid=selection.valid & ~bad)
+    scores=jnp.where(bad, jnp.nan, selection.scores).astype(
+      selection.scores.dtype
+    ),
+    valid=selection.valid & ~bad,
+  )
 
 
 def _psum_any(flag, axis_name):
@@ -253,9 +275,13 @@ def _psum_any(flag, axis_name):
   return jax.lax.psum(flag.astype(jnp.int32), axis_name) > 0
 
 
-def pool_core(*, pool: tuple[str, ...], static: tuple[str, ...] = (),
-              out_specs: Callable[[str, dict], Any] | None = None,
-              selection: bool = True):
+def pool_core(
+  *,
+  pool: tuple[str, ...],
+  static: tuple[str, ...] = (),
+  out_specs: Callable[[str, dict], Any] | None = None,
+  selection: bool = True,
+):
   """Declares a jitted acquisition core over the local slice of the pool.
 
   The decorated function is written over the local rows of the pool with
@@ -289,15 +315,25 @@ def pool_core(*, pool: tuple[str, ...], static: tuple[str, ...] = (),
 
   def decorate(fn):
     signature = inspect.signature(fn)
-    names = [n for n, p in signature.parameters.items()
-             if n != "axis_name" and n not in static
-             and p.kind in (inspect.Parameter.POSITIONAL_ONLY,
-                            inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    unknown = (set(pool) - set(names)) | (set(static) - set(
-        signature.parameters))
+    names = [
+      n
+      for n, p in signature.parameters.items()
+      if n != "axis_name"
+      and n not in static
+      and p.kind
+      in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+      )
+    ]
+    unknown = (set(pool) - set(names)) | (
+      set(static) - set(signature.parameters)
+    )
     if unknown or "axis_name" not in signature.parameters:
-      raise TypeError(f"pool_core({fn.__name__}): unknown arguments"
-                      f" {sorted(unknown)} or no axis_name parameter.")
+      raise TypeError(
+        f"pool_core({fn.__name__}): unknown arguments"
+        f" {sorted(unknown)} or no axis_name parameter."
+      )
     is_pool = tuple(n in pool for n in names)
 
     def guarded(*args, nan_guard=False, axis_name=None, **static_kwargs):
@@ -306,8 +342,9 @@ def pool_core(*, pool: tuple[str, ...], static: tuple[str, ...] = (),
         out = _nan_guard(out, args, is_pool, axis_name)
       return out
 
-    jitted = jax.jit(guarded, static_argnames=static + (
-        "axis_name", "nan_guard"))
+    jitted = jax.jit(
+      guarded, static_argnames=static + ("axis_name", "nan_guard")
+    )
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
@@ -344,8 +381,12 @@ def pool_gathers(hlo_text: str, pool_size: int) -> list[str]:
     m = _ALL_GATHER.search(line)
     if not m:
       continue
-    dims = [int(d) for d in re.findall(r"\d+", "".join(
-        re.findall(r"\[([\d,]*)\]", m.group(1))))]
+    dims = [
+      int(d)
+      for d in re.findall(
+        r"\d+", "".join(re.findall(r"\[([\d,]*)\]", m.group(1)))
+      )
+    ]
     if any(d >= pool_size for d in dims):
       found.append(line.strip())
   return found

@@ -51,8 +51,9 @@ def tolerance(dtype) -> float:
 
 def is_concrete(*arrays) -> bool:
   """True when no argument is a tracer (we are not inside jit/vmap/grad)."""
-  return not any(isinstance(a, jax.core.Tracer)
-                 for a in jax.tree.leaves(arrays))
+  return not any(
+    isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(arrays)
+  )
 
 
 def checking() -> bool:
@@ -107,8 +108,9 @@ def checked(fn):
 
 
 def _fully_addressable(args) -> bool:
-  return all(getattr(a, "is_fully_addressable", True)
-             for a in jax.tree.leaves(args))
+  return all(
+    getattr(a, "is_fully_addressable", True) for a in jax.tree.leaves(args)
+  )
 
 
 def to_host(fn, *args):
@@ -142,8 +144,9 @@ def value_check(fn, args, explain, template: str) -> None:
   if is_concrete(*args):
     ok, values = to_host(fn, *args)
     if not bool(ok):
-      raise ValueError(explain({k: np.asarray(v).item()
-                                for k, v in values.items()}))
+      raise ValueError(
+        explain({k: np.asarray(v).item() for k, v in values.items()})
+      )
   elif checking():
     ok, values = fn(*args)
     checkify.check(ok, template, **values)
@@ -161,8 +164,11 @@ def _mesh_context(args):
   for a in args:
     sharding = getattr(a, "sharding", None)
     mesh = getattr(sharding, "mesh", None)
-    if isinstance(mesh, jax.sharding.Mesh) and mesh.size > 1 and any(
-        t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    if (
+      isinstance(mesh, jax.sharding.Mesh)
+      and mesh.size > 1
+      and any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+    ):
       try:
         return jax.set_mesh(mesh)
       except ValueError:  # inside someone's jit (closed-over arrays)
@@ -181,16 +187,18 @@ def as_float_array(x, name: str, expected: str) -> jax.Array:
   x = x if isinstance(x, jax.Array) else jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(
-        f"{name} must be a floating array of shape {expected}, got dtype"
-        f" {x.dtype}.")
+      f"{name} must be a floating array of shape {expected}, got dtype"
+      f" {x.dtype}."
+    )
   return x
 
 
 def check_rank(x, name: str, expected: str, rank: int) -> None:
   if x.ndim != rank:
     raise ValueError(
-        f"{name} must have shape {expected} (rank {rank}), got shape"
-        f" {_shape_str(x)}.")
+      f"{name} must have shape {expected} (rank {rank}), got shape"
+      f" {_shape_str(x)}."
+    )
 
 
 @jax.jit
@@ -201,40 +209,59 @@ def _float_stats(x):
   return nan, pos_inf, neg_inf
 
 
-def check_finite(x, name: str, expected: str, *, allow_neg_inf=False,
-                 allow_inf=False) -> None:
+def check_finite(
+  x, name: str, expected: str, *, allow_neg_inf=False, allow_inf=False
+) -> None:
   """Refuses NaN and +inf (and -inf unless allowed) in ``x``."""
 
   def fn(x):
     nan, pos_inf, neg_inf = _float_stats(x)
-    bad = nan + (0 if allow_inf else pos_inf) + (
-        0 if allow_neg_inf or allow_inf else neg_inf)
+    bad = (
+      nan
+      + (0 if allow_inf else pos_inf)
+      + (0 if allow_neg_inf or allow_inf else neg_inf)
+    )
     return bad == 0, dict(nan=nan, pos_inf=pos_inf, neg_inf=neg_inf)
 
   def explain(v):
-    found = ", ".join(f"{v[k]} {label}" for k, label in (
-        ("nan", "NaN"), ("pos_inf", "+inf"), ("neg_inf", "-inf")) if v[k])
-    allowed = (" (infinities are allowed)" if allow_inf else
-               " (or -inf for a zero probability)" if allow_neg_inf else "")
-    return (f"{name} (shape {expected}) contains {found}; values must be"
-            f" finite{allowed}. Look for a diverged model or a log(0) in"
-            " the pipeline that produced it.")
+    found = ", ".join(
+      f"{v[k]} {label}"
+      for k, label in (("nan", "NaN"), ("pos_inf", "+inf"), ("neg_inf", "-inf"))
+      if v[k]
+    )
+    allowed = (
+      " (infinities are allowed)"
+      if allow_inf
+      else " (or -inf for a zero probability)"
+      if allow_neg_inf
+      else ""
+    )
+    return (
+      f"{name} (shape {expected}) contains {found}; values must be"
+      f" finite{allowed}. Look for a diverged model or a log(0) in"
+      " the pipeline that produced it."
+    )
 
-  value_check(fn, (x,), explain,
-              f"{name} (shape {expected}) contains {{nan}} NaN, {{pos_inf}}"
-              f" +inf and {{neg_inf}} -inf entries; values must be finite"
-              + (" or infinite." if allow_inf else
-                 " or -inf." if allow_neg_inf else "."))
+  value_check(
+    fn,
+    (x,),
+    explain,
+    f"{name} (shape {expected}) contains {{nan}} NaN, {{pos_inf}}"
+    f" +inf and {{neg_inf}} -inf entries; values must be finite"
+    + (" or infinite." if allow_inf else " or -inf." if allow_neg_inf else "."),
+  )
 
 
 def _shape_warning(log_probs, name: str) -> None:
   n, k = log_probs.shape[0], log_probs.shape[1]
   if k > n:
     warnings.warn(
-        f"{name} has shape {_shape_str(log_probs)}, read as [N={n}, K={k},"
-        f" C]: more posterior samples than pool points. If it is laid out"
-        f" [K, N, C] (samples first, as some libraries do), pass"
-        f" jnp.swapaxes({name}, 0, 1).", stacklevel=4)
+      f"{name} has shape {_shape_str(log_probs)}, read as [N={n}, K={k},"
+      f" C]: more posterior samples than pool points. If it is laid out"
+      f" [K, N, C] (samples first, as some libraries do), pass"
+      f" jnp.swapaxes({name}, 0, 1).",
+      stacklevel=4,
+    )
 
 
 @jax.jit
@@ -249,8 +276,11 @@ def _log_prob_stats(lp):
 @jax.jit
 def _prob_stats(p):
   p = p.astype(jnp.promote_types(p.dtype, jnp.float32))
-  return (jnp.min(p), jnp.max(jnp.abs(jnp.sum(p, axis=-1) - 1)),
-          jnp.max(jnp.abs(jax.nn.logsumexp(p, axis=-1))))
+  return (
+    jnp.min(p),
+    jnp.max(jnp.abs(jnp.sum(p, axis=-1) - 1)),
+    jnp.max(jnp.abs(jax.nn.logsumexp(p, axis=-1))),
+  )
 
 
 @jax.jit
@@ -261,9 +291,13 @@ def count_selectable(mask, labeled=None):
   return count, jnp.sum(mask & ~labeled, dtype=jnp.int32)
 
 
-def check_log_probs(log_probs, name: str = "log_probs",
-                    expected: str = "[N, K, C]", rank: int = 3,
-                    pool: bool = True) -> jax.Array:
+def check_log_probs(
+  log_probs,
+  name: str = "log_probs",
+  expected: str = "[N, K, C]",
+  rank: int = 3,
+  pool: bool = True,
+) -> jax.Array:
   """Checks predictive log-probabilities, natural log, normalised over the last axis.
 
   Args:
@@ -279,11 +313,15 @@ def check_log_probs(log_probs, name: str = "log_probs",
   log_probs = as_float_array(log_probs, name, expected)
   check_rank(log_probs, name, expected, rank)
   if log_probs.shape[0] == 0:
-    raise ValueError(f"{name} has an empty pool: shape {_shape_str(log_probs)},"
-                     f" expected {expected} with N >= 1.")
+    raise ValueError(
+      f"{name} has an empty pool: shape {_shape_str(log_probs)},"
+      f" expected {expected} with N >= 1."
+    )
   if any(d == 0 for d in log_probs.shape[1:]):
-    raise ValueError(f"{name} must have shape {expected} with every axis >= 1,"
-                     f" got {_shape_str(log_probs)}.")
+    raise ValueError(
+      f"{name} must have shape {expected} with every axis >= 1,"
+      f" got {_shape_str(log_probs)}."
+    )
   if pool and rank == 3:
     _shape_warning(log_probs, name)
   check_finite(log_probs, name, expected, allow_neg_inf=True)
@@ -294,24 +332,36 @@ def check_log_probs(log_probs, name: str = "log_probs",
     return err <= tol, dict(err=err, lo=lo, hi=hi, sum_err=sum_err)
 
   def explain(v):
-    off = (f"{name} (shape {expected}) must be log-probabilities (natural"
-           f" log) normalised over the class axis, logsumexp over C equal to"
-           f" 0, but it is off by up to {v['err']:.3g}")
+    off = (
+      f"{name} (shape {expected}) must be log-probabilities (natural"
+      f" log) normalised over the class axis, logsumexp over C equal to"
+      f" 0, but it is off by up to {v['err']:.3g}"
+    )
     if v["lo"] >= 0 and v["hi"] <= 1 and v["sum_err"] <= tol:
-      return (f"{name} looks like probabilities (rows sum to 1, values in"
-              f" [0, 1]): {off}; pass jnp.log(probs), or"
-              " jax.nn.log_softmax(logits).")
+      return (
+        f"{name} looks like probabilities (rows sum to 1, values in"
+        f" [0, 1]): {off}; pass jnp.log(probs), or"
+        " jax.nn.log_softmax(logits)."
+      )
     if v["hi"] > tol:
-      return (f"{name} looks like logits or scores (values up to"
-              f" {v['hi']:.3g}, log-probabilities are <= 0): {off}; pass"
-              " jax.nn.log_softmax(logits).")
-    return (f"{off}; pass jax.nn.log_softmax(logits), not the log of"
-            " unnormalised scores.")
+      return (
+        f"{name} looks like logits or scores (values up to"
+        f" {v['hi']:.3g}, log-probabilities are <= 0): {off}; pass"
+        " jax.nn.log_softmax(logits)."
+      )
+    return (
+      f"{off}; pass jax.nn.log_softmax(logits), not the log of"
+      " unnormalised scores."
+    )
 
-  value_check(fn, (log_probs,), explain,
-              f"{name} (shape {expected}) must be log-probabilities normalised"
-              " over the class axis, but logsumexp is off by up to {err}; pass"
-              " jax.nn.log_softmax(logits).")
+  value_check(
+    fn,
+    (log_probs,),
+    explain,
+    f"{name} (shape {expected}) must be log-probabilities normalised"
+    " over the class axis, but logsumexp is off by up to {err}; pass"
+    " jax.nn.log_softmax(logits).",
+  )
   return log_probs
 
 
@@ -321,11 +371,13 @@ def check_probs(probs, n: int, name: str = "probs") -> jax.Array:
   probs = as_float_array(probs, name, expected)
   check_rank(probs, name, expected, 2)
   if probs.shape[0] != n:
-    raise ValueError(f"{name} must have shape {expected}, got"
-                     f" {_shape_str(probs)}.")
+    raise ValueError(
+      f"{name} must have shape {expected}, got {_shape_str(probs)}."
+    )
   if probs.shape[1] == 0:
-    raise ValueError(f"{name} must have at least one class, got"
-                     f" {_shape_str(probs)}.")
+    raise ValueError(
+      f"{name} must have at least one class, got {_shape_str(probs)}."
+    )
   check_finite(probs, name, expected)
   tol = tolerance(probs.dtype)
 
@@ -334,21 +386,28 @@ def check_probs(probs, n: int, name: str = "probs") -> jax.Array:
     return (lo >= 0) & (err <= tol), dict(lo=lo, err=err, lse=lse)
 
   def explain(v):
-    msg = (f"{name} (shape {expected}) must be probabilities: non-negative"
-           f" and summing to 1 over classes (min {v['lo']:.3g}, largest"
-           f" deviation of a row sum from 1: {v['err']:.3g})")
+    msg = (
+      f"{name} (shape {expected}) must be probabilities: non-negative"
+      f" and summing to 1 over classes (min {v['lo']:.3g}, largest"
+      f" deviation of a row sum from 1: {v['err']:.3g})"
+    )
     if v["lo"] < 0 and v["lse"] <= tol:
       return f"{msg}; it looks like log-probabilities: pass jnp.exp({name})."
     return f"{msg}; pass jax.nn.softmax(logits)."
 
-  value_check(fn, (probs,), explain,
-              f"{name} (shape {expected}) must be probabilities: min {{lo}},"
-              " largest deviation of a row sum from 1 {err}.")
+  value_check(
+    fn,
+    (probs,),
+    explain,
+    f"{name} (shape {expected}) must be probabilities: min {{lo}},"
+    " largest deviation of a row sum from 1 {err}.",
+  )
   return probs
 
 
-def check_matrix(x, name: str, n: int | None = None, dim_name: str = "D"
-                 ) -> jax.Array:
+def check_matrix(
+  x, name: str, n: int | None = None, dim_name: str = "D"
+) -> jax.Array:
   """Checks a finite float matrix ``[N, D]`` (embeddings, features)."""
   expected = f"[N{'' if n is None else '=' + str(n)}, {dim_name}]"
   x = as_float_array(x, name, expected)
@@ -367,13 +426,16 @@ def check_utilities(utilities, name: str = "utilities") -> jax.Array:
   utilities = as_float_array(utilities, name, expected)
   check_rank(utilities, name, expected, 1)
   if utilities.shape[0] == 0:
-    raise ValueError(f"{name} has an empty pool: shape [0], expected [N], N >= 1.")
+    raise ValueError(
+      f"{name} has an empty pool: shape [0], expected [N], N >= 1."
+    )
   check_finite(utilities, name, expected, allow_inf=True)
   return utilities
 
 
-def check_mask(mask, n: int, name: str = "mask", default: bool = True
-               ) -> jax.Array:
+def check_mask(
+  mask, n: int, name: str = "mask", default: bool = True
+) -> jax.Array:
   """Checks a boolean mask ``[N]``; ``None`` becomes all ``default``."""
   if mask is None:
     return jnp.full((n,), default, dtype=bool)
@@ -381,27 +443,31 @@ def check_mask(mask, n: int, name: str = "mask", default: bool = True
     mask = jnp.asarray(mask)
   if mask.dtype != jnp.bool_:
     raise ValueError(
-        f"{name} must be a boolean array of shape [N={n}], got dtype"
-        f" {mask.dtype}: pass {name}.astype(bool) for a 0/1 array, or"
-        f" jnp.zeros({n}, bool).at[indices].set(True) for a list of"
-        " indices.")
+      f"{name} must be a boolean array of shape [N={n}], got dtype"
+      f" {mask.dtype}: pass {name}.astype(bool) for a 0/1 array, or"
+      f" jnp.zeros({n}, bool).at[indices].set(True) for a list of"
+      " indices."
+    )
   if mask.shape != (n,):
     raise ValueError(f"{name} must have shape [N={n}], got {_shape_str(mask)}.")
   return mask if isinstance(mask, jax.Array) else jnp.asarray(mask)
 
 
-def check_batch_size(batch_size, mask, name: str = "batch_size", *,
-                     labeled=None) -> int:
+def check_batch_size(
+  batch_size, mask, name: str = "batch_size", *, labeled=None
+) -> int:
   """Checks a static batch size against the selectable points.
 
   The static part (an ``int`` in ``[1, N]``) is always checked; the count of
   selectable points (``mask``, less ``labeled`` when given) only when the
   masks are concrete.
   """
-  if isinstance(batch_size, bool) or not isinstance(batch_size,
-                                                      (int, np.integer)):
-    raise ValueError(f"{name} must be a static Python int, got"
-                     f" {type(batch_size).__name__}.")
+  if isinstance(batch_size, bool) or not isinstance(
+    batch_size, (int, np.integer)
+  ):
+    raise ValueError(
+      f"{name} must be a static Python int, got {type(batch_size).__name__}."
+    )
   batch_size = int(batch_size)
   n = mask.shape[0]
   if batch_size < 1:
@@ -417,45 +483,64 @@ def check_batch_size(batch_size, mask, name: str = "batch_size", *,
 
   def explain(v):
     if v["count"] == 0:
-      return ("mask selects no points: the pool of selectable points is"
-              " empty.")
+      return "mask selects no points: the pool of selectable points is empty."
     if v["free"] == 0:
-      return (f"labeled marks every point that mask selects ({v['count']}):"
-              " nothing is left to pick. Labelled points are never picked;"
-              " pass labeled=None if nothing is labelled.")
-    what = ("selectable points" if labeled is None else
-            "selectable, unlabelled points (mask & ~labeled)")
-    return (f"{name}={batch_size} is larger than the number of {what}:"
-            f" {v['free']} of N={n}. Lower {name} or select more points.")
+      return (
+        f"labeled marks every point that mask selects ({v['count']}):"
+        " nothing is left to pick. Labelled points are never picked;"
+        " pass labeled=None if nothing is labelled."
+      )
+    what = (
+      "selectable points"
+      if labeled is None
+      else "selectable, unlabelled points (mask & ~labeled)"
+    )
+    return (
+      f"{name}={batch_size} is larger than the number of {what}:"
+      f" {v['free']} of N={n}. Lower {name} or select more points."
+    )
 
-  value_check(fn, args, explain,
-              f"{name}={batch_size} is larger than the number of selectable"
-              " points ({free}).")
+  value_check(
+    fn,
+    args,
+    explain,
+    f"{name}={batch_size} is larger than the number of selectable"
+    " points ({free}).",
+  )
   return batch_size
 
 
 def check_key(key, name: str = "key") -> jax.Array:
   """Checks a PRNG key: a typed key or a raw ``uint32[2]`` key."""
   if key is None:
-    raise ValueError(f"{name} is required: pass {name}=jax.random.key(seed);"
-                     " alfx never draws randomness without an explicit key.")
+    raise ValueError(
+      f"{name} is required: pass {name}=jax.random.key(seed);"
+      " alfx never draws randomness without an explicit key."
+    )
   key = key if isinstance(key, jax.Array) else jnp.asarray(key)
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     if key.shape != ():
-      raise ValueError(f"{name} must be a single PRNG key (shape []), got a"
-                       f" key array of shape {_shape_str(key)}; split it and"
-                       " pass one key, or jax.vmap over the keys.")
+      raise ValueError(
+        f"{name} must be a single PRNG key (shape []), got a"
+        f" key array of shape {_shape_str(key)}; split it and"
+        " pass one key, or jax.vmap over the keys."
+      )
   elif key.dtype != jnp.uint32 or key.shape != (2,):
-    raise ValueError(f"{name} must be a PRNG key (jax.random.key(seed) or"
-                     f" jax.random.PRNGKey(seed)), got dtype {key.dtype} and"
-                     f" shape {_shape_str(key)}.")
+    raise ValueError(
+      f"{name} must be a PRNG key (jax.random.key(seed) or"
+      f" jax.random.PRNGKey(seed)), got dtype {key.dtype} and"
+      f" shape {_shape_str(key)}."
+    )
   return key
 
 
 def check_positive_int(value, name: str) -> int:
   """A static Python ``int >= 1`` (``None``, floats and arrays refused)."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-      or value < 1:
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, (int, np.integer))
+    or value < 1
+  ):
     raise ValueError(f"{name} must be a positive static int, got {value!r}.")
   return int(value)
 
@@ -473,9 +558,15 @@ def check_choice(value, name: str, choices) -> str:
   return value
 
 
-def check_scalar(value, name: str, *, minimum: float | None = None,
-                 positive: bool = False, optional: bool = False,
-                 static: bool = False):
+def check_scalar(
+  value,
+  name: str,
+  *,
+  minimum: float | None = None,
+  positive: bool = False,
+  optional: bool = False,
+  static: bool = False,
+):
   """The one scalar validator: a real number, traced or static.
 
   Args:
@@ -495,29 +586,42 @@ def check_scalar(value, name: str, *, minimum: float | None = None,
       return None
     raise ValueError(f"{name} is required: a real number, got None.")
   if isinstance(value, bool) or not (
-      isinstance(value, (int, float, np.integer, np.floating))
-      or hasattr(value, "dtype")):
-    raise ValueError(f"{name} must be a real number, got"
-                     f" {type(value).__name__} {value!r}.")
+    isinstance(value, (int, float, np.integer, np.floating))
+    or hasattr(value, "dtype")
+  ):
+    raise ValueError(
+      f"{name} must be a real number, got {type(value).__name__} {value!r}."
+    )
   if hasattr(value, "dtype"):
     if np.ndim(value) != 0:
-      raise ValueError(f"{name} must be a scalar (shape []), got shape"
-                       f" {_shape_str(value)}.")
-    if not (jnp.issubdtype(value.dtype, jnp.floating)
-            or jnp.issubdtype(value.dtype, jnp.integer)):
-      raise ValueError(f"{name} must be a real number, got dtype"
-                       f" {value.dtype}.")
+      raise ValueError(
+        f"{name} must be a scalar (shape []), got shape {_shape_str(value)}."
+      )
+    if not (
+      jnp.issubdtype(value.dtype, jnp.floating)
+      or jnp.issubdtype(value.dtype, jnp.integer)
+    ):
+      raise ValueError(
+        f"{name} must be a real number, got dtype {value.dtype}."
+      )
   if static and not is_concrete(value):
-    raise ValueError(f"{name} must be a static Python number, not a traced"
-                     " value.")
+    raise ValueError(
+      f"{name} must be a static Python number, not a traced value."
+    )
   if is_concrete(value):
     v = float(value)
-    bound = ("> 0" if positive else
-             f">= {minimum:g}" if minimum is not None else "")
-    if not math.isfinite(v) or (positive and v <= 0) or (
-        minimum is not None and v < minimum):
-      raise ValueError(f"{name} must be a finite number{' ' + bound if bound else ''},"
-                       f" got {v!r}.")
+    bound = (
+      "> 0" if positive else f">= {minimum:g}" if minimum is not None else ""
+    )
+    if (
+      not math.isfinite(v)
+      or (positive and v <= 0)
+      or (minimum is not None and v < minimum)
+    ):
+      raise ValueError(
+        f"{name} must be a finite number{' ' + bound if bound else ''},"
+        f" got {v!r}."
+      )
     if static or not hasattr(value, "dtype"):
       return v
   return value

@@ -15,10 +15,10 @@ from alfx.bait_family._pool_fisher import pool_fisher
 from alfx.bait_family._pool_fisher import PoolFisher
 
 __all__ = (
-    "DENSE_MAX_DIM",
-    "FisherFactors",
-    "PoolFisher",
-    "bait",
-    "fisher_factors",
-    "pool_fisher",
+  "DENSE_MAX_DIM",
+  "FisherFactors",
+  "PoolFisher",
+  "bait",
+  "fisher_factors",
+  "pool_fisher",
 )

@@ -54,9 +54,23 @@ from alfx.bait_family import _pool_fisher
 from alfx.bait_family import _structured
 
 
-def bait(embeddings, probs, batch_size, *, labeled=None, mask=None,
-         fisher="full", top_c=2, lam=1.0, oversample=2, pool_fisher=None,
-         method="auto", chunk_size=None, labeled_capacity=None, in_pool=None):
+def bait(
+  embeddings,
+  probs,
+  batch_size,
+  *,
+  labeled=None,
+  mask=None,
+  fisher="full",
+  top_c=2,
+  lam=1.0,
+  oversample=2,
+  pool_fisher=None,
+  method="auto",
+  chunk_size=None,
+  labeled_capacity=None,
+  in_pool=None,
+):
   """BAIT batch selection: greedy forward-backward Fisher trace minimisation.
 
   Picks ``oversample * B`` points greedily, each minimising
@@ -171,13 +185,21 @@ def bait(embeddings, probs, batch_size, *, labeled=None, mask=None,
   h = embeddings
   rotated = False
   if pool_fisher is not None:
-    _pool_fisher.check_pool_fisher(pool_fisher, fisher, top_c, method, n, c,
-                                   embeddings.shape[1])
+    _pool_fisher.check_pool_fisher(
+      pool_fisher, fisher, top_c, method, n, c, embeddings.shape[1]
+    )
   else:  # its own jit: one compile of _bait serves both cases
     rotated = method != "diagonal"
     pool_fisher = _pool_fisher.pool_fisher_core(
-        embeddings, probs, in_pool, kind=fisher, top_c=top_c, method=method,
-        chunk_size=chunk_size, with_rotated=rotated)
+      embeddings,
+      probs,
+      in_pool,
+      kind=fisher,
+      top_c=top_c,
+      method=method,
+      chunk_size=chunk_size,
+      with_rotated=rotated,
+    )
     if rotated:  # the embeddings in F's basis: _bait need not rotate them
       pool_fisher, h = pool_fisher
     # Inside a caller's jit, XLA would otherwise fuse F's computation into
@@ -188,24 +210,67 @@ def bait(embeddings, probs, batch_size, *, labeled=None, mask=None,
     capacity = _checks.check_capacity(labeled_capacity, labeled, n)
   quad = pool_fisher.quad  # per point: split with the pool
   pool_fisher = dataclasses.replace(pool_fisher, quad=None)
-  sel = _bait(h, probs, labeled, mask, lam, pool_fisher, in_pool,
-              quad, batch_size=batch_size, kind=fisher, top_c=top_c,
-              oversample=oversample, method=method, chunk_size=chunk_size,
-              capacity=capacity, rotated=rotated)
-  if _validation.is_concrete(embeddings, probs, labeled, mask, lam,
-                             pool_fisher, in_pool, quad):
-    _checks.check_resolved(sel, _factors.float_dtype(embeddings, probs), lam,
-                           method)
+  sel = _bait(
+    h,
+    probs,
+    labeled,
+    mask,
+    lam,
+    pool_fisher,
+    in_pool,
+    quad,
+    batch_size=batch_size,
+    kind=fisher,
+    top_c=top_c,
+    oversample=oversample,
+    method=method,
+    chunk_size=chunk_size,
+    capacity=capacity,
+    rotated=rotated,
+  )
+  if _validation.is_concrete(
+    embeddings, probs, labeled, mask, lam, pool_fisher, in_pool, quad
+  ):
+    _checks.check_resolved(
+      sel, _factors.float_dtype(embeddings, probs), lam, method
+    )
   return sel
 
 
 @_sharding.pool_core(
-    pool=("embeddings", "probs", "labeled", "mask", "in_pool", "quad"),
-    static=("batch_size", "kind", "top_c", "oversample", "method",
-            "chunk_size", "capacity", "with_state", "rotated"))
-def _bait(embeddings, probs, labeled, mask, lam, fisher_stats, in_pool, quad,
-          batch_size, kind, top_c, oversample, method, chunk_size, capacity,
-          axis_name=None, with_state=False, rotated=False):
+  pool=("embeddings", "probs", "labeled", "mask", "in_pool", "quad"),
+  static=(
+    "batch_size",
+    "kind",
+    "top_c",
+    "oversample",
+    "method",
+    "chunk_size",
+    "capacity",
+    "with_state",
+    "rotated",
+  ),
+)
+def _bait(
+  embeddings,
+  probs,
+  labeled,
+  mask,
+  lam,
+  fisher_stats,
+  in_pool,
+  quad,
+  batch_size,
+  kind,
+  top_c,
+  oversample,
+  method,
+  chunk_size,
+  capacity,
+  axis_name=None,
+  with_state=False,
+  rotated=False,
+):
   """`bait` without input checks; jit/vmap friendly.
 
   ``fisher_stats`` is replicated; its per-point ``quad`` (structured topc) is
@@ -220,30 +285,72 @@ def _bait(embeddings, probs, labeled, mask, lam, fisher_stats, in_pool, quad,
   denom = (n_labeled + batch_size).astype(dtype)
   if method == "diagonal":
     factors = _factors.class_factors(probs, kind, top_c)
-    return _diagonal.bait_diagonal(h, factors[..., 0]**2, labeled, mask, lam,
-                                   denom, fisher_stats.blocks, batch_size,
-                                   oversample, chunk_size, axis_name)
+    return _diagonal.bait_diagonal(
+      h,
+      factors[..., 0] ** 2,
+      labeled,
+      mask,
+      lam,
+      denom,
+      fisher_stats.blocks,
+      batch_size,
+      oversample,
+      chunk_size,
+      axis_name,
+    )
   if not rotated:
     h = _basis.rotate(h, fisher_stats.center)
   scale = jnp.sqrt(batch_size / denom)
   if method == "dense":
     factors = _basis.dense_factors(probs, kind, top_c)
     scaled = factors * scale  # A_n of X_n = s V_n
-    u, w, apply0 = _dense.dense_setup(h, factors, scaled, labeled, lam,
-                                      denom, fisher_stats.blocks, chunk_size,
-                                      axis_name)
+    u, w, apply0 = _dense.dense_setup(
+      h,
+      factors,
+      scaled,
+      labeled,
+      lam,
+      denom,
+      fisher_stats.blocks,
+      chunk_size,
+      axis_name,
+    )
     overflow = jnp.zeros((), bool)
     size = None
   else:
     factors = _factors.class_factors(probs, kind, top_c)
     scaled = factors * scale
     u, w, apply0, overflow, size = _structured.structured_setup(
-        h, probs, factors, scaled, labeled, lam, denom, batch_size / denom,
-        fisher_stats.blocks, quad, in_pool, kind, chunk_size, capacity,
-        axis_name)
+      h,
+      probs,
+      factors,
+      scaled,
+      labeled,
+      lam,
+      denom,
+      batch_size / denom,
+      fisher_stats.blocks,
+      quad,
+      in_pool,
+      kind,
+      chunk_size,
+      capacity,
+      axis_name,
+    )
   u0, w0 = u, w
-  sel, state = _greedy.greedy(h, scaled, u, w, mask, apply0, batch_size,
-                              oversample, chunk_size, axis_name, noise=size)
+  sel, state = _greedy.greedy(
+    h,
+    scaled,
+    u,
+    w,
+    mask,
+    apply0,
+    batch_size,
+    oversample,
+    chunk_size,
+    axis_name,
+    noise=size,
+  )
   size = jnp.max(state["sizes"])
   # Rank-r Woodbury updates by a pick j cancel terms of size ~|U_j| (U) and
   # ~|U_j|^2 (W) down to O(1): the relative error is ~eps |U_j|^2. Measured
@@ -252,9 +359,9 @@ def _bait(embeddings, probs, labeled, mask, lam, fisher_stats, in_pool, quad,
   # _checks.RESOLUTION the picks are not a float32 answer to the problem:
   # never valid.
   resolved = jnp.finfo(dtype).eps * size * size <= _checks.RESOLUTION
-  sel = sel._replace(valid=sel.valid & ~overflow & resolved
-                     & jnp.isfinite(sel.scores))
+  sel = sel._replace(
+    valid=sel.valid & ~overflow & resolved & jnp.isfinite(sel.scores)
+  )
   if with_state:
     return sel, dict(state, u0=u0, w0=w0, size=size)
   return sel
-

@@ -9,12 +9,11 @@ upper block triangle; symmetric parts and norms of small matrices.
 May import: `alfx._core`.
 """
 
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
 from alfx._core import pool as _pool
-
 
 #: Default working-set budget (floats) for chunked pool-wide intermediates.
 _CHUNK_FLOATS = 1 << 24
@@ -61,7 +60,8 @@ def sum_rows(fn, arrays, rows, init, masked):
     *chunk, fresh = chunk
     x = chunk[masked]
     chunk[masked] = x * fresh.reshape((-1,) + (1,) * (x.ndim - 1)).astype(
-        x.dtype)
+      x.dtype
+    )
     return fn(*chunk)
 
   return init + _pool.chunked_sum(part, *arrays, chunk_size=rows)
@@ -133,8 +133,9 @@ def weighted_gram(h, weights):
     left = (weights[:, :, None] * h[:, None, e0:e1]).reshape(k, t * (e1 - e0))
     block = (left.T @ h[:, e0:]).reshape(t, e1 - e0, dim - e0)
     # Halve the diagonal block: it is added to its own transpose below.
-    block = jnp.concatenate([0.5 * block[:, :, :e1 - e0],
-                             block[:, :, e1 - e0:]], axis=-1)
+    block = jnp.concatenate(
+      [0.5 * block[:, :, : e1 - e0], block[:, :, e1 - e0 :]], axis=-1
+    )
     rows.append(jnp.pad(block, ((0, 0), (0, 0), (e0, 0))))
   upper = jnp.concatenate(rows, axis=1)
   return upper + jnp.swapaxes(upper, -1, -2)
@@ -187,10 +188,12 @@ def quad_forms(h, blocks, chunk_size):
   weights = []
   for e0, e1 in zip(edges[:-1], edges[1:]):
     row = doubled[:, e0:e1, e0:]  # [T, b, D - e0]
-    row = jnp.concatenate([0.5 * row[:, :, :e1 - e0], row[:, :, e1 - e0:]],
-                          axis=-1)
-    weights.append(jnp.transpose(row, (2, 0, 1)).reshape(dim - e0,
-                                                         t * (e1 - e0)))
+    row = jnp.concatenate(
+      [0.5 * row[:, :, : e1 - e0], row[:, :, e1 - e0 :]], axis=-1
+    )
+    weights.append(
+      jnp.transpose(row, (2, 0, 1)).reshape(dim - e0, t * (e1 - e0))
+    )
 
   def one(hc):
     total = 0

@@ -46,7 +46,7 @@ def check_inputs(embeddings, probs):
 def _range_stats(h):
   h = h.astype(jnp.promote_types(h.dtype, jnp.float32))
   sq = jnp.sum(h * h, axis=1)
-  spread = jnp.sqrt(jnp.mean(jnp.sum((h - jnp.mean(h, 0))**2, axis=1)))
+  spread = jnp.sqrt(jnp.mean(jnp.sum((h - jnp.mean(h, 0)) ** 2, axis=1)))
   return jnp.max(sq), jnp.max(jnp.abs(h)), jnp.sqrt(jnp.max(sq)), spread
 
 
@@ -63,26 +63,30 @@ def check_range(embeddings):
     return
   dtype = embeddings.dtype
   max_sq, max_abs, max_norm, spread = (
-      float(v) for v in _validation.to_host(_range_stats, embeddings))
+    float(v) for v in _validation.to_host(_range_stats, embeddings)
+  )
   info = jnp.finfo(dtype)
   if not max_sq <= float(info.max):
     raise ValueError(
-        f"embeddings (shape [N, D], {dtype}) have entries up to"
-        f" {max_abs:.3g}, whose squares overflow {dtype} (largest"
-        f" {float(info.max):.3g}): BAIT builds its Fisher information from"
-        " h h^T. Divide embeddings by s and lam by s**2 (the picks are"
-        " unchanged), or use float64: jax.config.update('jax_enable_x64',"
-        " True) and float64 embeddings and probs.")
+      f"embeddings (shape [N, D], {dtype}) have entries up to"
+      f" {max_abs:.3g}, whose squares overflow {dtype} (largest"
+      f" {float(info.max):.3g}): BAIT builds its Fisher information from"
+      " h h^T. Divide embeddings by s and lam by s**2 (the picks are"
+      " unchanged), or use float64: jax.config.update('jax_enable_x64',"
+      " True) and float64 embeddings and probs."
+    )
   ratio = float(info.eps) * max_norm / spread if spread > 0 else 0.0
   if ratio > _OFFSET_WARNING:
     warnings.warn(
-        f"embeddings ({dtype}) share a large offset: norms up to"
-        f" {max_norm:.3g} against a spread (rms distance to their mean) of"
-        f" {spread:.3g}, so {dtype} keeps only about"
-        f" {max(0, round(-math.log10(ratio)))} significant digits of the"
-        " spread and BAIT's picks answer that rounded problem. Use float64:"
-        " jax.config.update('jax_enable_x64', True) and float64 embeddings"
-        " and probs.", stacklevel=3)
+      f"embeddings ({dtype}) share a large offset: norms up to"
+      f" {max_norm:.3g} against a spread (rms distance to their mean) of"
+      f" {spread:.3g}, so {dtype} keeps only about"
+      f" {max(0, round(-math.log10(ratio)))} significant digits of the"
+      " spread and BAIT's picks answer that rounded problem. Use float64:"
+      " jax.config.update('jax_enable_x64', True) and float64 embeddings"
+      " and probs.",
+      stacklevel=3,
+    )
 
 
 def check_resolved(sel, dtype, lam, method):
@@ -96,20 +100,24 @@ def check_resolved(sel, dtype, lam, method):
   lam = float(np.asarray(lam))
   fixes = []
   if jnp.finfo(dtype).bits < 64:
-    fixes.append("use float64: jax.config.update('jax_enable_x64', True) and"
-                 " float64 embeddings and probs")
+    fixes.append(
+      "use float64: jax.config.update('jax_enable_x64', True) and"
+      " float64 embeddings and probs"
+    )
   if method == "structured":
-    fixes.append("use method='dense' (a d x d Cholesky, accurate further;"
-                 " d = C * D)")
+    fixes.append(
+      "use method='dense' (a d x d Cholesky, accurate further; d = C * D)"
+    )
   fixes.append("use a larger lam")
   raise ValueError(
-      f"lam={lam:.3g} is too small for these embeddings in {dtype}"
-      f" (method={method!r}): the Fisher information of the points BAIT"
-      f" picks exceeds lam I so far that its rank-r updates cancel more than"
-      f" {dtype}'s precision (eps={float(jnp.finfo(dtype).eps):.2g}) and the"
-      " picks would not be BAIT's. This happens with few labelled points and"
-      " embeddings whose squared norm is large against lam (e.g. a large"
-      " common offset). To fix: " + "; or ".join(fixes) + ".")
+    f"lam={lam:.3g} is too small for these embeddings in {dtype}"
+    f" (method={method!r}): the Fisher information of the points BAIT"
+    f" picks exceeds lam I so far that its rank-r updates cancel more than"
+    f" {dtype}'s precision (eps={float(jnp.finfo(dtype).eps):.2g}) and the"
+    " picks would not be BAIT's. This happens with few labelled points and"
+    " embeddings whose squared norm is large against lam (e.g. a large"
+    " common offset). To fix: " + "; or ".join(fixes) + "."
+  )
 
 
 def check_in_pool(in_pool, n):
@@ -118,12 +126,14 @@ def check_in_pool(in_pool, n):
     return None
   in_pool = _validation.check_mask(in_pool, n, name="in_pool")
   if _validation.is_concrete(in_pool) and not bool(
-      _validation.to_host(jnp.any, in_pool)):
+    _validation.to_host(jnp.any, in_pool)
+  ):
     raise ValueError(
-        f"in_pool (shape [N={n}]) marks no row as part of the pool: F, the"
-        " pool's mean Fisher information, would average over nothing. Pass"
-        " in_pool=None for every row, or ShardedPool.in_pool of a pool"
-        " padded by alfx.shard_pool.")
+      f"in_pool (shape [N={n}]) marks no row as part of the pool: F, the"
+      " pool's mean Fisher information, would average over nothing. Pass"
+      " in_pool=None for every row, or ShardedPool.in_pool of a pool"
+      " padded by alfx.shard_pool."
+    )
   return in_pool
 
 
@@ -134,8 +144,10 @@ def check_fisher(kind, top_c, c):
     return 1
   top_c = _validation.check_positive_int(top_c, "top_c")
   if top_c > c:
-    raise ValueError(f"top_c={top_c} is larger than the number of classes"
-                     f" (probs has shape [N, C={c}]).")
+    raise ValueError(
+      f"top_c={top_c} is larger than the number of classes"
+      f" (probs has shape [N, C={c}])."
+    )
   return top_c
 
 
@@ -155,14 +167,16 @@ def check_capacity(labeled_capacity, labeled, n):
   if _validation.is_concrete(labeled):
     count = int(_validation.to_host(_validation.count_selectable, labeled))
   if labeled_capacity is not None:
-    capacity = _validation.check_positive_int(labeled_capacity,
-                                              "labeled_capacity")
+    capacity = _validation.check_positive_int(
+      labeled_capacity, "labeled_capacity"
+    )
     if count is not None and count > capacity:
       raise ValueError(
-          f"labeled_capacity={capacity} is smaller than the number of"
-          f" labelled points ({count}): the structured path would drop"
-          f" some. Pass labeled_capacity >= {count}, or None (the count"
-          " rounded up to a power of two).")
+        f"labeled_capacity={capacity} is smaller than the number of"
+        f" labelled points ({count}): the structured path would drop"
+        f" some. Pass labeled_capacity >= {count}, or None (the count"
+        " rounded up to a power of two)."
+      )
   elif count is not None:
     capacity = 1 << max(3, (max(count, 1) - 1).bit_length())
   else:
@@ -177,10 +191,11 @@ def resolve_method(method, kind, c, d):
     return "diagonal"
   if kind == "binary":
     if method == "structured":
-      raise ValueError("method='structured' is for fisher='full' or 'topc';"
-                       " 'binary' has d = D and always runs dense.")
+      raise ValueError(
+        "method='structured' is for fisher='full' or 'topc';"
+        " 'binary' has d = D and always runs dense."
+      )
     return "dense"
   if method == "auto":
     return "dense" if c * d <= DENSE_MAX_DIM else "structured"
   return method
-

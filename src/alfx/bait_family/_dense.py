@@ -16,8 +16,9 @@ from alfx.bait_family import _blocks
 from alfx.bait_family import _factors
 
 
-def dense_setup(h, factors, scaled, labeled, lam, denom, f_blocks,
-                chunk_size, axis_name):
+def dense_setup(
+  h, factors, scaled, labeled, lam, denom, f_blocks, chunk_size, axis_name
+):
   """Initial ``U_n, W_n`` and the operators ``X -> M_0^-1 X, G_0 X``.
 
   Args:
@@ -38,10 +39,13 @@ def dense_setup(h, factors, scaled, labeled, lam, denom, f_blocks,
   c_f = factors.shape[1]
   d = c_f * dim
   weights = _blocks.pack_pairs(_factors.class_outer(factors))
-  m_blocks = _pool.psum(_blocks.labeled_gram(h, weights, labeled, chunk_size),
-                        axis_name)
-  m = (lam * jnp.eye(d, dtype=h.dtype)
-       + _blocks.blocks_to_dense(m_blocks, c_f).reshape(d, d) / denom)
+  m_blocks = _pool.psum(
+    _blocks.labeled_gram(h, weights, labeled, chunk_size), axis_name
+  )
+  m = (
+    lam * jnp.eye(d, dtype=h.dtype)
+    + _blocks.blocks_to_dense(m_blocks, c_f).reshape(d, d) / denom
+  )
   chol = jnp.linalg.cholesky(m)
   m_inv = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(d, dtype=h.dtype))
   m_inv = 0.5 * (m_inv + m_inv.T)
@@ -52,8 +56,12 @@ def dense_setup(h, factors, scaled, labeled, lam, denom, f_blocks,
   g4 = g.reshape(c_f, dim, c_f, dim)
   t_c = c_f * (c_f + 1) // 2
   quads = _blocks.quad_forms(
-      h, jnp.concatenate([_blocks.dense_to_blocks(m_inv4),
-                          _blocks.dense_to_blocks(g4)]), chunk_size)
+    h,
+    jnp.concatenate(
+      [_blocks.dense_to_blocks(m_inv4), _blocks.dense_to_blocks(g4)]
+    ),
+    chunk_size,
+  )
   p = _blocks.unpack_pairs(quads[:, :t_c], c_f)  # [N, C_f, C_f]
   q = _blocks.unpack_pairs(quads[:, t_c:], c_f)
   u = jnp.einsum("nar,nab,nbs->nrs", scaled, p, scaled)
@@ -65,4 +73,3 @@ def dense_setup(h, factors, scaled, labeled, lam, denom, f_blocks,
     return z, y
 
   return _blocks.sym(u), _blocks.sym(w), apply0
-

@@ -3,8 +3,8 @@
 May import: `alfx._core`, `alfx.bait_family._blocks`, `_greedy`.
 """
 
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
@@ -12,8 +12,19 @@ from alfx.bait_family import _blocks
 from alfx.bait_family import _greedy
 
 
-def bait_diagonal(h, q, labeled, mask, lam, denom, f_diag, batch_size,
-                  oversample, chunk_size, axis_name):
+def bait_diagonal(
+  h,
+  q,
+  labeled,
+  mask,
+  lam,
+  denom,
+  f_diag,
+  batch_size,
+  oversample,
+  chunk_size,
+  axis_name,
+):
   """BAIT with diagonal ``M``, ``F`` and ``I(x) = diag(q (x) h^2)``.
 
   ``tr((M + s^2 I(x))^-1 F)`` is ``sum_k F_k / (M_k + x_k)``; the reduction is
@@ -22,9 +33,14 @@ def bait_diagonal(h, q, labeled, mask, lam, denom, f_diag, batch_size,
   n, dim = h.shape
   c = q.shape[1]
   h2 = h * h
-  m = lam + _pool.psum(
+  m = (
+    lam
+    + _pool.psum(
       jnp.einsum("nc,ni->ci", q * labeled[:, None].astype(q.dtype), h2),
-      axis_name) / denom
+      axis_name,
+    )
+    / denom
+  )
   s2 = batch_size / denom
   rows = _blocks.chunk_rows(chunk_size, n, c * dim)
 
@@ -44,13 +60,21 @@ def bait_diagonal(h, q, labeled, mask, lam, denom, f_diag, batch_size,
 
   n_forward = oversample * batch_size
   (m, _), (picks, gains, valid, qp, h2p) = lax.scan(
-      forward_step, (m, mask), None, length=n_forward)
+    forward_step, (m, mask), None, length=n_forward
+  )
 
   def drop(m, t, k, active):
     del t
     return m - active * s2 * qp[k][:, None] * h2p[k][None, :]
 
-  sel, _, _, _ = _greedy.backward(lambda m: values(m, qp, h2p, -1.0), drop,
-                                  m, picks, gains, valid, batch_size,
-                                  oversample)
+  sel, _, _, _ = _greedy.backward(
+    lambda m: values(m, qp, h2p, -1.0),
+    drop,
+    m,
+    picks,
+    gains,
+    valid,
+    batch_size,
+    oversample,
+  )
   return sel._replace(valid=sel.valid & jnp.isfinite(sel.scores))

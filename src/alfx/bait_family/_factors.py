@@ -10,8 +10,8 @@ import functools
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from alfx.bait_family import _checks
 
@@ -73,8 +73,9 @@ def fisher_factors(embeddings, probs, *, fisher="full", top_c=2):
 @functools.partial(jax.jit, static_argnames=("kind", "top_c"))
 def _fisher_factors(embeddings, probs, kind, top_c):
   dtype = float_dtype(embeddings, probs)
-  return FisherFactors(class_factors(probs.astype(dtype), kind, top_c),
-                       embeddings.astype(dtype))
+  return FisherFactors(
+    class_factors(probs.astype(dtype), kind, top_c), embeddings.astype(dtype)
+  )
 
 
 def class_factors(probs, kind, top_c):
@@ -87,9 +88,8 @@ def class_factors(probs, kind, top_c):
     values, classes = lax.top_k(probs, top_c)  # ties: lower class first
     total = jnp.sum(values, axis=-1, keepdims=True)
     weight = jnp.sqrt(values / jnp.where(total > 0, total, 1))
-    onehot = (jnp.arange(c)[None, :, None] == classes[:, None, :])
-    return weight[:, None, :] * (onehot.astype(probs.dtype)
-                                 - probs[:, :, None])
+    onehot = jnp.arange(c)[None, :, None] == classes[:, None, :]
+    return weight[:, None, :] * (onehot.astype(probs.dtype) - probs[:, :, None])
   if kind == "binary":
     p_max = jnp.max(probs, axis=-1)
     return jnp.sqrt(jnp.maximum(p_max * (1 - p_max), 0))[:, None, None]

@@ -22,8 +22,8 @@ May import: `alfx._core`, `alfx.bait_family._blocks`.
 """
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
@@ -43,8 +43,9 @@ def _outer_sum(x, y):
   """
   if x.shape[-1] > _UNROLL_MAX_RANK:
     return jnp.einsum("...iq,...jq->...ij", x, y)
-  return sum(x[..., :, q, None] * y[..., None, :, q]
-             for q in range(x.shape[-1]))
+  return sum(
+    x[..., :, q, None] * y[..., None, :, q] for q in range(x.shape[-1])
+  )
 
 
 def _contract_factors(a, proj):
@@ -67,8 +68,9 @@ def trace_solve(u, w, sign):
   if sign > 0:
     chol = jnp.linalg.cholesky(s)
     y = lax.linalg.triangular_solve(chol, w, left_side=True, lower=True)
-    z = lax.linalg.triangular_solve(chol, jnp.swapaxes(y, -1, -2),
-                                    left_side=True, lower=True)
+    z = lax.linalg.triangular_solve(
+      chol, jnp.swapaxes(y, -1, -2), left_side=True, lower=True
+    )
     return jnp.trace(z, axis1=-2, axis2=-1)
   return jnp.trace(jnp.linalg.solve(s, w), axis1=-2, axis2=-1)
 
@@ -122,8 +124,7 @@ def _drop_index(values, picks):
   return jnp.argmax(jnp.where(values == jnp.max(values), picks, -1))
 
 
-def backward(values, drop, state, picks, gains, valid, batch_size,
-             oversample):
+def backward(values, drop, state, picks, gains, valid, batch_size, oversample):
   """BAIT's backward pass and its final ordering (every path).
 
   While more than ``batch_size`` forward picks are alive, drops the one with
@@ -156,15 +157,30 @@ def backward(values, drop, state, picks, gains, valid, batch_size,
   dropped = jnp.zeros((0,), jnp.int32)
   if oversample > 1:
     (state, alive), dropped = lax.scan(
-        step, (state, valid), jnp.arange((oversample - 1) * batch_size))
+      step, (state, valid), jnp.arange((oversample - 1) * batch_size)
+    )
   order = jnp.argsort(~alive, stable=True)[:batch_size]
-  sel = Selection(indices=picks[order].astype(jnp.int32),
-                  scores=gains[order], valid=alive[order])
+  sel = Selection(
+    indices=picks[order].astype(jnp.int32),
+    scores=gains[order],
+    valid=alive[order],
+  )
   return sel, state, alive, dropped
 
 
-def greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
-           chunk_size, axis_name, noise=None):
+def greedy(
+  h,
+  scaled,
+  u,
+  w,
+  mask,
+  apply0,
+  batch_size,
+  oversample,
+  chunk_size,
+  axis_name,
+  noise=None,
+):
   """Forward picks and backward drops, as two ``lax.scan``s.
 
   Args:
@@ -201,10 +217,11 @@ def greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
   # history ops took ~1.1 s per step against ~2 s with ``[T, C_f, D, r]``,
   # which XLA transposed each step).
   history = dict(
-      z=jnp.zeros((n_steps, r, c_f, dim), dtype),
-      y=jnp.zeros((n_steps, r, c_f, dim), dtype),
-      s_inv=jnp.zeros((n_steps, r, r), dtype),
-      wj=jnp.zeros((n_steps, r, r), dtype))
+    z=jnp.zeros((n_steps, r, c_f, dim), dtype),
+    y=jnp.zeros((n_steps, r, c_f, dim), dtype),
+    s_inv=jnp.zeros((n_steps, r, r), dtype),
+    wj=jnp.zeros((n_steps, r, r), dtype),
+  )
 
   def directions(hist, hj, aj, valid):
     """``[M_t^-1 X_j | G_t X_j]``, transposed: ``[2r, C_f, D]``."""
@@ -213,12 +230,16 @@ def greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
     ztx = jnp.einsum("kqai,i,ar->kqr", hist["z"], hj, aj)  # Z_k^T X_j
     ytx = jnp.einsum("kqai,i,ar->kqr", hist["y"], hj, aj)
     s_ztx = jnp.einsum("kqs,ksr->kqr", hist["s_inv"], ztx)
-    y_coef = jnp.einsum("kqs,ksr->kqr", hist["s_inv"],
-                        ytx - jnp.einsum("kst,ktr->ksr", hist["wj"], s_ztx))
+    y_coef = jnp.einsum(
+      "kqs,ksr->kqr",
+      hist["s_inv"],
+      ytx - jnp.einsum("kst,ktr->ksr", hist["wj"], s_ztx),
+    )
     # Z = Z_0 - sum_k Z_k s_ztx_k; Y = Y_0 - sum_k (Z_k y_coef_k + Y_k s_ztx_k).
     flat = lambda x: x.reshape(n_steps * r, c_f * dim)
     from_z = jnp.concatenate([s_ztx, y_coef], axis=-1).reshape(
-        n_steps * r, 2 * r).T @ flat(hist["z"])
+      n_steps * r, 2 * r
+    ).T @ flat(hist["z"])
     from_y = s_ztx.reshape(n_steps * r, r).T @ flat(hist["y"])
     correction = from_z + jnp.pad(from_y, ((r, 0), (0, 0)))
     return (zy0 - correction.reshape(2 * r, c_f, dim)) * valid
@@ -227,9 +248,12 @@ def greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
     proj = jnp.einsum("qai,i,ar->qr", zy, hj, aj)  # Z^T X_j; Y^T X_j
     s_inv = _blocks.sym(jnp.linalg.inv(_blocks.sym(sign * eye + proj[:r])))
     wj = _blocks.sym(proj[r:])
-    hist = dict(z=hist["z"].at[t].set(zy[:r]), y=hist["y"].at[t].set(zy[r:]),
-                s_inv=hist["s_inv"].at[t].set(s_inv),
-                wj=hist["wj"].at[t].set(wj))
+    hist = dict(
+      z=hist["z"].at[t].set(zy[:r]),
+      y=hist["y"].at[t].set(zy[r:]),
+      s_inv=hist["s_inv"].at[t].set(s_inv),
+      wj=hist["wj"].at[t].set(wj),
+    )
     return hist, s_inv, wj
 
   def update(u, w, a, b, s_inv, wj):
@@ -270,7 +294,8 @@ def greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
     return (u, w, selectable, hist), (j, gain, valid, hj, aj, size)
 
   (u, w, _, history), (picks, gains, valid, hp, ap, sizes) = lax.scan(
-      forward_step, (u, w, mask, history), jnp.arange(n_forward))
+    forward_step, (u, w, mask, history), jnp.arange(n_forward)
+  )
   # The picks' own U, W after the forward pass (small, replicated).
   up = jax.vmap(lambda i: _pool.take(u, i, axis_name))(picks)
   wp = jax.vmap(lambda i: _pool.take(w, i, axis_name))(picks)
@@ -290,13 +315,30 @@ def greedy(h, scaled, u, w, mask, apply0, batch_size, oversample,
     return up, wp, hist
 
   sel, (_, _, final_history), alive, dropped = backward(
-      drop_values, drop, (up, wp, history), picks, gains, valid, batch_size,
-      oversample)
+    drop_values,
+    drop,
+    (up, wp, history),
+    picks,
+    gains,
+    valid,
+    batch_size,
+    oversample,
+  )
   # For tests: the per-point state after the forward pass and the history.
-  zy = jnp.transpose(jnp.concatenate(
-      [final_history["z"], final_history["y"]], axis=1), (0, 2, 3, 1))
-  state = dict(u=u, w=w, picks=picks, valid=valid, alive=alive, sizes=sizes,
-               dropped=dropped, zy=zy, s_inv=final_history["s_inv"],
-               wj=final_history["wj"])
+  zy = jnp.transpose(
+    jnp.concatenate([final_history["z"], final_history["y"]], axis=1),
+    (0, 2, 3, 1),
+  )
+  state = dict(
+    u=u,
+    w=w,
+    picks=picks,
+    valid=valid,
+    alive=alive,
+    sizes=sizes,
+    dropped=dropped,
+    zy=zy,
+    s_inv=final_history["s_inv"],
+    wj=final_history["wj"],
+  )
   return sel, state
-

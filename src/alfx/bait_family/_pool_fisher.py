@@ -24,9 +24,11 @@ from alfx.bait_family import _factors
 from alfx.bait_family import _structured
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=("blocks", "quad", "center"),
-                   meta_fields=("fisher", "top_c", "method"))
+@functools.partial(
+  jax.tree_util.register_dataclass,
+  data_fields=("blocks", "quad", "center"),
+  meta_fields=("fisher", "top_c", "method"),
+)
 @dataclasses.dataclass(frozen=True)
 class PoolFisher:
   """The pool's Fisher information ``F``, in the form `bait` consumes.
@@ -66,8 +68,16 @@ class PoolFisher:
   center: jax.Array | None = None
 
 
-def pool_fisher(embeddings, probs, *, fisher="full", top_c=2, method="auto",
-                chunk_size=None, in_pool=None):
+def pool_fisher(
+  embeddings,
+  probs,
+  *,
+  fisher="full",
+  top_c=2,
+  method="auto",
+  chunk_size=None,
+  in_pool=None,
+):
   """The pool's Fisher information ``F = mean_n I(x_n)``, for `bait`.
 
   Everything in BAIT that does not depend on the labelled set or the picks.
@@ -100,27 +110,47 @@ def pool_fisher(embeddings, probs, *, fisher="full", top_c=2, method="auto",
   embeddings, probs = _checks.check_inputs(embeddings, probs)
   _checks.check_range(embeddings)
   top_c = _checks.check_fisher(fisher, top_c, probs.shape[1])
-  method = _checks.resolve_method(method, fisher, probs.shape[1],
-                                  embeddings.shape[1])
+  method = _checks.resolve_method(
+    method, fisher, probs.shape[1], embeddings.shape[1]
+  )
   chunk_size = _validation.check_chunk_size(chunk_size, None)
   in_pool = _checks.check_in_pool(in_pool, probs.shape[0])
-  return pool_fisher_core(embeddings, probs, in_pool, kind=fisher,
-                          top_c=top_c, method=method, chunk_size=chunk_size)
+  return pool_fisher_core(
+    embeddings,
+    probs,
+    in_pool,
+    kind=fisher,
+    top_c=top_c,
+    method=method,
+    chunk_size=chunk_size,
+  )
 
 
 def _pool_fisher_specs(axis, static):
   """``out_specs`` of a sharded `pool_fisher_core`: ``quad`` stays split."""
-  stats = PoolFisher(static["kind"], static["top_c"], static["method"], P(),
-                     P(axis), P())
+  stats = PoolFisher(
+    static["kind"], static["top_c"], static["method"], P(), P(axis), P()
+  )
   return (stats, P(axis)) if static.get("with_rotated") else stats
 
 
-@_sharding.pool_core(pool=("embeddings", "probs", "in_pool"),
-                     static=("kind", "top_c", "method", "chunk_size",
-                             "with_rotated"),
-                     out_specs=_pool_fisher_specs, selection=False)
-def pool_fisher_core(embeddings, probs, in_pool, kind, top_c, method,
-                     chunk_size, axis_name=None, with_rotated=False):
+@_sharding.pool_core(
+  pool=("embeddings", "probs", "in_pool"),
+  static=("kind", "top_c", "method", "chunk_size", "with_rotated"),
+  out_specs=_pool_fisher_specs,
+  selection=False,
+)
+def pool_fisher_core(
+  embeddings,
+  probs,
+  in_pool,
+  kind,
+  top_c,
+  method,
+  chunk_size,
+  axis_name=None,
+  with_rotated=False,
+):
   """`pool_fisher` without checks; ``in_pool`` None means every row.
 
   ``with_rotated``: return ``(PoolFisher, embeddings in its basis)``
@@ -130,33 +160,38 @@ def pool_fisher_core(embeddings, probs, in_pool, kind, top_c, method,
   dtype = _factors.float_dtype(embeddings, probs)
   h = embeddings.astype(dtype)
   probs = probs.astype(dtype)
-  row_weight, n_total = _blocks.pool_rows(in_pool, h.shape[0], dtype,
-                                          axis_name)
+  row_weight, n_total = _blocks.pool_rows(in_pool, h.shape[0], dtype, axis_name)
   blocks = quad = center = None
   if method == "diagonal":
-    q = _factors.class_factors(probs, kind, top_c)[..., 0]**2
+    q = _factors.class_factors(probs, kind, top_c)[..., 0] ** 2
     if row_weight is not None:
       q = q * row_weight[:, None]
-    blocks = _pool.psum(jnp.einsum("nc,ni->ci", q, h * h),
-                        axis_name) / n_total
+    blocks = _pool.psum(jnp.einsum("nc,ni->ci", q, h * h), axis_name) / n_total
   else:
     center = _basis.pool_center(h, row_weight, n_total, axis_name)
     h = _basis.rotate(h, center)
   if method == "dense" or (method == "structured" and kind == "full"):
     # Dense: every block F_ab; structured full: the block-diagonal part.
-    weights = (_blocks.pack_pairs(_factors.class_outer(
-        _basis.dense_factors(probs, kind, top_c))) if method == "dense"
-               else probs)
+    weights = (
+      _blocks.pack_pairs(
+        _factors.class_outer(_basis.dense_factors(probs, kind, top_c))
+      )
+      if method == "dense"
+      else probs
+    )
     if row_weight is not None:
       weights = weights * row_weight[:, None]
-    blocks = _pool.psum(_blocks.pool_gram(h, weights, chunk_size),
-                        axis_name) / n_total
+    blocks = (
+      _pool.psum(_blocks.pool_gram(h, weights, chunk_size), axis_name) / n_total
+    )
   elif method == "structured":  # topc: V_n^T F V_n of every point
     factors = _factors.class_factors(probs, kind, top_c)
-    factors_f = (factors if row_weight is None
-                 else factors * row_weight[:, None, None])
-    quad = _structured.topc_pool_quad(h, factors, factors_f, n_total,
-                                      chunk_size, axis_name)
+    factors_f = (
+      factors if row_weight is None else factors * row_weight[:, None, None]
+    )
+    quad = _structured.topc_pool_quad(
+      h, factors, factors_f, n_total, chunk_size, axis_name
+    )
   stats = PoolFisher(kind, top_c, method, blocks, quad, center)
   return (stats, h) if with_rotated else stats
 
@@ -164,29 +199,38 @@ def pool_fisher_core(embeddings, probs, in_pool, kind, top_c, method,
 def check_pool_fisher(stats, kind, top_c, method, n, c, dim):
   """A `PoolFisher` passed to `bait`: its options and shapes fit this pool."""
   if not isinstance(stats, PoolFisher):
-    raise ValueError("pool_fisher must be the PoolFisher returned by"
-                     f" alfx.pool_fisher, got {type(stats).__name__}.")
+    raise ValueError(
+      "pool_fisher must be the PoolFisher returned by"
+      f" alfx.pool_fisher, got {type(stats).__name__}."
+    )
   if (stats.fisher, stats.top_c, stats.method) != (kind, top_c, method):
     raise ValueError(
-        f"pool_fisher was computed for fisher={stats.fisher!r},"
-        f" top_c={stats.top_c}, method={stats.method!r}, but bait was called"
-        f" with fisher={kind!r}, top_c={top_c}, method={method!r}.")
+      f"pool_fisher was computed for fisher={stats.fisher!r},"
+      f" top_c={stats.top_c}, method={stats.method!r}, but bait was called"
+      f" with fisher={kind!r}, top_c={top_c}, method={method!r}."
+    )
   c_f = 1 if kind == "binary" else c - _basis.null_free(kind, c)
   expected = {
-      "dense": ("blocks", (c_f * (c_f + 1) // 2, dim, dim)),
-      "diagonal": ("blocks", (c, dim)),
-      "structured": (("blocks", (c, dim, dim)) if kind == "full"
-                     else ("quad", (n, top_c, top_c))),
+    "dense": ("blocks", (c_f * (c_f + 1) // 2, dim, dim)),
+    "diagonal": ("blocks", (c, dim)),
+    "structured": (
+      ("blocks", (c, dim, dim))
+      if kind == "full"
+      else ("quad", (n, top_c, top_c))
+    ),
   }[method]
   value = getattr(stats, expected[0])
   if value is None or tuple(value.shape) != expected[1]:
     raise ValueError(
-        f"pool_fisher.{expected[0]} must have shape {list(expected[1])} for"
-        f" this pool, got"
-        f" {None if value is None else list(value.shape)}.")
-  if method != "diagonal" and (stats.center is None
-                               or tuple(stats.center.shape) != (dim,)):
+      f"pool_fisher.{expected[0]} must have shape {list(expected[1])} for"
+      f" this pool, got"
+      f" {None if value is None else list(value.shape)}."
+    )
+  if method != "diagonal" and (
+    stats.center is None or tuple(stats.center.shape) != (dim,)
+  ):
     raise ValueError(
-        f"pool_fisher.center must have shape [{dim}] for this pool, got"
-        f" {None if stats.center is None else list(stats.center.shape)};"
-        " pass the PoolFisher that alfx.pool_fisher returned for it.")
+      f"pool_fisher.center must have shape [{dim}] for this pool, got"
+      f" {None if stats.center is None else list(stats.center.shape)};"
+      " pass the PoolFisher that alfx.pool_fisher returned for it."
+    )

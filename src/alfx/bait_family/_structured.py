@@ -13,8 +13,8 @@ May import: `alfx._core`, `alfx.bait_family._blocks`.
 """
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from alfx._core import pool as _pool
 from alfx.bait_family import _blocks
@@ -31,9 +31,23 @@ def _atoms(probs, factors, kind):
   return None, factors, 1.0
 
 
-def structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
-                     f_blocks, quad, in_pool, kind, chunk_size, capacity,
-                     axis_name):
+def structured_setup(
+  h,
+  probs,
+  factors,
+  scaled,
+  labeled,
+  lam,
+  denom,
+  s2,
+  f_blocks,
+  quad,
+  in_pool,
+  kind,
+  chunk_size,
+  capacity,
+  axis_name,
+):
   """Initial ``U_n, W_n`` and ``X -> (M_0^-1 X, G_0 X)`` without d x d matrices.
 
   ``M = K + sign E E^T`` with ``K`` block-diagonal (``C`` blocks ``D x D``;
@@ -59,16 +73,17 @@ def structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
 
   # The labelled set, compacted to a static capacity.
   (hl, ul, dbl), ok, count = _pool.compact(
-      labeled, (h, u, probs), capacity, axis_name)
+    labeled, (h, u, probs), capacity, axis_name
+  )
   overflow = count > capacity
   ok = ok.astype(dtype)
   ul = ul * (ok / jnp.sqrt(denom))[:, None, None]  # [cap, C, k]
   r_cols = capacity * k_atoms
 
   if scalar_k:
+
     def kinv_h(x):  # K_a^-1 x for every class: [..., C, D]
-      return jnp.broadcast_to((x / lam)[..., None, :],
-                              x.shape[:-1] + (c, dim))
+      return jnp.broadcast_to((x / lam)[..., None, :], x.shape[:-1] + (c, dim))
 
     def kinv_dense(v):
       return v / lam
@@ -76,8 +91,9 @@ def structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
     k_blocks = _blocks.weighted_gram(hl, dbl * (ok / denom)[:, None])
     k_blocks = k_blocks + lam * jnp.eye(dim, dtype=dtype)
     k_chol = jnp.linalg.cholesky(k_blocks)
-    k_inv = jax.vmap(lambda l: jax.scipy.linalg.cho_solve(
-        (l, True), jnp.eye(dim, dtype=dtype)))(k_chol)
+    k_inv = jax.vmap(
+      lambda l: jax.scipy.linalg.cho_solve((l, True), jnp.eye(dim, dtype=dtype))
+    )(k_chol)
     k_inv = _blocks.sym(k_inv)  # [C, D, D]
 
     def kinv_h(x):
@@ -102,10 +118,12 @@ def structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
 
   def f_lowrank_back(coef_fn, q):
     """``(sign / N) sum_m (u_m (x) h_m) coef_m`` with ``coef_m [k, q]``."""
+
     def one(hc, uc, *rest):
       coef = coef_fn(hc, uc, *rest)  # [rows, k, q]
       back = jnp.einsum("mak,mkq->maq", uc, coef)
       return jnp.einsum("mi,maq->aiq", hc, back)
+
     return one
 
   def f_dense(v):  # F V for V [C, D, q]
@@ -115,10 +133,16 @@ def structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
       hv = jnp.einsum("mi,aiq->maq", hc, v)
       return jnp.einsum("mak,maq->mkq", uc, hv)
 
-    out = _pool.psum(_blocks.sum_rows(f_lowrank_back(coef_fn, q), (h, u_f),
-                                      rows, jnp.zeros((c, dim, q), dtype),
-                                      masked=1),
-                     axis_name) * (sign / n_total)
+    out = _pool.psum(
+      _blocks.sum_rows(
+        f_lowrank_back(coef_fn, q),
+        (h, u_f),
+        rows,
+        jnp.zeros((c, dim, q), dtype),
+        masked=1,
+      ),
+      axis_name,
+    ) * (sign / n_total)
     if f_blocks is not None:
       out = out + jnp.einsum("aij,ajq->aiq", f_blocks, v)
     return out
@@ -130,10 +154,16 @@ def structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
       kern = jnp.einsum("mi,ai->ma", hc, g)  # h_m . K_a^-1 h_j
       return jnp.einsum("mak,ar,ma->mkr", uc, aj, kern)
 
-    out = _pool.psum(_blocks.sum_rows(f_lowrank_back(coef_fn, r), (h, u_f),
-                                      rows, jnp.zeros((c, dim, r), dtype),
-                                      masked=1),
-                     axis_name) * (sign / n_total)
+    out = _pool.psum(
+      _blocks.sum_rows(
+        f_lowrank_back(coef_fn, r),
+        (h, u_f),
+        rows,
+        jnp.zeros((c, dim, r), dtype),
+        masked=1,
+      ),
+      axis_name,
+    ) * (sign / n_total)
     if f_blocks is not None:
       out = out + jnp.einsum("aij,aj,ar->air", f_blocks, g, aj)
     return out
@@ -148,8 +178,9 @@ def structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
       kern = hc @ hl.T / lam  # [rows, cap]
       ex = jnp.einsum("nl,lak,nar->nlkr", kern, ul, sc)
       ex = ex.reshape(hc.shape[0], r_cols, -1)
-      kq = jnp.broadcast_to(jnp.sum(hc * hc, -1, keepdims=True) / lam,
-                            (hc.shape[0], c))
+      kq = jnp.broadcast_to(
+        jnp.sum(hc * hc, -1, keepdims=True) / lam, (hc.shape[0], c)
+      )
     else:
       ex = jnp.einsum("ni,aiR,nar->nRr", hc, ek, sc)
       kq = jnp.einsum("nai,ni->na", kinv_h(hc), hc)
@@ -157,8 +188,11 @@ def structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
     kx = jnp.einsum("nar,na,nas->nrs", sc, kq, sc)  # X_n^T K^-1 X_n
     u_n = kx - jnp.einsum("nRr,nRs->nrs", ex, cn)
     cross = jnp.einsum("ni,aiR,nar,nRs->nrs", hc, kf_ek, sc, cn)
-    w_n = (jnp.einsum("nRr,RS,nSs->nrs", cn, efe, cn)
-           - cross - jnp.swapaxes(cross, -1, -2))
+    w_n = (
+      jnp.einsum("nRr,RS,nSs->nrs", cn, efe, cn)
+      - cross
+      - jnp.swapaxes(cross, -1, -2)
+    )
     return u_n, w_n, _blocks.norm(kx)
 
   r = scaled.shape[2]
@@ -178,11 +212,20 @@ def structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
     big = jnp.trace(big, axis1=-2, axis2=-1)
     small = jnp.abs(jnp.trace(w_n, axis1=-2, axis2=-1))
     tiny = jnp.finfo(dtype).tiny
-    size = jnp.maximum(size, jnp.sqrt(
-        jnp.where(big > 0, big / jnp.maximum(small, tiny), 0)))
+    size = jnp.maximum(
+      size, jnp.sqrt(jnp.where(big > 0, big / jnp.maximum(small, tiny), 0))
+    )
   else:
-    w_n = w_n + _full_kfk(h, u_f[:, :, 0], scaled, kinv_h, f_blocks,
-                          sign / n_total, chunk_size, axis_name)
+    w_n = w_n + _full_kfk(
+      h,
+      u_f[:, :, 0],
+      scaled,
+      kinv_h,
+      f_blocks,
+      sign / n_total,
+      chunk_size,
+      axis_name,
+    )
 
   def apply0(hj, aj):
     g = kinv_h(hj)  # [C, D]
@@ -195,8 +238,7 @@ def structured_setup(h, probs, factors, scaled, labeled, lam, denom, s2,
   return _blocks.sym(u_n), _blocks.sym(w_n), apply0, overflow, size
 
 
-def _full_kfk(h, probs, scaled, kinv_h, f_blocks, coef, chunk_size,
-              axis_name):
+def _full_kfk(h, probs, scaled, kinv_h, f_blocks, coef, chunk_size, axis_name):
   """``X_n^T K^-1 F K^-1 X_n`` for full: block-diagonal part + the N^2 term.
 
   With ``v_nm = X_n^T K^-1 (p_m (x) h_m)``, ``v_nm[r] = sum_a As_n[a, r] p_ma
@@ -219,11 +261,16 @@ def _full_kfk(h, probs, scaled, kinv_h, f_blocks, coef, chunk_size,
       # The block-diagonal part, once, reusing K^-1 h_n.
       diag = jnp.einsum("nai,aij,naj->na", kh, f_blocks, kh)
       return out, jnp.einsum("nar,na,nas->nrs", sc, diag, sc)
+
     return _blocks.map_rows(one, (h, scaled), rows)
 
-  low_rank, diag = _ring_sum(lambda hm, pm: pairs(hm, pm, False), h, probs,
-                             axis_name=axis_name,
-                             own=lambda hm, pm: pairs(hm, pm, True))
+  low_rank, diag = _ring_sum(
+    lambda hm, pm: pairs(hm, pm, False),
+    h,
+    probs,
+    axis_name=axis_name,
+    own=lambda hm, pm: pairs(hm, pm, True),
+  )
   return low_rank + diag
 
 
@@ -272,11 +319,10 @@ def topc_pool_quad(h, factors, factors_f, n_total, chunk_size, axis_name):
 
   def block(hm, am):  # the pool's rows m in one shard's block
     def one(hc, ac):
-      kern = (hc @ hm.T)**2  # [rows, n_block]
+      kern = (hc @ hm.T) ** 2  # [rows, n_block]
       aa = jnp.einsum("nar,mak->nrmk", ac, am)
       return jnp.einsum("nm,nrmk,nsmk->nrs", kern, aa, aa)
+
     return _blocks.map_rows(one, (h, factors), rows)
 
   return _ring_sum(block, h, factors_f, axis_name=axis_name) / n_total
-
-

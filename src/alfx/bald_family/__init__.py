@@ -11,20 +11,20 @@ from alfx.bald_family._batch_epig import batch_epig
 from alfx.bald_family._batchbald import batchbald
 from alfx.bald_family._epig import epig
 from alfx.bald_family._epig import pool_targets
-from alfx.bald_family._kepig import kepig
 from alfx.bald_family._kbald import conservative_bald
 from alfx.bald_family._kbald import kbald
 from alfx.bald_family._kbald import kbald_dynamic
 from alfx.bald_family._kbald import topk_bald
+from alfx.bald_family._kepig import kepig
 
 __all__ = (
-    "batch_epig",
-    "batchbald",
-    "conservative_bald",
-    "epig",
-    "kbald",
-    "kbald_dynamic",
-    "kepig",
-    "pool_targets",
-    "topk_bald",
+  "batch_epig",
+  "batchbald",
+  "conservative_bald",
+  "epig",
+  "kbald",
+  "kbald_dynamic",
+  "kepig",
+  "pool_targets",
+  "topk_bald",
 )

@@ -10,24 +10,25 @@ May import: `alfx._core`, `alfx.information`, `alfx.bald_family._batchbald`,
 """
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
-from alfx.bald_family import _batchbald as _bald
-from alfx.bald_family import _epig_tables as _tables
-from alfx.information import _kernels as _information
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
 from alfx._core import sharding as _sharding
 from alfx._core import validation as _validation
+from alfx.bald_family import _batchbald as _bald
+from alfx.bald_family import _epig_tables as _tables
+from alfx.information import _kernels as _information
 
 #: Default number of sampled configurations of `batch_epig` (rows of the
 #: conditional table ``(y_S, m, y*)``).
 DEFAULT_NUM_CONFIGURATIONS = _bald.DEFAULT_NUM_CONFIGURATIONS
 
 
-def exact_steps(c: int, m: int, num_configurations: int,
-                batch_size: int) -> int:
+def exact_steps(
+  c: int, m: int, num_configurations: int, batch_size: int
+) -> int:
   """Number of leading greedy steps of `batch_epig` that enumerate exactly.
 
   Step 0 (EPIG) always does; step ``s >= 1`` conditions on ``C**s``
@@ -35,7 +36,7 @@ def exact_steps(c: int, m: int, num_configurations: int,
   ``(y_S, m, y*)``: it is exact while that is at most ``num_configurations``.
   """
   s = 1
-  while s < batch_size and m * c**(s + 1) <= num_configurations:
+  while s < batch_size and m * c ** (s + 1) <= num_configurations:
     s += 1
   return s
 
@@ -52,17 +53,26 @@ def _draw_targets(key, target_log_probs, strata):
   m, k, _ = target_log_probs.shape
   perm_key, label_key = jax.random.split(key)
   perms = jax.vmap(lambda kk: jax.random.permutation(kk, m))(
-      jax.random.split(perm_key, k))  # [K, M]
+    jax.random.split(perm_key, k)
+  )  # [K, M]
   slot = (jnp.arange(strata.shape[0]) // k) % m
   targets = perms[strata, slot]  # [R]
-  y = jax.random.categorical(label_key, target_log_probs[targets, strata],
-                             axis=-1)
+  y = jax.random.categorical(
+    label_key, target_log_probs[targets, strata], axis=-1
+  )
   return target_log_probs[targets, :, y]  # [R, K]
 
 
-def batch_epig(log_probs, target_log_probs, batch_size, *, key=None,
-               mask=None, num_configurations=DEFAULT_NUM_CONFIGURATIONS,
-               chunk_size=None):
+def batch_epig(
+  log_probs,
+  target_log_probs,
+  batch_size,
+  *,
+  key=None,
+  mask=None,
+  num_configurations=DEFAULT_NUM_CONFIGURATIONS,
+  chunk_size=None,
+):
   r"""BatchEPIG: greedy maximisation of ``mean_m I[Y_S; Y*_m]``.
 
   The batch-aware EPIG (Bickford Smith et al. 2023, arXiv:2304.08151; the
@@ -126,52 +136,71 @@ def batch_epig(log_probs, target_log_probs, batch_size, *, key=None,
   log_probs = _validation.check_log_probs(log_probs)
   n, k, c = log_probs.shape
   mask = _validation.check_mask(mask, n)
-  log_probs, target_log_probs = _tables.check_targets(target_log_probs,
-                                                      log_probs)
+  log_probs, target_log_probs = _tables.check_targets(
+    target_log_probs, log_probs
+  )
   m = target_log_probs.shape[0]
   batch_size = _validation.check_batch_size(batch_size, mask)
-  num_configurations = _validation.check_positive_int(num_configurations,
-                                                      "num_configurations")
-  chunk_size = _validation.check_chunk_size(chunk_size,
-                                            _pool.DEFAULT_CHUNK_SIZE)
+  num_configurations = _validation.check_positive_int(
+    num_configurations, "num_configurations"
+  )
+  chunk_size = _validation.check_chunk_size(
+    chunk_size, _pool.DEFAULT_CHUNK_SIZE
+  )
   n_exact = exact_steps(c, m, num_configurations, batch_size)
   if n_exact < batch_size:
     if key is None:
       raise ValueError(
-          f"key is required: batch_size={batch_size} with C={c} classes and"
-          f" M={m} targets switches to sampled configurations after"
-          f" {n_exact} picks (pick {n_exact + 1} would enumerate M *"
-          f" C**{n_exact + 1} = {m * c**(n_exact + 1)} rows >"
-          f" num_configurations={num_configurations}). Pass"
-          " key=jax.random.key(seed), or raise num_configurations (memory"
-          " and time grow with it).")
+        f"key is required: batch_size={batch_size} with C={c} classes and"
+        f" M={m} targets switches to sampled configurations after"
+        f" {n_exact} picks (pick {n_exact + 1} would enumerate M *"
+        f" C**{n_exact + 1} = {m * c ** (n_exact + 1)} rows >"
+        f" num_configurations={num_configurations}). Pass"
+        " key=jax.random.key(seed), or raise num_configurations (memory"
+        " and time grow with it)."
+      )
     key = _validation.check_key(key)
     if num_configurations < k:
       raise ValueError(
-          f"num_configurations={num_configurations} must be at least K={k}"
-          " (log_probs [N, K, C]) when the sampled regime is reached: the"
-          " sampled configurations are stratified over the K posterior"
-          " samples.")
+        f"num_configurations={num_configurations} must be at least K={k}"
+        " (log_probs [N, K, C]) when the sampled regime is reached: the"
+        " sampled configurations are stratified over the K posterior"
+        " samples."
+      )
   else:
     key = None
-  return _batch_epig(log_probs, target_log_probs, mask, key,
-                     batch_size=batch_size,
-                     num_configurations=num_configurations,
-                     chunk_size=chunk_size)
+  return _batch_epig(
+    log_probs,
+    target_log_probs,
+    mask,
+    key,
+    batch_size=batch_size,
+    num_configurations=num_configurations,
+    chunk_size=chunk_size,
+  )
 
 
-@_sharding.pool_core(pool=("log_probs", "mask"),
-                     static=("batch_size", "num_configurations", "chunk_size"))
-def _batch_epig(log_probs, target_log_probs, mask, key, batch_size,
-                num_configurations, chunk_size, axis_name=None):
+@_sharding.pool_core(
+  pool=("log_probs", "mask"),
+  static=("batch_size", "num_configurations", "chunk_size"),
+)
+def _batch_epig(
+  log_probs,
+  target_log_probs,
+  mask,
+  key,
+  batch_size,
+  num_configurations,
+  chunk_size,
+  axis_name=None,
+):
   """`batch_epig` without input checks, over the local slice of the pool."""
   _, k, c = log_probs.shape
   m = target_log_probs.shape[0]
   dtype = log_probs.dtype
   probs_t, marginal, _ = _bald.prepare(log_probs, chunk_size)
   target_rows = _tables.target_rows(target_log_probs)
-  first = _tables.epig_scores(probs_t, marginal, target_log_probs,
-                              chunk_size)
+  first = _tables.epig_scores(probs_t, marginal, target_log_probs, chunk_size)
   n_exact = exact_steps(c, m, num_configurations, batch_size)
   sampled = n_exact < batch_size
 
@@ -183,6 +212,7 @@ def _batch_epig(log_probs, target_log_probs, mask, key, batch_size,
       log_cond = _information.log_joint_table(picked[:s])
       weights, rho = _tables.gain_table(log_cond, target_rows, m)
       return _bald.table_entropy(probs_t, weights, rho, chunk_size=chunk_size)
+
     return branch
 
   branches = [exact_branch(s) for s in range(n_exact)]
@@ -194,10 +224,15 @@ def _batch_epig(log_probs, target_log_probs, mask, key, batch_size,
 
     def sampled_branch(picked, table, targets):
       del picked
-      weights = jnp.concatenate([_bald.posterior_table(table)[0],
-                                 _bald.posterior_table(table + targets)[0]])
-      return _bald.table_entropy(probs_t, weights, row_weights,
-                                 chunk_size=chunk_size)
+      weights = jnp.concatenate(
+        [
+          _bald.posterior_table(table)[0],
+          _bald.posterior_table(table + targets)[0],
+        ]
+      )
+      return _bald.table_entropy(
+        probs_t, weights, row_weights, chunk_size=chunk_size
+      )
 
     branches.append(sampled_branch)
     table0 = jnp.zeros((num_configurations, k), dtype)
@@ -211,17 +246,22 @@ def _batch_epig(log_probs, target_log_probs, mask, key, batch_size,
     else:
       # The branch index depends on the step counter only: a real
       # conditional under vmap too.
-      gains = lax.switch(jnp.minimum(t, len(branches) - 1), branches, picked,
-                         table, targets)
-    index, score, valid, available = _selection.pick(gains, available, axis_name)
+      gains = lax.switch(
+        jnp.minimum(t, len(branches) - 1), branches, picked, table, targets
+      )
+    index, score, valid, available = _selection.pick(
+      gains, available, axis_name
+    )
     lp = _pool.take(log_probs, index, axis_name)
     picked = picked.at[t].set(lp)
     if sampled:
       table = table + _bald.draw_labels(
-          jax.random.fold_in(label_key, t), lp, strata)
+        jax.random.fold_in(label_key, t), lp, strata
+      )
     return (available, picked, table), (index, score, valid)
 
   init = (mask, jnp.zeros((batch_size, k, c), dtype), table0)
   _, (indices, scores, valid) = lax.scan(
-      step, init, jnp.arange(batch_size, dtype=jnp.int32))
+    step, init, jnp.arange(batch_size, dtype=jnp.int32)
+  )
   return _selection.Selection(indices.astype(jnp.int32), scores, valid)

@@ -26,15 +26,15 @@ May import: `alfx._core`, `alfx.information`.
 import math
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
-from alfx.information import _kernels as _information
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
 from alfx._core import sharding as _sharding
 from alfx._core import validation as _validation
+from alfx.information import _kernels as _information
 
 DEFAULT_CHUNK_SIZE = _pool.DEFAULT_CHUNK_SIZE
 
@@ -140,8 +140,15 @@ def _chunk_entropy(probs_chunk, weights_t, row_weights):
   return -jnp.sum(h.reshape(m, c), axis=-1)
 
 
-def table_entropy(probs_t, weights, row_weights, *, chunk_size: int,
-                  num_rows=None, block_rows=None):
+def table_entropy(
+  probs_t,
+  weights,
+  row_weights,
+  *,
+  chunk_size: int,
+  num_rows=None,
+  block_rows=None,
+):
   """``sum_r rho_r H[p(Y_n | y_r)]`` for every pool point: the core kernel.
 
   ``p(Y_n = c | y_r) = sum_k W[r, k] p(c | x_n, omega_k)``. Loops over blocks
@@ -170,14 +177,16 @@ def table_entropy(probs_t, weights, row_weights, *, chunk_size: int,
 
   def block(i):
     w, r = weights_t[i], row_weights[i]
-    return _pool.chunked_map(lambda p: _chunk_entropy(p, w, r), probs_t,
-                             chunk_size=chunk)
+    return _pool.chunked_map(
+      lambda p: _chunk_entropy(p, w, r), probs_t, chunk_size=chunk
+    )
 
   if n_blocks == 1:
     return block(0)
   stop = n_blocks if num_rows is None else -(-num_rows // rb)
-  return lax.fori_loop(0, stop, lambda i, acc: acc + block(i),
-                       jnp.zeros((n,), probs_t.dtype))
+  return lax.fori_loop(
+    0, stop, lambda i, acc: acc + block(i), jnp.zeros((n,), probs_t.dtype)
+  )
 
 
 # --------------------------------------------------------------------------
@@ -191,7 +200,7 @@ def exact_steps(c: int, num_configurations: int, batch_size: int) -> int:
   ``C**s <= num_configurations``.
   """
   s = 0
-  while s + 1 < batch_size and c**(s + 1) <= num_configurations:
+  while s + 1 < batch_size and c ** (s + 1) <= num_configurations:
     s += 1
   return s + 1
 
@@ -200,8 +209,10 @@ def label_strata(num_configurations: int, k: int, dtype):
   """Sample index of each sampled row, and the row weights (stratified)."""
   strata = np.arange(num_configurations) % k
   counts = np.bincount(strata, minlength=k)
-  return (jnp.asarray(strata, jnp.int32),
-          jnp.asarray(1.0 / (k * counts[strata]), dtype))
+  return (
+    jnp.asarray(strata, jnp.int32),
+    jnp.asarray(1.0 / (k * counts[strata]), dtype),
+  )
 
 
 def draw_labels(key, lp, strata):
@@ -210,9 +221,15 @@ def draw_labels(key, lp, strata):
   return lp.T[y]
 
 
-def batchbald(log_probs, batch_size, *, key=None, mask=None,
-              num_configurations: int = DEFAULT_NUM_CONFIGURATIONS,
-              chunk_size: int | None = None):
+def batchbald(
+  log_probs,
+  batch_size,
+  *,
+  key=None,
+  mask=None,
+  num_configurations: int = DEFAULT_NUM_CONFIGURATIONS,
+  chunk_size: int | None = None,
+):
   r"""BatchBALD: greedy maximisation of ``I[Y_1..Y_B; Omega]``.
 
   Kirsch, van Amersfoort and Gal, "BatchBALD: Efficient and Diverse Batch
@@ -278,36 +295,53 @@ def batchbald(log_probs, batch_size, *, key=None, mask=None,
   n, k, c = log_probs.shape
   mask = _validation.check_mask(mask, n)
   batch_size = _validation.check_batch_size(batch_size, mask)
-  num_configurations = _validation.check_positive_int(num_configurations,
-                                                      "num_configurations")
+  num_configurations = _validation.check_positive_int(
+    num_configurations, "num_configurations"
+  )
   chunk_size = _validation.check_chunk_size(chunk_size, DEFAULT_CHUNK_SIZE)
   n_exact = exact_steps(c, num_configurations, batch_size)
   if n_exact < batch_size:
     if key is None:
       raise ValueError(
-          f"key is required: batch_size={batch_size} with C={c} classes"
-          f" switches to sampled label configurations after {n_exact} picks"
-          f" (pick {n_exact + 1} would enumerate C**{n_exact} ="
-          f" {c**n_exact} configurations > num_configurations="
-          f"{num_configurations}). Pass key=jax.random.key(seed), or raise"
-          " num_configurations (memory and time grow with it).")
+        f"key is required: batch_size={batch_size} with C={c} classes"
+        f" switches to sampled label configurations after {n_exact} picks"
+        f" (pick {n_exact + 1} would enumerate C**{n_exact} ="
+        f" {c**n_exact} configurations > num_configurations="
+        f"{num_configurations}). Pass key=jax.random.key(seed), or raise"
+        " num_configurations (memory and time grow with it)."
+      )
     key = _validation.check_key(key)
     if num_configurations < k:
       raise ValueError(
-          f"num_configurations={num_configurations} must be at least K={k} (log_probs"
-          " [N, K, C]) when the sampled regime is reached: the sampled"
-          " configurations are stratified over the K posterior samples.")
+        f"num_configurations={num_configurations} must be at least K={k} (log_probs"
+        " [N, K, C]) when the sampled regime is reached: the sampled"
+        " configurations are stratified over the K posterior samples."
+      )
   else:
     key = None
-  return _batchbald(log_probs, mask, key, batch_size=batch_size,
-                    num_configurations=num_configurations,
-                    chunk_size=chunk_size)
+  return _batchbald(
+    log_probs,
+    mask,
+    key,
+    batch_size=batch_size,
+    num_configurations=num_configurations,
+    chunk_size=chunk_size,
+  )
 
 
-@_sharding.pool_core(pool=("log_probs", "mask"),
-                     static=("batch_size", "num_configurations", "chunk_size"))
-def _batchbald(log_probs, mask, key, batch_size, num_configurations,
-               chunk_size, axis_name=None):
+@_sharding.pool_core(
+  pool=("log_probs", "mask"),
+  static=("batch_size", "num_configurations", "chunk_size"),
+)
+def _batchbald(
+  log_probs,
+  mask,
+  key,
+  batch_size,
+  num_configurations,
+  chunk_size,
+  axis_name=None,
+):
   """`batchbald` without input checks, over the local slice of the pool."""
   _, k, c = log_probs.shape
   dtype = log_probs.dtype
@@ -323,9 +357,9 @@ def _batchbald(log_probs, mask, key, batch_size, num_configurations,
       del table
       if s == 0:
         return marginal
-      weights, mass = posterior_table(
-          _information.log_joint_table(picked[:s]))
+      weights, mass = posterior_table(_information.log_joint_table(picked[:s]))
       return entropies(weights, mass)
+
     return branch
 
   branches = [exact_branch(s) for s in range(n_exact)]
@@ -348,10 +382,10 @@ def _batchbald(log_probs, mask, key, batch_size, num_configurations,
     else:
       # The branch index depends on the step counter only, so it stays a
       # real conditional under vmap (a data-dependent one would run all).
-      h = lax.switch(jnp.minimum(t, len(branches) - 1), branches, picked,
-                     table)
-    index, score, valid, available = _selection.pick(h - cond, available,
-                                                     axis_name)
+      h = lax.switch(jnp.minimum(t, len(branches) - 1), branches, picked, table)
+    index, score, valid, available = _selection.pick(
+      h - cond, available, axis_name
+    )
     lp = _pool.take(log_probs, index, axis_name)
     picked = picked.at[t].set(lp)
     if sampled:
@@ -360,5 +394,6 @@ def _batchbald(log_probs, mask, key, batch_size, num_configurations,
 
   init = (mask, jnp.zeros((batch_size, k, c), dtype), table0)
   _, (indices, scores, valid) = lax.scan(
-      step, init, jnp.arange(batch_size, dtype=jnp.int32))
+    step, init, jnp.arange(batch_size, dtype=jnp.int32)
+  )
   return _selection.Selection(indices.astype(jnp.int32), scores, valid)

@@ -30,18 +30,18 @@ May import: `alfx._core`, `alfx.bald_family._batchbald`,
 """
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
-from alfx.bald_family import _batch_epig
-from alfx.bald_family import _batchbald as _bald
-from alfx.bald_family import _epig_tables as _tables
-from alfx.bald_family import _kepig
 from alfx._core import pool as _pool
 from alfx._core import sampling as _sampling
 from alfx._core import selection as _selection
 from alfx._core import sharding as _sharding
 from alfx._core import validation as _validation
+from alfx.bald_family import _batch_epig
+from alfx.bald_family import _batchbald as _bald
+from alfx.bald_family import _epig_tables as _tables
+from alfx.bald_family import _kepig
 
 #: Default number of target inputs the registry strategies draw from the pool.
 DEFAULT_NUM_TARGETS = 100
@@ -97,21 +97,26 @@ def epig(log_probs, target_log_probs, *, chunk_size=None):
     (5,)
   """
   log_probs = _validation.check_log_probs(log_probs)
-  log_probs, target_log_probs = _tables.check_targets(target_log_probs,
-                                                      log_probs)
-  chunk_size = _validation.check_chunk_size(chunk_size,
-                                            _pool.DEFAULT_CHUNK_SIZE)
+  log_probs, target_log_probs = _tables.check_targets(
+    target_log_probs, log_probs
+  )
+  chunk_size = _validation.check_chunk_size(
+    chunk_size, _pool.DEFAULT_CHUNK_SIZE
+  )
   return _epig(log_probs, target_log_probs, chunk_size=chunk_size)
 
 
-@_sharding.pool_core(pool=("log_probs",), static=("chunk_size",),
-                     out_specs=_sharding.pool_spec, selection=False)
+@_sharding.pool_core(
+  pool=("log_probs",),
+  static=("chunk_size",),
+  out_specs=_sharding.pool_spec,
+  selection=False,
+)
 def _epig(log_probs, target_log_probs, chunk_size, axis_name=None):
   """`epig` without input checks, over the local slice of the pool."""
   del axis_name
   probs_t, marginal, _ = _bald.prepare(log_probs, chunk_size)
-  scores = _tables.epig_scores(probs_t, marginal, target_log_probs,
-                               chunk_size)
+  scores = _tables.epig_scores(probs_t, marginal, target_log_probs, chunk_size)
   # A NaN target row gets weight 0 in posterior_table (silently dropped):
   # under jit, where the value checks do not run, make it visible.
   return jnp.where(jnp.any(jnp.isnan(target_log_probs)), jnp.nan, scores)
@@ -149,8 +154,9 @@ def pool_targets(log_probs, num_targets, *, key, mask=None):
   return _pool_targets(log_probs, mask, key, num_targets=num_targets)
 
 
-@_sharding.pool_core(pool=("log_probs", "mask"), static=("num_targets",),
-                     selection=False)
+@_sharding.pool_core(
+  pool=("log_probs", "mask"), static=("num_targets",), selection=False
+)
 def _pool_targets(log_probs, mask, key, num_targets, axis_name=None):
   """`pool_targets` without input checks, over the local slice of the pool."""
   n_local = mask.shape[0]
@@ -162,17 +168,24 @@ def _pool_targets(log_probs, mask, key, num_targets, axis_name=None):
     before, total = jnp.zeros((), jnp.int32), local
   else:
     per_device = _pool.all_gather(local[None], axis_name)
-    before = jnp.sum(jnp.where(
+    before = jnp.sum(
+      jnp.where(
         jnp.arange(per_device.shape[0]) < lax.axis_index(axis_name),
-        per_device, 0))
+        per_device,
+        0,
+      )
+    )
     total = jnp.sum(per_device)
   u = jax.random.uniform(key, (num_targets,), jnp.float32)
   rank = jnp.minimum((u * total).astype(jnp.int32), total - 1)
   local_rank = rank - before
   owned = (local_rank >= 0) & (local_rank < local)
   # The local row whose inclusive count of eligible rows first exceeds it.
-  row = jnp.clip(jnp.searchsorted(jnp.cumsum(counts), local_rank,
-                                  side="right"), 0, n_local - 1)
+  row = jnp.clip(
+    jnp.searchsorted(jnp.cumsum(counts), local_rank, side="right"),
+    0,
+    n_local - 1,
+  )
   rows = jnp.where(owned[:, None, None], log_probs[row], 0)
   return _pool.psum(rows, axis_name)
 
@@ -182,8 +195,9 @@ def _targets_and_key(context, key, mask, num_targets):
   target_key, key = jax.random.split(key)
   # Checked before it meets labeled, so a bad mask gets the contract's error.
   mask = _validation.check_mask(mask, context.log_probs.shape[0])
-  targets = pool_targets(context.log_probs, num_targets, key=target_key,
-                         mask=mask & ~context.labeled)
+  targets = pool_targets(
+    context.log_probs, num_targets, key=target_key, mask=mask & ~context.labeled
+  )
   return targets, key
 
 
@@ -193,24 +207,33 @@ def epig_strategy(num_targets=DEFAULT_NUM_TARGETS, chunk_size=None):
 
   def strategy(context, batch_size, *, key, mask):
     targets, _ = _targets_and_key(context, key, mask, num_targets)
-    return _selection.top_b(epig(context.log_probs, targets,
-                                 chunk_size=chunk_size), batch_size,
-                            mask=mask)
+    return _selection.top_b(
+      epig(context.log_probs, targets, chunk_size=chunk_size),
+      batch_size,
+      mask=mask,
+    )
 
   return strategy
 
 
 def batch_epig_strategy(
-    num_targets=DEFAULT_NUM_TARGETS,
-    num_configurations=_batch_epig.DEFAULT_NUM_CONFIGURATIONS,
-    chunk_size=None):
+  num_targets=DEFAULT_NUM_TARGETS,
+  num_configurations=_batch_epig.DEFAULT_NUM_CONFIGURATIONS,
+  chunk_size=None,
+):
   """Registry factory of ``"batch-epig"`` (`batch_epig`, pool targets)."""
 
   def strategy(context, batch_size, *, key, mask):
     targets, key = _targets_and_key(context, key, mask, num_targets)
     return _batch_epig.batch_epig(
-        context.log_probs, targets, batch_size, key=key, mask=mask,
-        num_configurations=num_configurations, chunk_size=chunk_size)
+      context.log_probs,
+      targets,
+      batch_size,
+      key=key,
+      mask=mask,
+      num_configurations=num_configurations,
+      chunk_size=chunk_size,
+    )
 
   return strategy
 
@@ -222,23 +245,35 @@ def kepig_strategy(order: int):
 
     def strategy(context, batch_size, *, key, mask):
       targets, _ = _targets_and_key(context, key, mask, num_targets)
-      return _kepig.kepig(context.log_probs, targets, batch_size,
-                          order=order, mask=mask, chunk_size=chunk_size)
+      return _kepig.kepig(
+        context.log_probs,
+        targets,
+        batch_size,
+        order=order,
+        mask=mask,
+        chunk_size=chunk_size,
+      )
 
     return strategy
 
   return factory
 
 
-def powerepig_strategy(num_targets=DEFAULT_NUM_TARGETS, beta=1.0,
-                       chunk_size=None):
+def powerepig_strategy(
+  num_targets=DEFAULT_NUM_TARGETS, beta=1.0, chunk_size=None
+):
   """Registry factory of ``"powerepig"``: power sampling of EPIG scores
   (`alfx.stochastic_batch`, the paper's batch recipe), pool targets."""
 
   def strategy(context, batch_size, *, key, mask):
     targets, key = _targets_and_key(context, key, mask, num_targets)
     return _sampling.stochastic_batch(
-        epig(context.log_probs, targets, chunk_size=chunk_size), batch_size,
-        key=key, mode="power", beta=beta, mask=mask)
+      epig(context.log_probs, targets, chunk_size=chunk_size),
+      batch_size,
+      key=key,
+      mode="power",
+      beta=beta,
+      mask=mask,
+    )
 
   return strategy

@@ -29,8 +29,8 @@ May import: `alfx._core`, `alfx.bald_family._batchbald`.
 
 import jax.numpy as jnp
 
-from alfx.bald_family import _batchbald as _bald
 from alfx._core import validation as _validation
+from alfx.bald_family import _batchbald as _bald
 
 
 def check_targets(target_log_probs, log_probs):
@@ -39,15 +39,17 @@ def check_targets(target_log_probs, log_probs):
   Returns both arrays in their common floating dtype.
   """
   targets = _validation.check_log_probs(
-      target_log_probs, "target_log_probs", expected="[M, K, C]", pool=False)
+    target_log_probs, "target_log_probs", expected="[M, K, C]", pool=False
+  )
   _, k, c = log_probs.shape
   if targets.shape[1:] != log_probs.shape[1:]:
     raise ValueError(
-        f"target_log_probs must have shape [M, K={k}, C={c}], the K posterior"
-        f" samples and C classes of log_probs {list(log_probs.shape)}"
-        f" ([N, K, C]), got {list(targets.shape)}. Predict the target inputs"
-        " with the same posterior samples (ensemble members, dropout masks)"
-        " as the pool, in the same order.")
+      f"target_log_probs must have shape [M, K={k}, C={c}], the K posterior"
+      f" samples and C classes of log_probs {list(log_probs.shape)}"
+      f" ([N, K, C]), got {list(targets.shape)}. Predict the target inputs"
+      " with the same posterior samples (ensemble members, dropout masks)"
+      " as the pool, in the same order."
+    )
   dtype = jnp.result_type(log_probs.dtype, targets.dtype)
   return log_probs.astype(dtype), targets.astype(dtype)
 
@@ -80,9 +82,11 @@ def gain_table(log_cond, targets, m: int):
   joint = log_cond[..., :, None, :] + targets
   second_w, second_rho = _bald.posterior_table(joint)
   weights = jnp.concatenate(
-      [first_w, second_w.reshape(lead + (-1, k))], axis=-2)
+    [first_w, second_w.reshape(lead + (-1, k))], axis=-2
+  )
   rho = jnp.concatenate(
-      [first_rho, -second_rho.reshape(lead + (-1,)) / m], axis=-1)
+    [first_rho, -second_rho.reshape(lead + (-1,)) / m], axis=-1
+  )
   del r
   return weights, rho
 
@@ -97,4 +101,3 @@ def epig_scores(probs_t, marginal, target_log_probs, chunk_size: int):
   weights, mass = _bald.posterior_table(target_rows(target_log_probs))
   h = _bald.table_entropy(probs_t, weights, mass / m, chunk_size=chunk_size)
   return jnp.maximum(marginal - h, 0)
-

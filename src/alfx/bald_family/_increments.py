@@ -14,14 +14,14 @@ import itertools
 import math
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
-from alfx.bald_family import _batchbald as _bald
-from alfx.information import _kernels as _information
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
+from alfx.bald_family import _batchbald as _bald
+from alfx.information import _kernels as _information
 
 #: Increment tables are split into blocks of whole subsets (at least this
 #: many rows) so that the blocks of subsets not yet active are skipped (k-BALD
@@ -37,7 +37,7 @@ def kbald_coefficients(batch_size: int, order: int) -> np.ndarray:
   a = np.zeros((batch_size, order))
   for s in range(batch_size):
     for u in range(min(order, s + 1)):
-      a[s, u] = sum((-1)**i * math.comb(s - u, i) for i in range(order - u))
+      a[s, u] = sum((-1) ** i * math.comb(s - u, i) for i in range(order - u))
   return a
 
 
@@ -48,10 +48,10 @@ def colex_subsets(m: int, size: int) -> np.ndarray:
   the subsets of the first ``p`` picks are a prefix of length
   ``binom(p, size)``.
   """
-  subsets = sorted(itertools.combinations(range(m), size),
-                   key=lambda x: tuple(reversed(x)))
+  subsets = sorted(
+    itertools.combinations(range(m), size), key=lambda x: tuple(reversed(x))
+  )
   return np.asarray(subsets, np.int32).reshape(len(subsets), size)
-
 
 
 class SubsetIncrements:
@@ -70,16 +70,21 @@ class SubsetIncrements:
     self.order = order
     self.c = log_probs.shape[-1]
     self.chunk_size = chunk_size
-    self.coefficients = jnp.asarray(kbald_coefficients(batch_size, order),
-                                    log_probs.dtype)
-    self.subsets = {u: colex_subsets(max(batch_size - 1, 0), u - 1)
-                    for u in range(1, order)}
+    self.coefficients = jnp.asarray(
+      kbald_coefficients(batch_size, order), log_probs.dtype
+    )
+    self.subsets = {
+      u: colex_subsets(max(batch_size - 1, 0), u - 1) for u in range(1, order)
+    }
     # counts[u][t]: subsets U' of the t - 1 points picked before the previous
     # pick (which is pick t - 1); 0 at t = 0, where there is no previous pick.
     self.counts = {
-        u: jnp.asarray([0] + [math.comb(t - 1, u - 1)
-                              for t in range(1, batch_size + 1)], jnp.int32)
-        for u in range(1, order)}
+      u: jnp.asarray(
+        [0] + [math.comb(t - 1, u - 1) for t in range(1, batch_size + 1)],
+        jnp.int32,
+      )
+      for u in range(1, order)
+    }
 
   def table(self, log_tables):
     """The stacked tables of the new subsets.
@@ -105,9 +110,12 @@ class SubsetIncrements:
     n_sub = subsets.shape[0]
     previous = picked[jnp.maximum(t - 1, 0)]
     members = jnp.concatenate(
-        [picked[subsets],
-         jnp.broadcast_to(previous, (n_sub, 1) + previous.shape)],
-        axis=1)  # [n_sub, u, K, C]
+      [
+        picked[subsets],
+        jnp.broadcast_to(previous, (n_sub, 1) + previous.shape),
+      ],
+      axis=1,
+    )  # [n_sub, u, K, C]
     log_tables = jax.vmap(_information.log_joint_table)(members)
     weights, rho = self.table(log_tables)
     count = self.counts[u][t]
@@ -118,15 +126,22 @@ class SubsetIncrements:
     def compute(operands):
       weights, rho, count = operands
       return _bald.table_entropy(
-          probs_t, weights.reshape(rows, -1), rho.reshape(rows),
-          chunk_size=self.chunk_size, num_rows=count * per,
-          block_rows=per * -(-MIN_BLOCK_ROWS // per))
+        probs_t,
+        weights.reshape(rows, -1),
+        rho.reshape(rows),
+        chunk_size=self.chunk_size,
+        num_rows=count * per,
+        block_rows=per * -(-MIN_BLOCK_ROWS // per),
+      )
 
     # No previous pick at t = 0. The predicate is the step counter, so this
     # stays a real conditional (a skipped pass over the pool) under vmap.
-    return lax.cond(t > 0, compute,
-                    lambda _: jnp.zeros(probs_t.shape[:1], probs_t.dtype),
-                    (weights, rho, count))
+    return lax.cond(
+      t > 0,
+      compute,
+      lambda _: jnp.zeros(probs_t.shape[:1], probs_t.dtype),
+      (weights, rho, count),
+    )
 
   def gains_and_update(self, probs_t, leading, d, picked, t):
     """Adds the increments of pick ``t - 1`` to ``D`` and returns the gains.
@@ -156,17 +171,20 @@ def score_picks(scores, mask, batch_size: int, axis_name=None):
 
   def step(available, t):
     del t
-    index, score, valid, available = _selection.pick(scores, available,
-                                                     axis_name)
+    index, score, valid, available = _selection.pick(
+      scores, available, axis_name
+    )
     return available, (index, score, valid)
 
   _, (indices, scores, valid) = lax.scan(
-      step, mask, jnp.arange(batch_size, dtype=jnp.int32))
+    step, mask, jnp.arange(batch_size, dtype=jnp.int32)
+  )
   return _selection.Selection(indices, scores, valid)
 
 
-def increment_picks(log_probs, mask, probs_t, state, leading, batch_size: int,
-                    axis_name=None):
+def increment_picks(
+  log_probs, mask, probs_t, state, leading, batch_size: int, axis_name=None
+):
   """The greedy scan of k-BALD and k-EPIG (``order >= 2``).
 
   Pick ``t`` maximises ``leading(t) + sum_u a_u(t) D_u`` (`state`, a
@@ -177,12 +195,18 @@ def increment_picks(log_probs, mask, probs_t, state, leading, batch_size: int,
   def step(carry, t):
     available, picked, d = carry
     d, gains = state.gains_and_update(probs_t, leading(t), d, picked, t)
-    index, score, valid, available = _selection.pick(gains, available, axis_name)
+    index, score, valid, available = _selection.pick(
+      gains, available, axis_name
+    )
     picked = picked.at[t].set(_pool.take(log_probs, index, axis_name))
     return (available, picked, d), (index, score, valid)
 
-  init = (mask, jnp.zeros((batch_size, k, c), log_probs.dtype),
-          jnp.zeros((n, state.order - 1), log_probs.dtype))
+  init = (
+    mask,
+    jnp.zeros((batch_size, k, c), log_probs.dtype),
+    jnp.zeros((n, state.order - 1), log_probs.dtype),
+  )
   _, (indices, scores, valid) = lax.scan(
-      step, init, jnp.arange(batch_size, dtype=jnp.int32))
+    step, init, jnp.arange(batch_size, dtype=jnp.int32)
+  )
   return _selection.Selection(indices, scores, valid)

@@ -42,19 +42,19 @@ May import: `alfx._core`, `alfx.information`, `alfx.bald_family._batchbald`,
 import math
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
-from alfx.bald_family import _batchbald as _bald
-from alfx.bald_family._increments import SubsetIncrements
-from alfx.bald_family._increments import increment_picks
-from alfx.bald_family._increments import score_picks
-from alfx.information import _kernels as _information
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
 from alfx._core import sharding as _sharding
 from alfx._core import validation as _validation
+from alfx.bald_family import _batchbald as _bald
+from alfx.bald_family._increments import increment_picks
+from alfx.bald_family._increments import score_picks
+from alfx.bald_family._increments import SubsetIncrements
+from alfx.information import _kernels as _information
 
 
 def _table_configurations(batch_size: int, order: int, c: int) -> int:
@@ -66,16 +66,18 @@ def _check_order(order, batch_size: int, c: int) -> int:
   order = _validation.check_positive_int(order, "order")
   order = min(order, batch_size)
   rows = _table_configurations(batch_size, order, c)
-  if c**order > _information.MAX_CONFIGURATIONS or \
-      rows > _information.MAX_CONFIGURATIONS:
+  if (
+    c**order > _information.MAX_CONFIGURATIONS
+    or rows > _information.MAX_CONFIGURATIONS
+  ):
     raise ValueError(
-        f"order={order} with C={c} and batch_size={batch_size} needs joint"
-        f" tables of C**order = {c**order} configurations ({rows} table rows"
-        f" per step), above alfx.MAX_CONFIGURATIONS ="
-        f" {_information.MAX_CONFIGURATIONS}; use a lower order, or"
-        " alfx.batchbald.")
+      f"order={order} with C={c} and batch_size={batch_size} needs joint"
+      f" tables of C**order = {c**order} configurations ({rows} table rows"
+      f" per step), above alfx.MAX_CONFIGURATIONS ="
+      f" {_information.MAX_CONFIGURATIONS}; use a lower order, or"
+      " alfx.batchbald."
+    )
   return order
-
 
 
 def _kbald_leading(state, marginal, cond):
@@ -84,8 +86,7 @@ def _kbald_leading(state, marginal, cond):
   return lambda t: -cond + state.coefficients[t][0] * marginal
 
 
-def kbald(log_probs, batch_size, *, order=2, mask=None,
-          chunk_size=None):
+def kbald(log_probs, batch_size, *, order=2, mask=None, chunk_size=None):
   r"""Greedy k-BALD: BatchBALD's inclusion-exclusion truncated at ``order``.
 
   Kirsch (2023), sec. 2. The gain of adding ``n`` to the picked set ``S`` is
@@ -129,14 +130,17 @@ def kbald(log_probs, batch_size, *, order=2, mask=None,
   mask = _validation.check_mask(mask, n)
   batch_size = _validation.check_batch_size(batch_size, mask)
   order = _check_order(order, batch_size, c)
-  chunk_size = _validation.check_chunk_size(chunk_size,
-                                            _pool.DEFAULT_CHUNK_SIZE)
-  return _kbald(log_probs, mask, batch_size=batch_size, order=order,
-                chunk_size=chunk_size)
+  chunk_size = _validation.check_chunk_size(
+    chunk_size, _pool.DEFAULT_CHUNK_SIZE
+  )
+  return _kbald(
+    log_probs, mask, batch_size=batch_size, order=order, chunk_size=chunk_size
+  )
 
 
-@_sharding.pool_core(pool=("log_probs", "mask"),
-                     static=("batch_size", "order", "chunk_size"))
+@_sharding.pool_core(
+  pool=("log_probs", "mask"), static=("batch_size", "order", "chunk_size")
+)
 def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
   """`kbald` without input checks, over the local slice of the pool."""
   n = log_probs.shape[0]
@@ -146,9 +150,15 @@ def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
 
   probs_t, marginal, cond = _bald.prepare(log_probs, chunk_size)
   state = SubsetIncrements(log_probs, batch_size, order, chunk_size)
-  return increment_picks(log_probs, mask, probs_t, state,
-                         _kbald_leading(state, marginal, cond), batch_size,
-                         axis_name)
+  return increment_picks(
+    log_probs,
+    mask,
+    probs_t,
+    state,
+    _kbald_leading(state, marginal, cond),
+    batch_size,
+    axis_name,
+  )
 
 
 # --------------------------------------------------------------------------
@@ -182,14 +192,15 @@ def _triple_information(picked, lp, t, batch_size):
     return jnp.zeros((), lp.dtype)
   pairs = np.asarray(pairs, np.int32)
   members = jnp.concatenate(
-      [picked[pairs], jnp.broadcast_to(lp, (len(pairs), 1) + lp.shape)],
-      axis=1)  # [n_pairs, 3, K, C]
+    [picked[pairs], jnp.broadcast_to(lp, (len(pairs), 1) + lp.shape)], axis=1
+  )  # [n_pairs, 3, K, C]
   co = jax.vmap(_information.co_information_unchecked)(members)
   return jnp.sum(jnp.where(jnp.asarray(pairs[:, 1]) < t, co, 0))
 
 
-def kbald_dynamic(log_probs, batch_size, *, tolerance, mask=None,
-                  chunk_size=None):
+def kbald_dynamic(
+  log_probs, batch_size, *, tolerance, mask=None, chunk_size=None
+):
   r"""2-BALD with a dynamic batch size: stop when 3-BALD disagrees.
 
   Kirsch (2023), "Dynamic Acquisition Batch Sizes". Points are picked greedily by
@@ -226,20 +237,23 @@ def kbald_dynamic(log_probs, batch_size, *, tolerance, mask=None,
   log_probs = _validation.check_log_probs(log_probs)
   n, _, c = log_probs.shape
   mask = _validation.check_mask(mask, n)
-  batch_size = _validation.check_batch_size(batch_size, mask,
-                                                "batch_size")
+  batch_size = _validation.check_batch_size(batch_size, mask, "batch_size")
   tolerance = _validation.check_scalar(tolerance, "tolerance", minimum=0)
-  chunk_size = _validation.check_chunk_size(chunk_size,
-                                            _pool.DEFAULT_CHUNK_SIZE)
+  chunk_size = _validation.check_chunk_size(
+    chunk_size, _pool.DEFAULT_CHUNK_SIZE
+  )
   _check_order(min(3, batch_size), batch_size, c)
-  return _kbald_dynamic(log_probs, mask, tolerance, batch_size=batch_size,
-                        chunk_size=chunk_size)
+  return _kbald_dynamic(
+    log_probs, mask, tolerance, batch_size=batch_size, chunk_size=chunk_size
+  )
 
 
-@_sharding.pool_core(pool=("log_probs", "mask"),
-                     static=("batch_size", "chunk_size"))
-def _kbald_dynamic(log_probs, mask, tolerance, batch_size, chunk_size,
-                   axis_name=None):
+@_sharding.pool_core(
+  pool=("log_probs", "mask"), static=("batch_size", "chunk_size")
+)
+def _kbald_dynamic(
+  log_probs, mask, tolerance, batch_size, chunk_size, axis_name=None
+):
   """`kbald_dynamic` without input checks, over the local slice of the pool."""
   n, k, c = log_probs.shape
   dtype = log_probs.dtype
@@ -256,12 +270,18 @@ def _kbald_dynamic(log_probs, mask, tolerance, batch_size, chunk_size,
     lp = _pool.take(log_probs, index, axis_name)
     new_v2 = v2 + g2
     new_v3 = v3 + g2 + _triple_information(picked, lp, t, batch_size)
-    accept = valid & (g2 > 0) & (
-        jnp.abs(new_v3 - new_v2) <= tolerance * jnp.abs(new_v3))
+    accept = (
+      valid
+      & (g2 > 0)
+      & (jnp.abs(new_v3 - new_v2) <= tolerance * jnp.abs(new_v3))
+    )
     picked = picked.at[t].set(lp)
     carry = (available, picked, d, new_v2, new_v3, ~accept)
-    return carry, (jnp.where(accept, index, 0), jnp.where(accept, g2, 0),
-                   accept)
+    return carry, (
+      jnp.where(accept, index, 0),
+      jnp.where(accept, g2, 0),
+      accept,
+    )
 
   def skip(carry, t):
     del t
@@ -271,15 +291,23 @@ def _kbald_dynamic(log_probs, mask, tolerance, batch_size, chunk_size,
     # Data-dependent: under vmap both branches run (correct, not faster).
     return lax.cond(carry[-1], skip, run, carry, t)
 
-  init = (mask, jnp.zeros((batch_size, k, c), dtype),
-          jnp.zeros((n, 1), dtype), zero, zero, jnp.zeros((), bool))
+  init = (
+    mask,
+    jnp.zeros((batch_size, k, c), dtype),
+    jnp.zeros((n, 1), dtype),
+    zero,
+    zero,
+    jnp.zeros((), bool),
+  )
   _, (indices, scores, valid) = lax.scan(
-      step, init, jnp.arange(batch_size, dtype=jnp.int32))
+    step, init, jnp.arange(batch_size, dtype=jnp.int32)
+  )
   return _selection.Selection(indices, scores, valid)
 
 
-def conservative_bald(log_probs, batch_size, *, threshold, budget=None,
-                      mask=None, chunk_size=None):
+def conservative_bald(
+  log_probs, batch_size, *, threshold, budget=None, mask=None, chunk_size=None
+):
   r"""Conservative BALD: top BALD picks, excluding points that overlap a pick.
 
   Kirsch (2023), "Future Work". Repeatedly picks the remaining candidate of
@@ -314,21 +342,28 @@ def conservative_bald(log_probs, batch_size, *, threshold, budget=None,
   log_probs = _validation.check_log_probs(log_probs)
   n = log_probs.shape[0]
   mask = _validation.check_mask(mask, n)
-  batch_size = _validation.check_batch_size(batch_size, mask,
-                                                "batch_size")
+  batch_size = _validation.check_batch_size(batch_size, mask, "batch_size")
   threshold = _validation.check_scalar(threshold, "threshold", minimum=0)
-  budget = _validation.check_scalar(budget, "budget", minimum=0,
-                                    optional=True)
-  chunk_size = _validation.check_chunk_size(chunk_size,
-                                            _pool.DEFAULT_CHUNK_SIZE)
-  return _conservative_bald(log_probs, mask, threshold, budget,
-                            batch_size=batch_size, chunk_size=chunk_size)
+  budget = _validation.check_scalar(budget, "budget", minimum=0, optional=True)
+  chunk_size = _validation.check_chunk_size(
+    chunk_size, _pool.DEFAULT_CHUNK_SIZE
+  )
+  return _conservative_bald(
+    log_probs,
+    mask,
+    threshold,
+    budget,
+    batch_size=batch_size,
+    chunk_size=chunk_size,
+  )
 
 
-@_sharding.pool_core(pool=("log_probs", "mask"),
-                     static=("batch_size", "chunk_size"))
-def _conservative_bald(log_probs, mask, threshold, budget, batch_size,
-                       chunk_size, axis_name=None):
+@_sharding.pool_core(
+  pool=("log_probs", "mask"), static=("batch_size", "chunk_size")
+)
+def _conservative_bald(
+  log_probs, mask, threshold, budget, batch_size, chunk_size, axis_name=None
+):
   """`conservative_bald` without input checks, over the local pool slice."""
   n = log_probs.shape[0]
   dtype = log_probs.dtype
@@ -346,13 +381,19 @@ def _conservative_bald(log_probs, mask, threshold, budget, batch_size,
       valid = valid & (new_tc <= budget)
     lp = _pool.take(log_probs, index, axis_name)
     weights, mass = _bald.posterior_table(lp.T)  # p(omega | y_j), p(y_j)
-    mi = jnp.maximum(marginal - _bald.table_entropy(
-        probs_t, weights, mass, chunk_size=chunk_size), 0)
+    mi = jnp.maximum(
+      marginal
+      - _bald.table_entropy(probs_t, weights, mass, chunk_size=chunk_size),
+      0,
+    )
     available = available & (mi <= threshold)
     available = _pool.set_at(available, index, False, axis_name)
     carry = (available, pair_tc + mi, new_tc, ~valid)
-    return carry, (jnp.where(valid, index, 0), jnp.where(valid, score, 0),
-                   valid)
+    return carry, (
+      jnp.where(valid, index, 0),
+      jnp.where(valid, score, 0),
+      valid,
+    )
 
   def skip(carry, t):
     del t
@@ -363,5 +404,6 @@ def _conservative_bald(log_probs, mask, threshold, budget, batch_size,
 
   init = (mask, jnp.zeros((n,), dtype), zero, jnp.zeros((), bool))
   _, (indices, scores, valid) = lax.scan(
-      step, init, jnp.arange(batch_size, dtype=jnp.int32))
+    step, init, jnp.arange(batch_size, dtype=jnp.int32)
+  )
   return _selection.Selection(indices, scores, valid)

@@ -11,13 +11,13 @@ May import: `alfx._core`, `alfx.information`, `alfx.bald_family._batchbald`,
 
 import math
 
+from alfx._core import pool as _pool
+from alfx._core import sharding as _sharding
+from alfx._core import validation as _validation
 from alfx.bald_family import _batchbald as _bald
 from alfx.bald_family import _epig_tables as _tables
 from alfx.bald_family import _increments
 from alfx.information import _kernels as _information
-from alfx._core import pool as _pool
-from alfx._core import sharding as _sharding
-from alfx._core import validation as _validation
 
 
 def _rows_per_subset(u: int, c: int, m: int) -> int:
@@ -28,16 +28,19 @@ def _rows_per_subset(u: int, c: int, m: int) -> int:
 def _check_order(order, batch_size: int, c: int, m: int) -> int:
   order = _validation.check_positive_int(order, "order")
   order = min(order, batch_size)
-  rows = sum(math.comb(batch_size - 1, u - 1) * _rows_per_subset(u, c, m)
-             for u in range(1, order))
+  rows = sum(
+    math.comb(batch_size - 1, u - 1) * _rows_per_subset(u, c, m)
+    for u in range(1, order)
+  )
   if rows > _information.MAX_CONFIGURATIONS:
     raise ValueError(
-        f"order={order} with C={c} classes, M={m} targets and batch_size="
-        f"{batch_size} needs increment tables of {rows} rows per step (sum"
-        " over u < order of binom(B-1, u-1) C**u (1 + M C)), above"
-        f" alfx.MAX_CONFIGURATIONS = {_information.MAX_CONFIGURATIONS};"
-        " use a lower order, fewer target inputs (target_log_probs), or"
-        " alfx.batch_epig, which samples configurations.")
+      f"order={order} with C={c} classes, M={m} targets and batch_size="
+      f"{batch_size} needs increment tables of {rows} rows per step (sum"
+      " over u < order of binom(B-1, u-1) C**u (1 + M C)), above"
+      f" alfx.MAX_CONFIGURATIONS = {_information.MAX_CONFIGURATIONS};"
+      " use a lower order, fewer target inputs (target_log_probs), or"
+      " alfx.batch_epig, which samples configurations."
+    )
   return order
 
 
@@ -45,8 +48,14 @@ class _KEpigIncrements(_increments.SubsetIncrements):
   """k-BALD's increments with EPIG's signed tables: ``E_u`` gains
   ``sum_{V' subset S_old, |V'| = u-1} mean_m I[Y_n; Y* | Y_V', Y_j]``."""
 
-  def __init__(self, log_probs, target_log_probs, batch_size: int,
-               order: int, chunk_size: int):
+  def __init__(
+    self,
+    log_probs,
+    target_log_probs,
+    batch_size: int,
+    order: int,
+    chunk_size: int,
+  ):
     super().__init__(log_probs, batch_size, order, chunk_size)
     self.m = target_log_probs.shape[0]
     self.target_rows = _tables.target_rows(target_log_probs)
@@ -57,8 +66,15 @@ class _KEpigIncrements(_increments.SubsetIncrements):
     return _tables.gain_table(log_tables, self.target_rows, self.m)
 
 
-def kepig(log_probs, target_log_probs, batch_size, *, order=2, mask=None,
-          chunk_size=None):
+def kepig(
+  log_probs,
+  target_log_probs,
+  batch_size,
+  *,
+  order=2,
+  mask=None,
+  chunk_size=None,
+):
   r"""Greedy k-EPIG: BatchEPIG's inclusion-exclusion truncated at ``order``.
 
   The k-BALD idea (Kirsch 2023, "Speeding Up BatchBALD: A k-BALD Family of
@@ -137,28 +153,50 @@ def kepig(log_probs, target_log_probs, batch_size, *, order=2, mask=None,
   log_probs = _validation.check_log_probs(log_probs)
   n, _, c = log_probs.shape
   mask = _validation.check_mask(mask, n)
-  log_probs, target_log_probs = _tables.check_targets(target_log_probs,
-                                                      log_probs)
+  log_probs, target_log_probs = _tables.check_targets(
+    target_log_probs, log_probs
+  )
   batch_size = _validation.check_batch_size(batch_size, mask)
   order = _check_order(order, batch_size, c, target_log_probs.shape[0])
-  chunk_size = _validation.check_chunk_size(chunk_size,
-                                            _pool.DEFAULT_CHUNK_SIZE)
-  return _kepig(log_probs, target_log_probs, mask, batch_size=batch_size,
-                order=order, chunk_size=chunk_size)
+  chunk_size = _validation.check_chunk_size(
+    chunk_size, _pool.DEFAULT_CHUNK_SIZE
+  )
+  return _kepig(
+    log_probs,
+    target_log_probs,
+    mask,
+    batch_size=batch_size,
+    order=order,
+    chunk_size=chunk_size,
+  )
 
 
-@_sharding.pool_core(pool=("log_probs", "mask"),
-                     static=("batch_size", "order", "chunk_size"))
-def _kepig(log_probs, target_log_probs, mask, batch_size, order, chunk_size,
-           axis_name=None):
+@_sharding.pool_core(
+  pool=("log_probs", "mask"), static=("batch_size", "order", "chunk_size")
+)
+def _kepig(
+  log_probs,
+  target_log_probs,
+  mask,
+  batch_size,
+  order,
+  chunk_size,
+  axis_name=None,
+):
   """`kepig` without input checks, over the local slice of the pool."""
   probs_t, marginal, _ = _bald.prepare(log_probs, chunk_size)
-  first = _tables.epig_scores(probs_t, marginal, target_log_probs,
-                              chunk_size)
+  first = _tables.epig_scores(probs_t, marginal, target_log_probs, chunk_size)
   if order == 1:
     return _increments.score_picks(first, mask, batch_size, axis_name)
-  state = _KEpigIncrements(log_probs, target_log_probs, batch_size, order,
-                           chunk_size)
+  state = _KEpigIncrements(
+    log_probs, target_log_probs, batch_size, order, chunk_size
+  )
   return _increments.increment_picks(
-      log_probs, mask, probs_t, state,
-      lambda t: state.coefficients[t][0] * first, batch_size, axis_name)
+    log_probs,
+    mask,
+    probs_t,
+    state,
+    lambda t: state.coefficients[t][0] * first,
+    batch_size,
+    axis_name,
+  )

@@ -20,14 +20,14 @@ from alfx.baselines._uncertainty import predictive_entropy
 from alfx.baselines._uncertainty import variation_ratios
 
 __all__ = (
-    "badge",
-    "coreset",
-    "least_confidence",
-    "margin",
-    "mean_std",
-    "predictive_entropy",
-    "random_batch",
-    "stochastic_batch",
-    "typiclust",
-    "variation_ratios",
+  "badge",
+  "coreset",
+  "least_confidence",
+  "margin",
+  "mean_std",
+  "predictive_entropy",
+  "random_batch",
+  "stochastic_batch",
+  "typiclust",
+  "variation_ratios",
 )

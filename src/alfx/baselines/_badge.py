@@ -4,18 +4,18 @@ May import: `alfx._core`, `alfx.baselines._distances`.
 """
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
-from alfx.baselines._distances import SQUARE_HEADROOM
-from alfx.baselines._distances import check_embeddings
-from alfx.baselines._distances import d2_sample
-from alfx.baselines._distances import guard_overflow
-from alfx.baselines._distances import sq_norms
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
 from alfx._core import sharding as _sharding
 from alfx._core import validation as _validation
+from alfx.baselines._distances import check_embeddings
+from alfx.baselines._distances import d2_sample
+from alfx.baselines._distances import guard_overflow
+from alfx.baselines._distances import sq_norms
+from alfx.baselines._distances import SQUARE_HEADROOM
 
 
 def badge(embeddings, probs, batch_size, *, key, mask=None):
@@ -77,8 +77,9 @@ def _badge_gradient_factors(embeddings, probs):
   return a, sq_norms(a), sq_norms(embeddings.astype(dtype))
 
 
-@_sharding.pool_core(pool=("embeddings", "probs", "mask"),
-                     static=("batch_size",))
+@_sharding.pool_core(
+  pool=("embeddings", "probs", "mask"), static=("batch_size",)
+)
 def _badge(embeddings, probs, mask, key, batch_size, axis_name=None):
   """`badge` without checks; per-point state ``[N]``, shardable."""
   a, a_sq, h_sq = _badge_gradient_factors(embeddings, probs)
@@ -96,19 +97,21 @@ def _badge(embeddings, probs, mask, key, batch_size, axis_name=None):
 
   def step(carry, t):
     min_d2, available = carry
-    index, valid = d2_sample(jax.random.fold_in(key, t), min_d2, available,
-                             axis_name)
+    index, valid = d2_sample(
+      jax.random.fold_in(key, t), min_d2, available, axis_name
+    )
     score = _pool.take(min_d2, index, axis_name)
     min_d2 = jnp.minimum(min_d2, sq_dist_to(index))
     available = _pool.set_at(available, index, False, axis_name)
     return (min_d2, available), (index, score, valid)
 
   _, (indices, scores, valid) = lax.scan(
-      step, (min_d2, available), jnp.arange(1, batch_size, dtype=jnp.int32))
+    step, (min_d2, available), jnp.arange(1, batch_size, dtype=jnp.int32)
+  )
   selection = _selection.Selection(
-      indices=jnp.concatenate([first[None], indices]).astype(jnp.int32),
-      scores=jnp.concatenate([first_sq[None], scores]),
-      valid=jnp.concatenate([(first_sq > -jnp.inf)[None], valid]))
+    indices=jnp.concatenate([first[None], indices]).astype(jnp.int32),
+    scores=jnp.concatenate([first_sq[None], scores]),
+    valid=jnp.concatenate([(first_sq > -jnp.inf)[None], valid]),
+  )
   # |g_i - g_j|^2 terms reach 8 max |h|^2 (|a|^2 <= 2).
-  return guard_overflow(selection, jnp.max(h_sq), SQUARE_HEADROOM,
-                        axis_name)
+  return guard_overflow(selection, jnp.max(h_sq), SQUARE_HEADROOM, axis_name)

@@ -3,13 +3,17 @@
 May import: `alfx._core`, `alfx.baselines._distances`.
 """
 
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
-from alfx.baselines._distances import DEFAULT_BLOCK_SIZE
+from alfx._core import pool as _pool
+from alfx._core import selection as _selection
+from alfx._core import sharding as _sharding
+from alfx._core import validation as _validation
 from alfx.baselines._distances import centred_sq_norms
 from alfx.baselines._distances import check_embeddings
 from alfx.baselines._distances import check_labeled_and_mask
+from alfx.baselines._distances import DEFAULT_BLOCK_SIZE
 from alfx.baselines._distances import fold_blocks
 from alfx.baselines._distances import guard_overflow
 from alfx.baselines._distances import pool_mean
@@ -17,14 +21,11 @@ from alfx.baselines._distances import set_indices
 from alfx.baselines._distances import sq_dist_to_row
 from alfx.baselines._distances import sq_norms
 from alfx.baselines._distances import tile_sq_dists
-from alfx._core import pool as _pool
-from alfx._core import selection as _selection
-from alfx._core import sharding as _sharding
-from alfx._core import validation as _validation
 
 
-def _min_sq_dist_to_set(x, members, *, shift, chunk_size, block_size,
-                        axis_name=None):
+def _min_sq_dist_to_set(
+  x, members, *, shift, chunk_size, block_size, axis_name=None
+):
   """``[N]`` squared distance of every pool row to its nearest member row.
 
   ``+inf`` where the set is empty. Cost ``O(N * |set| * D)`` in
@@ -42,8 +43,7 @@ def _min_sq_dist_to_set(x, members, *, shift, chunk_size, block_size,
     def fold(best, start, size):
       ids = lax.dynamic_slice_in_dim(indices, start, size)
       rows = _pool.all_gather(x[ids] - shift, axis_name)
-      valid = _pool.all_gather(start + jnp.arange(size) < count,
-                               axis_name)
+      valid = _pool.all_gather(start + jnp.arange(size) < count, axis_name)
       d2 = tile_sq_dists(xc, xc_sq, rows, sq_norms(rows))
       d2 = jnp.where(valid[None, :], d2, jnp.inf)
       return jnp.minimum(best, jnp.min(d2, axis=1))
@@ -54,8 +54,15 @@ def _min_sq_dist_to_set(x, members, *, shift, chunk_size, block_size,
   return _pool.chunked_map(per_chunk, x, chunk_size=chunk_size)
 
 
-def coreset(embeddings, batch_size, *, labeled=None, mask=None,
-            chunk_size=None, block_size=DEFAULT_BLOCK_SIZE):
+def coreset(
+  embeddings,
+  batch_size,
+  *,
+  labeled=None,
+  mask=None,
+  chunk_size=None,
+  block_size=DEFAULT_BLOCK_SIZE,
+):
   """CoreSet: greedy k-center selection (Sener and Savarese 2018).
 
   Each step picks the selectable point farthest from its nearest centre,
@@ -99,40 +106,59 @@ def coreset(embeddings, batch_size, *, labeled=None, mask=None,
   """
   embeddings = check_embeddings(embeddings)
   n = embeddings.shape[0]
-  labeled, mask, batch_size = check_labeled_and_mask(labeled, mask, n,
-                                                     batch_size)
-  chunk_size = _validation.check_chunk_size(chunk_size,
-                                            _pool.DEFAULT_CHUNK_SIZE)
+  labeled, mask, batch_size = check_labeled_and_mask(
+    labeled, mask, n, batch_size
+  )
+  chunk_size = _validation.check_chunk_size(
+    chunk_size, _pool.DEFAULT_CHUNK_SIZE
+  )
   block_size = _validation.check_positive_int(block_size, "block_size")
-  return _coreset(embeddings, labeled, mask, batch_size=batch_size,
-                  chunk_size=chunk_size, block_size=block_size)
+  return _coreset(
+    embeddings,
+    labeled,
+    mask,
+    batch_size=batch_size,
+    chunk_size=chunk_size,
+    block_size=block_size,
+  )
 
 
-@_sharding.pool_core(pool=("x", "labeled", "mask"),
-                     static=("batch_size", "chunk_size", "block_size"))
-def _coreset(x, labeled, mask, batch_size, chunk_size, block_size,
-             axis_name=None):
+@_sharding.pool_core(
+  pool=("x", "labeled", "mask"),
+  static=("batch_size", "chunk_size", "block_size"),
+)
+def _coreset(
+  x, labeled, mask, batch_size, chunk_size, block_size, axis_name=None
+):
   """`coreset` without checks; per-point state ``[N]``, shardable."""
   selectable = mask & ~labeled
   shift = pool_mean(x, axis_name)
   x_sq = centred_sq_norms(x, shift, chunk_size)
-  min_d2 = _min_sq_dist_to_set(x, labeled, shift=shift,
-                               chunk_size=chunk_size, block_size=block_size,
-                               axis_name=axis_name)
+  min_d2 = _min_sq_dist_to_set(
+    x,
+    labeled,
+    shift=shift,
+    chunk_size=chunk_size,
+    block_size=block_size,
+    axis_name=axis_name,
+  )
 
   def step(carry, _):
     min_d2, available = carry
     # The farthest available point (value 0 when none is left).
-    index, value, valid, available = _selection.pick(min_d2, available,
-                                                     axis_name)
+    index, value, valid, available = _selection.pick(
+      min_d2, available, axis_name
+    )
     centre = _pool.take(x, index, axis_name)
     min_d2 = jnp.minimum(min_d2, sq_dist_to_row(x, x_sq, shift, centre))
     score = jnp.sqrt(jnp.maximum(value, 0))
     return (min_d2, available), (index, score, valid)
 
-  _, (indices, scores, valid) = lax.scan(step, (min_d2, selectable), None,
-                                         length=batch_size)
-  selection = _selection.Selection(indices=indices.astype(jnp.int32),
-                                   scores=scores, valid=valid)
+  _, (indices, scores, valid) = lax.scan(
+    step, (min_d2, selectable), None, length=batch_size
+  )
+  selection = _selection.Selection(
+    indices=indices.astype(jnp.int32), scores=scores, valid=valid
+  )
   # Centred: |x - s|^2 + |c - s|^2 + 2 |(x - s).(c - s)| <= 4 max |x - s|^2.
   return guard_overflow(selection, jnp.max(x_sq), 4.0, axis_name)

@@ -29,8 +29,8 @@ May import: `alfx._core`.
 """
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from alfx._core import pool as _pool
 from alfx._core import validation as _validation
@@ -90,19 +90,24 @@ def check_embeddings(embeddings, name: str = "embeddings") -> jax.Array:
     if not largest < float("inf"):  # the exact value, as a Python float
       scale, ratio = (float(u) for u in _max_sq_norm_factors(x))
       largest = scale**2 * ratio
-    return (f"{name} (shape [N, D]) are too large for {x.dtype}: the largest"
-            f" squared row norm max_n |x_n|^2 is {largest:.3g}, and the"
-            f" squared distances need up to {SQUARE_HEADROOM:g} times that,"
-            f" above the largest {x.dtype} ({float(finfo.max):.3g}): they"
-            f" would overflow to inf/NaN. Rescale {name} (e.g. divide by"
-            " their largest row norm: every distance scales by the same"
-            f" factor) or pass them as float64 (jax.enable_x64).")
+    return (
+      f"{name} (shape [N, D]) are too large for {x.dtype}: the largest"
+      f" squared row norm max_n |x_n|^2 is {largest:.3g}, and the"
+      f" squared distances need up to {SQUARE_HEADROOM:g} times that,"
+      f" above the largest {x.dtype} ({float(finfo.max):.3g}): they"
+      f" would overflow to inf/NaN. Rescale {name} (e.g. divide by"
+      " their largest row norm: every distance scales by the same"
+      f" factor) or pass them as float64 (jax.enable_x64)."
+    )
 
   _validation.value_check(
-      fn, (x,), explain,
-      f"{name} (shape [N, D]) are too large for {x.dtype}: the largest"
-      " squared row norm {largest} overflows the squared distances; rescale"
-      f" {name} or pass them as float64.")
+    fn,
+    (x,),
+    explain,
+    f"{name} (shape [N, D]) are too large for {x.dtype}: the largest"
+    " squared row norm {largest} overflows the squared distances; rescale"
+    f" {name} or pass them as float64.",
+  )
   return x
 
 
@@ -126,12 +131,13 @@ def guard_overflow(selection, largest_sq, headroom, axis_name=None):
   ``largest_sq`` counts as overflow too.
   """
   limit = float(jnp.finfo(largest_sq.dtype).max) / headroom
-  bad = _pool.psum((~(largest_sq <= limit)).astype(jnp.int32),
-                   axis_name) > 0
+  bad = _pool.psum((~(largest_sq <= limit)).astype(jnp.int32), axis_name) > 0
   return selection._replace(
-      scores=jnp.where(bad, jnp.nan, selection.scores).astype(
-          selection.scores.dtype),
-      valid=selection.valid & ~bad)
+    scores=jnp.where(bad, jnp.nan, selection.scores).astype(
+      selection.scores.dtype
+    ),
+    valid=selection.valid & ~bad,
+  )
 
 
 def sq_norms(x):
@@ -141,8 +147,9 @@ def sq_norms(x):
 
 def centred_sq_norms(x, shift, chunk_size):
   """``[N]`` values ``|x_n - shift|^2``, one pass in row chunks."""
-  return _pool.chunked_map(lambda xc: sq_norms(xc - shift), x,
-                           chunk_size=chunk_size)
+  return _pool.chunked_map(
+    lambda xc: sq_norms(xc - shift), x, chunk_size=chunk_size
+  )
 
 
 def sq_dist_to_row(x, x_sq, shift, row):
@@ -155,8 +162,7 @@ def sq_dist_to_row(x, x_sq, shift, row):
   cancellation error relative to the data's spread, not its offset.
   """
   r = row - shift
-  return jnp.maximum(x_sq + jnp.sum(r * r) - 2 * (x @ r - jnp.dot(shift, r)),
-                     0)
+  return jnp.maximum(x_sq + jnp.sum(r * r) - 2 * (x @ r - jnp.dot(shift, r)), 0)
 
 
 def tile_sq_dists(x, x_sq, c, c_sq):
@@ -191,8 +197,11 @@ def d2_sample(key, d2, available, axis_name=None):
   positive = available & (d2 > 0)
   any_positive = _pool.psum(jnp.sum(positive, dtype=jnp.int32), axis_name) > 0
   log_d2 = jnp.log(jnp.where(positive, d2, 1))
-  logits = jnp.where(any_positive, jnp.where(positive, log_d2, -jnp.inf),
-                     jnp.where(available, 0, -jnp.inf))
+  logits = jnp.where(
+    any_positive,
+    jnp.where(positive, log_d2, -jnp.inf),
+    jnp.where(available, 0, -jnp.inf),
+  )
   noise = _pool.gumbel(key, d2.shape, d2.dtype, axis_name=axis_name)
   index, value = _pool.argmax(logits + noise, axis_name)
   return index, value > -jnp.inf
@@ -217,8 +226,9 @@ def fold_blocks(count, block, fn, carry, axis_name=None):
   carry = lax.fori_loop(0, n_big, lambda j, c: fn(c, j * block, block), carry)
   done = n_big * block
   n_small = _pool.pmax(-(-jnp.maximum(count - done, 0) // small), axis_name)
-  return lax.fori_loop(0, n_small,
-                       lambda j, c: fn(c, done + j * small, small), carry)
+  return lax.fori_loop(
+    0, n_small, lambda j, c: fn(c, done + j * small, small), carry
+  )
 
 
 def set_indices(members, block):
@@ -228,6 +238,5 @@ def set_indices(members, block):
   entries keep every slice of `fold_blocks` in bounds (a dynamic slice
   past the end would be clamped, silently shifted).
   """
-  (indices,) = jnp.nonzero(members, size=members.shape[0] + block,
-                           fill_value=0)
+  (indices,) = jnp.nonzero(members, size=members.shape[0] + block, fill_value=0)
   return indices.astype(jnp.int32), jnp.sum(members, dtype=jnp.int32)

@@ -10,28 +10,29 @@ May import: `alfx._core`, `alfx.baselines._distances`,
 """
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
-from alfx.baselines._distances import DEFAULT_BLOCK_SIZE
-from alfx.baselines._distances import SQUARE_HEADROOM
-from alfx.baselines._distances import check_embeddings
-from alfx.baselines._distances import check_labeled_and_mask
-from alfx.baselines._distances import fold_blocks
-from alfx.baselines._distances import guard_overflow
-from alfx.baselines._distances import set_indices
-from alfx.baselines._distances import sq_norms
-from alfx.baselines._distances import tile_sq_dists
-from alfx.baselines._kmeans import kmeans
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
 from alfx._core import sharding as _sharding
 from alfx._core import validation as _validation
+from alfx.baselines._distances import check_embeddings
+from alfx.baselines._distances import check_labeled_and_mask
+from alfx.baselines._distances import DEFAULT_BLOCK_SIZE
+from alfx.baselines._distances import fold_blocks
+from alfx.baselines._distances import guard_overflow
+from alfx.baselines._distances import set_indices
+from alfx.baselines._distances import sq_norms
+from alfx.baselines._distances import SQUARE_HEADROOM
+from alfx.baselines._distances import tile_sq_dists
+from alfx.baselines._kmeans import kmeans
 
 
-def _most_typical(x, members, *, k_nn, block_size, candidates=None,
-                  axis_name=None):
+def _most_typical(
+  x, members, *, k_nn, block_size, candidates=None, axis_name=None
+):
   """The candidate of highest typicality among ``members`` (traced sets).
 
   Typicality (Hacohen et al. 2022) is ``1 / (mean_{j in kNN(n)} |x_n - x_j| +
@@ -56,8 +57,9 @@ def _most_typical(x, members, *, k_nn, block_size, candidates=None,
   k_eff = jnp.minimum(k_nn, m // 2)
   dtype = x.dtype
   w = members.astype(dtype)
-  shift = (_pool.psum(jnp.sum(w[:, None] * x, axis=0), axis_name)
-           / jnp.maximum(_pool.psum(jnp.sum(w), axis_name), 1))
+  shift = _pool.psum(jnp.sum(w[:, None] * x, axis=0), axis_name) / jnp.maximum(
+    _pool.psum(jnp.sum(w), axis_name), 1
+  )
   base = _pool.offset(x.shape[0], axis_name)
 
   def gather(index_list, start, size, count):
@@ -70,16 +72,23 @@ def _most_typical(x, members, *, k_nn, block_size, candidates=None,
     rows_sq = sq_norms(rows)
 
     def col_fold(knn, col_start, col_size):
-      cols, col_ids, col_ok = (_pool.all_gather(v, axis_name) for v in
-                               gather(indices, col_start, col_size, m_local))
+      cols, col_ids, col_ok = (
+        _pool.all_gather(v, axis_name)
+        for v in gather(indices, col_start, col_size, m_local)
+      )
       d2 = tile_sq_dists(rows, rows_sq, cols, sq_norms(cols))
       invalid = ~col_ok[None, :] | (col_ids[None, :] == row_ids[:, None])
       d2 = jnp.where(invalid, jnp.inf, d2)
       neg_smallest, _ = lax.top_k(-jnp.concatenate([knn, d2], axis=1), k_nn)
       return -neg_smallest
 
-    knn = fold_blocks(m_local, block, col_fold,
-                      jnp.full((row_size, k_nn), jnp.inf, dtype), axis_name)
+    knn = fold_blocks(
+      m_local,
+      block,
+      col_fold,
+      jnp.full((row_size, k_nn), jnp.inf, dtype),
+      axis_name,
+    )
     use = jnp.arange(k_nn) < k_eff
     dist = jnp.sqrt(jnp.where(use[None, :], knn, 0))
     mean_dist = jnp.sum(dist, axis=1) / jnp.maximum(k_eff, 1).astype(dtype)
@@ -88,15 +97,28 @@ def _most_typical(x, members, *, k_nn, block_size, candidates=None,
     return typicality.at[local].set(1 / (mean_dist + 1e-5), mode="drop")
 
   # Per local row: the candidates' typicality, -inf elsewhere.
-  typicality = fold_blocks(n_rows, block, row_fold,
-                           jnp.full(x.shape[:1], -jnp.inf, dtype), axis_name)
+  typicality = fold_blocks(
+    n_rows, block, row_fold, jnp.full(x.shape[:1], -jnp.inf, dtype), axis_name
+  )
   return _pool.argmax(typicality, axis_name)
 
 
-def typiclust(embeddings, batch_size, *, key, labeled=None, mask=None,
-              max_clusters=500, k_nn=20, min_cluster_size=5,
-              max_iterations=100, tol=1e-4, max_candidates=None,
-              chunk_size=None, block_size=DEFAULT_BLOCK_SIZE):
+def typiclust(
+  embeddings,
+  batch_size,
+  *,
+  key,
+  labeled=None,
+  mask=None,
+  max_clusters=500,
+  k_nn=20,
+  min_cluster_size=5,
+  max_iterations=100,
+  tol=1e-4,
+  max_candidates=None,
+  chunk_size=None,
+  block_size=DEFAULT_BLOCK_SIZE,
+):
   """TypiClust: the most typical point of the largest uncovered clusters.
 
   Hacohen et al. 2022 (TPC_RP), following the reference implementation
@@ -176,71 +198,144 @@ def typiclust(embeddings, batch_size, *, key, labeled=None, mask=None,
   """
   embeddings = check_embeddings(embeddings)
   n = embeddings.shape[0]
-  labeled, mask, batch_size = check_labeled_and_mask(labeled, mask, n,
-                                                     batch_size)
+  labeled, mask, batch_size = check_labeled_and_mask(
+    labeled, mask, n, batch_size
+  )
   key = _validation.check_key(key)
-  for value, name in [(max_clusters, "max_clusters"), (k_nn, "k_nn"),
-                      (max_iterations, "max_iterations"),
-                      (block_size, "block_size")]:
+  for value, name in [
+    (max_clusters, "max_clusters"),
+    (k_nn, "k_nn"),
+    (max_iterations, "max_iterations"),
+    (block_size, "block_size"),
+  ]:
     _validation.check_positive_int(value, name)
-  chunk_size = _validation.check_chunk_size(chunk_size,
-                                            _pool.DEFAULT_CHUNK_SIZE)
+  chunk_size = _validation.check_chunk_size(
+    chunk_size, _pool.DEFAULT_CHUNK_SIZE
+  )
   if max_candidates is not None:
-    max_candidates = _validation.check_positive_int(max_candidates,
-                                                    "max_candidates")
-  if isinstance(min_cluster_size, bool) or not isinstance(
-      min_cluster_size, (int, np.integer)) or min_cluster_size < 0:
-    raise ValueError("min_cluster_size must be a static int >= 0 (clusters"
-                     f" of at most this many points come last), got"
-                     f" {min_cluster_size!r}.")
+    max_candidates = _validation.check_positive_int(
+      max_candidates, "max_candidates"
+    )
+  if (
+    isinstance(min_cluster_size, bool)
+    or not isinstance(min_cluster_size, (int, np.integer))
+    or min_cluster_size < 0
+  ):
+    raise ValueError(
+      "min_cluster_size must be a static int >= 0 (clusters"
+      f" of at most this many points come last), got"
+      f" {min_cluster_size!r}."
+    )
   tol = _validation.check_scalar(tol, "tol", minimum=0)
   return _typiclust(
-      embeddings, labeled, mask, key, tol, batch_size=batch_size,
-      max_clusters=max_clusters, k_nn=k_nn,
-      min_cluster_size=int(min_cluster_size), max_iterations=max_iterations,
-      max_candidates=max_candidates, chunk_size=chunk_size,
-      block_size=block_size)
+    embeddings,
+    labeled,
+    mask,
+    key,
+    tol,
+    batch_size=batch_size,
+    max_clusters=max_clusters,
+    k_nn=k_nn,
+    min_cluster_size=int(min_cluster_size),
+    max_iterations=max_iterations,
+    max_candidates=max_candidates,
+    chunk_size=chunk_size,
+    block_size=block_size,
+  )
 
 
-@_sharding.pool_core(pool=("x", "labeled", "mask"), static=(
-    "batch_size", "max_clusters", "k_nn", "min_cluster_size",
-    "max_iterations", "max_candidates", "chunk_size", "block_size"))
-def _typiclust(x, labeled, mask, key, tol, batch_size, max_clusters, k_nn,
-               min_cluster_size, max_iterations, max_candidates, chunk_size,
-               block_size, axis_name=None):
+@_sharding.pool_core(
+  pool=("x", "labeled", "mask"),
+  static=(
+    "batch_size",
+    "max_clusters",
+    "k_nn",
+    "min_cluster_size",
+    "max_iterations",
+    "max_candidates",
+    "chunk_size",
+    "block_size",
+  ),
+)
+def _typiclust(
+  x,
+  labeled,
+  mask,
+  key,
+  tol,
+  batch_size,
+  max_clusters,
+  k_nn,
+  min_cluster_size,
+  max_iterations,
+  max_candidates,
+  chunk_size,
+  block_size,
+  axis_name=None,
+):
   """`typiclust` without checks; shardable over the pool."""
   selectable = mask & ~labeled
   points = labeled | selectable
   n_labeled = _pool.psum(jnp.sum(labeled, dtype=jnp.int32), axis_name)
   n_active = jnp.minimum(n_labeled + batch_size, max_clusters)
   block = min(block_size, max_clusters)
-  _, labels, _ = kmeans(x, points, n_active, jax.random.fold_in(key, 0),
-                        max_clusters=max_clusters,
-                        max_iterations=max_iterations,
-                        tol=jnp.asarray(tol, x.dtype),
-                        chunk_size=chunk_size, block_size=block,
-                        axis_name=axis_name)
-  selection = _typiclust_select(x, labels, labeled, selectable, batch_size,
-                                max_clusters, k_nn, min_cluster_size,
-                                block_size, max_candidates=max_candidates,
-                                key=jax.random.fold_in(key, 1),
-                                axis_name=axis_name)
+  _, labels, _ = kmeans(
+    x,
+    points,
+    n_active,
+    jax.random.fold_in(key, 0),
+    max_clusters=max_clusters,
+    max_iterations=max_iterations,
+    tol=jnp.asarray(tol, x.dtype),
+    chunk_size=chunk_size,
+    block_size=block,
+    axis_name=axis_name,
+  )
+  selection = _typiclust_select(
+    x,
+    labels,
+    labeled,
+    selectable,
+    batch_size,
+    max_clusters,
+    k_nn,
+    min_cluster_size,
+    block_size,
+    max_candidates=max_candidates,
+    key=jax.random.fold_in(key, 1),
+    axis_name=axis_name,
+  )
   # One fused reduction over the rows (no [N] temporary kept).
-  return guard_overflow(selection, jnp.max(sq_norms(x)), SQUARE_HEADROOM,
-                        axis_name)
+  return guard_overflow(
+    selection, jnp.max(sq_norms(x)), SQUARE_HEADROOM, axis_name
+  )
 
 
-def _typiclust_select(x, labels, labeled, selectable, batch_size, max_clusters,
-                      k_nn, min_cluster_size, block_size, *,
-                      max_candidates=None, key=None, axis_name=None):
+def _typiclust_select(
+  x,
+  labels,
+  labeled,
+  selectable,
+  batch_size,
+  max_clusters,
+  k_nn,
+  min_cluster_size,
+  block_size,
+  *,
+  max_candidates=None,
+  key=None,
+  axis_name=None,
+):
   """TypiClust's selection stage given cluster ``labels`` (``int32[N]``,
   ``max_clusters`` for points outside the clustering). ``key`` draws the
   candidate subsamples when ``max_candidates`` is set. Sharded, the
   per-cluster counts are all-reduced (``[max_clusters]`` each step)."""
 
   def cluster_counts(flags):
-    return _pool.psum(jax.ops.segment_sum(flags.astype(jnp.int32), labels,
-                                          max_clusters), axis_name)
+    return _pool.psum(
+      jax.ops.segment_sum(flags.astype(jnp.int32), labels, max_clusters),
+      axis_name,
+    )
 
   def count(flags):
     return _pool.psum(jnp.sum(flags, dtype=jnp.int32), axis_name)
@@ -265,21 +360,31 @@ def _typiclust_select(x, labels, labeled, selectable, batch_size, max_clusters,
     rows = None
     if max_candidates is not None:
       m = count(members).astype(x.dtype)
-      u = _pool.uniform(jax.random.fold_in(key, t), members.shape, x.dtype,
-                        axis_name=axis_name)
+      u = _pool.uniform(
+        jax.random.fold_in(key, t), members.shape, x.dtype, axis_name=axis_name
+      )
       rows = members & (u * m < max_candidates)
       rows = jnp.where(count(rows) > 0, rows, members)
-    index, typicality = _most_typical(x, members, k_nn=k_nn,
-                                      block_size=block_size, candidates=rows,
-                                      axis_name=axis_name)
+    index, typicality = _most_typical(
+      x,
+      members,
+      k_nn=k_nn,
+      block_size=block_size,
+      candidates=rows,
+      axis_name=axis_name,
+    )
     covered = covered.at[cluster].add(valid.astype(jnp.int32))
     candidates = _pool.set_at(
-        candidates, index,
-        _pool.take(candidates, index, axis_name) & ~valid, axis_name)
+      candidates,
+      index,
+      _pool.take(candidates, index, axis_name) & ~valid,
+      axis_name,
+    )
     return (covered, candidates), (index, typicality, valid)
 
   _, (indices, scores, valid) = lax.scan(
-      step, (covered0, selectable), jnp.arange(batch_size, dtype=jnp.int32))
-  return _selection.Selection(indices=indices.astype(jnp.int32),
-                              scores=scores, valid=valid)
-
+    step, (covered0, selectable), jnp.arange(batch_size, dtype=jnp.int32)
+  )
+  return _selection.Selection(
+    indices=indices.astype(jnp.int32), scores=scores, valid=valid
+  )

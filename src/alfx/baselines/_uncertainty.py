@@ -25,8 +25,9 @@ from alfx.information._kernels import plogp_from_log
 # Input checks.
 
 
-def _check_scored_log_probs(log_probs, name: str, allow_rank_2: bool
-                            ) -> jax.Array:
+def _check_scored_log_probs(
+  log_probs, name: str, allow_rank_2: bool
+) -> jax.Array:
   """``log_probs[N, K, C]`` (or ``[N, C]``, as ``K = 1``) -> ``[N, K, C]``."""
   expected = "[N, K, C] or [N, C]" if allow_rank_2 else "[N, K, C]"
   x = _validation.as_float_array(log_probs, "log_probs", expected)
@@ -35,9 +36,10 @@ def _check_scored_log_probs(log_probs, name: str, allow_rank_2: bool
     return x[:, None, :]
   if x.ndim == 2:
     raise ValueError(
-        f"{name} needs posterior samples: log_probs must have shape [N, K, C]"
-        f" (rank 3), got shape {list(x.shape)}; with a single sample (rank-2"
-        " [N, C]) it would be zero for every point.")
+      f"{name} needs posterior samples: log_probs must have shape [N, K, C]"
+      f" (rank 3), got shape {list(x.shape)}; with a single sample (rank-2"
+      " [N, C]) it would be zero for every point."
+    )
   return _validation.check_log_probs(x, expected=expected, rank=3)
 
 
@@ -93,8 +95,10 @@ def margin(log_probs) -> jax.Array:
   """
   log_probs = _check_scored_log_probs(log_probs, "margin", True)
   if log_probs.shape[-1] < 2:
-    raise ValueError("margin needs at least two classes: log_probs must have"
-                     f" shape [N, K, C] with C >= 2, got C={log_probs.shape[-1]}.")
+    raise ValueError(
+      "margin needs at least two classes: log_probs must have"
+      f" shape [N, K, C] with C >= 2, got C={log_probs.shape[-1]}."
+    )
   return _margin(log_probs)
 
 
@@ -154,8 +158,7 @@ def _variation_ratios(log_probs):
   # (K - f) / K is exact in floating point for the integer counts.
   ratio = (k - mode_count).astype(log_probs.dtype) / k
   # argmax would turn NaN rows into plausible votes: propagate NaN instead.
-  return jnp.where(jnp.any(jnp.isnan(log_probs), axis=(-2, -1)), jnp.nan,
-                   ratio)
+  return jnp.where(jnp.any(jnp.isnan(log_probs), axis=(-2, -1)), jnp.nan, ratio)
 
 
 def mean_std(log_probs) -> jax.Array:

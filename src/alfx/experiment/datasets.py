@@ -43,13 +43,13 @@ class Dataset:
   num_classes: int
 
 
-
 def _standardise(pool_x, test_x):
   """One global mean and scale from the pool (keeps images' pixel geometry)."""
   mean, std = float(pool_x.mean()), float(pool_x.std())
   std = std if std > 0 else 1.0
-  return ((pool_x - mean) / std).astype(np.float32), \
-         ((test_x - mean) / std).astype(np.float32)
+  return ((pool_x - mean) / std).astype(np.float32), (
+    (test_x - mean) / std
+  ).astype(np.float32)
 
 
 def load_digits_data(repeated: bool = False) -> Dataset:
@@ -62,20 +62,31 @@ def load_digits_data(repeated: bool = False) -> Dataset:
   a batch of near-copies teaches little more than one of them.
   """
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
   x, y = load_digits(return_X_y=True)
   rng = np.random.default_rng(DATA_SEED)
   perm = rng.permutation(len(x))
   test, pool = perm[:DIGITS_TEST_SIZE], perm[DIGITS_TEST_SIZE:]
-  pool_x, test_x = _standardise(x[pool].astype(np.float32),
-                                x[test].astype(np.float32))
+  pool_x, test_x = _standardise(
+    x[pool].astype(np.float32), x[test].astype(np.float32)
+  )
   pool_y = y[pool].astype(np.int32)
   if repeated:
-    pool_x = np.concatenate([
+    pool_x = np.concatenate(
+      [
         pool_x + REPEAT_NOISE * rng.standard_normal(pool_x.shape)
-        for _ in range(REPEATS)]).astype(np.float32)
+        for _ in range(REPEATS)
+      ]
+    ).astype(np.float32)
     pool_y = np.concatenate([pool_y] * REPEATS)
-  return Dataset("repeated-digits" if repeated else "digits", pool_x, pool_y,
-                 test_x, y[test].astype(np.int32), 10)
+  return Dataset(
+    "repeated-digits" if repeated else "digits",
+    pool_x,
+    pool_y,
+    test_x,
+    y[test].astype(np.int32),
+    10,
+  )
 
 
 def _first_key(arrays, names, path):
@@ -83,36 +94,47 @@ def _first_key(arrays, names, path):
     if name in arrays:
       return name
   raise ValueError(
-      f"{path}: no array named {' or '.join(repr(n) for n in names)}; the"
-      f" file holds {sorted(arrays) or 'no arrays'}. Expected x (features"
-      " [N, D] or images [N, H, W(, C)]) and y (integer labels [N]),"
-      " optionally x_test and y_test.")
+    f"{path}: no array named {' or '.join(repr(n) for n in names)}; the"
+    f" file holds {sorted(arrays) or 'no arrays'}. Expected x (features"
+    " [N, D] or images [N, H, W(, C)]) and y (integer labels [N]),"
+    " optionally x_test and y_test."
+  )
 
 
 def _labels(y, name, path):
   y = np.asarray(y)
   if y.ndim != 1:
-    raise ValueError(f"{path}: {name} must be labels of shape [N], got shape"
-                     f" {list(y.shape)}.")
+    raise ValueError(
+      f"{path}: {name} must be labels of shape [N], got shape {list(y.shape)}."
+    )
   if not np.issubdtype(y.dtype, np.integer):
-    if not np.issubdtype(y.dtype, np.floating) or \
-        not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-      raise ValueError(f"{path}: {name} must hold integer class labels, got"
-                       f" dtype {y.dtype} with non-integer values.")
+    if (
+      not np.issubdtype(y.dtype, np.floating)
+      or not np.all(np.isfinite(y))
+      or np.any(y != np.round(y))
+    ):
+      raise ValueError(
+        f"{path}: {name} must hold integer class labels, got"
+        f" dtype {y.dtype} with non-integer values."
+      )
   y = y.astype(np.int64)
   if y.size and y.min() < 0:
-    raise ValueError(f"{path}: {name} must be class indices >= 0, got"
-                     f" {int(y.min())}.")
+    raise ValueError(
+      f"{path}: {name} must be class indices >= 0, got {int(y.min())}."
+    )
   return y.astype(np.int32)
 
 
 def _features(x, name, path):
   x = np.asarray(x)
   if x.ndim < 2:
-    raise ValueError(f"{path}: {name} must be features [N, D] or images"
-                     f" [N, H, W(, C)], got shape {list(x.shape)}.")
-  if not (np.issubdtype(x.dtype, np.floating) or
-          np.issubdtype(x.dtype, np.integer)):
+    raise ValueError(
+      f"{path}: {name} must be features [N, D] or images"
+      f" [N, H, W(, C)], got shape {list(x.shape)}."
+    )
+  if not (
+    np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+  ):
     raise ValueError(f"{path}: {name} must be numeric, got dtype {x.dtype}.")
   x = x.reshape(x.shape[0], -1).astype(np.float32)
   if not np.all(np.isfinite(x)):
@@ -131,33 +153,43 @@ def load_npz_data(path: str, test_fraction: float = 0.2) -> Dataset:
   x = _features(arrays[x_key], x_key, path)
   y = _labels(arrays[y_key], y_key, path)
   if len(x) != len(y):
-    raise ValueError(f"{path}: {x_key} has {len(x)} points but {y_key} has"
-                     f" {len(y)} labels; they must match one to one.")
+    raise ValueError(
+      f"{path}: {x_key} has {len(x)} points but {y_key} has"
+      f" {len(y)} labels; they must match one to one."
+    )
   has_test = ("x_test" in arrays, "y_test" in arrays)
   if any(has_test) and not all(has_test):
-    raise ValueError(f"{path}: give both x_test and y_test, or neither (then"
-                     " --test-fraction of the points is held out).")
+    raise ValueError(
+      f"{path}: give both x_test and y_test, or neither (then"
+      " --test-fraction of the points is held out)."
+    )
   if all(has_test):
     test_x = _features(arrays["x_test"], "x_test", path)
     test_y = _labels(arrays["y_test"], "y_test", path)
     if len(test_x) != len(test_y):
-      raise ValueError(f"{path}: x_test has {len(test_x)} points but y_test"
-                       f" has {len(test_y)} labels.")
+      raise ValueError(
+        f"{path}: x_test has {len(test_x)} points but y_test"
+        f" has {len(test_y)} labels."
+      )
     if test_x.shape[1:] != x.shape[1:]:
-      raise ValueError(f"{path}: x_test points have {test_x.shape[1]}"
-                       f" features, x points {x.shape[1]}.")
+      raise ValueError(
+        f"{path}: x_test points have {test_x.shape[1]}"
+        f" features, x points {x.shape[1]}."
+      )
     pool_x, pool_y = x, y
   else:
     if not 0 < test_fraction < 1:
-      raise ValueError(f"--test-fraction must be in (0, 1), got"
-                       f" {test_fraction}.")
+      raise ValueError(
+        f"--test-fraction must be in (0, 1), got {test_fraction}."
+      )
     perm = np.random.default_rng(DATA_SEED).permutation(len(x))
     n_test = max(1, int(round(test_fraction * len(x))))
     test_x, test_y = x[perm[:n_test]], y[perm[:n_test]]
     pool_x, pool_y = x[perm[n_test:]], y[perm[n_test:]]
   if len(pool_x) == 0 or len(test_x) == 0:
-    raise ValueError(f"{path}: need at least one pool point and one test"
-                     " point.")
+    raise ValueError(
+      f"{path}: need at least one pool point and one test point."
+    )
   num_classes = int(max(pool_y.max(), test_y.max())) + 1
   if num_classes < 2:
     raise ValueError(f"{path}: the labels hold a single class.")
@@ -171,14 +203,17 @@ def load_dataset(name: str) -> Dataset:
     return load_digits_data(repeated=False)
   if name == "repeated-digits":
     return load_digits_data(repeated=True)
-  raise ValueError(f"unknown dataset {name!r}; valid: digits,"
-                   " repeated-digits (or --data FILE.npz).")
+  raise ValueError(
+    f"unknown dataset {name!r}; valid: digits,"
+    " repeated-digits (or --data FILE.npz)."
+  )
 
 
 def check_budget(dataset: Dataset, initial: int, rounds: int, batch_size: int):
   need = initial + rounds * batch_size
   if need > len(dataset.pool_y):
     raise ValueError(
-        f"{dataset.name}: the pool has {len(dataset.pool_y)} points but the"
-        f" budget needs {need} (--initial {initial} + --rounds {rounds} x"
-        f" --batch-size {batch_size}); lower the budget or use more data.")
+      f"{dataset.name}: the pool has {len(dataset.pool_y)} points but the"
+      f" budget needs {need} (--initial {initial} + --rounds {rounds} x"
+      f" --batch-size {batch_size}); lower the budget or use more data."
+    )

@@ -10,6 +10,7 @@ def make_model(num_classes: int, hidden: tuple[int, ...], dropout: float):
 
   class MLP(nn.Module):
     """Dense-ReLU(-Dropout) blocks and a linear head named ``head``."""
+
     widths: tuple[int, ...]
     classes: int
     rate: float

@@ -16,9 +16,16 @@ import csv
 
 import numpy as np
 
-
-CSV_COLUMNS = ("dataset", "strategy", "seed", "round", "num_labeled",
-               "accuracy", "train_loss", "acquisition_seconds")
+CSV_COLUMNS = (
+  "dataset",
+  "strategy",
+  "seed",
+  "round",
+  "num_labeled",
+  "accuracy",
+  "train_loss",
+  "acquisition_seconds",
+)
 
 
 def write_csv(rows, path):
@@ -34,16 +41,32 @@ def curves(rows):
   out = {}
   keys = list(dict.fromkeys((r["dataset"], r["strategy"]) for r in rows))
   for dataset, strategy in keys:
-    sel = [r for r in rows if r["dataset"] == dataset and
-           r["strategy"] == strategy]
+    sel = [
+      r for r in rows if r["dataset"] == dataset and r["strategy"] == strategy
+    ]
     seeds = sorted({r["seed"] for r in sel})
     rounds = sorted({r["round"] for r in sel})
-    acc = np.array([[next(r["accuracy"] for r in sel if r["seed"] == s and
-                          r["round"] == t) for t in rounds] for s in seeds])
+    acc = np.array(
+      [
+        [
+          next(r["accuracy"] for r in sel if r["seed"] == s and r["round"] == t)
+          for t in rounds
+        ]
+        for s in seeds
+      ]
+    )
     # Equal across seeds except for dynamic-size strategies: their mean.
-    labels = np.array([[next(r["num_labeled"] for r in sel if r["seed"] == s
-                             and r["round"] == t) for t in rounds]
-                       for s in seeds]).mean(0)
+    labels = np.array(
+      [
+        [
+          next(
+            r["num_labeled"] for r in sel if r["seed"] == s and r["round"] == t
+          )
+          for t in rounds
+        ]
+        for s in seeds
+      ]
+    ).mean(0)
     out[(dataset, strategy)] = (labels, acc)
   return out
 
@@ -52,19 +75,23 @@ def area_under_curve(labels, accuracy):
   """Mean accuracy over the label range (trapezoid area / label span)."""
   if len(labels) < 2 or labels[-1] == labels[0]:
     return float(np.mean(accuracy))
-  area = np.sum((accuracy[..., 1:] + accuracy[..., :-1]) / 2 *
-                np.diff(labels), axis=-1)
+  area = np.sum(
+    (accuracy[..., 1:] + accuracy[..., :-1]) / 2 * np.diff(labels), axis=-1
+  )
   return area / (labels[-1] - labels[0])
 
 
 def plot(rows, path, title=""):
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   data = curves(rows)
   datasets = list(dict.fromkeys(d for d, _ in data))
-  fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+    1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False
+  )
   strategies = list(dict.fromkeys(s for _, s in data))
   colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(strategies)}
   for ax, dataset in zip(axes[0], datasets):
@@ -73,8 +100,9 @@ def plot(rows, path, title=""):
         continue
       mean = acc.mean(0)
       ax.plot(labels, mean, label=strategy, color=colors[strategy], lw=1.8)
-      ax.fill_between(labels, acc.min(0), acc.max(0), color=colors[strategy],
-                      alpha=0.15, lw=0)
+      ax.fill_between(
+        labels, acc.min(0), acc.max(0), color=colors[strategy], alpha=0.15, lw=0
+      )
     ax.set_title(dataset)
     ax.set_xlabel("labelled points")
     ax.set_ylabel("test accuracy")
@@ -90,18 +118,21 @@ def plot(rows, path, title=""):
 def summary_table(rows, summary) -> str:
   data = curves(rows)
   timing = {(s["dataset"], s["strategy"]): s for s in summary}
-  header = ("| dataset | strategy | labels | final acc. | AULC |"
-            " acq. s/round | train s/round | compile s | run s |")
+  header = (
+    "| dataset | strategy | labels | final acc. | AULC |"
+    " acq. s/round | train s/round | compile s | run s |"
+  )
   lines = [header, "|" + "---|" * 9]
   for (dataset, strategy), (labels, acc) in data.items():
     aulc = area_under_curve(labels, acc)
     t = timing.get((dataset, strategy), {})
     lines.append(
-        f"| {dataset} | {strategy} | {labels[0]:g}-{labels[-1]:g} |"
-        f" {acc[:, -1].mean():.3f} ± {acc[:, -1].std():.3f} |"
-        f" {np.mean(aulc):.3f} ± {np.std(aulc):.3f} |"
-        f" {t.get('acquisition_seconds', float('nan')):.3f} |"
-        f" {t.get('train_seconds', float('nan')):.3f} |"
-        f" {t.get('compile_seconds', float('nan')):.1f} |"
-        f" {t.get('run_seconds', float('nan')):.1f} |")
+      f"| {dataset} | {strategy} | {labels[0]:g}-{labels[-1]:g} |"
+      f" {acc[:, -1].mean():.3f} ± {acc[:, -1].std():.3f} |"
+      f" {np.mean(aulc):.3f} ± {np.std(aulc):.3f} |"
+      f" {t.get('acquisition_seconds', float('nan')):.3f} |"
+      f" {t.get('train_seconds', float('nan')):.3f} |"
+      f" {t.get('compile_seconds', float('nan')):.1f} |"
+      f" {t.get('run_seconds', float('nan')):.1f} |"
+    )
   return "\n".join(lines)

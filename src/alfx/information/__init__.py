@@ -16,10 +16,10 @@ from alfx.information._kernels import MAX_CONFIGURATIONS
 from alfx.information._kernels import mutual_information
 
 __all__ = (
-    "MAX_CONFIGURATIONS",
-    "bald",
-    "co_information",
-    "entropy",
-    "joint_entropy",
-    "mutual_information",
+  "MAX_CONFIGURATIONS",
+  "bald",
+  "co_information",
+  "entropy",
+  "joint_entropy",
+  "mutual_information",
 )

@@ -95,18 +95,21 @@ def conditional_entropy(log_probs: jax.Array) -> jax.Array:
   return -jnp.mean(jnp.sum(plogp_from_log(log_probs), axis=-1), axis=-1)
 
 
-def _check_enumerable(b: int, c: int, max_configurations, name: str,
-                      entries: int | None = None):
-  max_configurations = _validation.check_positive_int(max_configurations,
-                                                      "max_configurations")
+def _check_enumerable(
+  b: int, c: int, max_configurations, name: str, entries: int | None = None
+):
+  max_configurations = _validation.check_positive_int(
+    max_configurations, "max_configurations"
+  )
   entries = c**b if entries is None else entries
   if entries > max_configurations:
     raise ValueError(
-        f"{name}: enumerating {entries} label configurations (C={c} classes,"
-        f" B={b} points) exceeds max_configurations={max_configurations};"
-        " use fewer points, raise max_configurations (memory grows with"
-        " it), or use alfx.batchbald, which switches to sampled"
-        " configurations.")
+      f"{name}: enumerating {entries} label configurations (C={c} classes,"
+      f" B={b} points) exceeds max_configurations={max_configurations};"
+      " use fewer points, raise max_configurations (memory grows with"
+      " it), or use alfx.batchbald, which switches to sampled"
+      " configurations."
+    )
 
 
 def log_joint_table(log_probs: jax.Array) -> jax.Array:
@@ -127,8 +130,9 @@ def _log_mean_table(table: jax.Array) -> jax.Array:
   return jax.nn.logsumexp(table, axis=-1) - math.log(table.shape[-1])
 
 
-def joint_entropy(log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
-                  ) -> jax.Array:
+def joint_entropy(
+  log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
+) -> jax.Array:
   """Exact joint entropy of ``B`` labels under the ``K``-sample mixture.
 
   ``H[Y_1..Y_B] = -sum_y p(y) log p(y)`` with
@@ -146,8 +150,9 @@ def joint_entropy(log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
   Returns:
     ``float[]``, in ``[max_i H[Y_i], sum_i H[Y_i]]``.
   """
-  log_probs = _validation.check_log_probs(log_probs, expected="[B, K, C]",
-                                          pool=False)
+  log_probs = _validation.check_log_probs(
+    log_probs, expected="[B, K, C]", pool=False
+  )
   b, _, c = log_probs.shape
   _check_enumerable(b, c, max_configurations, "joint_entropy")
   return _joint_entropy(log_probs)
@@ -176,20 +181,24 @@ def mutual_information(log_probs_a, log_probs_b) -> jax.Array:
     slices of the pool for large ``N * M``.
   """
   log_probs_a = _validation.check_log_probs(log_probs_a, "log_probs_a")
-  log_probs_b = _validation.check_log_probs(log_probs_b, "log_probs_b",
-                                            expected="[M, K, C]")
+  log_probs_b = _validation.check_log_probs(
+    log_probs_b, "log_probs_b", expected="[M, K, C]"
+  )
   if log_probs_a.shape[1:] != log_probs_b.shape[1:]:
     raise ValueError(
-        "log_probs_a [N, K, C] and log_probs_b [M, K, C] must share K and C,"
-        f" got {list(log_probs_a.shape)} and {list(log_probs_b.shape)}.")
+      "log_probs_a [N, K, C] and log_probs_b [M, K, C] must share K and C,"
+      f" got {list(log_probs_a.shape)} and {list(log_probs_b.shape)}."
+    )
   return _mutual_information(log_probs_a, log_probs_b)
 
 
-def _mutual_information(log_probs_a: jax.Array, log_probs_b: jax.Array
-                        ) -> jax.Array:
+def _mutual_information(
+  log_probs_a: jax.Array, log_probs_b: jax.Array
+) -> jax.Array:
   k = log_probs_a.shape[1]
-  joint = jnp.einsum("nkc,mkd->nmcd", jnp.exp(log_probs_a),
-                     jnp.exp(log_probs_b)) / k
+  joint = (
+    jnp.einsum("nkc,mkd->nmcd", jnp.exp(log_probs_a), jnp.exp(log_probs_b)) / k
+  )
   log_a = _mean_log_probs(log_probs_a)[:, None, :, None]
   log_b = _mean_log_probs(log_probs_b)[None, :, None, :]
   zero = joint == 0  # NaN stays NaN
@@ -199,8 +208,9 @@ def _mutual_information(log_probs_a: jax.Array, log_probs_b: jax.Array
   return jnp.maximum(jnp.sum(terms, axis=(-2, -1)), 0)
 
 
-def co_information(log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
-                   ) -> jax.Array:
+def co_information(
+  log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
+) -> jax.Array:
   """Interaction information (co-information) of ``B`` labels.
 
   ``I(Y_1; ...; Y_B) = sum over non-empty subsets U of (-1)**(|U|+1) H[Y_U]``,
@@ -223,11 +233,13 @@ def co_information(log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
   Returns:
     ``float[]`` (can be negative for ``B >= 3``).
   """
-  log_probs = _validation.check_log_probs(log_probs, expected="[B, K, C]",
-                                          pool=False)
+  log_probs = _validation.check_log_probs(
+    log_probs, expected="[B, K, C]", pool=False
+  )
   b, _, c = log_probs.shape
-  _check_enumerable(b, c, max_configurations, "co_information",
-                    entries=(c + 1)**b)
+  _check_enumerable(
+    b, c, max_configurations, "co_information", entries=(c + 1) ** b
+  )
   return co_information_unchecked(log_probs)
 
 

@@ -14,20 +14,23 @@ prediction cores), `alfx.loop._registry`.
 
 from collections.abc import Callable
 import functools
-from typing import Any, NamedTuple, TYPE_CHECKING
+from typing import Any
+from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+
 if TYPE_CHECKING:
   import optax
 
 from alfx._core import pool as _pool
+from alfx._core import selection as _selection
+from alfx._core import validation as _validation
+from alfx.loop import _registry
 from alfx.nn import _forward
 from alfx.nn import _predictions
 from alfx.nn import _training
-from alfx.loop import _registry
-from alfx._core import selection as _selection
-from alfx._core import validation as _validation
 
 
 class Data(NamedTuple):
@@ -99,13 +102,18 @@ def _split_round_key(key):
   return next_key, train_key, acquire_key
 
 
-def make_loop(forward: _forward.Forward,
-              optimizer: "optax.GradientTransformation",
-              strategy: str | _registry.Strategy, *, batch_size: int,
-              num_steps: int, train_batch_size: int = 64,
-              mc_dropout_samples: int | None = None,
-              chunk_size: int | None = None,
-              strategy_options: dict | None = None) -> Loop:
+def make_loop(
+  forward: _forward.Forward,
+  optimizer: "optax.GradientTransformation",
+  strategy: str | _registry.Strategy,
+  *,
+  batch_size: int,
+  num_steps: int,
+  train_batch_size: int = 64,
+  mc_dropout_samples: int | None = None,
+  chunk_size: int | None = None,
+  strategy_options: dict | None = None,
+) -> Loop:
   """Builds the jitted active-learning round for a model and a strategy.
 
   Posterior samples: by default a deep ensemble, ``params`` holding ``K``
@@ -152,35 +160,41 @@ def make_loop(forward: _forward.Forward,
   elif strategy_options:
     raise ValueError("strategy_options apply to a strategy given by name.")
   if not callable(strategy):
-    raise ValueError(f"strategy must be a registered name or a callable, got"
-                     f" {strategy!r}.")
+    raise ValueError(
+      f"strategy must be a registered name or a callable, got {strategy!r}."
+    )
   if mc_dropout_samples is not None:
     mc_dropout_samples = _validation.check_positive_int(
-        mc_dropout_samples, "mc_dropout_samples")
-  chunk_size = _validation.check_chunk_size(chunk_size, _pool.DEFAULT_CHUNK_SIZE)
-  fit = _training.make_fit(forward, optimizer, num_steps=num_steps,
-                       batch_size=train_batch_size).core
+      mc_dropout_samples, "mc_dropout_samples"
+    )
+  chunk_size = _validation.check_chunk_size(
+    chunk_size, _pool.DEFAULT_CHUNK_SIZE
+  )
+  fit = _training.make_fit(
+    forward, optimizer, num_steps=num_steps, batch_size=train_batch_size
+  ).core
   tail = max(1, num_steps // 10)
 
   def train(params, labeled, key, data):
     if mc_dropout_samples is None:
       keys = jax.random.split(key, jax.tree.leaves(params)[0].shape[0])
-      result = jax.vmap(lambda p, k: fit(p, data.pool_inputs,
-                                         data.pool_labels, labeled, key=k))(
-                                             params, keys)
+      result = jax.vmap(
+        lambda p, k: fit(p, data.pool_inputs, data.pool_labels, labeled, key=k)
+      )(params, keys)
       loss = jnp.mean(result.losses[:, -tail:])
     else:
-      result = fit(params, data.pool_inputs, data.pool_labels, labeled,
-                   key=key)
+      result = fit(params, data.pool_inputs, data.pool_labels, labeled, key=key)
       loss = jnp.mean(result.losses[-tail:])
     return result.params, loss
 
   def predict(params, inputs, key):
     if mc_dropout_samples is None:
-      return _predictions.ensemble_predictions_unchecked(forward, params,
-                                                         inputs, chunk_size)
+      return _predictions.ensemble_predictions_unchecked(
+        forward, params, inputs, chunk_size
+      )
     return _predictions.mc_dropout_predictions_unchecked(
-        forward, params, inputs, key, mc_dropout_samples, chunk_size)
+      forward, params, inputs, key, mc_dropout_samples, chunk_size
+    )
 
   def train_and_predict(params, state, data):
     _, train_key, _ = _split_round_key(state.key)
@@ -193,27 +207,37 @@ def make_loop(forward: _forward.Forward,
   def acquire(predictions, state):
     next_key, _, acquire_key = _split_round_key(state.key)
     context = _registry.StrategyContext(
-        log_probs=predictions.log_probs, embeddings=predictions.embeddings,
-        probs=predictions.probs, labeled=state.labeled)
-    selection = strategy(context, batch_size, key=acquire_key,
-                         mask=~state.labeled)
+      log_probs=predictions.log_probs,
+      embeddings=predictions.embeddings,
+      probs=predictions.probs,
+      labeled=state.labeled,
+    )
+    selection = strategy(
+      context, batch_size, key=acquire_key, mask=~state.labeled
+    )
     labeled = _selection.flip_selected(state.labeled, selection)
     return LoopState(labeled, next_key), selection
 
   def round_(params, state, data):
     predictions, accuracy, loss = train_and_predict(params, state, data)
     new_state, selection = acquire(predictions, state)
-    metrics = RoundMetrics(accuracy=accuracy,
-                           num_labeled=jnp.sum(state.labeled, dtype=jnp.int32),
-                           loss=loss, selection=selection)
+    metrics = RoundMetrics(
+      accuracy=accuracy,
+      num_labeled=jnp.sum(state.labeled, dtype=jnp.int32),
+      loss=loss,
+      selection=selection,
+    )
     return new_state, metrics
 
   def evaluate(params, state, data):
     return train_and_predict(params, state, data)[1]
 
-  return Loop(round=jax.jit(round_),
-              train_and_predict=jax.jit(train_and_predict),
-              acquire=jax.jit(acquire), evaluate=jax.jit(evaluate))
+  return Loop(
+    round=jax.jit(round_),
+    train_and_predict=jax.jit(train_and_predict),
+    acquire=jax.jit(acquire),
+    evaluate=jax.jit(evaluate),
+  )
 
 
 def _accuracy(log_probs, labels):
@@ -241,23 +265,32 @@ def vmap_loop(loop: Loop, *, seeds_per_batch: int | None = None) -> Loop:
   """
   if seeds_per_batch is None:
     batch = lambda f, shared: jax.jit(
-        jax.vmap(f, in_axes=(0, 0, None) if shared else (0, 0)))
+      jax.vmap(f, in_axes=(0, 0, None) if shared else (0, 0))
+    )
   else:
-    seeds_per_batch = _validation.check_positive_int(seeds_per_batch,
-                                                     "seeds_per_batch")
+    seeds_per_batch = _validation.check_positive_int(
+      seeds_per_batch, "seeds_per_batch"
+    )
 
     def batch(f, shared):
       if shared:
-        return jax.jit(lambda a, b, c: jax.lax.map(
-            lambda ab: f(ab[0], ab[1], c), (a, b),
-            batch_size=seeds_per_batch))
-      return jax.jit(lambda a, b: jax.lax.map(
-          lambda ab: f(ab[0], ab[1]), (a, b), batch_size=seeds_per_batch))
+        return jax.jit(
+          lambda a, b, c: jax.lax.map(
+            lambda ab: f(ab[0], ab[1], c), (a, b), batch_size=seeds_per_batch
+          )
+        )
+      return jax.jit(
+        lambda a, b: jax.lax.map(
+          lambda ab: f(ab[0], ab[1]), (a, b), batch_size=seeds_per_batch
+        )
+      )
 
-  return Loop(round=batch(loop.round, True),
-              train_and_predict=batch(loop.train_and_predict, True),
-              acquire=batch(loop.acquire, False),
-              evaluate=batch(loop.evaluate, True))
+  return Loop(
+    round=batch(loop.round, True),
+    train_and_predict=batch(loop.train_and_predict, True),
+    acquire=batch(loop.acquire, False),
+    evaluate=batch(loop.evaluate, True),
+  )
 
 
 class History(NamedTuple):
@@ -279,8 +312,15 @@ class History(NamedTuple):
   state: LoopState
 
 
-def run_loop(loop: Loop, params, state: LoopState, data: Data,
-             num_rounds: int, *, callback=None) -> History:
+def run_loop(
+  loop: Loop,
+  params,
+  state: LoopState,
+  data: Data,
+  num_rounds: int,
+  *,
+  callback=None,
+) -> History:
   """Runs ``num_rounds`` rounds and a final evaluation, a Python loop over
   compiled rounds (nothing recompiles after the first; the final evaluation
   is one more round whose acquisition is discarded).
@@ -301,6 +341,7 @@ def run_loop(loop: Loop, params, state: LoopState, data: Data,
     A `History` with NumPy arrays.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   num_rounds = int(num_rounds)
   rounds = []
   for r in range(num_rounds):
@@ -316,21 +357,27 @@ def run_loop(loop: Loop, params, state: LoopState, data: Data,
   final_labeled = last.num_labeled
   stack = lambda xs, axis: np.stack([np.asarray(x) for x in xs], axis=axis)
   batch_axis = np.ndim(final_accuracy)  # 1 under vmap over seeds, else 0
-  accuracy = stack([m.accuracy for m in rounds] + [final_accuracy],
-                   batch_axis)
-  num_labeled = stack([m.num_labeled for m in rounds] + [final_labeled],
-                      batch_axis)
+  accuracy = stack([m.accuracy for m in rounds] + [final_accuracy], batch_axis)
+  num_labeled = stack(
+    [m.num_labeled for m in rounds] + [final_labeled], batch_axis
+  )
   if rounds:
     indices = stack([m.selection.indices for m in rounds], batch_axis)
     valid = stack([m.selection.valid for m in rounds], batch_axis)
   else:
     indices = valid = None
-  return History(accuracy=accuracy, num_labeled=num_labeled, indices=indices,
-                 valid=valid, state=state)
+  return History(
+    accuracy=accuracy,
+    num_labeled=num_labeled,
+    indices=indices,
+    valid=valid,
+    state=state,
+  )
 
 
-def initial_state(labels, num_initial: int, *, key,
-                  per_class: bool = False) -> LoopState:
+def initial_state(
+  labels, num_initial: int, *, key, per_class: bool = False
+) -> LoopState:
   """A random initial labelled set and the key of the first round.
 
   Args:
@@ -358,39 +405,52 @@ def initial_state(labels, num_initial: int, *, key,
   key = _validation.check_key(key)
   labels = labels if hasattr(labels, "dtype") else jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be integers (class indices), got dtype"
-                     f" {labels.dtype}: pass labels.astype(int).")
+    raise ValueError(
+      f"labels must be integers (class indices), got dtype"
+      f" {labels.dtype}: pass labels.astype(int)."
+    )
   if labels.ndim != 1:
-    raise ValueError(f"labels must have shape [N] (one class index per pool"
-                     f" point), got shape {list(labels.shape)}.")
+    raise ValueError(
+      f"labels must have shape [N] (one class index per pool"
+      f" point), got shape {list(labels.shape)}."
+    )
   labels = labels if isinstance(labels, jax.Array) else jnp.asarray(labels)
   n = labels.shape[0]
   num_initial = _validation.check_positive_int(num_initial, "num_initial")
   if num_initial > n:
-    raise ValueError(f"num_initial={num_initial} is larger than the pool"
-                     f" (N={n}).")
+    raise ValueError(
+      f"num_initial={num_initial} is larger than the pool (N={n})."
+    )
   if _validation.is_concrete(labels) and n:
     lowest = int(jnp.min(labels))
     if lowest < 0:
       # Negative labels would also break per_class's class ranks (and then
       # label more than num_initial points).
-      raise ValueError(f"labels must be class indices >= 0, got a minimum"
-                       f" of {lowest}: map the classes to 0..C-1 first.")
+      raise ValueError(
+        f"labels must be class indices >= 0, got a minimum"
+        f" of {lowest}: map the classes to 0..C-1 first."
+      )
   draw_key, loop_key = jax.random.split(key)
   if per_class:
     if not _validation.is_concrete(labels):
-      raise ValueError("initial_state(per_class=True) needs concrete labels"
-                       " (it reads the number of classes): call it outside"
-                       " jit, or use per_class=False.")
+      raise ValueError(
+        "initial_state(per_class=True) needs concrete labels"
+        " (it reads the number of classes): call it outside"
+        " jit, or use per_class=False."
+      )
     c = int(jnp.max(labels)) + 1
     if num_initial % c:
-      raise ValueError(f"num_initial={num_initial} with per_class=True must be"
-                       f" a multiple of the number of classes C={c}.")
+      raise ValueError(
+        f"num_initial={num_initial} with per_class=True must be"
+        f" a multiple of the number of classes C={c}."
+      )
     counts = jnp.bincount(labels, length=c)
     if int(jnp.min(counts)) < num_initial // c:
-      raise ValueError(f"per_class=True needs {num_initial // c} points of"
-                       f" every class; the rarest class has"
-                       f" {int(jnp.min(counts))}.")
+      raise ValueError(
+        f"per_class=True needs {num_initial // c} points of"
+        f" every class; the rarest class has"
+        f" {int(jnp.min(counts))}."
+      )
   else:
     c = 1
   labeled = _initial_mask(draw_key, labels, num_initial, c, per_class)

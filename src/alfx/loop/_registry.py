@@ -16,21 +16,20 @@ compiled program.
 
 from collections.abc import Callable
 import inspect
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
+from typing import Protocol
 
 import jax
-import jax.numpy as jnp
 
-from alfx.bait_family import _bait
-from alfx.bald_family import _batchbald as _bald
-from alfx.baselines import _diversity
-from alfx.bald_family import _epig
-from alfx.information import _kernels as _information
-from alfx.bald_family import _kbald
-from alfx._core import pool as _pool
 from alfx._core import sampling as _sampling
 from alfx._core import selection as _selection
+from alfx.bait_family import _bait
+from alfx.bald_family import _batchbald as _bald
+from alfx.bald_family import _epig
+from alfx.bald_family import _kbald
+from alfx.baselines import _diversity
 from alfx.baselines import _uncertainty
+from alfx.information import _kernels as _information
 
 
 class StrategyContext(NamedTuple):
@@ -58,16 +57,27 @@ class Strategy(Protocol):
   ``jit`` and ``vmap``.
   """
 
-  def __call__(self, context: StrategyContext, batch_size: int, *,
-               key: jax.Array, mask: jax.Array) -> _selection.Selection:
-    ...
+  def __call__(
+    self,
+    context: StrategyContext,
+    batch_size: int,
+    *,
+    key: jax.Array,
+    mask: jax.Array,
+  ) -> _selection.Selection: ...
+
 
 _FACTORIES: dict[str, Callable[..., Strategy]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 
 
-def register_strategy(name: str, factory: Callable[..., Strategy], *,
-                      description: str = "", overwrite: bool = False) -> None:
+def register_strategy(
+  name: str,
+  factory: Callable[..., Strategy],
+  *,
+  description: str = "",
+  overwrite: bool = False,
+) -> None:
   """Registers ``factory(**options) -> Strategy`` under ``name``.
 
   Args:
@@ -80,8 +90,10 @@ def register_strategy(name: str, factory: Callable[..., Strategy], *,
   if not isinstance(name, str) or not name:
     raise ValueError(f"name must be a non-empty string, got {name!r}.")
   if name in _FACTORIES and not overwrite:
-    raise ValueError(f"a strategy named {name!r} is already registered; pass"
-                     " overwrite=True to replace it.")
+    raise ValueError(
+      f"a strategy named {name!r} is already registered; pass"
+      " overwrite=True to replace it."
+    )
   _FACTORIES[name] = factory
   _DESCRIPTIONS[name] = description
 
@@ -113,18 +125,20 @@ def get_strategy(name: str, **options) -> Strategy:
       options).
   """
   if name not in _FACTORIES:
-    raise ValueError(f"unknown strategy {name!r}; valid names:"
-                     f" {', '.join(strategy_names())}.")
+    raise ValueError(
+      f"unknown strategy {name!r}; valid names: {', '.join(strategy_names())}."
+    )
   factory = _FACTORIES[name]
   valid = _option_names(factory)
   if valid is not None:
     unknown = sorted(set(options) - set(valid))
     if unknown:
       raise ValueError(
-          f"strategy {name!r} does not accept option(s)"
-          f" {', '.join(unknown)}; valid options: "
-          + (", ".join(valid) if valid else "none (it takes no options)")
-          + ".")
+        f"strategy {name!r} does not accept option(s)"
+        f" {', '.join(unknown)}; valid options: "
+        + (", ".join(valid) if valid else "none (it takes no options)")
+        + "."
+      )
   return factory(**options)
 
 
@@ -137,8 +151,11 @@ def _option_names(factory) -> tuple[str, ...] | None:
     return None
   if any(p.kind == p.VAR_KEYWORD for p in parameters):
     return None
-  return tuple(p.name for p in parameters
-               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+  return tuple(
+    p.name
+    for p in parameters
+    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -151,8 +168,9 @@ def _topk_bald():
 
   def strategy(context, batch_size, *, key, mask):
     del key
-    return _selection.top_b(_information.bald(context.log_probs), batch_size,
-                            mask=mask)
+    return _selection.top_b(
+      _information.bald(context.log_probs), batch_size, mask=mask
+    )
 
   return strategy
 
@@ -161,8 +179,9 @@ def _random():
 
   def strategy(context, batch_size, *, key, mask):
     # Only the pool's length (and sharding) is read from log_probs.
-    return _sampling.random_batch(context.log_probs, batch_size, key=key,
-                                     mask=mask)
+    return _sampling.random_batch(
+      context.log_probs, batch_size, key=key, mask=mask
+    )
 
   return strategy
 
@@ -185,9 +204,14 @@ def _stochastic(score, mode):
   def factory(beta=1.0):
 
     def strategy(context, batch_size, *, key, mask):
-      return _sampling.stochastic_batch(score(context.log_probs),
-                                           batch_size, key=key, mode=mode,
-                                           beta=beta, mask=mask)
+      return _sampling.stochastic_batch(
+        score(context.log_probs),
+        batch_size,
+        key=key,
+        mode=mode,
+        beta=beta,
+        mask=mask,
+      )
 
     return strategy
 
@@ -197,8 +221,9 @@ def _stochastic(score, mode):
 def _badge():
 
   def strategy(context, batch_size, *, key, mask):
-    return _diversity.badge(context.embeddings, context.probs, batch_size,
-                            key=key, mask=mask)
+    return _diversity.badge(
+      context.embeddings, context.probs, batch_size, key=key, mask=mask
+    )
 
   return strategy
 
@@ -207,8 +232,9 @@ def _coreset():
 
   def strategy(context, batch_size, *, key, mask):
     del key
-    return _diversity.coreset(context.embeddings, batch_size,
-                              labeled=context.labeled, mask=mask)
+    return _diversity.coreset(
+      context.embeddings, batch_size, labeled=context.labeled, mask=mask
+    )
 
   return strategy
 
@@ -216,21 +242,33 @@ def _coreset():
 def _typiclust(max_clusters=500, k_nn=20, min_cluster_size=5):
 
   def strategy(context, batch_size, *, key, mask):
-    return _diversity.typiclust(context.embeddings, batch_size, key=key,
-                                labeled=context.labeled, mask=mask,
-                                max_clusters=max_clusters, k_nn=k_nn,
-                                min_cluster_size=min_cluster_size)
+    return _diversity.typiclust(
+      context.embeddings,
+      batch_size,
+      key=key,
+      labeled=context.labeled,
+      mask=mask,
+      max_clusters=max_clusters,
+      k_nn=k_nn,
+      min_cluster_size=min_cluster_size,
+    )
 
   return strategy
 
 
-def _batchbald(num_configurations=_bald.DEFAULT_NUM_CONFIGURATIONS,
-               chunk_size=None):
+def _batchbald(
+  num_configurations=_bald.DEFAULT_NUM_CONFIGURATIONS, chunk_size=None
+):
 
   def strategy(context, batch_size, *, key, mask):
-    return _bald.batchbald(context.log_probs, batch_size, key=key, mask=mask,
-                           num_configurations=num_configurations,
-                           chunk_size=chunk_size)
+    return _bald.batchbald(
+      context.log_probs,
+      batch_size,
+      key=key,
+      mask=mask,
+      num_configurations=num_configurations,
+      chunk_size=chunk_size,
+    )
 
   return strategy
 
@@ -241,8 +279,13 @@ def _kbald_order(order):
 
     def strategy(context, batch_size, *, key, mask):
       del key
-      return _kbald.kbald(context.log_probs, batch_size, order=order,
-                          mask=mask, chunk_size=chunk_size)
+      return _kbald.kbald(
+        context.log_probs,
+        batch_size,
+        order=order,
+        mask=mask,
+        chunk_size=chunk_size,
+      )
 
     return strategy
 
@@ -253,9 +296,13 @@ def _kbald_dynamic(tolerance=0.05, chunk_size=None):
 
   def strategy(context, batch_size, *, key, mask):
     del key
-    return _kbald.kbald_dynamic(context.log_probs, batch_size,
-                                tolerance=tolerance, mask=mask,
-                                chunk_size=chunk_size)
+    return _kbald.kbald_dynamic(
+      context.log_probs,
+      batch_size,
+      tolerance=tolerance,
+      mask=mask,
+      chunk_size=chunk_size,
+    )
 
   return strategy
 
@@ -264,9 +311,14 @@ def _conservative_bald(threshold=0.05, budget=None, chunk_size=None):
 
   def strategy(context, batch_size, *, key, mask):
     del key
-    return _kbald.conservative_bald(context.log_probs, batch_size,
-                                    threshold=threshold, budget=budget,
-                                    mask=mask, chunk_size=chunk_size)
+    return _kbald.conservative_bald(
+      context.log_probs,
+      batch_size,
+      threshold=threshold,
+      budget=budget,
+      mask=mask,
+      chunk_size=chunk_size,
+    )
 
   return strategy
 
@@ -277,78 +329,140 @@ def _bait_kind(kind):
 
     def strategy(context, batch_size, *, key, mask):
       del key
-      return _bait.bait(context.embeddings, context.probs, batch_size,
-                        labeled=context.labeled, mask=mask, fisher=kind,
-                        top_c=top_c, lam=lam, oversample=oversample,
-                        method=method)
+      return _bait.bait(
+        context.embeddings,
+        context.probs,
+        batch_size,
+        labeled=context.labeled,
+        mask=mask,
+        fisher=kind,
+        top_c=top_c,
+        lam=lam,
+        oversample=oversample,
+        method=method,
+      )
 
     return strategy
 
   return factory
 
 
-register_strategy("random", _random,
-                  description="uniform without replacement over the pool")
-register_strategy("bald", _topk_bald,
-                  description="top-B BALD scores (1-BALD, Houlsby et al. 2011)")
+register_strategy(
+  "random", _random, description="uniform without replacement over the pool"
+)
+register_strategy(
+  "bald",
+  _topk_bald,
+  description="top-B BALD scores (1-BALD, Houlsby et al. 2011)",
+)
 for _name, _score, _text in (
-    ("entropy", _uncertainty.predictive_entropy,
-     "predictive entropy of the mean prediction"),
-    ("margin", _uncertainty.margin,
-     "smallest gap between the top two mean probabilities"),
-    ("least-confidence", _uncertainty.least_confidence,
-     "lowest top mean probability"),
-    ("variation-ratios", _uncertainty.variation_ratios,
-     "disagreement of the samples' votes"),
-    ("mean-std", _uncertainty.mean_std,
-     "mean over classes of the samples' standard deviation")):
+  (
+    "entropy",
+    _uncertainty.predictive_entropy,
+    "predictive entropy of the mean prediction",
+  ),
+  (
+    "margin",
+    _uncertainty.margin,
+    "smallest gap between the top two mean probabilities",
+  ),
+  (
+    "least-confidence",
+    _uncertainty.least_confidence,
+    "lowest top mean probability",
+  ),
+  (
+    "variation-ratios",
+    _uncertainty.variation_ratios,
+    "disagreement of the samples' votes",
+  ),
+  (
+    "mean-std",
+    _uncertainty.mean_std,
+    "mean over classes of the samples' standard deviation",
+  ),
+):
   register_strategy(_name, _top_score(_score), description=f"top-B {_text}")
 for _mode in ("power", "softmax", "softrank"):
   register_strategy(
-      f"{_mode}bald", _stochastic(_information.bald, _mode),
-      description=f"{_mode} sampling of BALD scores (Kirsch et al. 2021),"
-      " option beta")
-register_strategy("batchbald", _batchbald,
-                  description="greedy joint mutual information of the batch"
-                  " (Kirsch et al. 2019), option num_configurations")
-register_strategy("kbald-2", _kbald_order(2),
-                  description="BALD minus pairwise mutual information with"
-                  " the batch (k-BALD, order 2)")
-register_strategy("kbald-3", _kbald_order(3),
-                  description="k-BALD of order 3 (adds co-information of"
-                  " triples)")
-register_strategy("kbald-dynamic", _kbald_dynamic,
-                  description="2-BALD, batch ends where 3-BALD diverges by"
-                  " more than option tolerance (default 0.05)")
-register_strategy("conservative-bald", _conservative_bald,
-                  description="top BALD excluding points whose MI with a"
-                  " pick exceeds option threshold (default 0.05 nats)")
-for _kind, _text in (("full", "BAIT (Ash et al. 2021), full last-layer"
-                      " Fisher"),
-                     ("topc", "BAIT (Exp): Fisher of the top_c classes"),
-                     ("binary", "BAIT (Binary): Bernoulli Fisher of the top"
-                      " class"),
-                     ("diagonal", "BAIT with the diagonal of the Fisher")):
-  register_strategy(f"bait-{_kind}",
-                    _bait_kind(_kind), description=_text)
-register_strategy("epig", _epig.epig_strategy,
-                  description="top-B EPIG (Bickford Smith et al. 2023) against"
-                  " option num_targets (default 100) unlabelled pool inputs")
-register_strategy("batch-epig", _epig.batch_epig_strategy,
-                  description="greedy joint EPIG of the batch (BatchEPIG),"
-                  " options num_targets, num_configurations")
-register_strategy("kepig-2", _epig.kepig_strategy(2),
-                  description="EPIG minus the co-information with each pick"
-                  " and the targets (k-EPIG, order 2), option num_targets")
-register_strategy("powerepig", _epig.powerepig_strategy,
-                  description="power sampling of EPIG scores (Bickford Smith"
-                  " et al. 2023), options num_targets, beta")
-register_strategy("badge", _badge,
-                  description="k-means++ seeding on gradient embeddings"
-                  " (Ash et al. 2020)")
-register_strategy("coreset", _coreset,
-                  description="k-center greedy on embeddings (Sener and"
-                  " Savarese 2018)")
-register_strategy("typiclust", _typiclust,
-                  description="most typical points of uncovered k-means"
-                  " clusters (Hacohen et al. 2022)")
+    f"{_mode}bald",
+    _stochastic(_information.bald, _mode),
+    description=f"{_mode} sampling of BALD scores (Kirsch et al. 2021),"
+    " option beta",
+  )
+register_strategy(
+  "batchbald",
+  _batchbald,
+  description="greedy joint mutual information of the batch"
+  " (Kirsch et al. 2019), option num_configurations",
+)
+register_strategy(
+  "kbald-2",
+  _kbald_order(2),
+  description="BALD minus pairwise mutual information with"
+  " the batch (k-BALD, order 2)",
+)
+register_strategy(
+  "kbald-3",
+  _kbald_order(3),
+  description="k-BALD of order 3 (adds co-information of triples)",
+)
+register_strategy(
+  "kbald-dynamic",
+  _kbald_dynamic,
+  description="2-BALD, batch ends where 3-BALD diverges by"
+  " more than option tolerance (default 0.05)",
+)
+register_strategy(
+  "conservative-bald",
+  _conservative_bald,
+  description="top BALD excluding points whose MI with a"
+  " pick exceeds option threshold (default 0.05 nats)",
+)
+for _kind, _text in (
+  ("full", "BAIT (Ash et al. 2021), full last-layer Fisher"),
+  ("topc", "BAIT (Exp): Fisher of the top_c classes"),
+  ("binary", "BAIT (Binary): Bernoulli Fisher of the top class"),
+  ("diagonal", "BAIT with the diagonal of the Fisher"),
+):
+  register_strategy(f"bait-{_kind}", _bait_kind(_kind), description=_text)
+register_strategy(
+  "epig",
+  _epig.epig_strategy,
+  description="top-B EPIG (Bickford Smith et al. 2023) against"
+  " option num_targets (default 100) unlabelled pool inputs",
+)
+register_strategy(
+  "batch-epig",
+  _epig.batch_epig_strategy,
+  description="greedy joint EPIG of the batch (BatchEPIG),"
+  " options num_targets, num_configurations",
+)
+register_strategy(
+  "kepig-2",
+  _epig.kepig_strategy(2),
+  description="EPIG minus the co-information with each pick"
+  " and the targets (k-EPIG, order 2), option num_targets",
+)
+register_strategy(
+  "powerepig",
+  _epig.powerepig_strategy,
+  description="power sampling of EPIG scores (Bickford Smith"
+  " et al. 2023), options num_targets, beta",
+)
+register_strategy(
+  "badge",
+  _badge,
+  description="k-means++ seeding on gradient embeddings (Ash et al. 2020)",
+)
+register_strategy(
+  "coreset",
+  _coreset,
+  description="k-center greedy on embeddings (Sener and Savarese 2018)",
+)
+register_strategy(
+  "typiclust",
+  _typiclust,
+  description="most typical points of uncovered k-means"
+  " clusters (Hacohen et al. 2022)",
+)

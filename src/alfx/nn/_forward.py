@@ -24,18 +24,23 @@ import jax.numpy as jnp
 from alfx.nn._require import require
 
 #: ``forward(params, inputs, key_or_None) -> (logits[b, C], embeddings[b, D])``
-Forward = Callable[[Any, jax.Array, jax.Array | None],
-                   tuple[jax.Array, jax.Array]]
+Forward = Callable[
+  [Any, jax.Array, jax.Array | None], tuple[jax.Array, jax.Array]
+]
 
 
 def _flatten_embeddings(h: jax.Array) -> jax.Array:
   return h.reshape(h.shape[0], -1)
 
 
-def linen_forward(module, *, head: str | None = None,
-                  train_kwargs: dict | None = None,
-                  eval_kwargs: dict | None = None,
-                  rng_collection: str = "dropout") -> Forward:
+def linen_forward(
+  module,
+  *,
+  head: str | None = None,
+  train_kwargs: dict | None = None,
+  eval_kwargs: dict | None = None,
+  rng_collection: str = "dropout",
+) -> Forward:
   """A `Forward` for a Flax Linen module.
 
   ``params`` is the variables dict from ``module.init`` (``{"params": ...}``);
@@ -75,9 +80,10 @@ def linen_forward(module, *, head: str | None = None,
     extra = set(variables) - {"params"}
     if extra:
       raise ValueError(
-          f"linen_forward supports variables with a 'params' collection only,"
-          f" got also {sorted(extra)}; batch statistics (BatchNorm) are not"
-          " carried: use LayerNorm or GroupNorm.")
+        f"linen_forward supports variables with a 'params' collection only,"
+        f" got also {sorted(extra)}; batch statistics (BatchNorm) are not"
+        " carried: use LayerNorm or GroupNorm."
+      )
     seen = []
 
     def interceptor(next_fun, args, kwargs, context):
@@ -86,8 +92,11 @@ def linen_forward(module, *, head: str | None = None,
         path = "/".join(str(p) for p in module_.path)
         # head=None must not match by name: the top-level module's name is
         # None too, and matching it would return the inputs as embeddings.
-        if (isinstance(module_, nn.Dense) if head is None else
-            head in (module_.name, path)):
+        if (
+          isinstance(module_, nn.Dense)
+          if head is None
+          else head in (module_.name, path)
+        ):
           seen.append(args[0])
       return next_fun(*args, **kwargs)
 
@@ -95,18 +104,22 @@ def linen_forward(module, *, head: str | None = None,
       if key is None:
         logits = module.apply(variables, inputs, **eval_kwargs)
       else:
-        logits = module.apply(variables, inputs, rngs={rng_collection: key},
-                              **train_kwargs)
+        logits = module.apply(
+          variables, inputs, rngs={rng_collection: key}, **train_kwargs
+        )
     if not seen:
       raise ValueError(
-          "linen_forward found no head layer: "
-          + ("no nn.Dense was called in the forward pass, so there are no"
-             " last-layer embeddings; pass head= the name of the module whose"
-             " input is the embedding (the last linear layer), or add an"
-             " nn.Dense layer as the model's output."
-             if head is None else
-             f"no submodule named {head!r} was called; pass head= the name"
-             " (or '/'-joined path) of the last linear layer."))
+        "linen_forward found no head layer: "
+        + (
+          "no nn.Dense was called in the forward pass, so there are no"
+          " last-layer embeddings; pass head= the name of the module whose"
+          " input is the embedding (the last linear layer), or add an"
+          " nn.Dense layer as the model's output."
+          if head is None
+          else f"no submodule named {head!r} was called; pass head= the name"
+          " (or '/'-joined path) of the last linear layer."
+        )
+      )
     return logits, _flatten_embeddings(seen[-1])
 
   return forward
@@ -143,12 +156,16 @@ def nnx_forward(model, *, head: str | None = None) -> tuple[Forward, Any]:
   """
   nnx = require("flax.nnx", "alfx.nnx_forward")
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  if any(isinstance(v, nnx.BatchStat)
-         for _, v in nnx.iter_graph(model)):
-    raise ValueError("nnx_forward: models with nnx.BatchStat (BatchNorm) are"
-                     " not supported; use LayerNorm or GroupNorm.")
-  head_path = None if head is None else tuple(
-      int(p) if p.isdigit() else p for p in head.split("."))
+  if any(isinstance(v, nnx.BatchStat) for _, v in nnx.iter_graph(model)):
+    raise ValueError(
+      "nnx_forward: models with nnx.BatchStat (BatchNorm) are"
+      " not supported; use LayerNorm or GroupNorm."
+    )
+  head_path = (
+    None
+    if head is None
+    else tuple(int(p) if p.isdigit() else p for p in head.split("."))
+  )
 
   def get(node, name):
     return node[name] if isinstance(name, int) else getattr(node, name)
@@ -163,8 +180,10 @@ def nnx_forward(model, *, head: str | None = None) -> tuple[Forward, Any]:
     state = rest
     if key is not None:
       leaves, treedef = jax.tree.flatten(state)
-      leaves = [jax.random.fold_in(key, i) if _is_key(leaf) else leaf
-                for i, leaf in enumerate(leaves)]
+      leaves = [
+        jax.random.fold_in(key, i) if _is_key(leaf) else leaf
+        for i, leaf in enumerate(leaves)
+      ]
       state = jax.tree.unflatten(treedef, leaves)
     copy = nnx.merge(graphdef, params, state)
     if key is None:
@@ -184,8 +203,11 @@ def nnx_forward(model, *, head: str | None = None) -> tuple[Forward, Any]:
         return self.inner(x, *args, **kwargs)
 
     if head_path is None:
-      paths = [path for path, node in nnx.iter_graph(copy)
-               if isinstance(node, nnx.Linear)]
+      paths = [
+        path
+        for path, node in nnx.iter_graph(copy)
+        if isinstance(node, nnx.Linear)
+      ]
     else:
       paths = [head_path]
     for path in paths:
@@ -195,15 +217,18 @@ def nnx_forward(model, *, head: str | None = None) -> tuple[Forward, Any]:
           parent = get(parent, name)
         put(parent, path[-1], Tap(get(parent, path[-1])))
       except (AttributeError, IndexError, KeyError, TypeError) as e:
-        raise ValueError(f"nnx_forward: cannot reach the layer at {head!r} in"
-                         f" the model ({e}); pass head= the attribute path of"
-                         " the last linear layer, e.g. 'head'.") from e
+        raise ValueError(
+          f"nnx_forward: cannot reach the layer at {head!r} in"
+          f" the model ({e}); pass head= the attribute path of"
+          " the last linear layer, e.g. 'head'."
+        ) from e
     logits = copy(inputs)
     if not seen:
-      raise ValueError("nnx_forward found no head layer: no nnx.Linear was"
-                       " called; pass head= the attribute path of the last"
-                       " linear layer.")
+      raise ValueError(
+        "nnx_forward found no head layer: no nnx.Linear was"
+        " called; pass head= the attribute path of the last"
+        " linear layer."
+      )
     return logits, _flatten_embeddings(seen[-1])
 
   return forward, params
-

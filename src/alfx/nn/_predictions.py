@@ -46,19 +46,25 @@ def check_inputs(inputs, name="inputs") -> jax.Array:
   """Pool inputs ``float[N, ...]``: floating, finite, ``N >= 1``."""
   inputs = _validation.as_float_array(inputs, name, "[N, ...]")
   if inputs.ndim < 1 or inputs.shape[0] == 0:
-    raise ValueError(f"{name} must have shape [N, ...] with N >= 1, got"
-                     f" shape {list(inputs.shape)}.")
+    raise ValueError(
+      f"{name} must have shape [N, ...] with N >= 1, got"
+      f" shape {list(inputs.shape)}."
+    )
   _validation.check_finite(inputs, name, "[N, ...]")
   return inputs
 
 
 def _check_forward_output(logits, embeddings, b):
   if logits.ndim != 2 or logits.shape[0] != b:
-    raise ValueError(f"forward must return logits of shape [b={b}, C], got"
-                     f" {list(logits.shape)}.")
+    raise ValueError(
+      f"forward must return logits of shape [b={b}, C], got"
+      f" {list(logits.shape)}."
+    )
   if embeddings.ndim != 2 or embeddings.shape[0] != b:
-    raise ValueError(f"forward must return embeddings of shape [b={b}, D],"
-                     f" got {list(embeddings.shape)}.")
+    raise ValueError(
+      f"forward must return embeddings of shape [b={b}, D],"
+      f" got {list(embeddings.shape)}."
+    )
 
 
 def _to_log_probs(logits):
@@ -71,8 +77,11 @@ def _ensemble_chunk(forward, params, x):
   logits, embeddings = jax.vmap(lambda p: forward(p, x, None))(params)
   _check_forward_output(logits[0], embeddings[0], x.shape[0])
   # Member 0's embeddings are a by-product of the vmapped pass: no extra work.
-  return (_to_log_probs(logits), embeddings[0],
-          jax.nn.softmax(logits[0], axis=-1))
+  return (
+    _to_log_probs(logits),
+    embeddings[0],
+    jax.nn.softmax(logits[0], axis=-1),
+  )
 
 
 def _consistent_pass(forward, params, x, key):
@@ -86,12 +95,16 @@ def _dropout_chunk(forward, params, keys, x):
   logits = jax.vmap(lambda k: _consistent_pass(forward, params, x, k))(keys)
   det_logits, embeddings = forward(params, x, None)
   _check_forward_output(det_logits, embeddings, x.shape[0])
-  return (_to_log_probs(logits), embeddings,
-          jax.nn.softmax(det_logits, axis=-1))
+  return (
+    _to_log_probs(logits),
+    embeddings,
+    jax.nn.softmax(det_logits, axis=-1),
+  )
 
 
-def ensemble_predictions(forward: Forward, params, inputs, *,
-                         chunk_size: int | None = None) -> Predictions:
+def ensemble_predictions(
+  forward: Forward, params, inputs, *, chunk_size: int | None = None
+) -> Predictions:
   """Predictive samples of a deep ensemble over a pool, in chunks.
 
   ``log_probs[n, k] = log_softmax(forward(params[k], inputs[n], None))``:
@@ -116,14 +129,18 @@ def ensemble_predictions(forward: Forward, params, inputs, *,
     ready for any acquisition (params are replicated).
   """
   inputs = check_inputs(inputs)
-  chunk_size = _validation.check_chunk_size(chunk_size,
-                                            _pool.DEFAULT_CHUNK_SIZE)
-  return _ensemble_local(params, inputs, forward=forward,
-                         chunk_size=chunk_size)
+  chunk_size = _validation.check_chunk_size(
+    chunk_size, _pool.DEFAULT_CHUNK_SIZE
+  )
+  return _ensemble_local(params, inputs, forward=forward, chunk_size=chunk_size)
 
 
-@_sharding.pool_core(pool=("inputs",), static=("forward", "chunk_size"),
-                     out_specs=_sharding.pool_spec, selection=False)
+@_sharding.pool_core(
+  pool=("inputs",),
+  static=("forward", "chunk_size"),
+  out_specs=_sharding.pool_spec,
+  selection=False,
+)
 def _ensemble_local(params, inputs, forward, chunk_size, axis_name=None):
   """The rows of ``inputs`` at hand: points are independent, no collective."""
   del axis_name
@@ -134,14 +151,24 @@ def _ensemble_local(params, inputs, forward, chunk_size, axis_name=None):
 def ensemble_predictions_unchecked(forward, params, inputs, chunk_size):
   """`ensemble_predictions` without validation (static ``forward``,
   ``chunk_size``): the loop's round calls it inside its own ``jit``."""
-  return Predictions(*_pool.chunked_map(
-      lambda x: _ensemble_chunk(forward, params, x), inputs,
-      chunk_size=chunk_size))
+  return Predictions(
+    *_pool.chunked_map(
+      lambda x: _ensemble_chunk(forward, params, x),
+      inputs,
+      chunk_size=chunk_size,
+    )
+  )
 
 
-def mc_dropout_predictions(forward: Forward, params, inputs, *, key,
-                           num_samples: int, chunk_size: int | None = None
-                           ) -> Predictions:
+def mc_dropout_predictions(
+  forward: Forward,
+  params,
+  inputs,
+  *,
+  key,
+  num_samples: int,
+  chunk_size: int | None = None,
+) -> Predictions:
   """Predictive samples of an MC-dropout model over a pool, in chunks.
 
   ``log_probs[n, k] = log_softmax(forward(params, inputs[n], key_k))`` for
@@ -175,32 +202,48 @@ def mc_dropout_predictions(forward: Forward, params, inputs, *, key,
   inputs = check_inputs(inputs)
   key = _validation.check_key(key)
   num_samples = _validation.check_positive_int(num_samples, "num_samples")
-  chunk_size = _validation.check_chunk_size(chunk_size,
-                                            _pool.DEFAULT_CHUNK_SIZE)
-  return _mc_dropout_local(params, inputs, key, forward=forward,
-                           num_samples=num_samples, chunk_size=chunk_size)
+  chunk_size = _validation.check_chunk_size(
+    chunk_size, _pool.DEFAULT_CHUNK_SIZE
+  )
+  return _mc_dropout_local(
+    params,
+    inputs,
+    key,
+    forward=forward,
+    num_samples=num_samples,
+    chunk_size=chunk_size,
+  )
 
 
-@_sharding.pool_core(pool=("inputs",),
-                     static=("forward", "num_samples", "chunk_size"),
-                     out_specs=_sharding.pool_spec, selection=False)
-def _mc_dropout_local(params, inputs, key, forward, num_samples, chunk_size,
-                      axis_name=None):
+@_sharding.pool_core(
+  pool=("inputs",),
+  static=("forward", "num_samples", "chunk_size"),
+  out_specs=_sharding.pool_spec,
+  selection=False,
+)
+def _mc_dropout_local(
+  params, inputs, key, forward, num_samples, chunk_size, axis_name=None
+):
   # Every point uses the same K keys (consistent dropout), so the local rows
   # get exactly the single-device predictions: nothing depends on the layout.
   del axis_name
-  return mc_dropout_predictions_unchecked(forward, params, inputs, key,
-                                          num_samples, chunk_size)
+  return mc_dropout_predictions_unchecked(
+    forward, params, inputs, key, num_samples, chunk_size
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def mc_dropout_predictions_unchecked(forward, params, inputs, key,
-                                     num_samples, chunk_size):
+def mc_dropout_predictions_unchecked(
+  forward, params, inputs, key, num_samples, chunk_size
+):
   """`mc_dropout_predictions` without validation (static ``forward``,
   ``num_samples``, ``chunk_size``): the loop's round calls it inside its own
   ``jit``."""
   keys = jax.random.split(key, num_samples)
-  return Predictions(*_pool.chunked_map(
-      lambda x: _dropout_chunk(forward, params, keys, x), inputs,
-      chunk_size=chunk_size))
-
+  return Predictions(
+    *_pool.chunked_map(
+      lambda x: _dropout_chunk(forward, params, keys, x),
+      inputs,
+      chunk_size=chunk_size,
+    )
+  )

@@ -16,5 +16,6 @@ def require(module: str, what: str):
     return importlib.import_module(module)
   except ImportError as e:
     raise ImportError(
-        f"{what} needs {module.split('.')[0]}, which alfx installs with its"
-        " flax extra: pip install 'alfx[flax]'.") from e
+      f"{what} needs {module.split('.')[0]}, which alfx installs with its"
+      " flax extra: pip install 'alfx[flax]'."
+    ) from e

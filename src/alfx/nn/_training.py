@@ -14,10 +14,13 @@ May import: jax, `alfx._core`, `alfx.nn._require` (optax only through
 """
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, TYPE_CHECKING
+from typing import Any
+from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+
 if TYPE_CHECKING:
   import optax
 
@@ -34,8 +37,9 @@ class FitResult(NamedTuple):
   losses: jax.Array
 
 
-def init_ensemble(init_fn: Callable[[jax.Array], Any], num_members: int, *,
-                  key):
+def init_ensemble(
+  init_fn: Callable[[jax.Array], Any], num_members: int, *, key
+):
   """Params of ``num_members`` independently initialised models, stacked.
 
   ``jax.vmap(init_fn)`` over ``num_members`` keys split from ``key``: every
@@ -86,13 +90,17 @@ def sample_labeled(labeled: jax.Array, batch_size: int, *, key) -> jax.Array:
   batch_size = _validation.check_positive_int(batch_size, "batch_size")
   labeled = labeled if hasattr(labeled, "dtype") else jnp.asarray(labeled)
   if labeled.ndim != 1 or labeled.shape[0] == 0:
-    raise ValueError(f"labeled must be a boolean array of shape [N] with"
-                     f" N >= 1, got shape {list(labeled.shape)}.")
+    raise ValueError(
+      f"labeled must be a boolean array of shape [N] with"
+      f" N >= 1, got shape {list(labeled.shape)}."
+    )
   labeled = _validation.check_mask(labeled, labeled.shape[0], name="labeled")
   if _validation.is_concrete(labeled) and not bool(jnp.any(labeled)):
-    raise ValueError("labeled (shape [N]) marks no point: sample_labeled"
-                     " draws among the labelled points, so label at least"
-                     " one (e.g. with alfx.initial_state).")
+    raise ValueError(
+      "labeled (shape [N]) marks no point: sample_labeled"
+      " draws among the labelled points, so label at least"
+      " one (e.g. with alfx.initial_state)."
+    )
   return _sample_from_counts(key, _running_count(labeled), batch_size)
 
 
@@ -103,8 +111,9 @@ def _running_count(labeled):
 def _sample_from_counts(key, counts, batch_size):
   total = counts[-1]
   u = jax.random.uniform(key, (batch_size,))
-  rank = jnp.minimum(jnp.floor(u * total).astype(jnp.int32),
-                     jnp.maximum(total - 1, 0))
+  rank = jnp.minimum(
+    jnp.floor(u * total).astype(jnp.int32), jnp.maximum(total - 1, 0)
+  )
   # The (rank + 1)-th labelled point: the first index whose count exceeds rank.
   # With nothing labelled no count exceeds 0 and searchsorted returns N (out
   # of range): return 0 instead.
@@ -119,8 +128,9 @@ def cross_entropy_loss(logits, labels, weights):
   return jnp.sum(weights * ce) / jnp.maximum(jnp.sum(weights), 1)
 
 
-def make_train_step(forward: Forward,
-                    optimizer: "optax.GradientTransformation"):
+def make_train_step(
+  forward: Forward, optimizer: "optax.GradientTransformation"
+):
   """A jitted optax step on one minibatch.
 
   Returns:
@@ -148,8 +158,13 @@ def _train_step(forward, optimizer):
   return step
 
 
-def make_fit(forward: Forward, optimizer: "optax.GradientTransformation", *,
-             num_steps: int, batch_size: int):
+def make_fit(
+  forward: Forward,
+  optimizer: "optax.GradientTransformation",
+  *,
+  num_steps: int,
+  batch_size: int,
+):
   """A jitted trainer: ``num_steps`` optax steps on the labelled points.
 
   Each step draws ``batch_size`` labelled points uniformly with replacement
@@ -190,12 +205,14 @@ def make_fit(forward: Forward, optimizer: "optax.GradientTransformation", *,
       k_batch, k_drop = jax.random.split(k)
       idx = _sample_from_counts(k_batch, counts, batch_size)
       w = labeled[idx].astype(inputs.dtype)
-      params, opt_state, loss = step(params, opt_state, inputs[idx],
-                                     labels[idx], w, key=k_drop)
+      params, opt_state, loss = step(
+        params, opt_state, inputs[idx], labels[idx], w, key=k_drop
+      )
       return (params, opt_state), loss
 
-    (params, _), losses = jax.lax.scan(body, (params, opt_state),
-                                       jax.random.split(key, num_steps))
+    (params, _), losses = jax.lax.scan(
+      body, (params, opt_state), jax.random.split(key, num_steps)
+    )
     return FitResult(params, losses)
 
   jitted = jax.jit(core)
@@ -204,12 +221,15 @@ def make_fit(forward: Forward, optimizer: "optax.GradientTransformation", *,
     inputs, labels, labeled = check_training_data(inputs, labels, labeled)
     key = _validation.check_key(key)
     if _validation.is_concrete(labels, labeled):
-      c = jax.eval_shape(lambda p, x: forward(p, x, None)[0], params,
-                         inputs[:1]).shape[-1]
+      c = jax.eval_shape(
+        lambda p, x: forward(p, x, None)[0], params, inputs[:1]
+      ).shape[-1]
       check_label_values(labels, c)
       if not bool(jnp.any(labeled)):
-        raise ValueError("labeled (shape [N]) selects no points: fit needs at"
-                         " least one labelled point.")
+        raise ValueError(
+          "labeled (shape [N]) selects no points: fit needs at"
+          " least one labelled point."
+        )
     return jitted(params, inputs, labels, labeled, key=key)
 
   fit.core = core  # the unchecked, jit/vmap friendly function
@@ -222,11 +242,15 @@ def check_training_data(inputs, labels, labeled):
   n = inputs.shape[0]
   labels = labels if isinstance(labels, jax.Array) else jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be an integer array of shape [N={n}], got"
-                     f" dtype {labels.dtype}: pass labels.astype(int).")
+    raise ValueError(
+      f"labels must be an integer array of shape [N={n}], got"
+      f" dtype {labels.dtype}: pass labels.astype(int)."
+    )
   if labels.shape != (n,):
-    raise ValueError(f"labels must have shape [N={n}] (one per input), got"
-                     f" {list(labels.shape)}.")
+    raise ValueError(
+      f"labels must have shape [N={n}] (one per input), got"
+      f" {list(labels.shape)}."
+    )
   labeled = _validation.check_mask(labeled, n, name="labeled")
   return inputs, labels, labeled
 
@@ -237,5 +261,7 @@ def check_label_values(labels, num_classes: int, name: str = "labels"):
     return
   lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
   if lo < 0 or hi >= num_classes:
-    raise ValueError(f"{name} must be class indices in [0, C={num_classes}),"
-                     f" got values in [{lo}, {hi}].")
+    raise ValueError(
+      f"{name} must be class indices in [0, C={num_classes}),"
+      f" got values in [{lo}, {hi}]."
+    )
