@@ -18,11 +18,11 @@ Every name here is also importable from its family package:
 experiment.
 """
 
+from alfx._core.checking import checked
 from alfx._core.selection import Selection
 from alfx._core.selection import top_b
 from alfx._core.sharding import shard_pool
 from alfx._core.sharding import ShardedPool
-from alfx._core.validation import checked
 from alfx.bait_family import bait
 from alfx.bait_family import DENSE_MAX_DIM
 from alfx.bait_family import fisher_factors

@@ -27,7 +27,7 @@ from alfx.bait_family import _bait
 from alfx.bald_family import _batchbald as _bald
 from alfx.bald_family import _epig
 from alfx.bald_family import _kbald
-from alfx.baselines import _diversity
+import alfx.baselines as _baselines
 from alfx.baselines import _uncertainty
 from alfx.information import _kernels as _information
 
@@ -221,7 +221,7 @@ def _stochastic(score, mode):
 def _badge():
 
   def strategy(context, batch_size, *, key, mask):
-    return _diversity.badge(
+    return _baselines.badge(
       context.embeddings, context.probs, batch_size, key=key, mask=mask
     )
 
@@ -232,7 +232,7 @@ def _coreset():
 
   def strategy(context, batch_size, *, key, mask):
     del key
-    return _diversity.coreset(
+    return _baselines.coreset(
       context.embeddings, batch_size, labeled=context.labeled, mask=mask
     )
 
@@ -242,7 +242,7 @@ def _coreset():
 def _typiclust(max_clusters=500, k_nn=20, min_cluster_size=5):
 
   def strategy(context, batch_size, *, key, mask):
-    return _diversity.typiclust(
+    return _baselines.typiclust(
       context.embeddings,
       batch_size,
       key=key,
