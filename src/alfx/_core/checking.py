@@ -15,6 +15,7 @@ import contextlib
 import threading
 
 import jax
+import jax.core
 from jax.experimental import checkify
 import jax.numpy as jnp
 import numpy as np

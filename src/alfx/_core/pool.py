@@ -18,6 +18,7 @@ Pool arrays under ``shard_map`` are split in equal contiguous blocks: device
 
 from collections.abc import Callable
 import math
+from typing import Any
 
 import jax
 from jax import lax
@@ -285,9 +286,7 @@ def _chunk_starts(n: int, chunk_size: int) -> tuple[int, int]:
   return chunk, -(-n // chunk)
 
 
-def chunked_map(
-  fn: Callable[..., jax.Array], *arrays: jax.Array, chunk_size: int
-):
+def chunked_map(fn: Callable[..., Any], *arrays: jax.Array, chunk_size: int):
   """Applies ``fn`` to consecutive ``chunk_size`` rows of the pool arrays.
 
   Peak memory of ``fn``'s intermediates is bounded by ``chunk_size`` rows,

@@ -190,7 +190,8 @@ def random_batch(pool, batch_size, *, key, mask=None):
 
 def _pool_ones(pool):
   """``bool[N]`` True, sharded like axis 0 of ``pool``."""
-  mesh, axis = _sharding.pool_axis(pool)
+  # random_batch calls this only when pool_axis(pool) is not None.
+  mesh, axis = _sharding.pool_axis(pool)  # pyright: ignore[reportGeneralTypeIssues]
   return jax.device_put(
     jnp.ones((pool.shape[0],), bool),
     jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis)),

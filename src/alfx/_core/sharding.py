@@ -29,6 +29,7 @@ from typing import Any
 from typing import NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
@@ -136,7 +137,7 @@ def _sharding_of(x):
   if isinstance(x, jax.core.Tracer):
     try:
       return jax.typeof(x).sharding
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # any failure: no sharding is visible
       return None
   return getattr(x, "sharding", None)
 
@@ -253,7 +254,9 @@ def _nan_guard(selection, args, pool, axis_name):
   bad_replicated = jnp.zeros((), bool)
   for a, p in zip(args, pool):
     for leaf in jax.tree.leaves(a):
-      if not jnp.issubdtype(getattr(leaf, "dtype", None), jnp.floating):
+      dtype = getattr(leaf, "dtype", None)
+      # A leaf without a dtype (None) is not floating: skipped.
+      if not jnp.issubdtype(dtype, jnp.floating):  # pyright: ignore[reportArgumentType]
         continue
       isnan = jnp.any(jnp.isnan(leaf))
       if p:
@@ -359,7 +362,9 @@ def pool_core(
         return jitted(*arrays, axis_name=axis_name, **statics)
       return _dispatch(jitted, arrays, is_pool, out_specs, statics)
 
-    call.core = fn
+    # The undecorated core, for other cores (pyright cannot see the
+    # attribute functools.wraps' wrapper gains here).
+    call.core = fn  # pyright: ignore[reportAttributeAccessIssue]
     return call
 
   return decorate

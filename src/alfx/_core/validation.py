@@ -455,17 +455,16 @@ def check_scalar(
       f"{name} must be a real number, got {type(value).__name__} {value!r}."
     )
   if hasattr(value, "dtype"):
+    # An array scalar (hasattr does not narrow the int | float annotation).
+    dtype = value.dtype  # pyright: ignore[reportAttributeAccessIssue]
     if np.ndim(value) != 0:
       raise ValueError(
         f"{name} must be a scalar (shape []), got shape {_shape_str(value)}."
       )
     if not (
-      jnp.issubdtype(value.dtype, jnp.floating)
-      or jnp.issubdtype(value.dtype, jnp.integer)
+      jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
     ):
-      raise ValueError(
-        f"{name} must be a real number, got dtype {value.dtype}."
-      )
+      raise ValueError(f"{name} must be a real number, got dtype {dtype}.")
   if static and not is_concrete(value):
     raise ValueError(
       f"{name} must be a static Python number, not a traced value."

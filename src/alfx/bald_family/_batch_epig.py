@@ -256,7 +256,10 @@ def _batch_epig(
     picked = picked.at[t].set(lp)
     if sampled:
       table = table + _bald.draw_labels(
-        jax.random.fold_in(label_key, t), lp, strata
+        # label_key is a key whenever sampled is True.
+        jax.random.fold_in(label_key, t),  # pyright: ignore[reportArgumentType]
+        lp,
+        strata,
       )
     return (available, picked, table), (index, score, valid)
 

@@ -361,7 +361,11 @@ def _typiclust_select(
     if max_candidates is not None:
       m = count(members).astype(x.dtype)
       u = _pool.uniform(
-        jax.random.fold_in(key, t), members.shape, x.dtype, axis_name=axis_name
+        # key is a key whenever max_candidates is set (the caller checks).
+        jax.random.fold_in(key, t),  # pyright: ignore[reportArgumentType]
+        members.shape,
+        x.dtype,
+        axis_name=axis_name,
       )
       rows = members & (u * m < max_candidates)
       rows = jnp.where(count(rows) > 0, rows, members)

@@ -101,7 +101,7 @@ def _check_enumerable(
   max_configurations = _validation.check_positive_int(
     max_configurations, "max_configurations"
   )
-  entries = c**b if entries is None else entries
+  entries = int(c**b) if entries is None else entries
   if entries > max_configurations:
     raise ValueError(
       f"{name}: enumerating {entries} label configurations (C={c} classes,"
