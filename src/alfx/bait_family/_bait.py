@@ -40,8 +40,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from alfx._core import pool as _pool
+from alfx._core import selection as _selection
 from alfx._core import sharding as _sharding
 from alfx._core import validation as _validation
 from alfx.bait_family import _basis
@@ -55,22 +57,22 @@ from alfx.bait_family import _structured
 
 
 def bait(
-  embeddings,
-  probs,
-  batch_size,
+  embeddings: ArrayLike,
+  probs: ArrayLike,
+  batch_size: int,
   *,
-  labeled=None,
-  mask=None,
-  fisher="full",
-  top_c=2,
-  lam=1.0,
-  oversample=2,
-  pool_fisher=None,
-  method="auto",
-  chunk_size=None,
-  labeled_capacity=None,
-  in_pool=None,
-):
+  labeled: ArrayLike | None = None,
+  mask: ArrayLike | None = None,
+  fisher: str = "full",
+  top_c: int = 2,
+  lam: ArrayLike = 1.0,
+  oversample: int = 2,
+  pool_fisher: _pool_fisher.PoolFisher | None = None,
+  method: str = "auto",
+  chunk_size: int | None = None,
+  labeled_capacity: int | None = None,
+  in_pool: ArrayLike | None = None,
+) -> _selection.Selection:
   """BAIT batch selection: greedy forward-backward Fisher trace minimisation.
 
   Picks ``oversample * B`` points greedily, each minimising
@@ -162,6 +164,16 @@ def bait(
       and problems the dtype cannot resolve (see Numerics). A warning says
       when the embeddings' common offset leaves the dtype fewer than ~3
       digits of their spread.
+
+  Example:
+    >>> h = jax.random.normal(jax.random.key(0), (8, 3))
+    >>> p = jax.nn.softmax(jax.random.normal(jax.random.key(1), (8, 4)))
+    >>> sel = alfx.bait(h, p, 2)
+    >>> sel.indices.tolist(), bool(sel.valid.all())
+    ([3, 0], True)
+    >>> labeled = jnp.arange(8) < 2  # rows 0 and 1 are labelled
+    >>> alfx.bait(h, p, 2, labeled=labeled, fisher="diagonal").indices.tolist()
+    [3, 6]
   """
   embeddings, probs = _checks.check_inputs(embeddings, probs)
   _checks.check_range(embeddings)
@@ -180,17 +192,20 @@ def bait(
   mask = mask & ~labeled
   top_c = _checks.check_fisher(fisher, top_c, c)
   oversample = _validation.check_positive_int(oversample, "oversample")
-  chunk_size = _validation.check_chunk_size(chunk_size, None)
-  lam = _checks.check_lam(lam)
+  # None: the chunk default, resolved where the pool's row size is known.
+  chunk_size = _validation.check_chunk_size(chunk_size, None)  # pyright: ignore[reportArgumentType]
+  lam = _checks.check_lam(lam)  # pyright: ignore[reportAssignmentType]
   h = embeddings
   rotated = False
+  # ``stats``: the PoolFisher in use, given or computed here.
   if pool_fisher is not None:
     _pool_fisher.check_pool_fisher(
       pool_fisher, fisher, top_c, method, n, c, embeddings.shape[1]
     )
+    stats = pool_fisher
   else:  # its own jit: one compile of _bait serves both cases
     rotated = method != "diagonal"
-    pool_fisher = _pool_fisher.pool_fisher_core(
+    stats = _pool_fisher.pool_fisher_core(
       embeddings,
       probs,
       in_pool,
@@ -201,22 +216,22 @@ def bait(
       with_rotated=rotated,
     )
     if rotated:  # the embeddings in F's basis: _bait need not rotate them
-      pool_fisher, h = pool_fisher
+      stats, h = stats  # pyright: ignore[reportGeneralTypeIssues] (a pair)
     # Inside a caller's jit, XLA would otherwise fuse F's computation into
     # its consumers (measured 1.3-1.5x slower at the CIFAR-10 shape).
-    pool_fisher, h = jax.lax.optimization_barrier((pool_fisher, h))
+    stats, h = jax.lax.optimization_barrier((stats, h))
   capacity = None
   if method == "structured":
     capacity = _checks.check_capacity(labeled_capacity, labeled, n)
-  quad = pool_fisher.quad  # per point: split with the pool
-  pool_fisher = dataclasses.replace(pool_fisher, quad=None)
+  quad = stats.quad  # per point: split with the pool
+  stats = dataclasses.replace(stats, quad=None)
   sel = _bait(
     h,
     probs,
     labeled,
     mask,
     lam,
-    pool_fisher,
+    stats,
     in_pool,
     quad,
     batch_size=batch_size,
@@ -229,12 +244,12 @@ def bait(
     rotated=rotated,
   )
   if _validation.is_concrete(
-    embeddings, probs, labeled, mask, lam, pool_fisher, in_pool, quad
+    embeddings, probs, labeled, mask, lam, stats, in_pool, quad
   ):
     _checks.check_resolved(
       sel, _factors.float_dtype(embeddings, probs), lam, method
     )
-  return sel
+  return sel  # pyright: ignore[reportReturnType] (with_state=False)
 
 
 @_sharding.pool_core(

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from alfx.bait_family import _checks
 
@@ -27,13 +28,27 @@ class FisherFactors(NamedTuple):
   Attributes:
     class_factors: ``float[N, C_f, r]``, ``A_n``.
     embeddings: ``float[N, D]``, ``h_n``.
+
+  Example:
+    >>> probs = jnp.array([[0.7, 0.2, 0.1]])
+    >>> f = alfx.fisher_factors(jnp.ones((1, 4)), probs, fisher="binary")
+    >>> f.class_factors.shape, f.embeddings.shape
+    ((1, 1, 1), (1, 4))
+    >>> round(float(f.class_factors[0, 0, 0] ** 2), 3)  # p_max (1 - p_max)
+    0.21
   """
 
   class_factors: jax.Array
   embeddings: jax.Array
 
 
-def fisher_factors(embeddings, probs, *, fisher="full", top_c=2):
+def fisher_factors(
+  embeddings: ArrayLike,
+  probs: ArrayLike,
+  *,
+  fisher: str = "full",
+  top_c: int = 2,
+) -> FisherFactors:
   """The per-example last-layer Fisher information of a softmax classifier.
 
   For a last layer ``logits = W h`` with softmax outputs ``p``, the Fisher of

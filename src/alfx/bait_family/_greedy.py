@@ -48,12 +48,13 @@ def _outer_sum(x, y):
   )
 
 
-def _contract_factors(a, proj):
+def _contract_factors(a, proj) -> jax.Array:
   """``A_n^T proj_n``: ``a [N, C_f, r]``, ``proj [N, C_f, q]`` -> ``[N, r,
   q]``."""
   if a.shape[-1] > _UNROLL_MAX_RANK:
     return jnp.einsum("nar,naq->nrq", a, proj)
-  return sum(a[:, k, :, None] * proj[:, k, None, :] for k in range(a.shape[1]))
+  # A sum of arrays (pyright takes the builtin sum for an int).
+  return sum(a[:, k, :, None] * proj[:, k, None, :] for k in range(a.shape[1]))  # pyright: ignore[reportReturnType]
 
 
 def trace_solve(u, w, sign):

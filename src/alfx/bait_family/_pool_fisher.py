@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
 
 from alfx._core import pool as _pool
 from alfx._core import sharding as _sharding
@@ -58,6 +59,12 @@ class PoolFisher:
       over the ``C_f = C - 1`` class directions orthogonal to ``1_C`` (the
       Fisher's null space): a well-conditioned basis in which ``tr(M^-1 F)``
       is unchanged.
+
+  Example:
+    >>> h = jnp.ones((4, 3))
+    >>> f = alfx.pool_fisher(h, jnp.full((4, 2), 0.5), fisher="diagonal")
+    >>> f.fisher, f.method, f.blocks.shape, f.center
+    ('diagonal', 'diagonal', (2, 3), None)
   """
 
   fisher: str
@@ -69,15 +76,15 @@ class PoolFisher:
 
 
 def pool_fisher(
-  embeddings,
-  probs,
+  embeddings: ArrayLike,
+  probs: ArrayLike,
   *,
-  fisher="full",
-  top_c=2,
-  method="auto",
-  chunk_size=None,
-  in_pool=None,
-):
+  fisher: str = "full",
+  top_c: int = 2,
+  method: str = "auto",
+  chunk_size: int | None = None,
+  in_pool: ArrayLike | None = None,
+) -> PoolFisher:
   """The pool's Fisher information ``F = mean_n I(x_n)``, for `bait`.
 
   Everything in BAIT that does not depend on the labelled set or the picks.
@@ -106,6 +113,15 @@ def pool_fisher(
     its rows, one all-reduce of the result, replicated; structured topc's
     per-point ``quad`` stays split like the pool (its ``N^2`` sum passes the
     shards' blocks round a ring of the devices).
+
+  Example:
+    >>> h = jax.random.normal(jax.random.key(0), (8, 3))
+    >>> p = jax.nn.softmax(jax.random.normal(jax.random.key(1), (8, 4)))
+    >>> f = alfx.pool_fisher(h, p)  # C_f = C - 1 = 3: 6 blocks of D x D
+    >>> f.method, f.blocks.shape
+    ('dense', (6, 3, 3))
+    >>> alfx.bait(h, p, 2, pool_fisher=f).indices.tolist()
+    [3, 0]
   """
   embeddings, probs = _checks.check_inputs(embeddings, probs)
   _checks.check_range(embeddings)
@@ -113,7 +129,8 @@ def pool_fisher(
   method = _checks.resolve_method(
     method, fisher, probs.shape[1], embeddings.shape[1]
   )
-  chunk_size = _validation.check_chunk_size(chunk_size, None)
+  # None: the chunk default, resolved where the pool's row size is known.
+  chunk_size = _validation.check_chunk_size(chunk_size, None)  # pyright: ignore[reportArgumentType]
   in_pool = _checks.check_in_pool(in_pool, probs.shape[0])
   return pool_fisher_core(
     embeddings,
@@ -123,13 +140,19 @@ def pool_fisher(
     top_c=top_c,
     method=method,
     chunk_size=chunk_size,
-  )
+  )  # pyright: ignore[reportReturnType] (with_rotated=False: a PoolFisher)
 
 
 def _pool_fisher_specs(axis, static):
   """``out_specs`` of a sharded `pool_fisher_core`: ``quad`` stays split."""
+  # A PoolFisher of PartitionSpecs: the out_specs pytree mirrors the output.
   stats = PoolFisher(
-    static["kind"], static["top_c"], static["method"], P(), P(axis), P()
+    static["kind"],
+    static["top_c"],
+    static["method"],
+    P(),  # pyright: ignore[reportArgumentType]
+    P(axis),  # pyright: ignore[reportArgumentType]
+    P(),  # pyright: ignore[reportArgumentType]
   )
   return (stats, P(axis)) if static.get("with_rotated") else stats
 

@@ -85,7 +85,7 @@ def structured_setup(
     def kinv_h(x):  # K_a^-1 x for every class: [..., C, D]
       return jnp.broadcast_to((x / lam)[..., None, :], x.shape[:-1] + (c, dim))
 
-    def kinv_dense(v):
+    def kinv_dense(v):  # pyright: ignore[reportRedeclaration] (one per branch)
       return v / lam
   else:
     k_blocks = _blocks.weighted_gram(hl, dbl * (ok / denom)[:, None])
