@@ -11,6 +11,7 @@ noise.
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
@@ -26,8 +27,14 @@ STOCHASTIC_MODES = ("power", "softmax", "softrank")
 
 
 def stochastic_batch(
-  utilities, batch_size, *, key, mode="power", beta=1.0, mask=None
-):
+  utilities: ArrayLike,
+  batch_size: int,
+  *,
+  key: ArrayLike,
+  mode: str = "power",
+  beta: ArrayLike = 1.0,
+  mask: ArrayLike | None = None,
+) -> _selection.Selection:
   """Samples a batch with probabilities from the utilities (Kirsch et al. 2021).
 
   Stochastic batch acquisition replaces top-B by sampling ``B`` selectable
@@ -144,7 +151,13 @@ def _stochastic_batch(
 # Random.
 
 
-def random_batch(pool, batch_size, *, key, mask=None):
+def random_batch(
+  pool: ArrayLike,
+  batch_size: int,
+  *,
+  key: ArrayLike,
+  mask: ArrayLike | None = None,
+) -> _selection.Selection:
   """Uniformly random batch of selectable points, without replacement.
 
   The ``B`` selectable points with the largest i.i.d. uniform keys: every
@@ -168,13 +181,14 @@ def random_batch(pool, batch_size, *, key, mask=None):
     >>> sel.indices.shape
     (3,)
   """
-  if not hasattr(pool, "shape") or len(pool.shape) == 0:
+  shape = getattr(pool, "shape", ())  # () also for non-arrays: refused
+  if len(shape) == 0:
     raise ValueError(
       "pool must be an array whose axis 0 is the pool, [N,"
       " ...] (log_probs, embeddings or a mask), got"
       f" {type(pool).__name__}."
     )
-  n = pool.shape[0]
+  n = shape[0]
   if mask is None:
     # Carries the pool's sharding, so a sharded pool draws sharded.
     mask = (

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from alfx._core import pool as _pool
 from alfx._core import sharding as _sharding
@@ -34,7 +35,9 @@ class Selection(NamedTuple):
   valid: jax.Array
 
 
-def top_b(utilities, batch_size, *, mask=None):
+def top_b(
+  utilities: ArrayLike, batch_size: int, *, mask: ArrayLike | None = None
+) -> Selection:
   """Selects the ``batch_size`` selectable points with the highest utility.
 
   The shared helper behind top-k BALD and every uncertainty score. Ties are

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
 
 
 class ShardedPool(NamedTuple):
@@ -68,7 +69,11 @@ def _pad_rows(x: jax.Array, pad: int) -> jax.Array:
   return jnp.concatenate([x, jnp.broadcast_to(last, (pad,) + x.shape[1:])])
 
 
-def shard_pool(*arrays, mesh=None, axis_name: str = "pool") -> ShardedPool:
+def shard_pool(
+  *arrays: ArrayLike,
+  mesh: jax.sharding.Mesh | None = None,
+  axis_name: str = "pool",
+) -> ShardedPool:
   """Pads the pool axis to a multiple of the devices and shards it.
 
   Args:
@@ -97,14 +102,14 @@ def shard_pool(*arrays, mesh=None, axis_name: str = "pool") -> ShardedPool:
   """
   if not arrays:
     raise ValueError("shard_pool needs at least one pool array.")
-  arrays = [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in arrays]
-  for i, x in enumerate(arrays):
+  columns = [x if isinstance(x, jax.Array) else jnp.asarray(x) for x in arrays]
+  for i, x in enumerate(columns):
     if x.ndim == 0:
       raise ValueError(
         f"arrays[{i}] must have a pool axis [N, ...], got a scalar."
       )
-  n = arrays[0].shape[0]
-  for i, x in enumerate(arrays):
+  n = columns[0].shape[0]
+  for i, x in enumerate(columns):
     if x.shape[0] != n:
       raise ValueError(
         f"arrays[{i}] must have the pool size N={n} as axis 0 (that of"
@@ -123,7 +128,7 @@ def shard_pool(*arrays, mesh=None, axis_name: str = "pool") -> ShardedPool:
   n_pad = -(-n // devices) * devices
   sharding = NamedSharding(mesh, P(axis_name))
   placed = tuple(
-    jax.device_put(_pad_rows(x, n_pad - n), sharding) for x in arrays
+    jax.device_put(_pad_rows(x, n_pad - n), sharding) for x in columns
   )
   in_pool = jax.device_put(jnp.arange(n_pad) < n, sharding)
   return ShardedPool(placed, in_pool, n, mesh, axis_name)

@@ -24,6 +24,7 @@ shape.
 """
 
 import math
+from typing import Any
 import warnings
 
 import jax
@@ -428,7 +429,7 @@ def check_scalar(
   positive: bool = False,
   optional: bool = False,
   static: bool = False,
-):
+) -> Any:
   """The one scalar validator: a real number, traced or static.
 
   Args:

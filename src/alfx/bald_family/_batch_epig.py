@@ -12,6 +12,7 @@ May import: `alfx._core`, `alfx.information`, `alfx.bald_family._batchbald`,
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
@@ -64,15 +65,15 @@ def _draw_targets(key, target_log_probs, strata):
 
 
 def batch_epig(
-  log_probs,
-  target_log_probs,
-  batch_size,
+  log_probs: ArrayLike,
+  target_log_probs: ArrayLike,
+  batch_size: int,
   *,
-  key=None,
-  mask=None,
-  num_configurations=DEFAULT_NUM_CONFIGURATIONS,
-  chunk_size=None,
-):
+  key: ArrayLike | None = None,
+  mask: ArrayLike | None = None,
+  num_configurations: int = DEFAULT_NUM_CONFIGURATIONS,
+  chunk_size: int | None = None,
+) -> _selection.Selection:
   r"""BatchEPIG: greedy maximisation of ``mean_m I[Y_S; Y*_m]``.
 
   The batch-aware EPIG (Bickford Smith et al. 2023, arXiv:2304.08151; the

@@ -28,6 +28,7 @@ import math
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
 from alfx._core import pool as _pool
@@ -222,14 +223,14 @@ def draw_labels(key, lp, strata):
 
 
 def batchbald(
-  log_probs,
-  batch_size,
+  log_probs: ArrayLike,
+  batch_size: int,
   *,
-  key=None,
-  mask=None,
+  key: ArrayLike | None = None,
+  mask: ArrayLike | None = None,
   num_configurations: int = DEFAULT_NUM_CONFIGURATIONS,
   chunk_size: int | None = None,
-):
+) -> _selection.Selection:
   r"""BatchBALD: greedy maximisation of ``I[Y_1..Y_B; Omega]``.
 
   Kirsch, van Amersfoort and Gal, "BatchBALD: Efficient and Diverse Batch

@@ -32,6 +32,7 @@ May import: `alfx._core`, `alfx.bald_family._batchbald`,
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from alfx._core import pool as _pool
 from alfx._core import sampling as _sampling
@@ -51,7 +52,12 @@ DEFAULT_NUM_TARGETS = 100
 # EPIG.
 
 
-def epig(log_probs, target_log_probs, *, chunk_size=None):
+def epig(
+  log_probs: ArrayLike,
+  target_log_probs: ArrayLike,
+  *,
+  chunk_size: int | None = None,
+) -> jax.Array:
   r"""Expected predictive information gain of each pool point.
 
   Bickford Smith, Kirsch, Farquhar, Gal, Foster and Rainforth, "Prediction-
@@ -126,7 +132,13 @@ def _epig(log_probs, target_log_probs, chunk_size, axis_name=None):
 # Target inputs from the pool, and the registry strategies.
 
 
-def pool_targets(log_probs, num_targets, *, key, mask=None):
+def pool_targets(
+  log_probs: ArrayLike,
+  num_targets: int,
+  *,
+  key: ArrayLike,
+  mask: ArrayLike | None = None,
+) -> jax.Array:
   """``target_log_probs[M, K, C]``: rows of the pool drawn as target inputs.
 
   EPIG needs a sample of the target input distribution; without one, the

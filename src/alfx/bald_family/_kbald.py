@@ -44,6 +44,7 @@ import math
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
 from alfx._core import pool as _pool
@@ -86,7 +87,14 @@ def _kbald_leading(state, marginal, cond):
   return lambda t: -cond + state.coefficients[t][0] * marginal
 
 
-def kbald(log_probs, batch_size, *, order=2, mask=None, chunk_size=None):
+def kbald(
+  log_probs: ArrayLike,
+  batch_size: int,
+  *,
+  order: int = 2,
+  mask: ArrayLike | None = None,
+  chunk_size: int | None = None,
+) -> _selection.Selection:
   r"""Greedy k-BALD: BatchBALD's inclusion-exclusion truncated at ``order``.
 
   Kirsch (2023), sec. 2. The gain of adding ``n`` to the picked set ``S`` is
@@ -165,7 +173,9 @@ def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
 # Top-k BALD: k-BALD of order 1.
 
 
-def topk_bald(log_probs, batch_size, *, mask=None):
+def topk_bald(
+  log_probs: ArrayLike, batch_size: int, *, mask: ArrayLike | None = None
+) -> _selection.Selection:
   """Top-B BALD (1-BALD): the ``batch_size`` points of highest BALD score.
 
   ``BALD(n) = H[Y_n] - E_k H[Y_n | omega_k]`` (Houlsby et al. 2011), each
@@ -199,8 +209,13 @@ def _triple_information(picked, lp, t, batch_size):
 
 
 def kbald_dynamic(
-  log_probs, batch_size, *, tolerance, mask=None, chunk_size=None
-):
+  log_probs: ArrayLike,
+  batch_size: int,
+  *,
+  tolerance: float,
+  mask: ArrayLike | None = None,
+  chunk_size: int | None = None,
+) -> _selection.Selection:
   r"""2-BALD with a dynamic batch size: stop when 3-BALD disagrees.
 
   Kirsch (2023), "Dynamic Acquisition Batch Sizes". Points are picked greedily by
@@ -306,8 +321,14 @@ def _kbald_dynamic(
 
 
 def conservative_bald(
-  log_probs, batch_size, *, threshold, budget=None, mask=None, chunk_size=None
-):
+  log_probs: ArrayLike,
+  batch_size: int,
+  *,
+  threshold: float,
+  budget: float | None = None,
+  mask: ArrayLike | None = None,
+  chunk_size: int | None = None,
+) -> _selection.Selection:
   r"""Conservative BALD: top BALD picks, excluding points that overlap a pick.
 
   Kirsch (2023), "Future Work". Repeatedly picks the remaining candidate of

@@ -11,7 +11,10 @@ May import: `alfx._core`, `alfx.information`, `alfx.bald_family._batchbald`,
 
 import math
 
+from jax.typing import ArrayLike
+
 from alfx._core import pool as _pool
+from alfx._core import selection as _selection
 from alfx._core import sharding as _sharding
 from alfx._core import validation as _validation
 from alfx.bald_family import _batchbald as _bald
@@ -67,14 +70,14 @@ class _KEpigIncrements(_increments.SubsetIncrements):
 
 
 def kepig(
-  log_probs,
-  target_log_probs,
-  batch_size,
+  log_probs: ArrayLike,
+  target_log_probs: ArrayLike,
+  batch_size: int,
   *,
-  order=2,
-  mask=None,
-  chunk_size=None,
-):
+  order: int = 2,
+  mask: ArrayLike | None = None,
+  chunk_size: int | None = None,
+) -> _selection.Selection:
   r"""Greedy k-EPIG: BatchEPIG's inclusion-exclusion truncated at ``order``.
 
   The k-BALD idea (Kirsch 2023, "Speeding Up BatchBALD: A k-BALD Family of

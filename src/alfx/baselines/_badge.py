@@ -6,6 +6,7 @@ May import: `alfx._core`, `alfx.baselines._distances`.
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
@@ -18,7 +19,14 @@ from alfx.baselines._distances import sq_norms
 from alfx.baselines._distances import SQUARE_HEADROOM
 
 
-def badge(embeddings, probs, batch_size, *, key, mask=None):
+def badge(
+  embeddings: ArrayLike,
+  probs: ArrayLike,
+  batch_size: int,
+  *,
+  key: ArrayLike,
+  mask: ArrayLike | None = None,
+) -> _selection.Selection:
   """BADGE: k-means++ seeding on gradient embeddings (Ash et al. 2020).
 
   The gradient embedding of pool point ``n`` is the gradient of the

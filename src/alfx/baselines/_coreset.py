@@ -5,6 +5,7 @@ May import: `alfx._core`, `alfx.baselines._distances`.
 
 from jax import lax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from alfx._core import pool as _pool
 from alfx._core import selection as _selection
@@ -55,14 +56,14 @@ def _min_sq_dist_to_set(
 
 
 def coreset(
-  embeddings,
-  batch_size,
+  embeddings: ArrayLike,
+  batch_size: int,
   *,
-  labeled=None,
-  mask=None,
-  chunk_size=None,
-  block_size=DEFAULT_BLOCK_SIZE,
-):
+  labeled: ArrayLike | None = None,
+  mask: ArrayLike | None = None,
+  chunk_size: int | None = None,
+  block_size: int = DEFAULT_BLOCK_SIZE,
+) -> _selection.Selection:
   """CoreSet: greedy k-center selection (Sener and Savarese 2018).
 
   Each step picks the selectable point farthest from its nearest centre,

@@ -12,6 +12,7 @@ May import: `alfx._core`, `alfx.baselines._distances`,
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
 from alfx._core import pool as _pool
@@ -104,21 +105,21 @@ def _most_typical(
 
 
 def typiclust(
-  embeddings,
-  batch_size,
+  embeddings: ArrayLike,
+  batch_size: int,
   *,
-  key,
-  labeled=None,
-  mask=None,
-  max_clusters=500,
-  k_nn=20,
-  min_cluster_size=5,
-  max_iterations=100,
-  tol=1e-4,
-  max_candidates=None,
-  chunk_size=None,
-  block_size=DEFAULT_BLOCK_SIZE,
-):
+  key: ArrayLike,
+  labeled: ArrayLike | None = None,
+  mask: ArrayLike | None = None,
+  max_clusters: int = 500,
+  k_nn: int = 20,
+  min_cluster_size: int = 5,
+  max_iterations: int = 100,
+  tol: float = 1e-4,
+  max_candidates: int | None = None,
+  chunk_size: int | None = None,
+  block_size: int = DEFAULT_BLOCK_SIZE,
+) -> _selection.Selection:
   """TypiClust: the most typical point of the largest uncovered clusters.
 
   Hacohen et al. 2022 (TPC_RP), following the reference implementation

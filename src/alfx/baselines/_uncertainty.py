@@ -17,6 +17,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from alfx._core import validation as _validation
 from alfx.information._kernels import plogp_from_log
@@ -53,7 +54,7 @@ def _mean_probs(log_probs: jax.Array) -> jax.Array:
 # Scores.
 
 
-def predictive_entropy(log_probs) -> jax.Array:
+def predictive_entropy(log_probs: ArrayLike) -> jax.Array:
   """Entropy of the mean predictive, ``H[mean_k p_k]`` (max-entropy sampling).
 
   ``H[pbar] = -sum_c pbar_c log pbar_c`` with ``log pbar`` formed by a
@@ -79,7 +80,7 @@ def _predictive_entropy(log_probs):
   return jnp.maximum(-jnp.sum(plogp_from_log(log_mean), axis=-1), 0)
 
 
-def margin(log_probs) -> jax.Array:
+def margin(log_probs: ArrayLike) -> jax.Array:
   """Margin utility ``-(pbar_(1) - pbar_(2))`` of the mean predictive.
 
   ``pbar_(1) >= pbar_(2)`` are the two largest mean class probabilities;
@@ -114,7 +115,7 @@ def _margin(log_probs):
   return p2 - p1
 
 
-def least_confidence(log_probs) -> jax.Array:
+def least_confidence(log_probs: ArrayLike) -> jax.Array:
   """Least-confidence utility ``1 - max_c pbar_c`` of the mean predictive.
 
   Args:
@@ -132,7 +133,7 @@ def _least_confidence(log_probs):
   return 1 - jnp.max(_mean_probs(log_probs), axis=-1)
 
 
-def variation_ratios(log_probs) -> jax.Array:
+def variation_ratios(log_probs: ArrayLike) -> jax.Array:
   """Variation ratio ``1 - f_mode / K`` of the samples' predicted classes.
 
   Each sample votes for its most probable class (``argmax_c p_k``, ties to
@@ -161,7 +162,7 @@ def _variation_ratios(log_probs):
   return jnp.where(jnp.any(jnp.isnan(log_probs), axis=(-2, -1)), jnp.nan, ratio)
 
 
-def mean_std(log_probs) -> jax.Array:
+def mean_std(log_probs: ArrayLike) -> jax.Array:
   """Mean over classes of the standard deviation of ``p_k(c)`` over samples.
 
   ``mean_c sqrt(mean_k (p_kc - pbar_c)**2)`` (Kampffmeyer et al. 2016), the

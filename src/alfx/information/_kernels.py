@@ -14,6 +14,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from alfx._core import validation as _validation
 
@@ -35,7 +36,7 @@ def plogp_from_log(log_p: jax.Array) -> jax.Array:
   return jnp.where(impossible, 0, jnp.exp(safe) * safe)
 
 
-def entropy(log_probs, axis: int = -1) -> jax.Array:
+def entropy(log_probs: ArrayLike, axis: int = -1) -> jax.Array:
   """Shannon entropy ``H = -sum_c p_c log p_c`` of categorical distributions.
 
   Args:
@@ -61,7 +62,7 @@ def _mean_log_probs(log_probs: jax.Array) -> jax.Array:
   return jax.nn.logsumexp(log_probs, axis=-2) - math.log(k)
 
 
-def bald(log_probs) -> jax.Array:
+def bald(log_probs: ArrayLike) -> jax.Array:
   """BALD score: mutual information between a label and the parameters.
 
   ``I[Y; Omega | x] = H[mean_k p_k] - mean_k H[p_k]`` (Houlsby et al. 2011),
@@ -131,7 +132,7 @@ def _log_mean_table(table: jax.Array) -> jax.Array:
 
 
 def joint_entropy(
-  log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
+  log_probs: ArrayLike, *, max_configurations: int = MAX_CONFIGURATIONS
 ) -> jax.Array:
   """Exact joint entropy of ``B`` labels under the ``K``-sample mixture.
 
@@ -163,7 +164,9 @@ def _joint_entropy(log_probs: jax.Array) -> jax.Array:
   return -jnp.sum(plogp_from_log(log_joint))
 
 
-def mutual_information(log_probs_a, log_probs_b) -> jax.Array:
+def mutual_information(
+  log_probs_a: ArrayLike, log_probs_b: ArrayLike
+) -> jax.Array:
   """Pairwise mutual information ``I[Y_i; Y_j]`` between labels of two sets.
 
   Under the mixture, ``p(y_i, y_j) = mean_k p(y_i | omega_k) p(y_j | omega_k)``
@@ -209,7 +212,7 @@ def _mutual_information(
 
 
 def co_information(
-  log_probs, *, max_configurations: int = MAX_CONFIGURATIONS
+  log_probs: ArrayLike, *, max_configurations: int = MAX_CONFIGURATIONS
 ) -> jax.Array:
   """Interaction information (co-information) of ``B`` labels.
 
