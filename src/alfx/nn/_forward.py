@@ -34,7 +34,7 @@ def _flatten_embeddings(h: jax.Array) -> jax.Array:
 
 
 def linen_forward(
-  module,
+  module: Any,
   *,
   head: str | None = None,
   train_kwargs: dict | None = None,
@@ -69,8 +69,18 @@ def linen_forward(
     ``forward(variables, inputs, key) -> (logits, embeddings)``.
 
   Example:
-    >>> forward = alfx.linen_forward(cnn, train_kwargs={"train": True},
-    ...                              eval_kwargs={"train": False})
+    >>> import flax.linen as nn
+    >>> class MLP(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train=False):
+    ...     x = nn.Dropout(0.5, deterministic=not train)(nn.Dense(4)(x))
+    ...     return nn.Dense(3)(x)  # the head: its input is the embedding
+    >>> forward = alfx.linen_forward(MLP(), train_kwargs={"train": True})
+    >>> x = jnp.ones((5, 2))
+    >>> variables = MLP().init(jax.random.key(0), x[:1])
+    >>> logits, embeddings = forward(variables, x, None)
+    >>> logits.shape, embeddings.shape
+    ((5, 3), (5, 4))
   """
   nn = require("flax.linen", "alfx.linen_forward")
   train_kwargs = dict(train_kwargs or {})
@@ -129,7 +139,7 @@ def _is_key(x) -> bool:
   return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def nnx_forward(model, *, head: str | None = None) -> tuple[Forward, Any]:
+def nnx_forward(model: Any, *, head: str | None = None) -> tuple[Forward, Any]:
   """A `Forward` and its params for a Flax NNX model.
 
   The model is split once (``nnx.split(model, nnx.Param, ...)``): ``params``
@@ -153,6 +163,19 @@ def nnx_forward(model, *, head: str | None = None) -> tuple[Forward, Any]:
   Returns:
     ``(forward, params)``. For an ensemble, stack the ``nnx.Param`` states of
     ``K`` independently initialised models (see `init_ensemble`).
+
+  Example:
+    >>> from flax import nnx
+    >>> class MLP(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.body = nnx.Linear(2, 4, rngs=rngs)
+    ...     self.head = nnx.Linear(4, 3, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.head(nnx.relu(self.body(x)))
+    >>> forward, params = alfx.nnx_forward(MLP(nnx.Rngs(0)), head="head")
+    >>> logits, embeddings = forward(params, jnp.ones((5, 2)), None)
+    >>> logits.shape, embeddings.shape
+    ((5, 3), (5, 4))
   """
   nnx = require("flax.nnx", "alfx.nnx_forward")
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -13,10 +13,12 @@ May import: jax, `alfx._core`, `alfx.nn._forward` (the `Forward` type).
 """
 
 import functools
+from typing import Any
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from alfx._core import pool as _pool
 from alfx._core import sharding as _sharding
@@ -35,6 +37,17 @@ class Predictions(NamedTuple):
       dropout off.
     probs: ``float[N, C]`` softmax of that same network, so that ``(embeddings,
       probs)`` describe one last layer (what BAIT's Fisher information needs).
+
+  Example:
+    >>> import flax.linen as nn
+    >>> model = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(3)])
+    >>> forward = alfx.linen_forward(model)
+    >>> x = jnp.ones((5, 2))
+    >>> params = alfx.init_ensemble(lambda k: model.init(k, x[:1]), 2,
+    ...                             key=jax.random.key(0))
+    >>> pred = alfx.ensemble_predictions(forward, params, x)
+    >>> [a.shape for a in pred]  # log_probs, embeddings, probs
+    [(5, 2, 3), (5, 4), (5, 3)]
   """
 
   log_probs: jax.Array
@@ -103,7 +116,11 @@ def _dropout_chunk(forward, params, keys, x):
 
 
 def ensemble_predictions(
-  forward: Forward, params, inputs, *, chunk_size: int | None = None
+  forward: Forward,
+  params: Any,
+  inputs: ArrayLike,
+  *,
+  chunk_size: int | None = None,
 ) -> Predictions:
   """Predictive samples of a deep ensemble over a pool, in chunks.
 
@@ -127,6 +144,19 @@ def ensemble_predictions(
     When ``inputs`` is sharded over the pool axis (`alfx.shard_pool`), each
     device predicts its own rows and the outputs are sharded the same way,
     ready for any acquisition (params are replicated).
+
+  Example:
+    >>> import flax.linen as nn
+    >>> model = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(3)])
+    >>> forward = alfx.linen_forward(model)
+    >>> x = jnp.ones((5, 2))
+    >>> params = alfx.init_ensemble(lambda k: model.init(k, x[:1]), 3,
+    ...                             key=jax.random.key(0))
+    >>> pred = alfx.ensemble_predictions(forward, params, x)
+    >>> pred.log_probs.shape, pred.embeddings.shape, pred.probs.shape
+    ((5, 3, 3), (5, 4), (5, 3))
+    >>> bool(jnp.allclose(jnp.exp(pred.log_probs).sum(-1), 1))
+    True
   """
   inputs = check_inputs(inputs)
   chunk_size = _validation.check_chunk_size(
@@ -153,7 +183,8 @@ def ensemble_predictions_unchecked(forward, params, inputs, chunk_size):
   ``chunk_size``): the loop's round calls it inside its own ``jit``."""
   return Predictions(
     *_pool.chunked_map(
-      lambda x: _ensemble_chunk(forward, params, x),
+      # fn returns a tuple of arrays: _core types it as one array.
+      lambda x: _ensemble_chunk(forward, params, x),  # pyright: ignore[reportArgumentType]
       inputs,
       chunk_size=chunk_size,
     )
@@ -162,10 +193,10 @@ def ensemble_predictions_unchecked(forward, params, inputs, chunk_size):
 
 def mc_dropout_predictions(
   forward: Forward,
-  params,
-  inputs,
+  params: Any,
+  inputs: ArrayLike,
   *,
-  key,
+  key: jax.Array,
   num_samples: int,
   chunk_size: int | None = None,
 ) -> Predictions:
@@ -198,6 +229,21 @@ def mc_dropout_predictions(
     device predicts its own rows and the outputs are sharded the same way;
     the dropout masks are shared by all points, so the predictions equal the
     single-device ones.
+
+  Example:
+    >>> import flax.linen as nn
+    >>> class MLP(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train=False):
+    ...     x = nn.Dropout(0.5, deterministic=not train)(nn.Dense(4)(x))
+    ...     return nn.Dense(3)(x)
+    >>> forward = alfx.linen_forward(MLP(), train_kwargs={"train": True})
+    >>> x = jnp.ones((5, 2))
+    >>> params = MLP().init(jax.random.key(0), x[:1])
+    >>> pred = alfx.mc_dropout_predictions(
+    ...   forward, params, x, key=jax.random.key(1), num_samples=4)
+    >>> pred.log_probs.shape, pred.embeddings.shape
+    ((5, 4, 3), (5, 4))
   """
   inputs = check_inputs(inputs)
   key = _validation.check_key(key)
@@ -242,7 +288,8 @@ def mc_dropout_predictions_unchecked(
   keys = jax.random.split(key, num_samples)
   return Predictions(
     *_pool.chunked_map(
-      lambda x: _dropout_chunk(forward, params, keys, x),
+      # fn returns a tuple of arrays: _core types it as one array.
+      lambda x: _dropout_chunk(forward, params, keys, x),  # pyright: ignore[reportArgumentType]
       inputs,
       chunk_size=chunk_size,
     )

@@ -15,11 +15,13 @@ May import: jax, `alfx._core`, `alfx.nn._require` (optax only through
 
 from collections.abc import Callable
 from typing import Any
+from typing import cast
 from typing import NamedTuple
 from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 if TYPE_CHECKING:
   import optax
@@ -31,15 +33,21 @@ from alfx.nn._require import require
 
 
 class FitResult(NamedTuple):
-  """Trained params and the minibatch loss of every step (``float[steps]``)."""
+  """Trained params and the minibatch loss of every step (``float[steps]``).
+
+  Example:
+    >>> result = alfx.FitResult({"w": jnp.zeros(2)}, jnp.array([0.5, 0.25]))
+    >>> result.params["w"].shape, result.losses.tolist()
+    ((2,), [0.5, 0.25])
+  """
 
   params: Any
   losses: jax.Array
 
 
 def init_ensemble(
-  init_fn: Callable[[jax.Array], Any], num_members: int, *, key
-):
+  init_fn: Callable[[jax.Array], Any], num_members: int, *, key: jax.Array
+) -> Any:
   """Params of ``num_members`` independently initialised models, stacked.
 
   ``jax.vmap(init_fn)`` over ``num_members`` keys split from ``key``: every
@@ -55,15 +63,21 @@ def init_ensemble(
     The stacked params.
 
   Example:
+    >>> import flax.linen as nn
+    >>> mlp, x = nn.Dense(3), jnp.ones((5, 2))
     >>> params = alfx.init_ensemble(lambda k: mlp.init(k, x[:1]), 8,
     ...                             key=jax.random.key(0))
+    >>> params["params"]["kernel"].shape  # [K, 2, 3]
+    (8, 2, 3)
   """
   key = _validation.check_key(key)
   num_members = _validation.check_positive_int(num_members, "num_members")
   return jax.vmap(init_fn)(jax.random.split(key, num_members))
 
 
-def sample_labeled(labeled: jax.Array, batch_size: int, *, key) -> jax.Array:
+def sample_labeled(
+  labeled: ArrayLike, batch_size: int, *, key: jax.Array
+) -> jax.Array:
   """``int32[batch_size]`` indices drawn uniformly, with replacement, among
   the True entries of ``labeled[N]``.
 
@@ -85,10 +99,18 @@ def sample_labeled(labeled: jax.Array, batch_size: int, *, key) -> jax.Array:
     ValueError: ``key`` is None, ``batch_size`` is not a positive int,
       ``labeled`` is not ``bool[N]``, or (on concrete input) it marks no
       point.
+
+  Example:
+    >>> labeled = jnp.array([True, False, True, False, False])
+    >>> alfx.sample_labeled(labeled, 6, key=jax.random.key(0)).tolist()
+    [2, 2, 0, 0, 2, 0]
   """
   key = _validation.check_key(key)
   batch_size = _validation.check_positive_int(batch_size, "batch_size")
-  labeled = labeled if hasattr(labeled, "dtype") else jnp.asarray(labeled)
+  # An array either way (NumPy or JAX): pyright cannot narrow by hasattr.
+  labeled = cast(
+    jax.Array, labeled if hasattr(labeled, "dtype") else jnp.asarray(labeled)
+  )
   if labeled.ndim != 1 or labeled.shape[0] == 0:
     raise ValueError(
       f"labeled must be a boolean array of shape [N] with"
@@ -130,13 +152,29 @@ def cross_entropy_loss(logits, labels, weights):
 
 def make_train_step(
   forward: Forward, optimizer: "optax.GradientTransformation"
-):
+) -> Callable[..., tuple[Any, Any, jax.Array]]:
   """A jitted optax step on one minibatch.
+
+  Args:
+    forward: a `Forward`.
+    optimizer: an optax ``GradientTransformation``.
 
   Returns:
     ``step(params, opt_state, x[b, ...], y int[b], weights[b], *, key)
     -> (params, opt_state, loss)``; ``key`` drives dropout (None: the
     deterministic pass).
+
+  Example:
+    >>> import flax.linen as nn, optax
+    >>> model, x = nn.Dense(3), jnp.ones((5, 2))
+    >>> params = model.init(jax.random.key(0), x[:1])
+    >>> step = alfx.make_train_step(alfx.linen_forward(model), optax.sgd(0.1))
+    >>> opt_state = optax.sgd(0.1).init(params)
+    >>> y, weights = jnp.array([0, 1, 2, 0, 1]), jnp.ones(5)
+    >>> params, opt_state, loss = step(params, opt_state, x, y, weights,
+    ...                                key=None)
+    >>> loss.shape
+    ()
   """
 
   return jax.jit(_train_step(forward, optimizer))
@@ -164,7 +202,7 @@ def make_fit(
   *,
   num_steps: int,
   batch_size: int,
-):
+) -> Callable[..., FitResult]:
   """A jitted trainer: ``num_steps`` optax steps on the labelled points.
 
   Each step draws ``batch_size`` labelled points uniformly with replacement
@@ -191,6 +229,18 @@ def make_fit(
     checks shapes, that labels are in ``[0, C)`` and that at least one point
     is labelled. ``fit.core`` (same signature) is the unchecked function, for
     use inside ``jit``/``vmap``.
+
+  Example:
+    >>> import flax.linen as nn, optax
+    >>> model, x = nn.Dense(3), jnp.ones((5, 2))
+    >>> params = model.init(jax.random.key(0), x[:1])
+    >>> fit = alfx.make_fit(alfx.linen_forward(model), optax.adam(0.05),
+    ...                     num_steps=20, batch_size=4)
+    >>> labels = jnp.array([0, 1, 2, 0, 1])
+    >>> labeled = jnp.array([True, False, True, False, False])
+    >>> result = fit(params, x, labels, labeled, key=jax.random.key(0))
+    >>> result.losses.shape, bool(result.losses[-1] < result.losses[0])
+    ((20,), True)
   """
   num_steps = _validation.check_positive_int(num_steps, "num_steps")
   batch_size = _validation.check_positive_int(batch_size, "batch_size")
@@ -232,7 +282,8 @@ def make_fit(
         )
     return jitted(params, inputs, labels, labeled, key=key)
 
-  fit.core = core  # the unchecked, jit/vmap friendly function
+  # The unchecked, jit/vmap friendly function (an attribute pyright can't see).
+  fit.core = core  # pyright: ignore[reportFunctionMemberAccess]
   return fit
 
 
