@@ -71,6 +71,12 @@ def stochastic_batch(
 
   Cost: ``O(N)`` for the noise and a top-k (``O(N log N)`` sort for
   ``'softrank'``); memory a few ``[N]`` vectors.
+
+  Example:
+    >>> u = jnp.array([0.1, 0.7, 0.3, 0.0])
+    >>> sel = alfx.stochastic_batch(u, 2, key=jax.random.key(0), mode="power")
+    >>> sel.indices.shape, bool(sel.valid.all())
+    ((2,), True)
   """
   utilities = _validation.check_utilities(utilities)
   mask = _validation.check_mask(mask, utilities.shape[0])

@@ -28,6 +28,11 @@ class Selection(NamedTuple):
       ``jit`` with fewer selectable points than ``batch_size`` (which the
       concrete-input checks would have refused), the picks that had no
       selectable point left. ``indices[~valid]`` carry no meaning.
+
+  Example:
+    >>> sel = alfx.top_b(jnp.array([0.1, 0.7, 0.3]), 2)
+    >>> sel.indices.tolist(), sel.valid.tolist()
+    ([1, 2], [True, True])
   """
 
   indices: jax.Array

@@ -48,6 +48,11 @@ class ShardedPool(NamedTuple):
     n: the original pool size ``N``.
     mesh: the `jax.sharding.Mesh`.
     axis_name: the mesh axis that splits the pool.
+
+  Example:
+    >>> pool = alfx.shard_pool(jnp.zeros((3, 4)), jnp.ones(3, bool))
+    >>> pool.n, pool.axis_name, len(pool.arrays)
+    (3, 'pool', 2)
   """
 
   arrays: tuple[jax.Array, ...]
@@ -96,9 +101,14 @@ def shard_pool(
     the pool's Fisher information averages over the original rows only.
 
   Example:
+    >>> log_probs = jnp.log(jnp.full((5, 2, 3), 1 / 3))  # [N=5, K=2, C=3]
     >>> pool = alfx.shard_pool(log_probs)
     >>> (lp,) = pool.arrays
-    >>> alfx.batchbald(lp, 10, mask=pool.in_pool)  # same picks as unsharded
+    >>> pool.n, lp.shape[0] % jax.device_count()
+    (5, 0)
+    >>> sel = alfx.batchbald(lp, 2, mask=pool.in_pool)  # as unsharded
+    >>> sel.indices.tolist()
+    [0, 1]
   """
   if not arrays:
     raise ValueError("shard_pool needs at least one pool array.")

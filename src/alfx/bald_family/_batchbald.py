@@ -291,6 +291,12 @@ def batchbald(
   Raises:
     ValueError: on bad shapes or values, ``num_configurations < K`` when sampling is
       reached, or a missing ``key`` when it is needed.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.8, 0.2]])
+    >>> lp = jnp.log(jnp.stack([p, p[:, ::-1]], axis=1))  # [N=4, K=2, C=2]
+    >>> alfx.batchbald(lp, 2).indices.tolist()
+    [0, 3]
   """
   log_probs = _validation.check_log_probs(log_probs)
   n, k, c = log_probs.shape

@@ -158,6 +158,13 @@ def pool_targets(
 
   Returns:
     ``float[M, K, C]``, replicated. Cost ``O(N + M K C)``.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.8, 0.2]])
+    >>> lp = jnp.log(jnp.stack([p, p[:, ::-1]], axis=1))  # [N=4, K=2, C=2]
+    >>> targets = alfx.pool_targets(lp, 3, key=jax.random.key(0))
+    >>> targets.shape  # [M, K, C]
+    (3, 2, 2)
   """
   log_probs = _validation.check_log_probs(log_probs)
   mask = _validation.check_mask(mask, log_probs.shape[0])

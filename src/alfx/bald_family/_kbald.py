@@ -132,6 +132,12 @@ def kbald(
   Raises:
     ValueError: on bad shapes or values, or tables above
       ``alfx.MAX_CONFIGURATIONS``.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.8, 0.2]])
+    >>> lp = jnp.log(jnp.stack([p, p[:, ::-1]], axis=1))  # [N=4, K=2, C=2]
+    >>> alfx.kbald(lp, 2, order=2).indices.tolist()
+    [0, 3]
   """
   log_probs = _validation.check_log_probs(log_probs)
   n, _, c = log_probs.shape
@@ -191,6 +197,13 @@ def topk_bald(
   Returns:
     `alfx.Selection`; ``scores`` are the BALD scores of the picks, in
     decreasing order. Cost ``O(N K C)``; memory ``O(N)`` beyond the input.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.8, 0.2]])
+    >>> lp = jnp.log(jnp.stack([p, p[:, ::-1]], axis=1))  # [N=4, K=2, C=2]
+    >>> sel = alfx.topk_bald(lp, 2)
+    >>> sel.indices.tolist(), [round(float(s), 3) for s in sel.scores]
+    ([0, 3], [0.368, 0.193])
   """
   return kbald(log_probs, batch_size, order=1, mask=mask)
 
@@ -248,6 +261,13 @@ def kbald_dynamic(
 
   Cost: that of ``kbald(order=2)`` up to the stop, plus
   ``binom(t, 2) C**3 K`` per step for the triples (no pool-size factor).
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.8, 0.2]])
+    >>> lp = jnp.log(jnp.stack([p, p[:, ::-1]], axis=1))  # [N=4, K=2, C=2]
+    >>> sel = alfx.kbald_dynamic(lp, 3, tolerance=0.1)
+    >>> sel.indices[sel.valid].tolist()
+    [0, 3, 1]
   """
   log_probs = _validation.check_log_probs(log_probs)
   n, _, c = log_probs.shape
@@ -359,6 +379,13 @@ def conservative_bald(
   Cost: per pick one pass over the pool, ``2 C**2 K N`` FLOPs (the mutual
   information of every candidate with the pick). Memory beyond the input: one
   copy of the probabilities and ``2 N`` floats of state.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.8, 0.2]])
+    >>> lp = jnp.log(jnp.stack([p, p[:, ::-1]], axis=1))  # [N=4, K=2, C=2]
+    >>> sel = alfx.conservative_bald(lp, 2, threshold=0.5)
+    >>> sel.indices.tolist(), sel.valid.tolist()
+    ([0, 3], [True, True])
   """
   log_probs = _validation.check_log_probs(log_probs)
   n = log_probs.shape[0]

@@ -152,6 +152,12 @@ def kepig(
   Raises:
     ValueError: on bad shapes or values, or increment tables above
       ``alfx.MAX_CONFIGURATIONS`` rows.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.8, 0.2]])
+    >>> lp = jnp.log(jnp.stack([p, p[:, ::-1]], axis=1))  # [N=4, K=2, C=2]
+    >>> alfx.kepig(lp, lp, 2).indices.tolist()
+    [0, 3]
   """
   log_probs = _validation.check_log_probs(log_probs)
   n, _, c = log_probs.shape

@@ -66,6 +66,13 @@ def badge(
 
   Cost: ``B`` passes over ``h`` and ``a`` (``O(B N (D + C))``, memory-bound),
   memory ``O(N (D + C))`` for ``a`` and a few ``[N]`` vectors.
+
+  Example:
+    >>> emb = jnp.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.0, 5.1], [9.0, 0]])
+    >>> probs = jax.nn.softmax(emb, axis=-1)  # [N=5, C=2]
+    >>> sel = alfx.badge(emb, probs, 2, key=jax.random.key(0))
+    >>> sel.indices.shape, bool(sel.valid.all())
+    ((2,), True)
   """
   embeddings = check_embeddings(embeddings)
   n = embeddings.shape[0]

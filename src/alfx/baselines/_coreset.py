@@ -104,6 +104,12 @@ def coreset(
   ``[chunk_size, block_size]`` tiles (``L`` = number of labelled points,
   compute-bound), then ``B`` passes over the embeddings (``O(B N D)``,
   memory-bound). Memory: ``O(N)`` plus one tile; never ``N x N``.
+
+  Example:
+    >>> emb = jnp.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.0, 5.1], [9.0, 0]])
+    >>> labeled = jnp.array([True, False, False, False, False])
+    >>> alfx.coreset(emb, 2, labeled=labeled).indices.tolist()  # far points
+    [4, 3]
   """
   embeddings = check_embeddings(embeddings)
   n = embeddings.shape[0]

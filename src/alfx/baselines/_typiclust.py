@@ -196,6 +196,15 @@ def typiclust(
   are searched, never the whole pool; at CIFAR-10 scale, ``N = 50,000`` and
   ``k = 20``, that is 50 GFLOP, but at ``N = 10^6`` it is 20 TFLOP: use
   ``max_candidates`` there). Memory ``O(N)`` plus tiles.
+
+  Example:
+    >>> x = jnp.concatenate([jnp.zeros((4, 2)), jnp.full((4, 2), 5.0)])
+    >>> x = x + 0.01 * jnp.arange(8.0)[:, None]  # two clusters of 4
+    >>> sel = alfx.typiclust(
+    ...   x, 2, key=jax.random.key(0), max_clusters=2, k_nn=2, min_cluster_size=1
+    ... )
+    >>> sorted(int(i) // 4 for i in sel.indices)  # one pick per cluster
+    [0, 1]
   """
   embeddings = check_embeddings(embeddings)
   n = embeddings.shape[0]

@@ -68,6 +68,12 @@ def predictive_entropy(log_probs: ArrayLike) -> jax.Array:
 
   Returns:
     ``float[N]`` in ``[0, log C]`` nats, higher = more uncertain.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.7, 0.3], [0.3, 0.7], [0.6, 0.4]])
+    >>> lp = jnp.log(p.reshape(2, 2, 2))  # [N=2, K=2, C=2]
+    >>> [round(float(s), 3) for s in alfx.predictive_entropy(lp)]
+    [0.5, 0.688]
   """
   log_probs = _check_scored_log_probs(log_probs, "predictive_entropy", True)
   return _predictive_entropy(log_probs)
@@ -93,6 +99,12 @@ def margin(log_probs: ArrayLike) -> jax.Array:
 
   Returns:
     ``float[N]`` in ``[-1, 0]``, higher = more uncertain.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.7, 0.3], [0.3, 0.7], [0.6, 0.4]])
+    >>> lp = jnp.log(p.reshape(2, 2, 2))  # [N=2, K=2, C=2]
+    >>> [round(float(s), 3) for s in alfx.margin(lp)]
+    [-0.6, -0.1]
   """
   log_probs = _check_scored_log_probs(log_probs, "margin", True)
   if log_probs.shape[-1] < 2:
@@ -123,6 +135,12 @@ def least_confidence(log_probs: ArrayLike) -> jax.Array:
 
   Returns:
     ``float[N]`` in ``[0, 1 - 1/C]``, higher = more uncertain.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.7, 0.3], [0.3, 0.7], [0.6, 0.4]])
+    >>> lp = jnp.log(p.reshape(2, 2, 2))  # [N=2, K=2, C=2]
+    >>> [round(float(s), 3) for s in alfx.least_confidence(lp)]
+    [0.2, 0.45]
   """
   log_probs = _check_scored_log_probs(log_probs, "least_confidence", True)
   return _least_confidence(log_probs)
@@ -146,6 +164,12 @@ def variation_ratios(log_probs: ArrayLike) -> jax.Array:
 
   Returns:
     ``float[N]`` in ``[0, 1 - 1/min(K, C)]``, multiples of ``1/K``.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.7, 0.3], [0.3, 0.7], [0.6, 0.4]])
+    >>> lp = jnp.log(p.reshape(2, 2, 2))  # [N=2, K=2, C=2]
+    >>> [round(float(s), 3) for s in alfx.variation_ratios(lp)]
+    [0.0, 0.5]
   """
   log_probs = _check_scored_log_probs(log_probs, "variation_ratios", False)
   return _variation_ratios(log_probs)
@@ -175,6 +199,12 @@ def mean_std(log_probs: ArrayLike) -> jax.Array:
 
   Returns:
     ``float[N]`` in ``[0, 1/2]``, higher = more disagreement.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.7, 0.3], [0.3, 0.7], [0.6, 0.4]])
+    >>> lp = jnp.log(p.reshape(2, 2, 2))  # [N=2, K=2, C=2]
+    >>> [round(float(s), 3) for s in alfx.mean_std(lp)]
+    [0.1, 0.15]
   """
   log_probs = _check_scored_log_probs(log_probs, "mean_std", False)
   return _mean_std(log_probs)

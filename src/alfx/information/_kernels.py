@@ -77,9 +77,10 @@ def bald(log_probs: ArrayLike) -> jax.Array:
 
   Example:
     >>> import jax.numpy as jnp, alfx
-    >>> lp = jnp.log(jnp.array([[[0.9, 0.1], [0.1, 0.9]]]))  # 2 samples disagree
-    >>> alfx.bald(lp).round(3)
-    Array([0.368], dtype=float32)
+    >>> p = jnp.array([[0.9, 0.1], [0.5, 0.5]])
+    >>> lp = jnp.log(jnp.stack([p, p[:, ::-1]], axis=1))  # [N=2, K=2, C=2]
+    >>> [round(float(s), 3) for s in alfx.bald(lp)]  # the 2 samples disagree
+    [0.368, 0.0]
   """
   log_probs = _validation.check_log_probs(log_probs)
   return _bald(log_probs)
@@ -150,6 +151,12 @@ def joint_entropy(
 
   Returns:
     ``float[]``, in ``[max_i H[Y_i], sum_i H[Y_i]]``.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.8, 0.2]])
+    >>> lp = jnp.log(jnp.stack([p, p[:, ::-1]], axis=1))  # [N=4, K=2, C=2]
+    >>> round(float(alfx.joint_entropy(lp[:2])), 3)  # of the first 2 labels
+    1.373
   """
   log_probs = _validation.check_log_probs(
     log_probs, expected="[B, K, C]", pool=False
@@ -182,6 +189,14 @@ def mutual_information(
   Returns:
     ``float[N, M]``, non-negative. Memory ``N * M * C**2`` floats: call it on
     slices of the pool for large ``N * M``.
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.8, 0.2]])
+    >>> lp = jnp.log(jnp.stack([p, p[:, ::-1]], axis=1))  # [N=4, K=2, C=2]
+    >>> mi = alfx.mutual_information(lp[:2], lp[2:])  # [2, 2]
+    >>> print(np.asarray(mi, float).round(3))
+    [[0.    0.12 ]
+     [0.    0.007]]
   """
   log_probs_a = _validation.check_log_probs(log_probs_a, "log_probs_a")
   log_probs_b = _validation.check_log_probs(
@@ -235,6 +250,12 @@ def co_information(
 
   Returns:
     ``float[]`` (can be negative for ``B >= 3``).
+
+  Example:
+    >>> p = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.8, 0.2]])
+    >>> lp = jnp.log(jnp.stack([p, p[:, ::-1]], axis=1))  # [N=4, K=2, C=2]
+    >>> round(float(alfx.co_information(lp[:2])), 3)  # I[Y_0; Y_1]
+    0.013
   """
   log_probs = _validation.check_log_probs(
     log_probs, expected="[B, K, C]", pool=False
