@@ -15,11 +15,13 @@ prediction cores), `alfx.loop._registry`.
 from collections.abc import Callable
 import functools
 from typing import Any
+from typing import cast
 from typing import NamedTuple
 from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 if TYPE_CHECKING:
   import optax
@@ -42,6 +44,13 @@ class Data(NamedTuple):
       acquired (only labelled points are ever trained on).
     test_inputs: ``float[T, ...]``.
     test_labels: ``int[T]``.
+
+  Example:
+    >>> x, y = jnp.ones((6, 2)), jnp.arange(6) % 3
+    >>> data = alfx.Data(pool_inputs=x, pool_labels=y, test_inputs=x[:2],
+    ...                  test_labels=y[:2])
+    >>> data.pool_inputs.shape, data.test_labels.tolist()
+    ((6, 2), [0, 1])
   """
 
   pool_inputs: jax.Array
@@ -51,7 +60,14 @@ class Data(NamedTuple):
 
 
 class LoopState(NamedTuple):
-  """``labeled``: ``bool[N]``; ``key``: the PRNG key of the next round."""
+  """``labeled``: ``bool[N]``; ``key``: the PRNG key of the next round.
+
+  Example:
+    >>> state = alfx.LoopState(jnp.array([True, False, False]),
+    ...                        jax.random.key(0))
+    >>> int(state.labeled.sum())
+    1
+  """
 
   labeled: jax.Array
   key: jax.Array
@@ -68,6 +84,14 @@ class RoundMetrics(NamedTuple):
     loss: ``float[]`` mean minibatch loss over the last tenth of training
       (mean over ensemble members).
     selection: the batch acquired this round.
+
+  Example:
+    >>> sel = alfx.Selection(jnp.array([2]), jnp.array([0.5]),
+    ...                      jnp.array([True]))
+    >>> metrics = alfx.RoundMetrics(accuracy=jnp.float32(0.75),
+    ...   num_labeled=jnp.int32(4), loss=jnp.float32(0.3), selection=sel)
+    >>> float(metrics.accuracy), metrics.selection.indices.tolist()
+    (0.75, [2])
   """
 
   accuracy: jax.Array
@@ -89,6 +113,13 @@ class Loop(NamedTuple):
       keys); use the halves to time acquisition on its own.
     evaluate: ``(params, state, data) -> accuracy``: train and test only
       (the accuracy after the last acquisition).
+
+  Example:
+    >>> import flax.linen as nn, optax
+    >>> loop = alfx.make_loop(alfx.linen_forward(nn.Dense(3)), optax.sgd(0.1),
+    ...                       "entropy", batch_size=2, num_steps=5)
+    >>> loop._fields
+    ('round', 'train_and_predict', 'acquire', 'evaluate')
   """
 
   round: Callable
@@ -153,6 +184,21 @@ def make_loop(
     A `Loop`. ``jax.vmap`` its functions over a leading axis of ``params``
     and ``state`` (``data`` unbatched) for several seeds in one program, or
     use `vmap_loop`.
+
+  Example:
+    >>> import flax.linen as nn, optax
+    >>> x = jax.random.normal(jax.random.key(0), (12, 2))
+    >>> y = jnp.arange(12) % 3
+    >>> data = alfx.Data(x, y, x, y)
+    >>> model = nn.Dense(3)
+    >>> params = alfx.init_ensemble(lambda k: model.init(k, x[:1]), 2,
+    ...                             key=jax.random.key(1))
+    >>> loop = alfx.make_loop(alfx.linen_forward(model), optax.adam(0.1),
+    ...                       "entropy", batch_size=2, num_steps=5)
+    >>> state = alfx.initial_state(y, 3, key=jax.random.key(2))
+    >>> state, metrics = loop.round(params, state, data)
+    >>> int(metrics.num_labeled), int(state.labeled.sum())
+    (3, 5)
   """
   batch_size = _validation.check_positive_int(batch_size, "batch_size")
   if isinstance(strategy, str):
@@ -262,6 +308,20 @@ def vmap_loop(loop: Loop, *, seeds_per_batch: int | None = None) -> Loop:
 
   Returns:
     A `Loop` whose functions take and return seed-batched values.
+
+  Example:
+    >>> def round_(params, state, data):  # a stand-in: label the first free
+    ...   i = jnp.argmin(state.labeled)
+    ...   sel = alfx.Selection(i[None], jnp.zeros(1), jnp.ones(1, bool))
+    ...   metrics = alfx.RoundMetrics(jnp.float32(1), state.labeled.sum(),
+    ...                               jnp.float32(0), sel)
+    ...   return state._replace(labeled=state.labeled.at[i].set(True)), metrics
+    >>> loop = alfx.Loop(round_, round_, round_, round_)
+    >>> seeds = alfx.LoopState(jnp.eye(2, 3, dtype=bool),  # 2 seeds, N = 3
+    ...                        jax.random.split(jax.random.key(0), 2))
+    >>> state, metrics = alfx.vmap_loop(loop).round(None, seeds, None)
+    >>> metrics.selection.indices.tolist()
+    [[1], [0]]
   """
   if seeds_per_batch is None:
     batch = lambda f, shared: jax.jit(
@@ -303,6 +363,13 @@ class History(NamedTuple):
     indices: ``int32[..., R, B]`` the points acquired each round.
     valid: ``bool[..., R, B]``.
     state: the final `LoopState`.
+
+  Example:
+    >>> history = alfx.History(accuracy=np.array([0.5, 0.75]),
+    ...   num_labeled=np.array([2, 4]), indices=np.array([[3, 1]]),
+    ...   valid=np.array([[True, True]]), state=None)
+    >>> float(history.accuracy[-1]), history.indices.shape  # R = 1, B = 2
+    (0.75, (1, 2))
   """
 
   accuracy: Any
@@ -314,12 +381,12 @@ class History(NamedTuple):
 
 def run_loop(
   loop: Loop,
-  params,
+  params: Any,
   state: LoopState,
   data: Data,
   num_rounds: int,
   *,
-  callback=None,
+  callback: Callable[[int, RoundMetrics], Any] | None = None,
 ) -> History:
   """Runs ``num_rounds`` rounds and a final evaluation, a Python loop over
   compiled rounds (nothing recompiles after the first; the final evaluation
@@ -339,8 +406,22 @@ def run_loop(
 
   Returns:
     A `History` with NumPy arrays.
+
+  Example:
+    >>> def round_(params, state, data):  # a stand-in: label the first free
+    ...   i = jnp.argmin(state.labeled)
+    ...   sel = alfx.Selection(i[None], jnp.zeros(1), jnp.ones(1, bool))
+    ...   metrics = alfx.RoundMetrics(jnp.float32(1), state.labeled.sum(),
+    ...                               jnp.float32(0), sel)
+    ...   return state._replace(labeled=state.labeled.at[i].set(True)), metrics
+    >>> loop = alfx.Loop(round_, None, None, None)
+    >>> state = alfx.LoopState(jnp.array([True, False, False, False]),
+    ...                        jax.random.key(0))
+    >>> history = alfx.run_loop(loop, None, state, None, 2)
+    >>> history.num_labeled.tolist(), history.indices.tolist()
+    ([1, 2, 3], [[1], [2]])
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
 
   num_rounds = int(num_rounds)
   rounds = []
@@ -376,7 +457,11 @@ def run_loop(
 
 
 def initial_state(
-  labels, num_initial: int, *, key, per_class: bool = False
+  labels: ArrayLike,
+  num_initial: int,
+  *,
+  key: jax.Array,
+  per_class: bool = False,
 ) -> LoopState:
   """A random initial labelled set and the key of the first round.
 
@@ -399,11 +484,17 @@ def initial_state(
       honoured.
 
   Example:
-    >>> state = alfx.initial_state(data.pool_labels, 20,
-    ...                            key=jax.random.key(0), per_class=True)
+    >>> labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    >>> state = alfx.initial_state(labels, 3, key=jax.random.key(0),
+    ...                            per_class=True)
+    >>> sorted(labels[state.labeled].tolist())  # one point of each class
+    [0, 1, 2]
   """
   key = _validation.check_key(key)
-  labels = labels if hasattr(labels, "dtype") else jnp.asarray(labels)
+  # An array either way (NumPy or JAX): pyright cannot narrow by hasattr.
+  labels = cast(
+    jax.Array, labels if hasattr(labels, "dtype") else jnp.asarray(labels)
+  )
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(
       f"labels must be integers (class indices), got dtype"

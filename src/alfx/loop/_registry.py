@@ -41,6 +41,16 @@ class StrategyContext(NamedTuple):
       `alfx.ensemble_predictions`).
     probs: ``float[N, C]`` that network's class probabilities.
     labeled: ``bool[N]`` True for points already labelled.
+
+  Example:
+    >>> log_probs = jnp.log(jnp.array([[[0.5, 0.5]], [[0.9, 0.1]]]))
+    >>> context = alfx.StrategyContext(log_probs=log_probs,
+    ...   embeddings=jnp.eye(2), probs=jnp.exp(log_probs[:, 0]),
+    ...   labeled=jnp.zeros(2, bool))
+    >>> strategy = alfx.get_strategy("entropy")
+    >>> sel = strategy(context, 1, key=jax.random.key(0), mask=~context.labeled)
+    >>> sel.indices.tolist()  # the 50/50 point
+    [0]
   """
 
   log_probs: jax.Array
@@ -55,6 +65,18 @@ class Strategy(Protocol):
   ``batch_size`` is static; ``key`` is a PRNG key (deterministic strategies
   ignore it); ``mask`` is the ``bool[N]`` selectable set. Must run under
   ``jit`` and ``vmap``.
+
+  Example:
+    >>> def lowest_index(context, batch_size, *, key, mask):
+    ...   del key
+    ...   return alfx.top_b(-jnp.arange(mask.shape[0]) * 1.0, batch_size,
+    ...                     mask=mask)
+    >>> log_probs = jnp.log(jnp.array([[[0.5, 0.5]], [[0.9, 0.1]]]))
+    >>> context = alfx.StrategyContext(log_probs=log_probs,
+    ...   embeddings=jnp.eye(2), probs=jnp.exp(log_probs[:, 0]),
+    ...   labeled=jnp.zeros(2, bool))
+    >>> lowest_index(context, 1, key=None, mask=jnp.array([False, True]))
+    Selection(indices=Array([1], dtype=int32), ...)
   """
 
   def __call__(
@@ -86,6 +108,20 @@ def register_strategy(
       `Strategy`.
     description: one line for listings (``alfx-experiment --list``).
     overwrite: replace an existing entry instead of raising.
+
+  Example:
+    A factory and its strategy (``alfx.register_strategy("my-random",
+    factory)`` adds it for the whole process); a taken name is refused:
+
+    >>> def factory():
+    ...   def strategy(context, batch_size, *, key, mask):
+    ...     return alfx.random_batch(mask, batch_size, key=key, mask=mask)
+    ...   return strategy
+    >>> alfx.register_strategy("random", factory)
+    Traceback (most recent call last):
+    ...
+    ValueError: a strategy named 'random' is already registered; pass
+    overwrite=True to replace it.
   """
   if not isinstance(name, str) or not name:
     raise ValueError(f"name must be a non-empty string, got {name!r}.")
@@ -99,11 +135,23 @@ def register_strategy(
 
 
 def strategy_names() -> tuple[str, ...]:
-  """The registered names, sorted."""
+  """The registered names, sorted.
+
+  Example:
+    >>> names = alfx.strategy_names()
+    >>> "batchbald" in names, "bait-full" in names
+    (True, True)
+  """
   return tuple(sorted(_FACTORIES))
 
 
 def strategy_descriptions() -> dict[str, str]:
+  """The one-line description of every registered name (`strategy_names`).
+
+  Example:
+    >>> alfx.loop.strategy_descriptions()["bait-full"]
+    'BAIT (Ash et al. 2021), full last-layer Fisher'
+  """
   return {name: _DESCRIPTIONS[name] for name in strategy_names()}
 
 
@@ -123,6 +171,11 @@ def get_strategy(name: str, **options) -> Strategy:
     ValueError: unknown ``name`` (the message lists the valid names) or an
       option the strategy does not accept (the message lists the valid
       options).
+
+  Example:
+    >>> strategy = alfx.get_strategy("batchbald", num_configurations=100)
+    >>> callable(strategy)
+    True
   """
   if name not in _FACTORIES:
     raise ValueError(
