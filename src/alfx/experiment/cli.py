@@ -8,6 +8,7 @@ May import: `alfx` (the public API), the other `alfx.experiment` modules.
 """
 
 import argparse
+from collections.abc import Sequence
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ DEFAULT_STRATEGIES = (
 )
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
     prog="alfx-experiment",
     description="Run a batch active-learning experiment and report it"
@@ -206,11 +207,12 @@ def _check_args(p, args):
     args.hidden = []
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
   p = build_parser()
   args = p.parse_args(argv)
   _check_args(p, args)
-  import alfx  # pylint: disable=g-import-not-at-top
+  import alfx
+  import alfx.loop  # strategy_descriptions is not in the flat API
 
   if args.list:
     for name, text in alfx.loop.strategy_descriptions().items():

@@ -61,7 +61,7 @@ def load_digits_data(repeated: bool = False) -> Dataset:
   standardisation, as Repeated-MNIST adds N(0, 0.1) to normalised MNIST):
   a batch of near-copies teaches little more than one of them.
   """
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits
 
   x, y = load_digits(return_X_y=True)
   rng = np.random.default_rng(DATA_SEED)
@@ -209,7 +209,10 @@ def load_dataset(name: str) -> Dataset:
   )
 
 
-def check_budget(dataset: Dataset, initial: int, rounds: int, batch_size: int):
+def check_budget(
+  dataset: Dataset, initial: int, rounds: int, batch_size: int
+) -> None:
+  """Raises when the pool is smaller than the labelling budget."""
   need = initial + rounds * batch_size
   if need > len(dataset.pool_y):
     raise ValueError(

@@ -3,10 +3,14 @@
 May import: Flax (inside `make_model` only: the package imports without it).
 """
 
+from typing import Any
 
-def make_model(num_classes: int, hidden: tuple[int, ...], dropout: float):
+
+def make_model(
+  num_classes: int, hidden: tuple[int, ...], dropout: float
+) -> Any:
   """A Linen MLP; ``hidden=()`` is a linear model (a last layer only)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
 
   class MLP(nn.Module):
     """Dense-ReLU(-Dropout) blocks and a linear head named ``head``."""

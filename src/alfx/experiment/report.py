@@ -12,11 +12,13 @@
 May import: numpy, matplotlib (inside `plot` only).
 """
 
+from collections.abc import Sequence
 import csv
+from typing import Any
 
 import numpy as np
 
-CSV_COLUMNS = (
+CSV_COLUMNS: tuple[str, ...] = (
   "dataset",
   "strategy",
   "seed",
@@ -28,14 +30,17 @@ CSV_COLUMNS = (
 )
 
 
-def write_csv(rows, path):
+def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
+  """Writes ``rows`` (dicts keyed by `CSV_COLUMNS`) as a CSV to ``path``."""
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
 
 
-def curves(rows):
+def curves(
+  rows: Sequence[dict[str, Any]],
+) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
   """``{(dataset, strategy): (labels[R+1], accuracy[seeds, R+1])}``, in the
   order of the rows."""
   out = {}
@@ -71,8 +76,25 @@ def curves(rows):
   return out
 
 
-def area_under_curve(labels, accuracy):
-  """Mean accuracy over the label range (trapezoid area / label span)."""
+def area_under_curve(
+  labels: np.ndarray, accuracy: np.ndarray
+) -> float | np.ndarray:
+  """Mean accuracy over the label range (trapezoid area / label span).
+
+  Args:
+    labels: ``[R + 1]`` labelled-set sizes, increasing.
+    accuracy: ``[..., R + 1]`` test accuracy at each size.
+
+  Returns:
+    ``[...]`` the area under each curve divided by the label span (the mean
+    accuracy when the span is empty).
+
+  Example:
+    >>> from alfx.experiment.report import area_under_curve
+    >>> acc = np.array([0.5, 0.7, 0.8])
+    >>> round(float(area_under_curve(np.array([10, 20, 30]), acc)), 3)
+    0.675
+  """
   if len(labels) < 2 or labels[-1] == labels[0]:
     return float(np.mean(accuracy))
   area = np.sum(
@@ -81,11 +103,12 @@ def area_under_curve(labels, accuracy):
   return area / (labels[-1] - labels[0])
 
 
-def plot(rows, path, title=""):
-  import matplotlib  # pylint: disable=g-import-not-at-top
+def plot(rows: Sequence[dict[str, Any]], path: str, title: str = "") -> None:
+  """Saves the learning curves of ``rows`` (one panel per dataset) to ``path``."""
+  import matplotlib
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
 
   data = curves(rows)
   datasets = list(dict.fromkeys(d for d, _ in data))
@@ -115,7 +138,10 @@ def plot(rows, path, title=""):
   plt.close(fig)
 
 
-def summary_table(rows, summary) -> str:
+def summary_table(
+  rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]
+) -> str:
+  """The Markdown summary: final accuracy, AULC and timings per strategy."""
   data = curves(rows)
   timing = {(s["dataset"], s["strategy"]): s for s in summary}
   header = (

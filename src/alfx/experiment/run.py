@@ -10,8 +10,11 @@ May import: numpy, `alfx` (the public API), jax and optax (inside
 `alfx.experiment.models`.
 """
 
+import argparse
+from collections.abc import Sequence
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -19,18 +22,18 @@ from alfx.experiment import datasets
 from alfx.experiment import models
 
 
-def strategy_options(name: str, args) -> dict:
+def strategy_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
   """The `alfx.get_strategy` options the flags ``args`` set for ``name``."""
   if name == "batchbald":
     return {"num_configurations": args.num_configurations}
   return {}
 
 
-def progress_bar(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool) -> Any:
   """A tqdm bar when tqdm is installed and wanted, else a no-op stand-in."""
   if enabled:
     try:
-      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      from tqdm.auto import tqdm
 
       return tqdm(
         total=total, unit="round", file=sys.stderr, dynamic_ncols=True
@@ -51,13 +54,18 @@ def progress_bar(total: int, enabled: bool):
   return _Quiet()
 
 
-def run_dataset(dataset: datasets.Dataset, strategies, args, progress):
+def run_dataset(
+  dataset: datasets.Dataset,
+  strategies: Sequence[str],
+  args: argparse.Namespace,
+  progress: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
   """Runs every strategy on one dataset, all seeds vmapped; returns rows."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import optax
 
-  import alfx  # pylint: disable=g-import-not-at-top
+  import alfx
 
   datasets.check_budget(dataset, args.initial, args.rounds, args.batch_size)
   mc = args.mc_dropout
