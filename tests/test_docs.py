@@ -23,6 +23,9 @@ def _missing(*modules):
   return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
+# Slow: .ci/run builds the docs (-W) as a step of its own, outside the
+# default suite's time budget; `pytest -m slow` runs it here too.
+@pytest.mark.slow
 def test_docs_build_has_no_warnings(tmp_path):
   missing = _missing("sphinx", "myst_parser", "furo")
   if missing:
