@@ -158,7 +158,7 @@ def check_bait_state(emb, probs, labeled, mask):
   s_emb, s_probs, s_labeled, s_mask = pool.arrays
   per_point = ("u", "w", "u0", "w0")
   core = _bait._bait.core
-  chunk_size = _bait._check_chunk_size(None)
+  chunk_size = None  # the default: bait's own chunking
   out = {}
   for fisher, method, capacity in (
     ("full", "dense", None),
