@@ -177,15 +177,21 @@ class TestNaNUnderJit:
 
 
 def test_co_information_compiles_a_bounded_number_of_programs(rng, caplog):
-  """One program whatever B (it used to compile one per subset: 2**B)."""
+  """A few programs whatever B (it used to compile one per subset: 2**B).
+
+  The count for B = 9 is absolute, not relative to the smaller B: programs
+  an earlier test compiled (same shapes) are cached and not counted, so the
+  first call's count depends on the order tests run in. The B = 3 call
+  compiles the shape-independent helpers first.
+  """
   counts = []
-  for b in (3, 8):
-    lp = jnp.asarray(rng.standard_normal((b, 4, 3)))
+  for b in (3, 9):
+    lp = jnp.asarray(rng.standard_normal((b, 5, 3)))
     lp = jax.nn.log_softmax(lp)
     caplog.clear()
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
       value = alfx.co_information(lp)
     assert np.isfinite(value)
     counts.append(sum("Compiling" in r.getMessage() for r in caplog.records))
-  assert counts[1] <= counts[0] + 2, counts
-  assert counts[1] < 40, counts
+  # 2**9 = 512 subsets: one program each would be far above this bound.
+  assert counts[1] <= 8, counts
