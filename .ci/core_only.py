@@ -3,6 +3,7 @@
 `import alfx` and the acquisitions must work; the Flax helpers must raise an
 ImportError that names the extra.
 """
+
 import importlib.util
 import sys
 
