@@ -84,7 +84,8 @@ class TestMasksAndScalars:
       ValueError,
       match=r"key is required: batch_size=6 with"
       r" C=10 classes switches to sampled label"
-      r" configurations after 5 picks",
+      r" configurations after 5 picks \(pick 6 would enumerate C\*\*5 ="
+      r" 100000 configurations > num_configurations=10000\)",
     ):
       alfx.batchbald(lp, 6)
 

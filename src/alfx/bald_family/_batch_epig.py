@@ -155,27 +155,18 @@ def batch_epig(
     chunk_size, _pool.DEFAULT_CHUNK_SIZE
   )
   n_exact = exact_steps(c, m, num_configurations, batch_size)
-  if n_exact < batch_size:
-    if key is None:
-      raise ValueError(
-        f"key is required: batch_size={batch_size} with C={c} classes and"
-        f" M={m} targets switches to sampled configurations after"
-        f" {n_exact} picks (pick {n_exact + 1} would enumerate M *"
-        f" C**{n_exact + 1} = {m * c ** (n_exact + 1)} rows >"
-        f" num_configurations={num_configurations}). Pass"
-        " key=jax.random.key(seed), or raise num_configurations (memory"
-        " and time grow with it)."
-      )
-    key = _validation.check_key(key)
-    if num_configurations < k:
-      raise ValueError(
-        f"num_configurations={num_configurations} must be at least K={k}"
-        " (log_probs [N, K, C]) when the sampled regime is reached: the"
-        " sampled configurations are stratified over the K posterior"
-        " samples."
-      )
-  else:
-    key = None
+  key = _bald.sampling_key(
+    key,
+    k,
+    num_configurations,
+    n_exact,
+    batch_size,
+    why=f"batch_size={batch_size} with C={c} classes and M={m} targets"
+    f" switches to sampled configurations after {n_exact} picks (pick"
+    f" {n_exact + 1} would enumerate M * C**{n_exact + 1} ="
+    f" {m * c ** (n_exact + 1)} rows > num_configurations="
+    f"{num_configurations})",
+  )
   return _batch_epig(
     log_probs,
     target_log_probs,

@@ -307,25 +307,17 @@ def batchbald(
   )
   chunk_size = _validation.check_chunk_size(chunk_size, DEFAULT_CHUNK_SIZE)
   n_exact = exact_steps(c, num_configurations, batch_size)
-  if n_exact < batch_size:
-    if key is None:
-      raise ValueError(
-        f"key is required: batch_size={batch_size} with C={c} classes"
-        f" switches to sampled label configurations after {n_exact} picks"
-        f" (pick {n_exact + 1} would enumerate C**{n_exact} ="
-        f" {c**n_exact} configurations > num_configurations="
-        f"{num_configurations}). Pass key=jax.random.key(seed), or raise"
-        " num_configurations (memory and time grow with it)."
-      )
-    key = _validation.check_key(key)
-    if num_configurations < k:
-      raise ValueError(
-        f"num_configurations={num_configurations} must be at least K={k} (log_probs"
-        " [N, K, C]) when the sampled regime is reached: the sampled"
-        " configurations are stratified over the K posterior samples."
-      )
-  else:
-    key = None
+  key = sampling_key(
+    key,
+    k,
+    num_configurations,
+    n_exact,
+    batch_size,
+    why=f"batch_size={batch_size} with C={c} classes switches to sampled"
+    f" label configurations after {n_exact} picks (pick {n_exact + 1} would"
+    f" enumerate C**{n_exact} = {c**n_exact} configurations >"
+    f" num_configurations={num_configurations})",
+  )
   return _batchbald(
     log_probs,
     mask,
@@ -334,6 +326,31 @@ def batchbald(
     num_configurations=num_configurations,
     chunk_size=chunk_size,
   )
+
+
+def sampling_key(key, k, num_configurations, n_exact, batch_size, *, why):
+  """The checked ``key`` of a greedy that samples after ``n_exact`` picks.
+
+  None when every pick is exact (``n_exact >= batch_size``); otherwise
+  ``key`` must be given (``why`` says when sampling starts) and
+  ``num_configurations`` must cover the ``K`` posterior samples, over which
+  the sampled configurations are stratified. Shared by BatchBALD and
+  BatchEPIG.
+  """
+  if n_exact >= batch_size:
+    return None
+  if key is None:
+    raise ValueError(
+      f"key is required: {why}. Pass key=jax.random.key(seed), or raise"
+      " num_configurations (memory and time grow with it)."
+    )
+  if num_configurations < k:
+    raise ValueError(
+      f"num_configurations={num_configurations} must be at least K={k}"
+      " (log_probs [N, K, C]) when the sampled regime is reached: the"
+      " sampled configurations are stratified over the K posterior samples."
+    )
+  return _validation.check_key(key)
 
 
 @_sharding.pool_core(
