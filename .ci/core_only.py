@@ -1,14 +1,18 @@
 """Run in a venv with only alfx's core installed (jax, numpy): no Flax, no optax.
 
 `import alfx` and the acquisitions must work; the Flax helpers must raise an
-ImportError that names the extra.
+ImportError that names the extra; `alfx-select` must pick a batch.
 """
 
 import importlib.util
+import os
+import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import alfx
 
@@ -30,4 +34,25 @@ except ImportError as e:
   assert "alfx[flax]" in str(e), e
 else:
   raise AssertionError("linen_forward without flax did not raise")
-print("core-only install: import alfx, batchbald, kbald, bait: ok")
+
+# alfx-select (the console script of the wheel) on a tiny .npy, core only.
+with tempfile.TemporaryDirectory() as tmp:
+  np.save(os.path.join(tmp, "lp.npy"), np.asarray(lp))
+  np.save(os.path.join(tmp, "emb.npy"), np.asarray(emb))
+  script = os.path.join(os.path.dirname(sys.executable), "alfx-select")
+  for extra in (
+    ["--strategy", "batchbald"],
+    ["--strategy", "bait-full", "--embeddings", os.path.join(tmp, "emb.npy")],
+  ):
+    out = subprocess.run(
+      [script, "--log-probs", os.path.join(tmp, "lp.npy"), "--batch-size", "3"]
+      + extra,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = out.stdout.splitlines()
+    assert rows[0] == "rank,index,score" and len(rows) == 4, out.stdout
+print("core-only install: import alfx, batchbald, kbald, bait, alfx-select: ok")

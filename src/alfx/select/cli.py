@@ -1,0 +1,505 @@
+"""The ``alfx-select`` command line: flags, strategy, one acquisition, output.
+
+`main` reads the predictions and the other arrays (`alfx.select.inputs`),
+builds the registry strategy (`alfx.get_strategy`) with the ``--option``
+values, makes one acquisition and writes the valid picks in pick order with
+their scores (CSV, JSON or ``.npy``). Every input error ends the command
+with ``alfx-select: error: ...`` on stderr and exit status 2.
+
+May import: `alfx` (the public API: `alfx.get_strategy`,
+`alfx.StrategyContext`, the acquisitions), `alfx.select.inputs`, jax, numpy.
+"""
+
+import argparse
+from collections.abc import Callable
+from collections.abc import Sequence
+import json
+import os
+import sys
+from typing import Any
+import warnings
+
+import numpy as np
+
+from alfx.select import inputs
+
+PROG = "alfx-select"
+
+#: Registry strategies that read ``embeddings`` (and class probabilities).
+EMBEDDING_STRATEGIES = ("badge", "coreset", "typiclust")
+
+#: Registry strategies scored against target inputs (``--targets``).
+EPIG_STRATEGIES = ("epig", "batch-epig", "powerepig")
+
+#: Options the EPIG strategies take when ``--targets`` gives the targets.
+_TARGET_OPTIONS = {
+  "epig": ("chunk_size",),
+  "batch-epig": ("num_configurations", "chunk_size"),
+  "powerepig": ("beta", "chunk_size"),
+  "kepig": ("chunk_size",),
+}
+
+_KNC_WARNING = "more posterior samples than pool points"
+
+
+class UsageError(ValueError):
+  """A flag the command cannot use; `main` prints it as one line (exit 2)."""
+
+
+def needs_embeddings(name: str) -> bool:
+  """Whether the registry strategy ``name`` reads embeddings.
+
+  Example:
+    >>> needs_embeddings("bait-full"), needs_embeddings("batchbald")
+    (True, False)
+  """
+  return name in EMBEDDING_STRATEGIES or name.startswith("bait-")
+
+
+def is_epig(name: str) -> bool:
+  """Whether ``name`` is an EPIG strategy (takes ``--targets``).
+
+  Example:
+    >>> is_epig("kepig-2"), is_epig("kbald-2")
+    (True, False)
+  """
+  return name in EPIG_STRATEGIES or name.startswith("kepig-")
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+  """``"key=value"`` -> ``(key, value)``, the value as bool, None, int,
+  float or str (in that order of trial).
+
+  Example:
+    >>> [parse_option(t) for t in ("beta=2", "lam=0.5", "method=auto")]
+    [('beta', 2), ('lam', 0.5), ('method', 'auto')]
+  """
+  key, sep, value = text.partition("=")
+  key = key.strip().replace("-", "_")
+  if not sep or not key.isidentifier():
+    raise UsageError(
+      f"--option expects KEY=VALUE (e.g. beta=2.0), got {text!r}."
+    )
+  value = value.strip()
+  if value.lower() in ("true", "false"):
+    return key, value.lower() == "true"
+  if value.lower() == "none":
+    return key, None
+  for kind in (int, float):
+    try:
+      return key, kind(value)
+    except ValueError:
+      pass
+  return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The flags of ``alfx-select``.
+
+  Example:
+    >>> args = build_parser().parse_args(
+    ...   ["--log-probs", "lp.npy", "--strategy", "bald", "--batch-size", "5"])
+    >>> args.strategy, args.batch_size, args.layout
+    ('bald', 5, 'NKC')
+  """
+  p = argparse.ArgumentParser(
+    prog=PROG,
+    description="One batch active-learning acquisition from predictions"
+    " saved by any framework (.npy/.npz): prints the picked pool indices in"
+    " pick order with their scores.",
+    epilog="example: alfx-select --log-probs preds.npy --labeled"
+    " labeled.npy --strategy batchbald --batch-size 10 --out picks.csv",
+  )
+  g = p.add_argument_group("predictions (exactly one)")
+  kinds = g.add_mutually_exclusive_group()
+  for kind, text in (
+    ("log-probs", "natural-log probabilities (log_softmax)"),
+    ("probs", "probabilities (softmax)"),
+    ("logits", "logits (log_softmax is applied)"),
+  ):
+    kinds.add_argument(
+      f"--{kind}",
+      metavar="FILE",
+      help=f"{text}, [N, K, C] (K posterior samples) or [N, C]; .npy"
+      " (memory-mapped) or .npz",
+    )
+  g.add_argument(
+    "--array",
+    metavar="NAME",
+    help="the array of the predictions' .npz to use (any file also takes"
+    " FILE.npz:NAME)",
+  )
+  g.add_argument(
+    "--layout",
+    choices=("NKC", "KNC"),
+    default="NKC",
+    help="axis order of 3-d predictions: NKC (default) or KNC (samples first)",
+  )
+  g = p.add_argument_group("other inputs")
+  g.add_argument(
+    "--embeddings",
+    metavar="FILE",
+    help="[N, D] last-layer inputs, for BAIT, BADGE, CoreSet, TypiClust",
+  )
+  g.add_argument(
+    "--embedding-probs",
+    metavar="FILE",
+    help="[N, C] class probabilities of the network that gave the"
+    " embeddings (BAIT, BADGE; default: the predictions' mean over K)",
+  )
+  g.add_argument(
+    "--labeled",
+    metavar="FILE",
+    help="labelled points, never picked: bool mask [N] (.npy) or indices"
+    " (.npy ints, or a text/CSV file of integers)",
+  )
+  g.add_argument(
+    "--mask",
+    metavar="FILE",
+    help="the selectable points (default all), as --labeled",
+  )
+  g.add_argument(
+    "--targets",
+    metavar="FILE",
+    help="[M, K, C] predictions of target inputs for the EPIG strategies,"
+    " same kind and layout as the pool's (default: drawn from the pool)",
+  )
+  g = p.add_argument_group("acquisition")
+  g.add_argument("--strategy", metavar="NAME", help="a name from --list")
+  g.add_argument(
+    "--option",
+    metavar="KEY=VALUE",
+    action="append",
+    default=[],
+    help="a strategy option (repeatable), e.g. num_configurations=1000",
+  )
+  g.add_argument(
+    "--batch-size", type=_positive_int, metavar="B", help="points to pick"
+  )
+  g.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+  g.add_argument(
+    "--list", action="store_true", help="list the strategies and exit"
+  )
+  g = p.add_argument_group("output")
+  g.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+  g.add_argument(
+    "--format",
+    choices=("csv", "json", "npy"),
+    help="csv (rank,index,score), json, or npy (the indices, int64;"
+    " needs --out); default from --out's extension, else csv",
+  )
+  return p
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+  return value
+
+
+def _targets_strategy(name: str, options: dict) -> Callable[..., Any]:
+  """``targets -> strategy``: an EPIG strategy against given targets."""
+  import alfx
+
+  family = "kepig" if name.startswith("kepig-") else name
+  if "num_targets" in options:
+    raise UsageError(
+      "--option num_targets sets how many targets are drawn from the pool;"
+      " with --targets the file's M rows are the targets: drop it."
+    )
+  valid = _TARGET_OPTIONS[family]
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise UsageError(
+      f"--option: strategy {name!r} with --targets does not accept"
+      f" {', '.join(unknown)}; valid options: {', '.join(valid)}."
+    )
+  if family == "kepig":
+    try:
+      order = int(name.split("-", 1)[1])
+    except ValueError:
+      raise UsageError(f"cannot read the order of {name!r}.") from None
+  else:
+    order = 0
+
+  def make(targets):
+    def strategy(context, batch_size, *, key, mask):
+      lp = context.log_probs
+      if family == "batch-epig":
+        return alfx.batch_epig(
+          lp, targets, batch_size, key=key, mask=mask, **options
+        )
+      if family == "kepig":
+        return alfx.kepig(
+          lp, targets, batch_size, order=order, mask=mask, **options
+        )
+      scores = alfx.epig(lp, targets, chunk_size=options.get("chunk_size"))
+      if family == "powerepig":
+        return alfx.stochastic_batch(
+          scores,
+          batch_size,
+          key=key,
+          mode="power",
+          beta=options.get("beta", 1.0),
+          mask=mask,
+        )
+      return alfx.top_b(scores, batch_size, mask=mask)
+
+    return strategy
+
+  return make
+
+
+def _list_strategies() -> None:
+  import alfx.loop  # strategy_descriptions is not in the flat API
+
+  for name, text in alfx.loop.strategy_descriptions().items():
+    needs = (
+      " [needs --embeddings]"
+      if needs_embeddings(name)
+      else " [takes --targets]"
+      if is_epig(name)
+      else ""
+    )
+    print(f"{name:18s} {text}{needs}")
+
+
+def _output_format(args) -> str:
+  if args.format:
+    fmt = args.format
+  elif args.out and args.out.lower().endswith((".json", ".npy")):
+    fmt = os.path.splitext(args.out)[1][1:].lower()
+  else:
+    fmt = "csv"
+  if fmt == "npy" and not args.out:
+    raise UsageError("--format npy writes a binary file: give --out FILE.npy.")
+  if args.out:
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+      raise UsageError(f"--out: directory {parent} does not exist.")
+  return fmt
+
+
+def _write(args, fmt, indices, scores) -> None:
+  if fmt == "npy":
+    np.save(args.out, indices.astype(np.int64))
+    return
+  if fmt == "json":
+    text = json.dumps(
+      {
+        "strategy": args.strategy,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "indices": indices.tolist(),
+        "scores": [float(s) if np.isfinite(s) else None for s in scores],
+      },
+      indent=2,
+    )
+  else:
+    text = "rank,index,score\n" + "".join(
+      f"{r},{i},{float(s):.9g}\n"
+      for r, (i, s) in enumerate(zip(indices, scores))
+    )
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      f.write(text if text.endswith("\n") else text + "\n")
+  else:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _predictions(args):
+  kind = next(k for k in ("log_probs", "probs", "logits") if getattr(args, k))
+  flag = "--" + kind.replace("_", "-")
+  raw = inputs.load_array(getattr(args, kind), flag, args.array)
+  log_probs = inputs.to_log_probs(raw, flag[2:], flag, args.layout)
+  n, k, c = log_probs.shape
+  if raw.ndim == 3 and args.layout == "NKC" and k > n:
+    _warn(
+      f"{flag}: shape [{n}, {k}, {c}] read as [N={n}, K={k}, C={c}]"
+      " (--layout NKC): more posterior samples than pool points. If the"
+      " samples come first ([K, N, C]), pass --layout KNC."
+    )
+  if k == 1 and (
+    "bald" in args.strategy
+    or is_epig(args.strategy)
+    or args.strategy in ("mean-std", "variation-ratios")
+  ):
+    _warn(
+      f"{flag}: one posterior sample (K=1): {args.strategy!r} scores"
+      " disagreement between samples, which is 0 for a single model;"
+      " save K > 1 samples (an ensemble or MC-dropout passes) or use an"
+      " uncertainty strategy (entropy, margin, least-confidence)."
+    )
+  return raw, kind, flag, log_probs
+
+
+def _warn(message: str) -> None:
+  print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _select(args) -> int:
+  import jax
+  import jax.numpy as jnp
+
+  import alfx
+
+  name = args.strategy
+  if name not in alfx.strategy_names():
+    raise UsageError(
+      f"unknown strategy {name!r}; valid names (--list describes them):"
+      f" {', '.join(alfx.strategy_names())}."
+    )
+  options: dict[str, Any] = {}
+  for text in args.option:
+    key, value = parse_option(text)
+    if key in options:
+      raise UsageError(f"--option {key} is given twice.")
+    options[key] = value
+  if args.targets and not is_epig(name):
+    raise UsageError(
+      f"--targets is for the EPIG strategies (epig, batch-epig, kepig-2,"
+      f" powerepig); {name!r} does not use target inputs."
+    )
+  if needs_embeddings(name) and not args.embeddings:
+    raise UsageError(
+      f"strategy {name!r} needs --embeddings FILE ([N, D], the last"
+      " layer's inputs of one network)."
+    )
+  if args.embedding_probs and not args.embeddings:
+    raise UsageError("--embedding-probs needs --embeddings.")
+  if args.targets:
+    make_strategy = _targets_strategy(name, options)
+  else:
+    try:
+      strategy = alfx.get_strategy(name, **options)
+    except (ValueError, TypeError) as e:
+      raise UsageError(f"--option: {e}") from None
+    make_strategy = lambda targets: strategy
+  fmt = _output_format(args)
+
+  raw, kind, flag, log_probs = _predictions(args)
+  del raw  # the memory map: the data now live in log_probs
+  n, k, c = log_probs.shape
+  targets = None
+  if args.targets:
+    targets = inputs.to_log_probs(
+      inputs.load_array(args.targets, "--targets"),
+      flag[2:],
+      "--targets",
+      args.layout,
+    )
+    if targets.shape[1:] != (k, c):
+      raise UsageError(
+        f"--targets: [M={targets.shape[0]}, K={targets.shape[1]},"
+        f" C={targets.shape[2]}] but the pool's predictions have K={k}"
+        f" samples and C={c} classes; both must come from the same"
+        " posterior samples and classes."
+      )
+  if args.embeddings:
+    embeddings = inputs.to_matrix(
+      inputs.load_array(args.embeddings, "--embeddings"), "--embeddings", n
+    )
+    if args.embedding_probs:
+      probs = inputs.to_matrix(
+        inputs.load_array(args.embedding_probs, "--embedding-probs"),
+        "--embedding-probs",
+        n,
+        probs=True,
+      )
+      if probs.shape[1] != c:
+        raise UsageError(
+          f"--embedding-probs: C={probs.shape[1]} classes but the"
+          f" predictions have C={c}."
+        )
+    else:
+      probs = jax.jit(lambda lp: jnp.mean(jnp.exp(lp), axis=1))(log_probs)
+  else:  # not read by the strategies that run without embeddings
+    embeddings = jnp.zeros((n, 0), log_probs.dtype)
+    probs = jnp.zeros((n, 0), log_probs.dtype)
+  labeled = np.zeros(n, bool)
+  if args.labeled:
+    labeled = inputs.read_points(args.labeled, "--labeled", n)
+  selectable = np.ones(n, bool)
+  if args.mask:
+    selectable = inputs.read_points(args.mask, "--mask", n)
+  free = int((selectable & ~labeled).sum())
+  if args.batch_size > free:
+    raise UsageError(
+      f"--batch-size {args.batch_size} but only {free} of N={n} points can"
+      f" be picked ({int(labeled.sum())} labelled"
+      + (f", {int((~selectable).sum())} outside --mask" if args.mask else "")
+      + ")."
+    )
+
+  context = alfx.StrategyContext(
+    log_probs=log_probs,
+    embeddings=embeddings,
+    probs=probs,
+    labeled=jnp.asarray(labeled),
+  )
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+      sel = make_strategy(targets)(
+        context,
+        args.batch_size,
+        key=jax.random.key(args.seed),
+        mask=jnp.asarray(selectable & ~labeled),
+      )
+      indices, scores, valid = (np.asarray(a) for a in sel)
+    except (ValueError, TypeError) as e:
+      raise UsageError(f"strategy {name!r}: {e}") from None
+  for w in caught:
+    if _KNC_WARNING not in str(w.message):  # said above in the CLI's terms
+      _warn(str(w.message))
+  indices, scores = indices[valid], scores[valid]
+  if len(indices) < args.batch_size:
+    print(
+      f"{PROG}: note: {name!r} returned {len(indices)} valid picks of"
+      f" --batch-size {args.batch_size} (a dynamic-size strategy may end"
+      " its batch early); writing those.",
+      file=sys.stderr,
+    )
+  _write(args, fmt, indices, scores)
+  if args.out:
+    print(
+      f"{PROG}: wrote {len(indices)} picks ({name}, N={n}, K={k}, C={c})"
+      f" to {args.out}",
+      file=sys.stderr,
+    )
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs ``alfx-select`` with ``argv`` (default ``sys.argv[1:]``).
+
+  Returns:
+    The exit status: 0, or 2 after a one-line ``alfx-select: error: ...``
+    on stderr (argparse's own errors exit with 2 too).
+
+  Example:
+    >>> status = main(["--list"])
+    badge ...
+    >>> status
+    0
+  """
+  p = build_parser()
+  args = p.parse_args(argv)
+  if args.list:
+    _list_strategies()
+    return 0
+  if not (args.log_probs or args.probs or args.logits):
+    p.error("give the predictions: --log-probs, --probs or --logits FILE.")
+  if not args.strategy:
+    p.error("give --strategy NAME (--list shows the names).")
+  if args.batch_size is None:
+    p.error("give --batch-size B.")
+  try:
+    return _select(args)
+  except (UsageError, inputs.InputError) as e:
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
