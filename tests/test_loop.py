@@ -101,6 +101,8 @@ def test_round_is_train_and_predict_then_acquire(rng):
   predictions, accuracy, loss = loop.train_and_predict(params, state, data)
   chex.assert_shape(predictions.log_probs, (N, 3, C))
   chex.assert_shape(predictions.embeddings, (N, 8))
+  np.testing.assert_array_equal(predictions.labeled, state.labeled)
+  assert predictions.target_log_probs is None
   half_state, selection = loop.acquire(predictions, state)
   chex.assert_trees_all_close(
     (new_state.labeled, metrics.selection, metrics.accuracy, metrics.loss),
@@ -267,6 +269,84 @@ def test_make_loop_bad_arguments(rng):
       forward, opt, "bald", batch_size=2, num_steps=1, chunk_size=0
     )
   del data
+  with pytest.raises(ValueError, match='epig_targets must be "pool" or'):
+    alfx.make_loop(
+      forward, opt, "epig", batch_size=2, num_steps=1, epig_targets="tset"
+    )
+
+
+@pytest.mark.parametrize("mc", [None, 4])
+def test_test_targets_are_predicted_under_the_pool_samples(rng, mc):
+  # With the test inputs equal to the pool inputs, targets predicted under
+  # the pool's posterior samples (MC dropout: the same masks) equal the
+  # pool's own predictions; under another key they would differ.
+  model = tiny(rate=0.5 if mc else 0.0)
+  forward = alfx.linen_forward(
+    model, train_kwargs={"train": True}, eval_kwargs={"train": False}
+  )
+  data = make_data(rng)
+  data = data._replace(
+    test_inputs=data.pool_inputs, test_labels=data.pool_labels
+  )
+  key = jax.random.key(int(rng.integers(2**31)))
+  params = (
+    model.init(key, data.pool_inputs[:1])
+    if mc
+    else ensemble_params(model, data.pool_inputs, 3, key)
+  )
+  state = alfx.initial_state(data.pool_labels, 6, key=jax.random.key(3))
+  loops = {
+    where: alfx.make_loop(
+      forward,
+      optax.adam(0.05),
+      "epig",
+      batch_size=3,
+      num_steps=4,
+      train_batch_size=8,
+      mc_dropout_samples=mc,
+      epig_targets=where,
+    )
+    for where in ("pool", "test")
+  }
+  pooled, _, _ = loops["pool"].train_and_predict(params, state, data)
+  assert pooled.target_log_probs is None
+  context, accuracy, _ = loops["test"].train_and_predict(params, state, data)
+  chex.assert_shape(context.target_log_probs, (N, mc or 3, C))
+  np.testing.assert_array_equal(context.target_log_probs, context.log_probs)
+  np.testing.assert_array_equal(context.log_probs, pooled.log_probs)
+  assert 0 <= float(accuracy) <= 1
+  new_state, selection = loops["test"].acquire(context, state)
+  assert np.all(np.asarray(selection.valid))
+  assert not np.any(np.asarray(state.labeled)[np.asarray(selection.indices)])
+  assert int(new_state.labeled.sum()) == int(state.labeled.sum()) + 3
+
+
+def test_epig_strategies_draw_targets_from_the_context(rng):
+  # Every given target row is the same prediction: whichever rows are
+  # drawn, EPIG is against that one input, which the pool targets (drawn
+  # from the unlabelled pool) are not.
+  context = _context(rng)
+  one = jax.nn.log_softmax(
+    jnp.asarray(3 * rng.standard_normal((1, 4, C)), jnp.float32)
+  )
+  given = context._replace(target_log_probs=jnp.repeat(one, 7, axis=0))
+  mask = ~context.labeled
+  key = jax.random.key(0)
+  expected = alfx.top_b(alfx.epig(context.log_probs, one), 5, mask=mask)
+  sel = alfx.get_strategy("epig")(given, 5, key=key, mask=mask)
+  np.testing.assert_array_equal(sel.indices, expected.indices)
+  np.testing.assert_allclose(sel.scores, expected.scores, rtol=1e-5)
+  pooled = alfx.get_strategy("epig")(context, 5, key=key, mask=mask)
+  assert not np.allclose(pooled.scores, expected.scores)
+  exact = alfx.batch_epig(context.log_probs, one, 3, mask=mask)
+  sel = alfx.get_strategy("batch-epig")(given, 3, key=key, mask=mask)
+  np.testing.assert_array_equal(sel.indices, exact.indices)
+  two = alfx.kepig(context.log_probs, one, 3, mask=mask)
+  sel = alfx.get_strategy("kepig-2")(given, 3, key=key, mask=mask)
+  np.testing.assert_array_equal(sel.indices, two.indices)
+  with pytest.raises(ValueError, match="target_log_probs must have shape"):
+    bad = context._replace(target_log_probs=one[:, :2])
+    alfx.get_strategy("epig")(bad, 3, key=key, mask=mask)
 
 
 # ----------------------------------------------------------------------------

@@ -140,14 +140,11 @@ def batch_epig(
     >>> alfx.batch_epig(lp, lp, 2).indices.tolist()
     [0, 3]
   """
-  log_probs = _validation.check_log_probs(log_probs)
-  n, k, c = log_probs.shape
-  mask = _validation.check_mask(mask, n)
-  log_probs, target_log_probs = _tables.check_targets(
-    target_log_probs, log_probs
+  log_probs, target_log_probs, mask, batch_size = _tables.check_batch_inputs(
+    log_probs, target_log_probs, mask, batch_size
   )
+  _, k, c = log_probs.shape
   m = target_log_probs.shape[0]
-  batch_size = _validation.check_batch_size(batch_size, mask)
   num_configurations = _validation.check_positive_int(
     num_configurations, "num_configurations"
   )

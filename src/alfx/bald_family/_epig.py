@@ -214,10 +214,28 @@ def _targets_and_key(context, key, mask, num_targets):
   target_key, key = jax.random.split(key)
   # Checked before it meets labeled, so a bad mask gets the contract's error.
   mask = _validation.check_mask(mask, context.log_probs.shape[0])
+  given = getattr(context, "target_log_probs", None)
+  if given is not None:
+    return draw_targets(given, num_targets, key=target_key), key
   targets = pool_targets(
     context.log_probs, num_targets, key=target_key, mask=mask & ~context.labeled
   )
   return targets, key
+
+
+def draw_targets(target_log_probs, num_targets, *, key):
+  """``num_targets`` rows of given target predictions ``[M, K, C]``.
+
+  Drawn uniformly with replacement, as `pool_targets` draws pool rows (an
+  i.i.d. sample of the target distribution that ``target_log_probs``
+  represents, ``M`` rows of it). Replicated; cost ``O(num_targets K C)``.
+  """
+  targets = _validation.check_log_probs(
+    target_log_probs, "target_log_probs", expected="[M, K, C]", pool=False
+  )
+  num_targets = _validation.check_positive_int(num_targets, "num_targets")
+  rows = jax.random.randint(key, (num_targets,), 0, targets.shape[0])
+  return targets[rows]
 
 
 def epig_strategy(num_targets=DEFAULT_NUM_TARGETS, chunk_size=None):

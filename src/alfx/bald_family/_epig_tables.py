@@ -54,6 +54,19 @@ def check_targets(target_log_probs, log_probs):
   return log_probs.astype(dtype), targets.astype(dtype)
 
 
+def check_batch_inputs(log_probs, target_log_probs, mask, batch_size):
+  """The shared checks of the batch EPIGs (`batch_epig`, `kepig`).
+
+  Returns ``(log_probs, target_log_probs, mask, batch_size)`` checked, the
+  two predictions in their common floating dtype.
+  """
+  log_probs = _validation.check_log_probs(log_probs)
+  mask = _validation.check_mask(mask, log_probs.shape[0])
+  log_probs, target_log_probs = check_targets(target_log_probs, log_probs)
+  batch_size = _validation.check_batch_size(batch_size, mask)
+  return log_probs, target_log_probs, mask, batch_size
+
+
 def target_rows(target_log_probs):
   """``log p(y* = c | x*_m, omega_k)`` as rows ``[M * C, K]`` (row m*C + c)."""
   m, k, c = target_log_probs.shape

@@ -159,13 +159,10 @@ def kepig(
     >>> alfx.kepig(lp, lp, 2).indices.tolist()
     [0, 3]
   """
-  log_probs = _validation.check_log_probs(log_probs)
-  n, _, c = log_probs.shape
-  mask = _validation.check_mask(mask, n)
-  log_probs, target_log_probs = _tables.check_targets(
-    target_log_probs, log_probs
+  log_probs, target_log_probs, mask, batch_size = _tables.check_batch_inputs(
+    log_probs, target_log_probs, mask, batch_size
   )
-  batch_size = _validation.check_batch_size(batch_size, mask)
+  c = log_probs.shape[2]
   order = _check_order(order, batch_size, c, target_log_probs.shape[0])
   chunk_size = _validation.check_chunk_size(
     chunk_size, _pool.DEFAULT_CHUNK_SIZE

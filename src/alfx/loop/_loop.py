@@ -106,9 +106,10 @@ class Loop(NamedTuple):
   Attributes:
     round: ``(params, state, data) -> (state, RoundMetrics)``, the whole round
       in one program.
-    train_and_predict: ``(params, state, data) -> (Predictions, accuracy,
-      loss)``, the first half of the round: train, test, predict the pool.
-    acquire: ``(predictions, state) -> (state, Selection)``, the second
+    train_and_predict: ``(params, state, data) -> (StrategyContext,
+      accuracy, loss)``, the first half of the round: train, test, predict
+      the pool (and the EPIG targets, with ``epig_targets="test"``).
+    acquire: ``(context, state) -> (state, Selection)``, the second
       half. ``round`` equals ``acquire`` after ``train_and_predict`` (the same
       keys); use the halves to time acquisition on its own.
     evaluate: ``(params, state, data) -> accuracy``: train and test only
@@ -144,6 +145,7 @@ def make_loop(
   mc_dropout_samples: int | None = None,
   chunk_size: int | None = None,
   strategy_options: dict | None = None,
+  epig_targets: str = "pool",
 ) -> Loop:
   """Builds the jitted active-learning round for a model and a strategy.
 
@@ -179,6 +181,12 @@ def make_loop(
       `alfx._core.pool.DEFAULT_CHUNK_SIZE`).
     strategy_options: options for `alfx.get_strategy` when ``strategy`` is a
       name.
+    epig_targets: where the EPIG strategies draw their target inputs:
+      ``"pool"`` (the unlabelled pool, `alfx.pool_targets`) or ``"test"``
+      (``data.test_inputs``, predicted under the pool's posterior samples:
+      the same dropout masks, or the same members, and handed to the
+      strategy as ``StrategyContext.target_log_probs``). With ``"test"``
+      the test accuracy uses those same predictions.
 
   Returns:
     A `Loop`. ``jax.vmap`` its functions over a leading axis of ``params``
@@ -216,6 +224,10 @@ def make_loop(
   chunk_size = _validation.check_chunk_size(
     chunk_size, _pool.DEFAULT_CHUNK_SIZE
   )
+  if epig_targets not in ("pool", "test"):
+    raise ValueError(
+      f'epig_targets must be "pool" or "test", got {epig_targets!r}.'
+    )
   fit = _training.make_fit(
     forward, optimizer, num_steps=num_steps, batch_size=train_batch_size
   ).core
@@ -246,18 +258,25 @@ def make_loop(
     _, train_key, _ = _split_round_key(state.key)
     fit_key, test_key, pool_key = jax.random.split(train_key, 3)
     trained, loss = train(params, state.labeled, fit_key, data)
-    test = predict(trained, data.test_inputs, test_key)
+    pool = predict(trained, data.pool_inputs, pool_key)
+    # Test targets must be the pool's posterior samples: the pool's key
+    # gives the same dropout masks (consistent dropout depends on the key
+    # only) and the ensemble's members are the same anyway.
+    targets = epig_targets == "test"
+    test = predict(trained, data.test_inputs, pool_key if targets else test_key)
     accuracy = _accuracy(test.log_probs, data.test_labels)
-    return predict(trained, data.pool_inputs, pool_key), accuracy, loss
-
-  def acquire(predictions, state):
-    next_key, _, acquire_key = _split_round_key(state.key)
     context = _registry.StrategyContext(
-      log_probs=predictions.log_probs,
-      embeddings=predictions.embeddings,
-      probs=predictions.probs,
+      log_probs=pool.log_probs,
+      embeddings=pool.embeddings,
+      probs=pool.probs,
       labeled=state.labeled,
+      target_log_probs=test.log_probs if targets else None,
     )
+    return context, accuracy, loss
+
+  def acquire(context, state):
+    next_key, _, acquire_key = _split_round_key(state.key)
+    context = context._replace(labeled=state.labeled)
     selection = strategy(
       context, batch_size, key=acquire_key, mask=~state.labeled
     )
@@ -265,8 +284,8 @@ def make_loop(
     return LoopState(labeled, next_key), selection
 
   def round_(params, state, data):
-    predictions, accuracy, loss = train_and_predict(params, state, data)
-    new_state, selection = acquire(predictions, state)
+    context, accuracy, loss = train_and_predict(params, state, data)
+    new_state, selection = acquire(context, state)
     metrics = RoundMetrics(
       accuracy=accuracy,
       num_labeled=jnp.sum(state.labeled, dtype=jnp.int32),

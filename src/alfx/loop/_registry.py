@@ -41,6 +41,11 @@ class StrategyContext(NamedTuple):
       `alfx.ensemble_predictions`).
     probs: ``float[N, C]`` that network's class probabilities.
     labeled: ``bool[N]`` True for points already labelled.
+    target_log_probs: optional ``float[M, K, C]``: predictions of inputs
+      drawn from the target distribution (e.g. the test inputs), under the
+      same ``K`` posterior samples as ``log_probs``. The EPIG strategies
+      draw their targets from these rows; None (the default) draws them
+      from the unlabelled pool (`alfx.pool_targets`).
 
   Example:
     >>> log_probs = jnp.log(jnp.array([[[0.5, 0.5]], [[0.9, 0.1]]]))
@@ -57,6 +62,7 @@ class StrategyContext(NamedTuple):
   embeddings: jax.Array
   probs: jax.Array
   labeled: jax.Array
+  target_log_probs: jax.Array | None = None
 
 
 class Strategy(Protocol):
