@@ -32,7 +32,6 @@ import inspect
 import math
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -373,10 +372,7 @@ def main():
     "--targets", action="store_true", help="only the issue's target rows"
   )
   args = parser.parse_args()
-  started = time.time()
-  load_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  machine = harness.machine_description()
-  print(machine, flush=True)
+  started, load_start, machine = harness.start()
   rows = []
   if args.targets:
     targets(rows)
@@ -385,21 +381,15 @@ def main():
     times = grid(args.quick, rows)
     sampled_step(rows)
     dynamic_methods(rows, args.quick)
-  load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  out = [
-    "# BALD family benchmark",
-    "",
-    f"Machine: {machine}.",
-    "",
-    f"Load average at start {load_start}, at end {load} (2 cores: a"
-    " load above 2 means other processes shared the cores, and the"
-    " peaks, floors and times above are all affected).",
-    "",
-    f"Command: `python benchmarks/bald_family.py"
+  command = (
+    "python benchmarks/bald_family.py"
     f"{' --quick' if args.quick else ''}"
-    f"{' --targets' if args.targets else ''}`"
-    f" ({time.time() - started:.0f} s).",
-    "",
+    f"{' --targets' if args.targets else ''}"
+  )
+  out = [
+    *harness.report_head(
+      "BALD family benchmark", machine, load_start, command, started
+    ),
     harness.print_table(rows, COLUMNS),
     "",
   ]
@@ -429,10 +419,7 @@ def main():
     ]
   path = RESULTS.replace(".md", "_quick.md") if args.quick else RESULTS
   path = RESULTS.replace(".md", "_targets.md") if args.targets else path
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    f.write("\n".join(out))
-  print(f"\nwritten to {path}")
+  harness.write_page(path, out)
 
 
 if __name__ == "__main__":

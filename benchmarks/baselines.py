@@ -20,12 +20,10 @@ Usage:
   python benchmarks/baselines.py --quick   # N=50,000 only, no eager runs
 """
 
-import argparse
 import functools
 import inspect
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -254,20 +252,11 @@ def typiclust_row(n, x, n_labeled, eager, max_candidates=None, repeats=3):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument(
-    "--quick", action="store_true", help="N=50,000 only, no eager runs"
+  args = harness.script_args(
+    __doc__.split("\n")[0], "baselines.md", "N=50,000 only, no eager runs"
   )
-  parser.add_argument(
-    "--out",
-    default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", "baselines.md"
-    ),
-  )
-  args = parser.parse_args()
 
-  print(harness.machine_description(), flush=True)
-  load = os.getloadavg()
+  started, load_start, machine = harness.start()
   rows = []
 
   n = 50_000
@@ -303,31 +292,13 @@ def main():
     rows.append(typiclust_row(n, x, 10, False, max_candidates=4096, repeats=1))
     del x, probs
 
-  columns = [
-    "strategy",
-    "config",
-    "compiled",
-    "first call",
-    "eager",
-    "peak mem",
-    "GFLOP",
-    "GB moved",
-    "floor",
-    "x floor",
-    "note",
-  ]
+  columns = ["strategy", "config", *harness.TIME_COLUMNS, "note"]
   table = harness.print_table(rows, columns)
-  header = (
-    f"# Baselines benchmark\n\n{harness.machine_description()}\n\n"
-    f"Load average at start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
-    f" ({os.cpu_count()} cores); run"
-    f" {time.strftime('%Y-%m-%d %H:%M')}"
-    f"{' with --quick' if args.quick else ''}.\n\n"
+  command = f"python benchmarks/baselines.py{' --quick' if args.quick else ''}"
+  head = harness.report_head(
+    "Baselines benchmark", machine, load_start, command, started
   )
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    f.write(header + table + "\n")
-  print(f"wrote {args.out}")
+  harness.write_page(args.out, [*head, table, ""])
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import argparse
 import inspect
 import os
 import sys
-import time
 
 import jax
 
@@ -85,23 +84,8 @@ def work_kepig2(n, k, c, m, b):
   return bald_family.add_work(*works)
 
 
-COLUMNS = [
-  "method",
-  "config",
-  "compiled",
-  "eager",
-  "compile+run",
-  "peak mem",
-  "XLA temp",
-  "GFLOP",
-  "G logs",
-  "GB",
-  "floor",
-  "ratio",
-  "floor+",
-  "ratio+",
-  "note",
-]
+# bald_family's columns, with the first call's compile and run beside them.
+COLUMNS = bald_family.COLUMNS[:4] + ["compile+run"] + bald_family.COLUMNS[4:]
 
 
 def run(quick):
@@ -166,33 +150,18 @@ def main():
     help="no eager runs of the scans; scans at M=100 only",
   )
   args = parser.parse_args()
-  started = time.time()
-  load_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  machine = harness.machine_description()
-  print(machine, flush=True)
+  started, load_start, machine = harness.start()
   rows = run(args.quick)
-  load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+  command = f"python benchmarks/epig.py{' --quick' if args.quick else ''}"
   out = [
-    "# EPIG benchmark",
-    "",
-    f"Machine: {machine}.",
-    "",
-    f"Load average at start {load_start}, at end {load} (2 cores: a"
-    " load above 2 means other processes shared the cores, and the"
-    " peaks, floors and times above are all affected).",
-    "",
-    f"Command: `python benchmarks/epig.py"
-    f"{' --quick' if args.quick else ''}`"
-    f" ({time.time() - started:.0f} s).",
-    "",
+    *harness.report_head(
+      "EPIG benchmark", machine, load_start, command, started
+    ),
     harness.print_table(rows, COLUMNS),
     "",
   ]
   path = RESULTS.replace(".md", "_quick.md") if args.quick else RESULTS
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    f.write("\n".join(out))
-  print(f"\nwritten to {path}")
+  harness.write_page(path, out)
 
 
 if __name__ == "__main__":

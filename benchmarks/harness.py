@@ -17,6 +17,7 @@ machine by `machine_peaks` (a large float32 matmul, ``x log x`` over a large
 vector, a large copy).
 """
 
+import argparse
 import contextlib
 import functools
 import os
@@ -28,6 +29,18 @@ import jax
 import jax.numpy as jnp
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+#: The measurement columns of a results table, after the configuration's.
+TIME_COLUMNS = [
+  "compiled",
+  "first call",
+  "eager",
+  "peak mem",
+  "GFLOP",
+  "GB moved",
+  "floor",
+  "x floor",
+]
 
 
 def _rss_bytes() -> int:
@@ -181,3 +194,56 @@ def print_table(rows: list[dict], columns: list[str]) -> str:
   text = "\n".join(lines)
   print(text, flush=True)
   return text
+
+
+def script_args(description: str, out_name: str, quick_help: str):
+  """``--quick`` and ``--out`` (default ``results/<out_name>``), parsed."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--quick", action="store_true", help=quick_help)
+  parser.add_argument(
+    "--out",
+    default=os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), "results", out_name
+    ),
+  )
+  return parser.parse_args()
+
+
+def load_average() -> str:
+  return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def report_head(
+  title: str, machine: str, load_start: str, command: str, started: float
+) -> list[str]:
+  """The first lines of a results page: machine, load, command, duration."""
+  return [
+    f"# {title}",
+    "",
+    f"Machine: {machine}.",
+    "",
+    f"Load average at start {load_start}, at end {load_average()} (2 cores:"
+    " a load above 2 means other processes shared the cores, and the"
+    " peaks, floors and times above are all affected).",
+    "",
+    f"Command: `{command}` ({time.time() - started:.0f} s, run"
+    f" {time.strftime('%Y-%m-%d %H:%M')}).",
+    "",
+  ]
+
+
+def start() -> tuple[float, str, str]:
+  """``(time, load average, machine description)`` at a run's start; prints
+  the machine."""
+  started, load = time.time(), load_average()
+  machine = machine_description()
+  print(machine, flush=True)
+  return started, load, machine
+
+
+def write_page(path: str, lines: list[str]) -> None:
+  """Writes a results page (creating its folder) and says where."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+  print(f"\nwritten to {path}")

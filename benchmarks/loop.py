@@ -21,10 +21,7 @@ backward matmuls) on 64 points; the byte floor is the pool read once per
 pass over it. Run: ``python benchmarks/loop.py [--quick]``.
 """
 
-import argparse
 import functools
-import os
-import time
 
 import flax.linen as nn
 import harness
@@ -67,19 +64,10 @@ def row(name, fn, args, flops, bytes_moved=0.0, eager=True, note=""):
 
 
 def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument(
-    "--quick", action="store_true", help="one configuration, no eager runs"
+  args = harness.script_args(
+    __doc__.split("\n")[0], "loop.md", "one configuration, no eager runs"
   )
-  parser.add_argument(
-    "--out",
-    default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", "loop.md"
-    ),
-  )
-  args = parser.parse_args()
-  print(harness.machine_description(), flush=True)
-  load = os.getloadavg()
+  started, load_start, machine = harness.start()
   digits = load_digits_data(repeated=True)
   data = alfx.Data(
     jnp.asarray(digits.pool_x),
@@ -256,20 +244,19 @@ def main():
       "note",
     ],
   )
-  header = (
-    f"# Flax predictions, training and the round\n\n"
-    f"{harness.machine_description()}\n\n"
-    f"Load average at start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
-    f" ({os.cpu_count()} cores); run"
-    f" {time.strftime('%Y-%m-%d %H:%M')}"
-    f"{' with --quick' if args.quick else ''}. Eager: skipped for"
-    " whole rounds and large fits (a training scan op by op takes"
-    " minutes).\n\n"
+  command = f"python benchmarks/loop.py{' --quick' if args.quick else ''}"
+  head = harness.report_head(
+    "Flax predictions, training and the round",
+    machine,
+    load_start,
+    command,
+    started,
   )
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    f.write(header + table + "\n")
-  print(f"wrote {args.out}")
+  head.append(
+    "Eager: skipped for whole rounds and large fits (a training scan op"
+    " by op takes minutes).\n"
+  )
+  harness.write_page(args.out, [*head, table, ""])
 
 
 if __name__ == "__main__":

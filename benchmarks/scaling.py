@@ -385,19 +385,7 @@ def main():
         )
 
   end_load = os.getloadavg()
-  columns = [
-    "strategy",
-    "N",
-    "devices",
-    "compiled",
-    "first call",
-    "eager",
-    "peak mem",
-    "GFLOP",
-    "GB moved",
-    "floor",
-    "x floor",
-  ]
+  columns = ["strategy", "N", "devices", *harness.TIME_COLUMNS]
   print()
   table1 = harness.print_table(
     [fmt_row(r) for r in rows if "devices" not in r], columns
