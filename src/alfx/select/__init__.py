@@ -19,8 +19,8 @@ strategies, ``--help`` every flag.
 
 Memory: a ``.npy`` file (and an uncompressed ``.npz`` member) is
 memory-mapped and read once, in chunks, into the float32 array the
-acquisition runs on; nothing else of its size is held (see
-`alfx.select.inputs`).
+acquisition runs on; the command holds no second copy (see
+`alfx.select.inputs`; the acquisition's working memory comes on top).
 
 Modules (public): `inputs` (reading and checking the arrays), `cli` (the
 flags and `main`). Needs only alfx's core (jax, numpy).

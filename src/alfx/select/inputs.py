@@ -11,9 +11,12 @@ points given as a boolean mask or as indices.
 Memory: the file is read once, in chunks of rows, into the one float32
 buffer that becomes the JAX array (on the CPU, JAX shares a NumPy buffer
 instead of copying it), so a 4 GB float32 predictions file costs 4 GB of
-memory plus a chunk, not 8 GB; the memory-mapped pages are the operating
-system's file cache, not the process's. A compressed ``.npz`` member
-(`numpy.savez_compressed`) is decompressed into memory first (one more copy).
+memory plus a chunk, not 8 GB (measured: a 400 MB ``[500000, 20, 10]``
+file, +470 MB at the peak of reading; ``numpy.load`` then ``jnp.asarray``,
++800 MB); the memory-mapped pages are the operating system's file cache,
+not the process's. A compressed ``.npz`` member (`numpy.savez_compressed`)
+is decompressed into memory first (one more copy). The acquisition's own
+working memory comes on top of the array.
 
 Every malformed input raises `InputError` (a `ValueError`) whose message
 names the flag, the file, what is wrong and how to fix it.
