@@ -190,16 +190,21 @@ def load_digits_data(
 def _repeat(pool_x, pool_y, rng, dtype: Any = np.float32):
   """``REPEATS`` copies of the pool, each plus N(0, ``REPEAT_NOISE``).
 
-  The noise is drawn in ``dtype`` (the digits keep their float64 draws, so
-  their pool is what it was; MNIST's are float32, half the memory).
+  The noise is drawn in ``dtype``: the digits keep their float64 draws (so
+  their pool is what it always was); MNIST's are float32 and written in
+  place, so the peak memory is the pool and its copies, nothing more.
   """
-  copies = []
-  for _ in range(REPEATS):
-    noise = rng.standard_normal(pool_x.shape, dtype=dtype)
-    noise *= REPEAT_NOISE
-    noise += pool_x
-    copies.append(noise.astype(np.float32, copy=False))
-  return np.concatenate(copies), np.concatenate([pool_y] * REPEATS)
+  n = len(pool_x)
+  out = np.empty((REPEATS * n, *pool_x.shape[1:]), np.float32)
+  for k in range(REPEATS):
+    copy = out[k * n : (k + 1) * n]
+    if dtype == np.float32:
+      rng.standard_normal(dtype=np.float32, out=copy)
+      copy *= np.float32(REPEAT_NOISE)
+      copy += pool_x
+    else:
+      copy[...] = pool_x + REPEAT_NOISE * rng.standard_normal(pool_x.shape)
+  return out, np.tile(pool_y, REPEATS)
 
 
 def load_image_data(
@@ -262,8 +267,10 @@ def load_image_data(
   )
   keep = subsample_indices(len(train_x), subsample, "subsample")
   keep_test = subsample_indices(len(test_x), test_subsample, "test_subsample")
-  pool_x = train_x[keep].astype(np.float32) / 255
-  test_x = test_x[keep_test].astype(np.float32) / 255
+  pool_x = train_x[keep].astype(np.float32)
+  test_x = test_x[keep_test].astype(np.float32)
+  pool_x /= 255
+  test_x /= 255
   axes = (0, 1, 2) if name == "cifar10" else None
   mean = pool_x.mean(axis=axes, dtype=np.float64)
   std = pool_x.std(axis=axes, dtype=np.float64)
