@@ -104,6 +104,22 @@ def test_every_predictions_form_gives_the_same_picks(data, capsys, form):
   assert_same(out, alfx.topk_bald(lp, B))
 
 
+def test_half_precision_probabilities_are_accepted(data, capsys):
+  # float16 rows sum to 1 only within ~1e-3: checked at float16's tolerance,
+  # then renormalised so that alfx's float32 checks pass too.
+  p16 = np.exp(data["lp"]).astype(np.float16)
+  assert np.abs(p16.astype(np.float32).sum(-1) - 1).max() > 2e-4
+  np.save(data["dir"] / "p16.npy", p16)
+  rc, out, err = run(
+    capsys, "--probs", data["dir"] / "p16.npy", "--strategy", "bald",
+    "--batch-size", B,
+  )  # fmt: skip
+  assert rc == 0, err
+  p = p16.astype(np.float64)
+  lp = np.log(p / p.sum(-1, keepdims=True)).astype(np.float32)
+  assert_same(out, alfx.topk_bald(lp, B))
+
+
 def test_one_model_predictions_are_k_equals_1(data, capsys):
   path = data["dir"] / "nc.npy"
   np.save(path, data["lp"][:, 0])
@@ -278,13 +294,17 @@ def test_options_are_typed(data, capsys):
 def test_warnings_say_the_fix_once(rng, tmp_path, capsys):
   # [K, N, C] saved, read as NKC: more samples than points.
   path = tmp_path / "knc.npy"
-  np.save(path, _log_probs(rng, n=8, k=3))  # [N=8, K=3] is fine...
-  np.save(path, _log_probs(rng, n=3, k=8))  # ...[3, 8, C] is suspect
+  np.save(path, _log_probs(rng, n=3, k=8))  # [3, 8, C]: K > N is suspect
   rc, _, err = run(
     capsys, "--log-probs", path, "--strategy", "bald", "--batch-size", 1
   )
   assert rc == 0, err
   assert err.count("warning") == 1 and "--layout KNC" in err, err
+  rc, _, err = run(
+    capsys, "--log-probs", path, "--strategy", "bald", "--batch-size", 1,
+    "--layout", "KNC",
+  )  # fmt: skip
+  assert rc == 0 and "warning" not in err, err  # [N=8, K=3]: fine
   np.save(path, _log_probs(rng)[:, 0])
   rc, _, err = run(
     capsys, "--log-probs", path, "--strategy", "bald", "--batch-size", 1

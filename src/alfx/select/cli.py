@@ -317,11 +317,12 @@ def _predictions(args):
   raw = inputs.load_array(getattr(args, kind), flag, args.array)
   log_probs = inputs.to_log_probs(raw, flag[2:], flag, args.layout)
   n, k, c = log_probs.shape
-  if raw.ndim == 3 and args.layout == "NKC" and k > n:
+  if raw.ndim == 3 and k > n:
+    other = "KNC" if args.layout == "NKC" else "NKC"
     _warn(
-      f"{flag}: shape [{n}, {k}, {c}] read as [N={n}, K={k}, C={c}]"
-      " (--layout NKC): more posterior samples than pool points. If the"
-      " samples come first ([K, N, C]), pass --layout KNC."
+      f"{flag}: shape {list(raw.shape)} read as [N={n}, K={k}, C={c}]"
+      f" (--layout {args.layout}): more posterior samples than pool points."
+      f" If the axes are the other way round, pass --layout {other}."
     )
   if k == 1 and (
     "bald" in args.strategy

@@ -35,8 +35,20 @@ import jax.numpy as jnp
 import numpy as np
 
 #: Tolerance on ``logsumexp`` (log-probabilities) or the row sum
-#: (probabilities) over the class axis, as alfx's own checks use.
+#: (probabilities) over the class axis, as alfx's own checks use: this, or
+#: 8 eps of the saved dtype when larger (float16: 7.8e-3).
 TOLERANCE = 1e-3
+
+
+def tolerance(dtype) -> float:
+  """The normalisation tolerance for values saved as ``dtype``.
+
+  Example:
+    >>> tolerance(np.float32), tolerance(np.float16)
+    (0.001, 0.0078125)
+  """
+  return max(TOLERANCE, 8 * float(np.finfo(dtype).eps))
+
 
 #: Elements per chunk while converting (float32: 64 MB).
 CHUNK_ELEMENTS = 1 << 24
@@ -200,7 +212,7 @@ def _at(n: int, k: int, x: np.ndarray) -> str:
   return f"{n}" if x.shape[1] == 1 else f"{n} (sample {k})"
 
 
-def _convert_chunk(x: np.ndarray, kind: str, flag: str, start: int):
+def _convert_chunk(x: np.ndarray, kind: str, flag: str, start: int, tol: float):
   """Log-probabilities of a chunk ``[n, K, C]``; raises on bad values."""
   where = lambda bad: start + _first(bad)
   nan = np.isnan(x)
@@ -223,8 +235,8 @@ def _convert_chunk(x: np.ndarray, kind: str, flag: str, start: int):
     return x - lse[..., None]
   if kind == "probs":
     sums = np.sum(x, -1)
-    off = (np.abs(sums - 1) > TOLERANCE) | (x < -TOLERANCE).any(-1)
-    off |= (x > 1 + TOLERANCE).any(-1)
+    off = (np.abs(sums - 1) > tol) | (x < -tol).any(-1)
+    off |= (x > 1 + tol).any(-1)
     if off.any():
       hint = (
         "they look like log-probabilities (all <= 0): pass --log-probs"
@@ -236,31 +248,33 @@ def _convert_chunk(x: np.ndarray, kind: str, flag: str, start: int):
       i, k = np.argwhere(off)[0]
       raise InputError(
         f"{flag}: probabilities must lie in [0, 1] and sum to 1 over the"
-        f" class axis (within {TOLERANCE:g}), but at pool point"
+        f" class axis (within {tol:g}), but at pool point"
         f" {_at(start + i, k, x)} they sum to {float(sums[i, k]):.4g};"
         f" {hint}."
       )
+    # Renormalised: a float16 row off by 5e-3 must not fail alfx's float32
+    # check (1e-3) after this one passed it.
     with np.errstate(divide="ignore"):
-      return np.log(np.clip(x, 0, 1))
+      return np.log(np.clip(x, 0, None) / sums[..., None])
   lse = _logsumexp(x)
-  off = ~(np.abs(lse) <= TOLERANCE)
+  off = ~(np.abs(lse) <= tol)
   if off.any():
     sums = np.sum(x, -1)
     hint = (
       "they look like probabilities (values in [0, 1] summing to 1): pass"
       " --probs"
-      if (x >= 0).all() and (np.abs(sums - 1) <= TOLERANCE).all()
+      if (x >= 0).all() and (np.abs(sums - 1) <= tol).all()
       else "they look like logits (values above 0): pass --logits"
-      if (x > TOLERANCE).any()
+      if (x > tol).any()
       else "pass --logits if they are unnormalised scores"
     )
     i, k = np.argwhere(off)[0]
     raise InputError(
       f"{flag}: log-probabilities must satisfy logsumexp over the class"
-      f" axis = 0 (within {TOLERANCE:g}), but at pool point"
+      f" axis = 0 (within {tol:g}), but at pool point"
       f" {_at(start + i, k, x)} it is {float(lse[i, k]):.4g}; {hint}."
     )
-  return x
+  return x - lse[..., None]  # renormalised, as probabilities are
 
 
 def to_log_probs(
@@ -277,7 +291,9 @@ def to_log_probs(
 
   Returns:
     ``float32[N, K, C]`` log-probabilities (log-softmax of logits, log of
-    probabilities, a zero probability giving ``-inf``).
+    probabilities, a zero probability giving ``-inf``), renormalised over
+    the class axis (the rows are checked to be normalised to within
+    `tolerance` of the saved dtype first).
 
   Raises:
     InputError: another rank, an empty axis, non-float values, NaN or
@@ -327,7 +343,9 @@ def to_log_probs(
   compute = np.promote_types(raw.dtype, np.float32)
   for start in range(0, n, rows):
     chunk = np.asarray(view[start : start + rows], dtype=compute)
-    out[start : start + rows] = _convert_chunk(chunk, kind, flag, start)
+    out[start : start + rows] = _convert_chunk(
+      chunk, kind, flag, start, tolerance(raw.dtype)
+    )
   return jnp.asarray(out)
 
 
@@ -371,6 +389,7 @@ def to_matrix(
     )
   if raw.shape[1] == 0:
     raise InputError(f"{flag}: shape {_shape(raw.shape)} has D=0 columns.")
+  tol = tolerance(raw.dtype)
   out = np.empty(raw.shape, np.float32)
   rows = max(1, CHUNK_ELEMENTS // raw.shape[1])
   for start in range(0, n, rows):
@@ -381,10 +400,10 @@ def to_matrix(
         f"{flag}: contains NaN or infinite values (first at pool point"
         f" {start + _first(bad)})."
       )
-    if probs and (np.abs(x.sum(-1) - 1) > TOLERANCE).any():
+    if probs and (np.abs(x.sum(-1) - 1) > tol).any():
       raise InputError(
         f"{flag}: rows must be class probabilities summing to 1 (pool"
-        f" point {start + _first(np.abs(x.sum(-1) - 1) > TOLERANCE)} does"
+        f" point {start + _first(np.abs(x.sum(-1) - 1) > tol)} does"
         " not); pass the softmax of the network that gave the embeddings."
       )
     out[start : start + rows] = x
