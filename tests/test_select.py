@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 import alfx
+from alfx.select import arrays
 from alfx.select import cli
 from alfx.select import inputs
+from alfx.select import strategies
 
 N, K, C, D, B = 24, 4, 3, 5, 3
 
@@ -277,10 +279,13 @@ def test_only_valid_picks_are_written_and_the_shortfall_is_said(data, capsys):
 
 
 def test_options_are_typed(data, capsys):
-  assert cli.parse_option("num-configurations=10") == ("num_configurations", 10)
-  assert cli.parse_option("beta=0.5") == ("beta", 0.5)
-  assert cli.parse_option("x=True") == ("x", True)
-  assert cli.parse_option("budget=none") == ("budget", None)
+  assert strategies.parse_option("num-configurations=10") == (
+    "num_configurations",
+    10,
+  )
+  assert strategies.parse_option("beta=0.5") == ("beta", 0.5)
+  assert strategies.parse_option("x=True") == ("x", True)
+  assert strategies.parse_option("budget=none") == ("budget", None)
   rc, out, err = run(
     capsys, "--log-probs", data["lp_file"], "--strategy", "powerbald",
     "--batch-size", B, "--option", "beta=2", "--seed", 4,
@@ -430,9 +435,10 @@ def test_list_names_every_strategy(capsys):
   assert "[needs --embeddings]" in out and "[takes --targets]" in out
 
 
-def test_large_files_are_memory_mapped(rng, tmp_path):
+def test_large_files_are_memory_mapped(rng, tmp_path, monkeypatch):
   lp = _log_probs(rng)
   np.save(tmp_path / "a.npy", lp)
+  np.save(tmp_path / "knc.npy", np.swapaxes(lp, 0, 1))
   np.savez(tmp_path / "b.npz", x=lp, y=lp[:1])
   np.savez_compressed(tmp_path / "c.npz", x=lp)
   a = inputs.load_array(str(tmp_path / "a.npy"), "--f")
@@ -443,22 +449,18 @@ def test_large_files_are_memory_mapped(rng, tmp_path):
   np.testing.assert_array_equal(a, lp)
   np.testing.assert_array_equal(b, lp[:1])
   np.testing.assert_array_equal(c, lp)
-  # Chunked conversion: many chunks give the same array as one.
-  old = inputs.CHUNK_ELEMENTS
-  try:
-    inputs.CHUNK_ELEMENTS = K * C * 5  # 5 rows per chunk
-    chunked = np.asarray(inputs.to_log_probs(np.exp(a), "probs", "--p"))
-  finally:
-    inputs.CHUNK_ELEMENTS = old
+  # Chunked conversion (5 rows per chunk, also the KNC view of the file):
+  # the same array as in one chunk, and a bad row found in a later chunk.
+  monkeypatch.setattr(arrays, "CHUNK_ELEMENTS", K * C * 5)
+  chunked = arrays.to_log_probs(np.exp(a), "probs", "--p")
   np.testing.assert_allclose(chunked, lp, atol=1e-6)
-  with pytest.raises(inputs.InputError, match="pool point 13"):
-    bad = np.exp(lp)
-    bad[13, 2] *= 2
-    inputs.CHUNK_ELEMENTS = K * C * 5
-    try:
-      inputs.to_log_probs(bad, "probs", "--p")
-    finally:
-      inputs.CHUNK_ELEMENTS = old
+  knc = np.load(tmp_path / "knc.npy", mmap_mode="r")
+  chunked = arrays.to_log_probs(knc, "log-probs", "--p", layout="KNC")
+  np.testing.assert_allclose(chunked, lp, atol=1e-6)
+  bad = np.exp(lp)
+  bad[13, 2] *= 2
+  with pytest.raises(inputs.InputError, match="pool point 13 .sample 2."):
+    arrays.to_log_probs(bad, "probs", "--p")
 
 
 def _subprocess(*argv, cwd):

@@ -1,96 +1,32 @@
 """The ``alfx-select`` command line: flags, strategy, one acquisition, output.
 
-`main` reads the predictions and the other arrays (`alfx.select.inputs`),
-builds the registry strategy (`alfx.get_strategy`) with the ``--option``
-values, makes one acquisition and writes the valid picks in pick order with
-their scores (CSV, JSON or ``.npy``). Every input error ends the command
-with ``alfx-select: error: ...`` on stderr and exit status 2.
+`main` checks the strategy and its ``--option`` values
+(`alfx.select.strategies`), reads the predictions and the other arrays
+(`alfx.select.inputs`, `alfx.select.arrays`), makes one acquisition and
+writes the valid picks in pick order with their scores (CSV, JSON or
+``.npy``). Every input error ends the command with
+``alfx-select: error: ...`` on stderr and exit status 2.
 
-May import: `alfx` (the public API: `alfx.get_strategy`,
-`alfx.StrategyContext`, the acquisitions), `alfx.select.inputs`, jax, numpy.
+May import: `alfx` (the public API: `alfx.StrategyContext`), the other
+`alfx.select` modules, jax, numpy.
 """
 
 import argparse
-from collections.abc import Callable
 from collections.abc import Sequence
 import json
 import os
 import sys
-from typing import Any
 import warnings
 
 import numpy as np
 
+from alfx.select import arrays
 from alfx.select import inputs
+from alfx.select import strategies
 
 PROG = "alfx-select"
 
-#: Registry strategies that read ``embeddings`` (and class probabilities).
-EMBEDDING_STRATEGIES = ("badge", "coreset", "typiclust")
-
-#: Registry strategies scored against target inputs (``--targets``).
-EPIG_STRATEGIES = ("epig", "batch-epig", "powerepig")
-
-#: Options the EPIG strategies take when ``--targets`` gives the targets.
-_TARGET_OPTIONS = {
-  "epig": ("chunk_size",),
-  "batch-epig": ("num_configurations", "chunk_size"),
-  "powerepig": ("beta", "chunk_size"),
-  "kepig": ("chunk_size",),
-}
-
 _KNC_WARNING = "more posterior samples than pool points"
-
-
-class UsageError(ValueError):
-  """A flag the command cannot use; `main` prints it as one line (exit 2)."""
-
-
-def needs_embeddings(name: str) -> bool:
-  """Whether the registry strategy ``name`` reads embeddings.
-
-  Example:
-    >>> needs_embeddings("bait-full"), needs_embeddings("batchbald")
-    (True, False)
-  """
-  return name in EMBEDDING_STRATEGIES or name.startswith("bait-")
-
-
-def is_epig(name: str) -> bool:
-  """Whether ``name`` is an EPIG strategy (takes ``--targets``).
-
-  Example:
-    >>> is_epig("kepig-2"), is_epig("kbald-2")
-    (True, False)
-  """
-  return name in EPIG_STRATEGIES or name.startswith("kepig-")
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-  """``"key=value"`` -> ``(key, value)``, the value as bool, None, int,
-  float or str (in that order of trial).
-
-  Example:
-    >>> [parse_option(t) for t in ("beta=2", "lam=0.5", "method=auto")]
-    [('beta', 2), ('lam', 0.5), ('method', 'auto')]
-  """
-  key, sep, value = text.partition("=")
-  key = key.strip().replace("-", "_")
-  if not sep or not key.isidentifier():
-    raise UsageError(
-      f"--option expects KEY=VALUE (e.g. beta=2.0), got {text!r}."
-    )
-  value = value.strip()
-  if value.lower() in ("true", "false"):
-    return key, value.lower() == "true"
-  if value.lower() == "none":
-    return key, None
-  for kind in (int, float):
-    try:
-      return key, kind(value)
-    except ValueError:
-      pass
-  return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,73 +137,6 @@ def _positive_int(text: str) -> int:
   return value
 
 
-def _targets_strategy(name: str, options: dict) -> Callable[..., Any]:
-  """``targets -> strategy``: an EPIG strategy against given targets."""
-  import alfx
-
-  family = "kepig" if name.startswith("kepig-") else name
-  if "num_targets" in options:
-    raise UsageError(
-      "--option num_targets sets how many targets are drawn from the pool;"
-      " with --targets the file's M rows are the targets: drop it."
-    )
-  valid = _TARGET_OPTIONS[family]
-  unknown = sorted(set(options) - set(valid))
-  if unknown:
-    raise UsageError(
-      f"--option: strategy {name!r} with --targets does not accept"
-      f" {', '.join(unknown)}; valid options: {', '.join(valid)}."
-    )
-  if family == "kepig":
-    try:
-      order = int(name.split("-", 1)[1])
-    except ValueError:
-      raise UsageError(f"cannot read the order of {name!r}.") from None
-  else:
-    order = 0
-
-  def make(targets):
-    def strategy(context, batch_size, *, key, mask):
-      lp = context.log_probs
-      if family == "batch-epig":
-        return alfx.batch_epig(
-          lp, targets, batch_size, key=key, mask=mask, **options
-        )
-      if family == "kepig":
-        return alfx.kepig(
-          lp, targets, batch_size, order=order, mask=mask, **options
-        )
-      scores = alfx.epig(lp, targets, chunk_size=options.get("chunk_size"))
-      if family == "powerepig":
-        return alfx.stochastic_batch(
-          scores,
-          batch_size,
-          key=key,
-          mode="power",
-          beta=options.get("beta", 1.0),
-          mask=mask,
-        )
-      return alfx.top_b(scores, batch_size, mask=mask)
-
-    return strategy
-
-  return make
-
-
-def _list_strategies() -> None:
-  import alfx.loop  # strategy_descriptions is not in the flat API
-
-  for name, text in alfx.loop.strategy_descriptions().items():
-    needs = (
-      " [needs --embeddings]"
-      if needs_embeddings(name)
-      else " [takes --targets]"
-      if is_epig(name)
-      else ""
-    )
-    print(f"{name:18s} {text}{needs}")
-
-
 def _output_format(args) -> str:
   if args.format:
     fmt = args.format
@@ -276,11 +145,13 @@ def _output_format(args) -> str:
   else:
     fmt = "csv"
   if fmt == "npy" and not args.out:
-    raise UsageError("--format npy writes a binary file: give --out FILE.npy.")
+    raise strategies.UsageError(
+      "--format npy writes a binary file: give --out FILE.npy."
+    )
   if args.out:
     parent = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(parent):
-      raise UsageError(f"--out: directory {parent} does not exist.")
+      raise strategies.UsageError(f"--out: directory {parent} does not exist.")
   return fmt
 
 
@@ -315,7 +186,7 @@ def _predictions(args):
   kind = next(k for k in ("log_probs", "probs", "logits") if getattr(args, k))
   flag = "--" + kind.replace("_", "-")
   raw = inputs.load_array(getattr(args, kind), flag, args.array)
-  log_probs = inputs.to_log_probs(raw, flag[2:], flag, args.layout)
+  log_probs = arrays.to_log_probs(raw, flag[2:], flag, args.layout)
   n, k, c = log_probs.shape
   if raw.ndim == 3 and k > n:
     other = "KNC" if args.layout == "NKC" else "NKC"
@@ -326,7 +197,7 @@ def _predictions(args):
     )
   if k == 1 and (
     "bald" in args.strategy
-    or is_epig(args.strategy)
+    or strategies.is_epig(args.strategy)
     or args.strategy in ("mean-std", "variation-ratios")
   ):
     _warn(
@@ -349,37 +220,18 @@ def _select(args) -> int:
   import alfx
 
   name = args.strategy
-  if name not in alfx.strategy_names():
-    raise UsageError(
-      f"unknown strategy {name!r}; valid names (--list describes them):"
-      f" {', '.join(alfx.strategy_names())}."
-    )
-  options: dict[str, Any] = {}
-  for text in args.option:
-    key, value = parse_option(text)
-    if key in options:
-      raise UsageError(f"--option {key} is given twice.")
-    options[key] = value
-  if args.targets and not is_epig(name):
-    raise UsageError(
-      f"--targets is for the EPIG strategies (epig, batch-epig, kepig-2,"
-      f" powerepig); {name!r} does not use target inputs."
-    )
-  if needs_embeddings(name) and not args.embeddings:
-    raise UsageError(
+  if args.embedding_probs and not args.embeddings:
+    raise strategies.UsageError("--embedding-probs needs --embeddings.")
+  make_strategy = strategies.make_strategy(
+    name,
+    strategies.parse_options(args.option),
+    with_targets=bool(args.targets),
+  )
+  if strategies.needs_embeddings(name) and not args.embeddings:
+    raise strategies.UsageError(
       f"strategy {name!r} needs --embeddings FILE ([N, D], the last"
       " layer's inputs of one network)."
     )
-  if args.embedding_probs and not args.embeddings:
-    raise UsageError("--embedding-probs needs --embeddings.")
-  if args.targets:
-    make_strategy = _targets_strategy(name, options)
-  else:
-    try:
-      strategy = alfx.get_strategy(name, **options)
-    except (ValueError, TypeError) as e:
-      raise UsageError(f"--option: {e}") from None
-    make_strategy = lambda targets: strategy
   fmt = _output_format(args)
 
   raw, kind, flag, log_probs = _predictions(args)
@@ -387,32 +239,32 @@ def _select(args) -> int:
   n, k, c = log_probs.shape
   targets = None
   if args.targets:
-    targets = inputs.to_log_probs(
+    targets = arrays.to_log_probs(
       inputs.load_array(args.targets, "--targets"),
       flag[2:],
       "--targets",
       args.layout,
     )
     if targets.shape[1:] != (k, c):
-      raise UsageError(
+      raise strategies.UsageError(
         f"--targets: [M={targets.shape[0]}, K={targets.shape[1]},"
         f" C={targets.shape[2]}] but the pool's predictions have K={k}"
         f" samples and C={c} classes; both must come from the same"
         " posterior samples and classes."
       )
   if args.embeddings:
-    embeddings = inputs.to_matrix(
+    embeddings = arrays.to_matrix(
       inputs.load_array(args.embeddings, "--embeddings"), "--embeddings", n
     )
     if args.embedding_probs:
-      probs = inputs.to_matrix(
+      probs = arrays.to_matrix(
         inputs.load_array(args.embedding_probs, "--embedding-probs"),
         "--embedding-probs",
         n,
         probs=True,
       )
       if probs.shape[1] != c:
-        raise UsageError(
+        raise strategies.UsageError(
           f"--embedding-probs: C={probs.shape[1]} classes but the"
           f" predictions have C={c}."
         )
@@ -429,7 +281,7 @@ def _select(args) -> int:
     selectable = inputs.read_points(args.mask, "--mask", n)
   free = int((selectable & ~labeled).sum())
   if args.batch_size > free:
-    raise UsageError(
+    raise strategies.UsageError(
       f"--batch-size {args.batch_size} but only {free} of N={n} points can"
       f" be picked ({int(labeled.sum())} labelled"
       + (f", {int((~selectable).sum())} outside --mask" if args.mask else "")
@@ -453,7 +305,7 @@ def _select(args) -> int:
       )
       indices, scores, valid = (np.asarray(a) for a in sel)
     except (ValueError, TypeError) as e:
-      raise UsageError(f"strategy {name!r}: {e}") from None
+      raise strategies.UsageError(f"strategy {name!r}: {e}") from None
   for w in caught:
     if _KNC_WARNING not in str(w.message):  # said above in the CLI's terms
       _warn(str(w.message))
@@ -491,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   p = build_parser()
   args = p.parse_args(argv)
   if args.list:
-    _list_strategies()
+    print("\n".join(strategies.list_strategies()))
     return 0
   if not (args.log_probs or args.probs or args.logits):
     p.error("give the predictions: --log-probs, --probs or --logits FILE.")
@@ -501,6 +353,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.error("give --batch-size B.")
   try:
     return _select(args)
-  except (UsageError, inputs.InputError) as e:
+  except (strategies.UsageError, inputs.InputError) as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 2
