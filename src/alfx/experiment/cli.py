@@ -9,11 +9,16 @@ May import: `alfx` (the public API), the other `alfx.experiment` modules.
 
 import argparse
 from collections.abc import Sequence
+import datetime
+import json
 import os
 import sys
 import time
+from typing import Any
 
 from alfx.experiment import datasets as _datasets
+from alfx.experiment import durable
+from alfx.experiment import presets as _presets
 from alfx.experiment import report
 from alfx.experiment import run
 
@@ -32,18 +37,35 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
     prog="alfx-experiment",
     description="Run a batch active-learning experiment and report it"
-    " (CSV, learning-curve PNG, summary table).",
+    " (CSV, learning-curve PNG, summary table). Every finished round is"
+    " on disk at once: an interrupted run continues with --resume.",
+    # Abbreviated flags would make "which flags were given" (a preset's
+    # values yield to them; --data excludes --datasets) ambiguous.
+    allow_abbrev=False,
+  )
+  p.add_argument(
+    "--preset",
+    choices=_presets.preset_names(),
+    default=None,
+    help="a paper's experiment: sets its documented flags (explicit flags"
+    " still win). "
+    + "; ".join(
+      f"{name}: {_presets.get_preset(name).description}"
+      for name in _presets.preset_names()
+    ),
   )
   p.add_argument(
     "--datasets",
-    default=",".join(_datasets.DEFAULT_DATASETS),
-    help="comma-separated: digits, repeated-digits (default: both)",
+    default=None,
+    help="comma-separated built-in datasets (default: "
+    + ",".join(_datasets.DEFAULT_DATASETS)
+    + "); not with --data",
   )
   p.add_argument(
     "--data",
     metavar="FILE.npz",
-    help="your own data instead: arrays x [N, ...] and y [N],"
-    " optionally x_test and y_test",
+    help="your own data instead of --datasets: arrays x [N, ...] and y"
+    " [N], optionally x_test and y_test",
   )
   p.add_argument(
     "--test-fraction",
@@ -57,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     help="comma-separated registry names (default: "
     + ",".join(DEFAULT_STRATEGIES)
     + ")",
+  )
+  p.add_argument(
+    "--strategy-option",
+    action="append",
+    default=[],
+    metavar="NAME:KEY=VALUE",
+    help="an option of one strategy, e.g. kbald-dynamic:tolerance=0.1"
+    " (repeatable; VALUE is read as JSON: a number, true/false, null, else"
+    " a string); --list shows each strategy's options",
   )
   p.add_argument(
     "--list",
@@ -121,9 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     default=100,
     help="optimizer steps per round (default 100)",
   )
-  p.add_argument("--train-batch-size", type=int, default=64)
+  p.add_argument(
+    "--train-batch-size",
+    type=int,
+    default=64,
+    help="labelled points per optimizer step (default 64)",
+  )
   p.add_argument(
     "--lr", type=float, default=1e-2, help="Adam learning rate (default 1e-2)"
+  )
+  p.add_argument(
+    "--epig-targets",
+    choices=("pool", "test"),
+    default="pool",
+    help="EPIG strategies: draw the target inputs from the unlabelled"
+    " pool (default) or from the test inputs, predicted under the pool's"
+    " posterior samples",
   )
   p.add_argument(
     "--num-configurations",
@@ -157,14 +201,83 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--out",
     default=os.path.join("runs", "experiment"),
-    help="output folder (default runs/experiment)",
+    help="output folder (default runs/experiment): results.csv (one row"
+    " per round, written as it finishes), run.json (the configuration),"
+    " checkpoints/, learning_curves.png",
   )
-  p.add_argument("--no-plot", action="store_true")
-  p.add_argument("--no-progress", action="store_true")
+  resume = p.add_mutually_exclusive_group()
+  resume.add_argument(
+    "--resume",
+    action="store_true",
+    help="continue the interrupted run in --out without repeating finished"
+    " rounds (refused when the flags differ from its run.json); starts"
+    " afresh when --out holds no run",
+  )
+  resume.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="start afresh even when --out holds an unfinished run (its"
+    " results are deleted)",
+  )
+  p.add_argument(
+    "--no-plot", action="store_true", help="do not write the PNG plot"
+  )
+  p.add_argument(
+    "--no-progress",
+    action="store_true",
+    help="no progress on stderr (default: a bar on a terminal, one line"
+    " per round otherwise)",
+  )
   return p
 
 
-def _check_args(p, args):
+def _given(argv, flag):
+  """Whether ``flag`` was given in ``argv`` (as ``--flag`` or ``--flag=``)."""
+  return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def _preset_name(argv):
+  """The ``--preset`` value in ``argv`` (None without one); the parser
+  checks it properly later."""
+  pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  pre.add_argument("--preset", default=None)
+  known, _ = pre.parse_known_args(argv)
+  return known.preset
+
+
+def _parse_value(text):
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError:
+    return text
+
+
+def _strategy_options(p, items):
+  """``["name:key=value", ...]`` as ``{name: {key: value}}``."""
+  options = {}
+  for item in items:
+    name, sep, pair = item.partition(":")
+    key, eq, value = pair.partition("=")
+    if not (sep and eq and name.strip() and key.strip()):
+      p.error(
+        f"--strategy-option {item!r}: expected NAME:KEY=VALUE, e.g."
+        " kbald-dynamic:tolerance=0.1."
+      )
+    options.setdefault(name.strip(), {})[key.strip()] = _parse_value(
+      value.strip()
+    )
+  return options
+
+
+def _check_args(p, args, argv=()):
+  if args.data and _given(argv, "--datasets"):
+    p.error(
+      "--data and --datasets both given: --data FILE.npz runs on your own"
+      " data instead of the built-in datasets; give one of them."
+    )
+  if args.datasets is None:
+    args.datasets = ",".join(_datasets.DEFAULT_DATASETS)
+  args.strategy_options = _strategy_options(p, args.strategy_option)
   if args.seeds_per_batch is not None and args.seeds_per_batch < 1:
     p.error("--seeds-per-batch must be >= 1.")
   if args.chunk_size is not None and args.chunk_size < 1:
@@ -207,10 +320,108 @@ def _check_args(p, args):
     args.hidden = []
 
 
+#: Flags that do not change the results: left out of run.json's
+#: configuration, so a resumed run may change them.
+NOT_CONFIG = (
+  "out",
+  "resume",
+  "overwrite",
+  "no_plot",
+  "no_progress",
+  "list",
+  "data_dir",
+  "download",
+  "strategy_option",  # parsed into strategy_options
+)
+
+
+def run_config(
+  args: argparse.Namespace, strategies: Sequence[str]
+) -> dict[str, Any]:
+  """The configuration a run's results depend on (``run.json``'s
+  ``config``): every flag but `NOT_CONFIG`, with the strategies resolved
+  and ``--data`` as an absolute path."""
+  config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+  config["strategies"] = list(strategies)
+  if args.data:
+    config["data"] = os.path.abspath(args.data)
+    config["datasets"] = None
+  return config
+
+
+def _keep_finished_rows(args, dataset_names, strategies):
+  """Cuts ``results.csv`` back to the rounds the checkpoints cover (a round
+  whose rows were written but whose checkpoint was not is run again; a
+  torn last line goes); returns an error message or None."""
+  done = {}
+  for d in dataset_names:
+    for s in strategies:
+      ckpt = durable.load_checkpoint(durable.checkpoint_path(args.out, d, s))
+      if ckpt is not None:
+        done[(d, s)] = int(ckpt["next_round"])
+  path = os.path.join(args.out, durable.RESULTS)
+  rows = durable.rows_covered(durable.read_rows(path), done)
+  for (d, s), n in done.items():
+    have = sum(1 for r in rows if r["dataset"] == d and r["strategy"] == s)
+    if have != n * args.seeds:
+      return (
+        f"--resume: {path} holds {have} rows of {d}/{s} but its checkpoint"
+        f" covers {n} rounds of {args.seeds} seeds ({n * args.seeds} rows);"
+        " the CSV was edited or lost: start afresh with --overwrite."
+      )
+  durable.rewrite_rows(path, rows, report.CSV_COLUMNS)
+  return None
+
+
+def _prepare_out(args, config, dataset_names, strategies):
+  """Readies ``--out`` for this run; returns an error message or None."""
+  os.makedirs(args.out, exist_ok=True)
+  old = durable.read_manifest(args.out)
+  if old is not None and args.resume:
+    diffs = durable.config_differences(old["config"], config)
+    if diffs:
+      return (
+        f"--resume: {args.out} holds a run with a different configuration"
+        f" ({'; '.join(diffs)}); rerun with its flags to continue it, or"
+        " choose another --out (or --overwrite to replace it)."
+      )
+    error = _keep_finished_rows(args, dataset_names, strategies)
+    if error:
+      return error
+    print(
+      f"resuming the run started {old.get('started', '?')} in {args.out}",
+      file=sys.stderr,
+    )
+    durable.write_manifest(args.out, {**old, "finished": False})
+    return None
+  if old is not None and not old.get("finished") and not args.overwrite:
+    return (
+      f"{args.out} holds an unfinished run (started"
+      f" {old.get('started', '?')}): add --resume to continue it, or"
+      " --overwrite to delete it and start afresh."
+    )
+  if args.resume:
+    print(f"--resume: no run in {args.out}; starting one", file=sys.stderr)
+  durable.clear(args.out, (durable.RESULTS, PLOT, durable.MANIFEST))
+  durable.write_manifest(args.out, durable.new_manifest(config))
+  return None
+
+
+PLOT = "learning_curves.png"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
   p = build_parser()
+  preset = _preset_name(argv)
+  if preset is not None:
+    try:
+      # A preset's values are the parser's defaults: explicit flags win.
+      p.set_defaults(**_presets.get_preset(preset).values)
+    except ValueError as e:
+      p.error(str(e))
   args = p.parse_args(argv)
-  _check_args(p, args)
+  _check_args(p, args, argv)
   import alfx
   import alfx.loop  # strategy_descriptions is not in the flat API
 
@@ -230,10 +441,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
   if not strategies:
     p.error("no strategies to run.")
+  extra = sorted(set(args.strategy_options) - set(strategies))
+  if extra:
+    p.error(
+      f"--strategy-option for {', '.join(extra)}, which"
+      f" {'is' if len(extra) == 1 else 'are'} not among the strategies run"
+      f" ({', '.join(strategies)})."
+    )
+  if (
+    preset is not None
+    and _presets.get_preset(preset).needs_data
+    and not args.data
+    and not _given(argv, "--datasets")
+  ):
+    p.error(
+      f"--preset {preset} runs on precomputed features: give them with"
+      " --data FILE.npz (arrays x [N, D] and y [N]), or --datasets digits"
+      " to try it on raw pixels."
+    )
 
   try:
-    for s in strategies:  # an unknown name raises
-      alfx.get_strategy(s, **run.strategy_options(s, args))
+    for s in strategies:  # an unknown name or option raises
+      try:
+        alfx.get_strategy(s, **run.strategy_options(s, args))
+      except (TypeError, ValueError) as e:
+        given = args.strategy_options.get(s)
+        raise ValueError(
+          f"--strategy-option {s}:"
+          + ",".join(f"{k}={v}" for k, v in given.items())
+          + f": {e}"
+          if given
+          else str(e)
+        ) from e
     if args.data:
       datasets = [_datasets.load_npz_data(args.data, args.test_fraction)]
     else:
@@ -241,61 +480,86 @@ def main(argv: Sequence[str] | None = None) -> int:
       datasets = [_datasets.load_dataset(n) for n in names]
     for d in datasets:
       _datasets.check_budget(d, args.initial, args.rounds, args.batch_size)
+    config = run_config(args, strategies)
+    error = _prepare_out(args, config, [d.name for d in datasets], strategies)
   except ValueError as e:
     print(f"alfx-experiment: error: {e}", file=sys.stderr)
     return 2
+  if error:
+    print(f"alfx-experiment: error: {error}", file=sys.stderr)
+    return 2
 
-  os.makedirs(args.out, exist_ok=True)
   posterior = (
     f"MC dropout K={args.mc_dropout} (rate {args.dropout})"
     if args.mc_dropout
     else f"ensemble K={args.ensemble}"
   )
-  config = (
-    f"{args.model} {args.hidden or ''} {posterior}; B={args.batch_size},"
+  title = (
+    (f"{preset}: " if preset else "")
+    + f"{args.model} {args.hidden or ''} {posterior}; B={args.batch_size},"
     f" {args.rounds} rounds from {args.initial} labels;"
     f" {args.seeds} seeds; {args.train_steps} Adam steps"
     f" (lr {args.lr}, batch {args.train_batch_size})"
   )
-  print(f"alfx-experiment: {config}")
+  print(f"alfx-experiment: {title}")
   for d in datasets:
     print(
       f"  {d.name}: pool {len(d.pool_y)}, test {len(d.test_y)},"
       f" {d.pool_x.shape[1]} features, {d.num_classes} classes"
     )
   print(f"  strategies: {', '.join(strategies)}")
+  for s, options in args.strategy_options.items():
+    print(f"  {s} options: {options}")
 
   start = time.perf_counter()
   progress = run.progress_bar(
     len(datasets) * len(strategies) * (args.rounds + 1), not args.no_progress
   )
-  rows, summary, compiles = [], [], []
+  summary, compiles, interrupted = [], [], False
   try:
     for d in datasets:
-      r, s, c = run.run_dataset(d, strategies, args, progress)
-      rows += r
+      _, s, c = run.run_dataset(d, strategies, args, progress, out=args.out)
       summary += s
       compiles.append(c)
+  except KeyboardInterrupt:
+    interrupted = True
   finally:
     progress.close()
   total = time.perf_counter() - start
 
-  csv_path = os.path.join(args.out, "results.csv")
-  report.write_csv(rows, csv_path)
-  outputs = [csv_path]
-  if not args.no_plot:
-    png_path = os.path.join(args.out, "learning_curves.png")
-    report.plot(rows, png_path, title=config)
+  # The report is read back from the CSV: a resumed run reports every round,
+  # an interrupted one what finished.
+  csv_path = os.path.join(args.out, durable.RESULTS)
+  rows = report.parse_rows(durable.read_rows(csv_path))
+  if not interrupted:
+    manifest = durable.read_manifest(args.out) or {}
+    manifest["finished"] = datetime.datetime.now(
+      datetime.timezone.utc
+    ).isoformat(timespec="seconds")
+    durable.write_manifest(args.out, manifest)
+  outputs = [csv_path, os.path.join(args.out, durable.MANIFEST)]
+  if not args.no_plot and rows:
+    png_path = os.path.join(args.out, PLOT)
+    report.plot(rows, png_path, title=title)
     outputs.append(png_path)
   print()
-  print(report.summary_table(rows, summary))
-  print(
-    f"\nAULC: mean test accuracy over the label range (area under the"
-    f" learning curve / labels); ± is the std over {args.seeds} seeds;"
-    f" acq./train s/round: one acquisition / training and prediction for"
-    f" all seeds together (vmapped); compile: the acquisition's (training"
-    f" compiled once per dataset: {', '.join(f'{c:.1f}' for c in compiles)}"
-    f" s)."
-  )
+  if rows:
+    print(report.summary_table(rows, summary))
+    print(
+      f"\nAULC: mean test accuracy over the label range (area under the"
+      f" learning curve / labels); ± is the std over {args.seeds} seeds;"
+      " ΔAULC: the paired difference from random and from the best"
+      " strategy (mean over seeds, [95% bootstrap interval over seeds]);"
+      " acq./train s/round: one acquisition / training and prediction for"
+      " all seeds together (vmapped); compile: the acquisition's (training"
+      " compiled once per dataset:"
+      f" {', '.join(f'{c:.1f}' for c in compiles) or '-'} s)."
+    )
+  if interrupted:
+    print(
+      f"\ninterrupted after {total:.1f} s: the finished rounds are in"
+      f" {', '.join(outputs)}; continue with the same flags and --resume.",
+    )
+    return 130
   print(f"total {total:.1f} s; wrote {', '.join(outputs)}")
   return 0

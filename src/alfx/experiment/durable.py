@@ -1,0 +1,297 @@
+"""Durable runs: the manifest, the per-round CSV and the per-run checkpoints.
+
+A run's ``--out`` folder holds:
+
+* ``run.json`` (`write_manifest`): the full configuration, the alfx, JAX
+  and Python versions, the start time, and whether the run finished;
+* ``results.csv`` (`append_rows`): one row per dataset, strategy, seed and
+  round, appended and flushed to disk (``fsync``) as each round finishes;
+* ``checkpoints/<dataset>__<strategy>.npz`` (`save_checkpoint`): the loop
+  state after the last finished round (the labelled masks and the PRNG key
+  data of every seed) and the timings so far, replaced atomically (a
+  temporary file and ``os.replace``) after each round's rows are on disk.
+
+``--resume`` reads them back: a checkpoint says which rounds finished, rows
+the checkpoints do not cover (a round cut off between its rows and its
+checkpoint) are dropped (`rows_covered`), and the run continues from the
+saved state, so the resumed CSV equals an uninterrupted run's.
+
+May import: numpy and the standard library.
+"""
+
+from collections.abc import Mapping
+from collections.abc import Sequence
+import csv
+import datetime
+import io
+import json
+import os
+import platform
+import re
+import tempfile
+from typing import Any
+
+import numpy as np
+
+MANIFEST = "run.json"
+RESULTS = "results.csv"
+CHECKPOINTS = "checkpoints"
+
+
+def _fsync_dir(path: str) -> None:
+  """Makes a rename in ``path`` durable (best effort: not every OS can)."""
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+  """Writes ``data`` to ``path`` all or nothing (temp file, fsync, replace).
+
+  Example:
+    >>> import tempfile, os
+    >>> from alfx.experiment.durable import write_atomic
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.txt")
+    >>> write_atomic(path, b"hello")
+    >>> open(path, "rb").read()
+    b'hello'
+  """
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  _fsync_dir(folder)
+
+
+def versions() -> dict[str, str]:
+  """The alfx, JAX and Python versions, for the manifest."""
+  import alfx
+
+  try:
+    import jax
+
+    jax_version = jax.__version__
+  except ImportError:  # pragma: no cover - the experiment needs JAX
+    jax_version = "not installed"
+  return {
+    "alfx": getattr(alfx, "__version__", "unknown"),
+    "jax": jax_version,
+    "python": platform.python_version(),
+  }
+
+
+def write_manifest(out: str, manifest: Mapping[str, Any]) -> None:
+  """Writes ``manifest`` as ``out/run.json`` (atomically)."""
+  text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+  write_atomic(os.path.join(out, MANIFEST), text.encode())
+
+
+def new_manifest(config: Mapping[str, Any]) -> dict[str, Any]:
+  """A manifest for a run of ``config`` starting now (not yet finished).
+
+  Example:
+    >>> from alfx.experiment.durable import new_manifest
+    >>> m = new_manifest({"rounds": 2})
+    >>> m["config"], m["finished"], sorted(m["versions"])
+    ({'rounds': 2}, False, ['alfx', 'jax', 'python'])
+  """
+  now = datetime.datetime.now(datetime.timezone.utc)
+  return {
+    "config": json.loads(json.dumps(dict(config))),
+    "versions": versions(),
+    "started": now.isoformat(timespec="seconds"),
+    "finished": False,
+  }
+
+
+def read_manifest(out: str) -> dict[str, Any] | None:
+  """``out/run.json``, or None when there is none."""
+  path = os.path.join(out, MANIFEST)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    try:
+      manifest = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(
+        f"{path} is not valid JSON ({e}); it is not a run this version"
+        " can resume: start afresh with --overwrite."
+      ) from e
+  if not isinstance(manifest, dict) or "config" not in manifest:
+    raise ValueError(f"{path} has no 'config': start afresh with --overwrite.")
+  return manifest
+
+
+def config_differences(
+  old: Mapping[str, Any], new: Mapping[str, Any]
+) -> list[str]:
+  """``key: old -> new`` for every key whose value differs (or is missing).
+
+  Example:
+    >>> from alfx.experiment.durable import config_differences
+    >>> config_differences({"rounds": 2, "seed": 0}, {"rounds": 3, "seed": 0})
+    ['rounds: 2 -> 3']
+  """
+  new = json.loads(json.dumps(dict(new)))  # tuples -> lists, as stored
+  missing = object()
+  lines = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, missing), new.get(key, missing)
+    if a != b:
+      show = lambda v: "(not set)" if v is missing else json.dumps(v)
+      lines.append(f"{key}: {show(a)} -> {show(b)}")
+  return lines
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]], columns, header: bool) -> str:
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+  if header:
+    writer.writeheader()
+  writer.writerows(rows)
+  return buffer.getvalue()
+
+
+def append_rows(
+  path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> None:
+  """Appends ``rows`` to the CSV at ``path`` and flushes them to disk.
+
+  The header is written when the file is new. The rows go out in one
+  ``write`` call on an unbuffered descriptor, then ``fsync``: an interrupt
+  (Ctrl-C) lands before or after them, never inside.
+
+  Example:
+    >>> import tempfile, os
+    >>> from alfx.experiment.durable import append_rows, read_rows
+    >>> path = os.path.join(tempfile.mkdtemp(), "r.csv")
+    >>> append_rows(path, [{"a": 1, "b": 0.5}], ("a", "b"))
+    >>> append_rows(path, [{"a": 2, "b": ""}], ("a", "b"))
+    >>> read_rows(path)
+    [{'a': '1', 'b': '0.5'}, {'a': '2', 'b': ''}]
+  """
+  new = not os.path.exists(path) or os.path.getsize(path) == 0
+  data = _csv_text(rows, list(columns), header=new).encode()
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    written = os.write(fd, data)
+    while written < len(data):  # rare: a short write on a full device
+      written += os.write(fd, data[written:])
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def read_rows(path: str) -> list[dict[str, str]]:
+  """The rows of the CSV at ``path`` (strings); a torn last line is dropped."""
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as f:
+    text = f.read()
+  if text and not text.endswith("\n"):
+    text = text[: text.rfind("\n") + 1]  # a row cut off mid-write
+  return list(csv.DictReader(io.StringIO(text)))
+
+
+def rewrite_rows(
+  path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> None:
+  """Replaces the CSV at ``path`` by ``rows`` (atomically)."""
+  write_atomic(path, _csv_text(rows, list(columns), header=True).encode())
+
+
+def checkpoint_path(out: str, dataset: str, strategy: str) -> str:
+  """``out/checkpoints/<dataset>__<strategy>.npz`` (names made file-safe).
+
+  Example:
+    >>> from alfx.experiment.durable import checkpoint_path
+    >>> checkpoint_path("runs", "my data", "kbald-2")
+    'runs/checkpoints/my_data__kbald-2.npz'
+  """
+  safe = lambda s: re.sub(r"[^A-Za-z0-9._-]", "_", s)
+  return os.path.join(
+    out, CHECKPOINTS, f"{safe(dataset)}__{safe(strategy)}.npz"
+  )
+
+
+def save_checkpoint(path: str, **arrays: Any) -> None:
+  """Saves ``arrays`` as an ``.npz`` at ``path``, all or nothing."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  buffer = io.BytesIO()
+  values: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+  np.savez(buffer, **values)
+  write_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str) -> dict[str, np.ndarray] | None:
+  """The arrays saved at ``path``, or None when there is no checkpoint.
+
+  Example:
+    >>> import tempfile, os
+    >>> from alfx.experiment.durable import load_checkpoint, save_checkpoint
+    >>> path = os.path.join(tempfile.mkdtemp(), "c", "a.npz")
+    >>> save_checkpoint(path, next_round=3, labeled=np.eye(2, dtype=bool))
+    >>> ckpt = load_checkpoint(path)
+    >>> int(ckpt["next_round"]), ckpt["labeled"].tolist()
+    (3, [[True, False], [False, True]])
+  """
+  if not os.path.exists(path):
+    return None
+  with np.load(path, allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+def rows_covered(
+  rows: Sequence[Mapping[str, str]], done: Mapping[tuple[str, str], int]
+) -> list[Mapping[str, str]]:
+  """The ``rows`` whose round is finished by the checkpoints ``done``.
+
+  ``done[(dataset, strategy)]`` is the number of rounds whose rows and state
+  were both saved; rows of later rounds (cut off before their checkpoint)
+  and of runs without a checkpoint are dropped: the resumed run writes them
+  again, identically.
+
+  Example:
+    >>> from alfx.experiment.durable import rows_covered
+    >>> rows = [{"dataset": "d", "strategy": "s", "round": str(r)}
+    ...         for r in range(3)]
+    >>> [r["round"] for r in rows_covered(rows, {("d", "s"): 2})]
+    ['0', '1']
+  """
+  return [
+    r
+    for r in rows
+    if int(r["round"]) < done.get((r["dataset"], r["strategy"]), 0)
+  ]
+
+
+def clear(out: str, names: Sequence[str]) -> None:
+  """Removes the run files ``names`` (and the checkpoints) from ``out``."""
+  for name in names:
+    path = os.path.join(out, name)
+    if os.path.isfile(path):
+      os.unlink(path)
+  folder = os.path.join(out, CHECKPOINTS)
+  if os.path.isdir(folder):
+    for name in os.listdir(folder):
+      if name.endswith(".npz") or name.startswith(".tmp-"):
+        os.unlink(os.path.join(folder, name))
+    try:
+      os.rmdir(folder)
+    except OSError:
+      pass  # something else lives there: leave it
