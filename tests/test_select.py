@@ -159,6 +159,22 @@ def test_labeled_as_mask_or_indices(data, capsys, form):
   assert_same(out, alfx.kbald(data["lp"], B, mask=~labeled), labeled)
 
 
+def test_labeled_files_add_up(data, capsys):
+  # Round 2: the first labelled set plus round 1's picks (its own CSV).
+  common = ["--log-probs", data["lp_file"], "--strategy", "bald"]
+  common += ["--batch-size", B, "--labeled", data["labeled_file"]]
+  rc, first, err = run(capsys, *common)
+  assert rc == 0, err
+  (data["dir"] / "round1.csv").write_text(first)
+  rc, second, err = run(
+    capsys, *common, "--labeled", data["dir"] / "round1.csv"
+  )
+  assert rc == 0, err
+  labeled = data["labeled"].copy()
+  labeled[picks(first)[0]] = True
+  assert_same(second, alfx.topk_bald(data["lp"], B, mask=~labeled), labeled)
+
+
 def test_mask_restricts_the_candidates(data, capsys):
   path = data["dir"] / "sel.txt"
   allowed = [1, 4, 7, 9, 20]

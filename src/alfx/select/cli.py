@@ -86,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument(
     "--labeled",
     metavar="FILE",
+    action="append",
+    default=[],
     help="labelled points, never picked: bool mask [N] (.npy) or indices"
-    " (.npy ints, or a text/CSV file of integers)",
+    " (.npy ints, or a text/CSV file of integers, e.g. earlier picks);"
+    " repeatable (the union)",
   )
   g.add_argument(
     "--mask",
@@ -274,8 +277,8 @@ def _select(args) -> int:
     embeddings = jnp.zeros((n, 0), log_probs.dtype)
     probs = jnp.zeros((n, 0), log_probs.dtype)
   labeled = np.zeros(n, bool)
-  if args.labeled:
-    labeled = inputs.read_points(args.labeled, "--labeled", n)
+  for spec in args.labeled:
+    labeled |= inputs.read_points(spec, "--labeled", n)
   selectable = np.ones(n, bool)
   if args.mask:
     selectable = inputs.read_points(args.mask, "--mask", n)
