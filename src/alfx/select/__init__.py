@@ -20,9 +20,10 @@ strategies, ``--help`` every flag.
 Memory: a ``.npy`` file (and an uncompressed ``.npz`` member) is
 memory-mapped and read once, in chunks, into the float32 array the
 acquisition runs on; the command holds no second copy (see
-`alfx.select.inputs`; the acquisition's working memory comes on top).
+`alfx.select.arrays`; the acquisition's working memory comes on top).
 
-Modules (public): `inputs` (reading and checking the arrays), `cli` (the
+Modules (public): `inputs` (the files), `arrays` (checked JAX arrays from
+them), `strategies` (names, options, EPIG with given targets), `cli` (the
 flags and `main`). Needs only alfx's core (jax, numpy).
 
 May import: `alfx` (the public API), numpy, jax; nothing from Flax or optax.
