@@ -18,6 +18,7 @@ from typing import Any
 
 from alfx.experiment import datasets as _datasets
 from alfx.experiment import durable
+from alfx.experiment import models as _models
 from alfx.experiment import presets as _presets
 from alfx.experiment import report
 from alfx.experiment import run
@@ -134,10 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument(
     "--model",
-    choices=("mlp", "linear"),
+    choices=_models.MODEL_NAMES,
     default="mlp",
-    help="mlp (hidden layers, --hidden) or linear (a last layer"
-    " on fixed features)",
+    help="mlp (hidden layers, --hidden), linear (a last layer on fixed"
+    " features), cnn (the BatchBALD paper's MNIST CNN) or cifar-cnn (a"
+    " small CNN for 32x32x3 images); the CNNs need images (default mlp)",
   )
   p.add_argument(
     "--hidden",
@@ -480,6 +482,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       datasets = [_datasets.load_dataset(n) for n in names]
     for d in datasets:
       _datasets.check_budget(d, args.initial, args.rounds, args.batch_size)
+      if args.model in _models.IMAGE_MODELS and d.image_shape is None:
+        raise ValueError(
+          f"--model {args.model} needs images, and {d.name} holds flat"
+          f" features {list(d.pool_x.shape[1:])}: give x as images [N, H,"
+          " W(, C)], or use --model mlp or linear."
+        )
     config = run_config(args, strategies)
     error = _prepare_out(args, config, [d.name for d in datasets], strategies)
   except ValueError as e:

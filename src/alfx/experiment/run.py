@@ -135,7 +135,11 @@ def run_dataset(
   datasets.check_budget(dataset, args.initial, args.rounds, args.batch_size)
   mc = args.mc_dropout
   model = models.make_model(
-    dataset.num_classes, tuple(args.hidden), args.dropout if mc else 0.0
+    dataset.num_classes,
+    tuple(args.hidden),
+    args.dropout if mc else 0.0,
+    architecture=args.model,
+    image_shape=dataset.image_shape,
   )
   forward = alfx.linen_forward(
     model, train_kwargs={"train": True}, eval_kwargs={"train": False}
