@@ -64,7 +64,8 @@ class Row:
     dynamic: may end its batch early (``valid`` is a prefix).
     reads_values: False where only the pool's length is read (random_batch):
       no NaN or rank property on the values.
-    in_pool: takes ``in_pool=`` (BAIT), passed on a padded sharded pool.
+    in_pool: takes ``in_pool=`` (BAIT; every registry strategy through
+      ``StrategyContext.in_pool``), passed on a padded sharded pool.
     twin: for a registry strategy, the direct row whose function it wraps
       (its program under jit is that row's plus the wrapper): the default
       suite runs the properties that compile under jit on the twin only,
@@ -313,6 +314,7 @@ def _strategy_row(name):
       embeddings=a["embeddings"],
       probs=a["probs"],
       labeled=a["labeled"],
+      in_pool=_in_pool(a),
     )
     return strategy(context, b, key=key, mask=a["mask"])
 
@@ -326,6 +328,7 @@ def _strategy_row(name):
     reads_values=name != "random",
     twin=twin,
     duplicates=name != "typiclust",
+    in_pool=True,
   )
 
 

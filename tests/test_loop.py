@@ -321,6 +321,27 @@ def test_test_targets_are_predicted_under_the_pool_samples(rng, mc):
   assert int(new_state.labeled.sum()) == int(state.labeled.sum()) + 3
 
 
+@pytest.mark.parametrize("name", ["bait-full", "bait-binary"])
+def test_bait_strategies_weigh_padding_by_in_pool(rng, name):
+  # alfx.shard_pool pads with copies of the last row; with in_pool the
+  # padded context gives the unpadded pool's BAIT (F averages real rows).
+  context = _context(rng, n=30)
+  pad = lambda a: jnp.concatenate([a, a[-1:]], axis=0)
+  padded = alfx.StrategyContext(
+    *[pad(a) for a in context[:4]], in_pool=jnp.arange(31) < 30
+  )
+  mask = jnp.arange(31) < 30
+  strategy = alfx.get_strategy(name)
+  key = jax.random.key(0)
+  expected = strategy(context, 4, key=key, mask=~context.labeled)
+  got = strategy(padded, 4, key=key, mask=mask)
+  np.testing.assert_array_equal(got.indices, expected.indices)
+  np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5)
+  # Without in_pool the padding row counts as a pool point.
+  unweighted = strategy(padded._replace(in_pool=None), 4, key=key, mask=mask)
+  assert not np.allclose(unweighted.scores, expected.scores, rtol=1e-5)
+
+
 def test_epig_strategies_draw_targets_from_the_context(rng):
   # Every given target row is the same prediction: whichever rows are
   # drawn, EPIG is against that one input, which the pool targets (drawn

@@ -46,6 +46,11 @@ class StrategyContext(NamedTuple):
       same ``K`` posterior samples as ``log_probs``. The EPIG strategies
       draw their targets from these rows; None (the default) draws them
       from the unlabelled pool (`alfx.pool_targets`).
+    in_pool: optional ``bool[N]``: False for the padding rows
+      `alfx.shard_pool` adds to a sharded pool (``ShardedPool.in_pool``),
+      so that BAIT's pool Fisher information averages real points only;
+      None (the default): every row is a pool point. Padding is never
+      picked as long as ``mask`` excludes it.
 
   Example:
     >>> log_probs = jnp.log(jnp.array([[[0.5, 0.5]], [[0.9, 0.1]]]))
@@ -63,6 +68,7 @@ class StrategyContext(NamedTuple):
   probs: jax.Array
   labeled: jax.Array
   target_log_probs: jax.Array | None = None
+  in_pool: jax.Array | None = None
 
 
 class Strategy(Protocol):
@@ -394,6 +400,7 @@ def _bait_kind(kind):
         batch_size,
         labeled=context.labeled,
         mask=mask,
+        in_pool=context.in_pool,
         fisher=kind,
         top_c=top_c,
         lam=lam,
