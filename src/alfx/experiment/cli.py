@@ -342,7 +342,15 @@ def run_config(
 ) -> dict[str, Any]:
   """The configuration a run's results depend on (``run.json``'s
   ``config``): every flag but `NOT_CONFIG`, with the strategies resolved
-  and ``--data`` as an absolute path."""
+  and ``--data`` as an absolute path.
+
+  Example:
+    >>> from alfx.experiment import cli
+    >>> args = cli.build_parser().parse_args(["--rounds", "4", "--out", "x"])
+    >>> config = cli.run_config(args, ["random", "bald"])
+    >>> config["rounds"], config["strategies"], "out" in config
+    (4, ['random', 'bald'], False)
+  """
   config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
   config["strategies"] = list(strategies)
   if args.data:

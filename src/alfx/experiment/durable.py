@@ -79,7 +79,13 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def versions() -> dict[str, str]:
-  """The alfx, JAX and Python versions, for the manifest."""
+  """The alfx, JAX and Python versions, for the manifest.
+
+  Example:
+    >>> from alfx.experiment.durable import versions
+    >>> versions()["jax"] == jax.__version__
+    True
+  """
   import alfx
 
   try:
@@ -96,7 +102,16 @@ def versions() -> dict[str, str]:
 
 
 def write_manifest(out: str, manifest: Mapping[str, Any]) -> None:
-  """Writes ``manifest`` as ``out/run.json`` (atomically)."""
+  """Writes ``manifest`` as ``out/run.json`` (atomically).
+
+  Example:
+    >>> import tempfile
+    >>> from alfx.experiment import durable
+    >>> out = tempfile.mkdtemp()
+    >>> durable.write_manifest(out, durable.new_manifest({"seeds": 3}))
+    >>> durable.read_manifest(out)["config"]
+    {'seeds': 3}
+  """
   text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
   write_atomic(os.path.join(out, MANIFEST), text.encode())
 
@@ -120,7 +135,14 @@ def new_manifest(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_manifest(out: str) -> dict[str, Any] | None:
-  """``out/run.json``, or None when there is none."""
+  """``out/run.json``, or None when there is none (see `write_manifest`).
+
+  Example:
+    >>> import tempfile
+    >>> from alfx.experiment.durable import read_manifest
+    >>> read_manifest(tempfile.mkdtemp()) is None
+    True
+  """
   path = os.path.join(out, MANIFEST)
   if not os.path.exists(path):
     return None
@@ -198,7 +220,16 @@ def append_rows(
 
 
 def read_rows(path: str) -> list[dict[str, str]]:
-  """The rows of the CSV at ``path`` (strings); a torn last line is dropped."""
+  """The rows of the CSV at ``path`` (strings); a torn last line is dropped.
+
+  Example:
+    >>> import tempfile, os
+    >>> from alfx.experiment.durable import read_rows
+    >>> path = os.path.join(tempfile.mkdtemp(), "r.csv")
+    >>> _ = open(path, "w").write("a,b\\n1,2\\n3,")  # cut off mid-row
+    >>> read_rows(path)
+    [{'a': '1', 'b': '2'}]
+  """
   if not os.path.exists(path):
     return []
   with open(path, newline="") as f:
@@ -211,7 +242,16 @@ def read_rows(path: str) -> list[dict[str, str]]:
 def rewrite_rows(
   path: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
 ) -> None:
-  """Replaces the CSV at ``path`` by ``rows`` (atomically)."""
+  """Replaces the CSV at ``path`` by ``rows`` (atomically).
+
+  Example:
+    >>> import tempfile, os
+    >>> from alfx.experiment.durable import read_rows, rewrite_rows
+    >>> path = os.path.join(tempfile.mkdtemp(), "r.csv")
+    >>> rewrite_rows(path, [{"a": 1}], ("a",))
+    >>> read_rows(path)
+    [{'a': '1'}]
+  """
   write_atomic(path, _csv_text(rows, list(columns), header=True).encode())
 
 
@@ -230,7 +270,17 @@ def checkpoint_path(out: str, dataset: str, strategy: str) -> str:
 
 
 def save_checkpoint(path: str, **arrays: Any) -> None:
-  """Saves ``arrays`` as an ``.npz`` at ``path``, all or nothing."""
+  """Saves ``arrays`` as an ``.npz`` at ``path``, all or nothing (a crash
+  leaves the previous checkpoint whole); see `load_checkpoint`.
+
+  Example:
+    >>> import tempfile, os
+    >>> from alfx.experiment.durable import save_checkpoint
+    >>> path = os.path.join(tempfile.mkdtemp(), "c.npz")
+    >>> save_checkpoint(path, next_round=1)
+    >>> os.path.exists(path)
+    True
+  """
   os.makedirs(os.path.dirname(path), exist_ok=True)
   buffer = io.BytesIO()
   values: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
@@ -281,7 +331,17 @@ def rows_covered(
 
 
 def clear(out: str, names: Sequence[str]) -> None:
-  """Removes the run files ``names`` (and the checkpoints) from ``out``."""
+  """Removes the run files ``names`` (and the checkpoints) from ``out``.
+
+  Example:
+    >>> import tempfile, os
+    >>> from alfx.experiment import durable
+    >>> out = tempfile.mkdtemp()
+    >>> durable.save_checkpoint(durable.checkpoint_path(out, "d", "s"), r=1)
+    >>> durable.clear(out, (durable.RESULTS,))
+    >>> os.listdir(out)
+    []
+  """
   for name in names:
     path = os.path.join(out, name)
     if os.path.isfile(path):

@@ -140,6 +140,11 @@ class Difference(NamedTuple):
     low: the lower end of the interval (the ``(1 - level) / 2`` quantile of
       the resampled means).
     high: the upper end.
+
+  Example:
+    >>> from alfx.experiment.report import Difference
+    >>> Difference(0.02, -0.01, 0.05).low
+    -0.01
   """
 
   mean: float
@@ -214,6 +219,17 @@ def figure(rows: Sequence[dict[str, Any]], title: str = "") -> Any:
 
   Returns:
     A matplotlib ``Figure`` (close it with ``matplotlib.pyplot.close``).
+
+  Example:
+    >>> import matplotlib.pyplot as plt
+    >>> from alfx.experiment.report import figure
+    >>> rows = [{"dataset": "digits", "strategy": "bald", "seed": 0,
+    ...          "round": r, "num_labeled": 10 * (r + 1), "accuracy": a}
+    ...         for r, a in enumerate([0.5, 0.7])]
+    >>> fig = figure(rows, title="a long title " * 20)
+    >>> len(fig.axes), fig.get_suptitle().count("\\n") > 0  # wrapped
+    (1, True)
+    >>> plt.close(fig)
   """
   import matplotlib
 
