@@ -428,11 +428,10 @@ def run_loop(
 
   Example:
     >>> def round_(params, state, data):  # a stand-in: label the first free
-    ...   i = jnp.argmin(state.labeled)
-    ...   sel = alfx.Selection(i[None], jnp.zeros(1), jnp.ones(1, bool))
-    ...   metrics = alfx.RoundMetrics(jnp.float32(1), state.labeled.sum(),
-    ...                               jnp.float32(0), sel)
-    ...   return state._replace(labeled=state.labeled.at[i].set(True)), metrics
+    ...   sel = alfx.top_b(jnp.zeros(4), 1, mask=~state.labeled)
+    ...   labeled = state.labeled.at[sel.indices].set(True)
+    ...   return state._replace(labeled=labeled), alfx.RoundMetrics(
+    ...     jnp.float32(1), state.labeled.sum(), jnp.float32(0), sel)
     >>> loop = alfx.Loop(round_, None, None, None)
     >>> state = alfx.LoopState(jnp.array([True, False, False, False]),
     ...                        jax.random.key(0))
