@@ -416,11 +416,24 @@ def test_ctrl_c_leaves_csv_and_plot_and_resume_completes(
   assert experiment.main(argv + ["--out", str(out), "--resume"]) == 0
   resumed = read_csv(out / "results.csv")
   assert without_timing(resumed) == without_timing(expected)
-  assert json.loads((out / "run.json").read_text())["finished"]
+  manifest = json.loads((out / "run.json").read_text())
+  assert manifest["finished"] and len(manifest["resumed"]) == 1
   # Resuming a finished run recomputes nothing and reports it again.
   assert experiment.main(argv + ["--out", str(out), "--resume"]) == 0
   assert read_csv(out / "results.csv") == resumed
   assert "| digits | bald |" in capsys.readouterr().out
+
+
+def test_sigterm_stops_a_run_like_ctrl_c():
+  before = signal.getsignal(signal.SIGTERM)
+  undo = cli._interrupt_on_sigterm()  # pylint: disable=protected-access
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(5)  # the handler raises before this ends
+  finally:
+    undo()
+  assert signal.getsignal(signal.SIGTERM) == before
 
 
 @contextlib.contextmanager

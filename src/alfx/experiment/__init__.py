@@ -9,11 +9,14 @@ seeds. Every seed runs in the same compiled program (``jax.vmap``), every
 round reuses the program compiled for the first. Outputs, in ``--out``:
 
 * ``results.csv``: one row per dataset, strategy, seed and round: labels,
-  test accuracy, training loss, acquisition seconds;
+  test accuracy, training loss, acquisition seconds; appended and flushed
+  as each round finishes, beside ``run.json`` (the configuration) and
+  ``checkpoints/``, so ``--resume`` continues an interrupted run;
 * ``learning_curves.png``: test accuracy against labels, mean and spread
   (min to max) over seeds, one line per strategy, one panel per dataset;
 * a summary table on stdout: final accuracy, area under the learning curve,
-  mean acquisition time per round.
+  its paired differences from random and from the best strategy (95%
+  bootstrap intervals over seeds), mean acquisition time per round.
 
 Data: ``--data FILE.npz`` runs on your own arrays instead: ``x`` (features
 ``[N, D]`` or images ``[N, H, W(, C)]``, flattened) and integer ``y``
@@ -23,7 +26,9 @@ points is held out). Precomputed embeddings of a frozen backbone with
 
 Modules (public): `datasets` (the digits and ``.npz`` loaders, also the
 examples' data), `models` (the MLP), `run` (every strategy on one dataset),
-`report` (CSV, plot, summary table), `cli` (the flags and `main`).
+`report` (CSV, plot, summary table), `durable` (the per-round CSV, the
+``run.json`` manifest and the checkpoints behind ``--resume``), `presets`
+(the papers' experiments, ``--preset``), `cli` (the flags and `main`).
 
 The scientific libraries the report needs (matplotlib; tqdm for the progress
 bar) are imported only here, never by the core library.

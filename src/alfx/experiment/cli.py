@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import datetime
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -402,7 +403,11 @@ def _prepare_out(args, config, dataset_names, strategies):
       f"resuming the run started {old.get('started', '?')} in {args.out}",
       file=sys.stderr,
     )
-    durable.write_manifest(args.out, {**old, "finished": False})
+    now = datetime.datetime.now(datetime.timezone.utc)
+    resumed = old.get("resumed", []) + [now.isoformat(timespec="seconds")]
+    durable.write_manifest(
+      args.out, {**old, "finished": False, "resumed": resumed}
+    )
     return None
   if old is not None and not old.get("finished") and not args.overwrite:
     return (
@@ -418,6 +423,20 @@ def _prepare_out(args, config, dataset_names, strategies):
 
 
 PLOT = "learning_curves.png"
+
+
+def _interrupt_on_sigterm():
+  """Makes SIGTERM raise KeyboardInterrupt; returns the undo (a no-op off
+  the main thread, where signal handlers cannot be set)."""
+
+  def handler(signum, frame):
+    raise KeyboardInterrupt
+
+  try:
+    previous = signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # not the main thread
+    return lambda: None
+  return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -532,6 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     len(datasets) * len(strategies) * (args.rounds + 1), not args.no_progress
   )
   summary, compiles, interrupted = [], [], False
+  # A batch scheduler's SIGTERM (a job's time limit) stops the run like
+  # Ctrl-C: the report of what finished is written before the exit.
+  on_term = _interrupt_on_sigterm()
   try:
     for d in datasets:
       _, s, c = run.run_dataset(d, strategies, args, progress, out=args.out)
@@ -541,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted = True
   finally:
     progress.close()
+    on_term()
   total = time.perf_counter() - start
 
   # The report is read back from the CSV: a resumed run reports every round,
