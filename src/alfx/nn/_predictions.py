@@ -232,14 +232,16 @@ def mc_dropout_predictions(
 
   Example:
     >>> import flax.linen as nn
-    >>> class MLP(nn.Module):
+    >>> class Net(nn.Module):
+    ...   rate: float = 0.5
     ...   @nn.compact
     ...   def __call__(self, x, train=False):
-    ...     x = nn.Dropout(0.5, deterministic=not train)(nn.Dense(4)(x))
-    ...     return nn.Dense(3)(x)
-    >>> forward = alfx.linen_forward(MLP(), train_kwargs={"train": True})
+    ...     h = nn.Dense(4)(x)
+    ...     return nn.Dense(3)(nn.Dropout(self.rate, deterministic=not train)(h))
+    >>> net = Net()
+    >>> forward = alfx.linen_forward(net, train_kwargs={"train": True})
+    >>> params = net.init(jax.random.key(0), jnp.ones((1, 2)))
     >>> x = jnp.ones((5, 2))
-    >>> params = MLP().init(jax.random.key(0), x[:1])
     >>> pred = alfx.mc_dropout_predictions(
     ...   forward, params, x, key=jax.random.key(1), num_samples=4)
     >>> pred.log_probs.shape, pred.embeddings.shape
