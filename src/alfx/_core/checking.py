@@ -1,18 +1,27 @@
 """How value checks run: eagerly on concrete input, staged under `checked`.
 
-A value check is a jitted reduction over the inputs that returns ``(ok,
-values)``; `value_check` runs it once, moves the few scalars to the host and
-raises a ``ValueError`` from the template when ``ok`` is False. Arrays that
-span several processes are checked as one SPMD program on every process
-(each reads its own shards; the verdict is the same everywhere). Inside
-`checked` (``jax.experimental.checkify``) the same reduction is staged into
-the caller's program and raises from inside ``jit``.
+A value check is a reduction over the inputs that returns ``(ok, values)``.
+On concrete input the checks of one public call (`fused_checks`) run
+together: one jitted function of their cheap ``quick`` tests over all the
+checked arrays (compiled once per set of checks and input shapes) and one
+host transfer of a ``bool[checks]`` vector, before the call's jitted core.
+Only when a test fails do the precise statistics run, check by check, to
+raise the ``ValueError`` of the first failure. Arrays that span several
+processes are checked as one SPMD program on every process (each reads its
+own shards; the verdict is the same everywhere). Inside `checked`
+(``jax.experimental.checkify``) the same reductions are staged into the
+caller's program and raise from inside ``jit``.
 
 May import: jax and numpy only.
 """
 
+from collections.abc import Callable
 import contextlib
+import functools
 import threading
+from typing import Any
+from typing import NamedTuple
+from typing import TypeVar
 
 import jax
 import jax.core
@@ -25,6 +34,8 @@ import numpy as np
 NORMALISATION_TOLERANCE = 1e-3
 
 _STATE = threading.local()
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def tolerance(dtype) -> float:
@@ -103,6 +114,7 @@ def _fully_addressable(args) -> bool:
 def to_host(fn, *args):
   """Runs a jitted value check on concrete arrays and fetches the result.
 
+  Queued value checks of the current call (`fused_checks`) run first.
   ``ensure_compile_time_eval`` evaluates it eagerly even when a public
   function is called inside someone's trace with concrete (closed-over)
   arrays, where it would otherwise be staged out as a tracer. Arrays that
@@ -111,32 +123,165 @@ def to_host(fn, *args):
   every process reduces its own shards, and its replicated scalar result is
   the verdict of the whole pool, identical on every process.
   """
-  with _mesh_context(args):
+  flush_checks()
+  return _host(fn, *args)
+
+
+def _host(fn, *args, **kwargs):
+  with _mesh_context(jax.tree.leaves(args)):
     if not _fully_addressable(args):
-      return jax.device_get(fn(*args))
+      return jax.device_get(fn(*args, **kwargs))
     with jax.ensure_compile_time_eval():
-      return jax.device_get(fn(*args))
+      return jax.device_get(fn(*args, **kwargs))
 
 
-def value_check(fn, args, explain, template: str) -> None:
-  """Runs one value check: ``fn(*args) -> (ok, values)``, scalars.
+class _Check(NamedTuple):
+  """One value check of a call, queued until the call's checks run."""
 
-  On concrete arrays: one jitted reduction and one small host transfer;
-  raises ``ValueError(explain(values))`` when ``ok`` is False. Traced inside
-  `checked`: a ``checkify.check(ok, template, **values)``. Traced otherwise:
-  nothing (the cores guard against NaN instead).
+  stats: Callable[..., Any]
+  quick: Callable[..., Any] | None
+  args: tuple
+  params: tuple
+  explain: Callable[[dict], str]
+
+
+def implied(*args, **params) -> bool:
+  """A `value_check` ``quick`` for a check that a later check's ``quick`` covers.
+
+  E.g. no NaN in log-probabilities: a NaN also fails the normalisation
+  check's ``quick``. Its precise ``stats`` still run first on failure, so
+  the message stays the NaN one.
+  """
+  del args, params
+  return True
+
+
+def value_check(
+  stats, args, explain, template: str, *, quick=None, params=None
+) -> None:
+  """Runs, queues or stages one value check.
+
+  Args:
+    stats: ``stats(*args, **params) -> (ok, values)``, a module-level
+      function (its identity keys the compiled check): ``ok`` a boolean
+      scalar, ``values`` a dict of scalars for the message.
+    args: the arrays checked.
+    explain: ``explain(values) -> str``, the ``ValueError`` message.
+    template: the ``checkify`` message under `checked` (``{name}`` fields
+      from ``values``).
+    quick: optional ``quick(*args, **params) -> ok``, a cheaper test for
+      the fused pass (default ``stats``' ``ok``); the quick tests of a
+      call passing must imply that every ``stats`` passes (`implied`).
+    params: optional dict of hashable static parameters of both.
+
+  On concrete arrays inside a `fused_checks` call the check is queued: the
+  call's checks run together as one jitted reduction with one small host
+  transfer, before the call's first ``pool_core`` core or on its return.
+  Outside one it runs at once (the same way, alone). When a quick test
+  fails, the precise ``stats`` of the queued checks run in order and the
+  first failure raises ``ValueError(explain(values))``. Traced inside
+  `checked`: a ``checkify.check(ok, template, **values)``. Traced
+  otherwise: nothing (the cores guard against NaN instead).
   """
   if not args or any(getattr(a, "size", 1) == 0 for a in args):
     return
+  for f in (stats, quick):
+    qualname = getattr(f, "__qualname__", "")
+    if "<locals>" in qualname:
+      raise TypeError(
+        f"value_check needs module-level functions, got {qualname}:"
+        " a new closure per call would compile a new check every call."
+      )
+  params = tuple(sorted((params or {}).items()))
   if is_concrete(*args):
-    ok, values = to_host(fn, *args)
+    check = _Check(stats, quick, tuple(args), params, explain)
+    pending = getattr(_STATE, "pending", None)
+    if pending is None:
+      _run((check,))
+    else:
+      pending.append(check)
+  elif checking():
+    ok, values = stats(*args, **dict(params))
+    checkify.check(ok, template, **values)
+
+
+def fused_checks(fn: _F) -> _F:
+  """Decorates a public function: its value checks run as one fused pass.
+
+  Every `value_check` on concrete input made while ``fn`` runs (also by the
+  public functions it calls) is queued; the queue runs (`flush_checks`)
+  before the first ``pool_core`` core, before a `to_host`, when ``fn``
+  returns and, so that a value error still comes before a later error of
+  the same call, when ``fn`` raises.
+  """
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    if getattr(_STATE, "pending", None) is not None:
+      return fn(*args, **kwargs)  # nested: joins the outer call's queue
+    _STATE.pending = []
+    try:
+      out = fn(*args, **kwargs)
+      flush_checks()
+      return out
+    except Exception:
+      flush_checks()  # a queued value error comes first
+      raise
+    finally:
+      _STATE.pending = None
+
+  return call  # pyright: ignore[reportReturnType]
+
+
+def flush_checks() -> None:
+  """Runs the queued value checks of the current `fused_checks` call."""
+  pending = getattr(_STATE, "pending", None)
+  if pending:
+    checks = tuple(pending)
+    pending.clear()
+    _run(checks)
+
+
+@functools.partial(jax.jit, static_argnames=("plan",))
+def _all_ok(arrays, plan):
+  """``bool[len(plan)]``: the quick test of every planned check."""
+  oks = []
+  for stats, quick, idx, params in plan:
+    args = [arrays[i] for i in idx]
+    ok = (
+      quick(*args, **dict(params)) if quick else stats(*args, **dict(params))[0]
+    )
+    oks.append(jnp.asarray(ok, bool).reshape(()))
+  return jnp.stack(oks)
+
+
+def _quick_ok(checks) -> bool:
+  """All quick tests of ``checks`` in one jitted call and one transfer."""
+  arrays, ids, plan = [], {}, []
+  for c in checks:
+    idx = []
+    for a in c.args:
+      if id(a) not in ids:
+        ids[id(a)] = len(arrays)
+        arrays.append(a)
+      idx.append(ids[id(a)])
+    plan.append((c.stats, c.quick, tuple(idx), c.params))
+  return bool(np.all(_host(_all_ok, tuple(arrays), plan=tuple(plan))))
+
+
+def _run(checks) -> None:
+  # Arrays spread over several processes run as one SPMD program apart from
+  # process-local ones (a jit cannot mix the two).
+  spread = tuple(c for c in checks if not _fully_addressable(c.args))
+  local = tuple(c for c in checks if _fully_addressable(c.args))
+  if all(_quick_ok(group) for group in (local, spread) if group):
+    return
+  for c in checks:  # the error path: precise statistics, in call order
+    ok, values = to_host(functools.partial(c.stats, **dict(c.params)), *c.args)
     if not bool(ok):
       raise ValueError(
-        explain({k: np.asarray(v).item() for k, v in values.items()})
+        c.explain({k: np.asarray(v).item() for k, v in values.items()})
       )
-  elif checking():
-    ok, values = fn(*args)
-    checkify.check(ok, template, **values)
 
 
 def _mesh_context(args):

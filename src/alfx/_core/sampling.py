@@ -26,6 +26,7 @@ STOCHASTIC_MODES = ("power", "softmax", "softrank")
 # Stochastic batch acquisition.
 
 
+@_validation.fused_checks
 def stochastic_batch(
   utilities: ArrayLike,
   batch_size: int,
@@ -157,6 +158,7 @@ def _stochastic_batch(
 # Random.
 
 
+@_validation.fused_checks
 def random_batch(
   pool: ArrayLike,
   batch_size: int,

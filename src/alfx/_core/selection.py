@@ -40,6 +40,7 @@ class Selection(NamedTuple):
   valid: jax.Array
 
 
+@_validation.fused_checks
 def top_b(
   utilities: ArrayLike, batch_size: int, *, mask: ArrayLike | None = None
 ) -> Selection:

@@ -36,6 +36,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
+from alfx._core import checking as _checking
+
 
 class ShardedPool(NamedTuple):
   """A pool placed on a device mesh by `shard_pool`.
@@ -366,6 +368,7 @@ def pool_core(
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
+      _checking.flush_checks()  # the call's queued value checks come first
       bound = signature.bind(*args, **kwargs)
       bound.apply_defaults()
       arrays = tuple(bound.arguments[n] for n in names)

@@ -24,6 +24,8 @@ shape.
 """
 
 import math
+import os
+import sys
 from typing import Any
 import warnings
 
@@ -32,6 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from alfx._core.checking import checked  # noqa: F401 (re-exported)
+from alfx._core.checking import flush_checks  # noqa: F401 (re-exported)
+from alfx._core.checking import fused_checks  # noqa: F401 (re-exported)
+from alfx._core.checking import implied
 from alfx._core.checking import is_concrete
 from alfx._core.checking import NORMALISATION_TOLERANCE  # noqa: F401
 from alfx._core.checking import to_host  # noqa: F401 (re-exported)
@@ -72,19 +77,42 @@ def _float_stats(x):
   return nan, pos_inf, neg_inf
 
 
-def check_finite(
-  x, name: str, expected: str, *, allow_neg_inf=False, allow_inf=False
-) -> None:
-  """Refuses NaN and +inf (and -inf unless allowed) in ``x``."""
+def _finite_stats(x, allow_neg_inf, allow_inf):
+  nan, pos_inf, neg_inf = _float_stats(x)
+  bad = (
+    nan
+    + (0 if allow_inf else pos_inf)
+    + (0 if allow_neg_inf or allow_inf else neg_inf)
+  )
+  return bad == 0, dict(nan=nan, pos_inf=pos_inf, neg_inf=neg_inf)
 
-  def fn(x):
-    nan, pos_inf, neg_inf = _float_stats(x)
-    bad = (
-      nan
-      + (0 if allow_inf else pos_inf)
-      + (0 if allow_neg_inf or allow_inf else neg_inf)
-    )
-    return bad == 0, dict(nan=nan, pos_inf=pos_inf, neg_inf=neg_inf)
+
+def _finite_quick(x, allow_neg_inf, allow_inf):
+  # max and min propagate NaN: one or two plain reductions instead of
+  # counting (the counts are only needed for the message).
+  hi = jnp.max(x)
+  ok = ~jnp.isnan(hi)
+  if not allow_inf:
+    ok = ok & (hi < jnp.inf)
+    if not allow_neg_inf:
+      ok = ok & (jnp.min(x) > -jnp.inf)
+  return ok
+
+
+def check_finite(
+  x,
+  name: str,
+  expected: str,
+  *,
+  allow_neg_inf=False,
+  allow_inf=False,
+  covered=False,
+) -> None:
+  """Refuses NaN and +inf (and -inf unless allowed) in ``x``.
+
+  ``covered``: a later check of the same call fails on NaN and +inf too
+  (normalisation), so the fused pass need not test for them separately.
+  """
 
   def explain(v):
     found = ", ".join(
@@ -106,12 +134,14 @@ def check_finite(
     )
 
   value_check(
-    fn,
+    _finite_stats,
     (x,),
     explain,
     f"{name} (shape {expected}) contains {{nan}} NaN, {{pos_inf}}"
     f" +inf and {{neg_inf}} -inf entries; values must be finite"
     + (" or infinite." if allow_inf else " or -inf." if allow_neg_inf else "."),
+    quick=implied if covered else _finite_quick,
+    params=dict(allow_neg_inf=allow_neg_inf, allow_inf=allow_inf),
   )
 
 
@@ -123,8 +153,31 @@ def _shape_warning(log_probs, name: str) -> None:
       f" C]: more posterior samples than pool points. If it is laid out"
       f" [K, N, C] (samples first, as some libraries do), pass"
       f" jnp.swapaxes({name}, 0, 1).",
-      stacklevel=4,
+      stacklevel=_caller_level(),
     )
+
+
+def _caller_level() -> int:
+  """The ``stacklevel`` of the first frame outside alfx (the user's call)."""
+  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  frame, level = sys._getframe(1), 1
+  while frame is not None and frame.f_code.co_filename.startswith(package):
+    frame, level = frame.f_back, level + 1
+  return level
+
+
+def _log_prob_check(lp, tol):
+  err, lo, hi, sum_err = _log_prob_stats(lp)
+  return err <= tol, dict(err=err, lo=lo, hi=hi, sum_err=sum_err)
+
+
+def _log_prob_quick(lp, tol):
+  # Row sums of exp without the logsumexp shift, and no statistics for the
+  # message: |s - 1| <= 1 - exp(-tol) implies |log s| <= tol. NaN and +inf
+  # fail it too (a NaN sum compares False).
+  lp = lp.astype(jnp.promote_types(lp.dtype, jnp.float32))
+  dev = jnp.max(jnp.abs(jnp.sum(jnp.exp(lp), axis=-1) - 1))
+  return dev <= -math.expm1(-tol)
 
 
 @jax.jit
@@ -134,6 +187,18 @@ def _log_prob_stats(lp):
   err = jnp.max(jnp.where(jnp.isfinite(lse), jnp.abs(lse), jnp.inf))
   sum_err = jnp.max(jnp.abs(jnp.sum(lp, axis=-1) - 1))
   return err, jnp.min(lp), jnp.max(lp), sum_err
+
+
+def _prob_check(p, tol):
+  lo, err, lse = _prob_stats(p)
+  return (lo >= 0) & (err <= tol), dict(lo=lo, err=err, lse=lse)
+
+
+def _prob_quick(p, tol):
+  # NaN and infinities fail it too.
+  p = p.astype(jnp.promote_types(p.dtype, jnp.float32))
+  err = jnp.max(jnp.abs(jnp.sum(p, axis=-1) - 1))
+  return (jnp.min(p) >= 0) & (err <= tol)
 
 
 @jax.jit
@@ -152,6 +217,12 @@ def count_selectable(mask, labeled=None):
   if labeled is None:
     return count
   return count, jnp.sum(mask & ~labeled, dtype=jnp.int32)
+
+
+def _selectable_check(mask, labeled=None, *, batch_size):
+  count = count_selectable(mask)
+  free = count if labeled is None else count_selectable(mask, labeled)[1]
+  return free >= batch_size, dict(count=count, free=free)
 
 
 def check_log_probs(
@@ -187,12 +258,8 @@ def check_log_probs(
     )
   if pool and rank == 3:
     _shape_warning(log_probs, name)
-  check_finite(log_probs, name, expected, allow_neg_inf=True)
+  check_finite(log_probs, name, expected, allow_neg_inf=True, covered=True)
   tol = tolerance(log_probs.dtype)
-
-  def fn(lp):
-    err, lo, hi, sum_err = _log_prob_stats(lp)
-    return err <= tol, dict(err=err, lo=lo, hi=hi, sum_err=sum_err)
 
   def explain(v):
     off = (
@@ -218,12 +285,14 @@ def check_log_probs(
     )
 
   value_check(
-    fn,
+    _log_prob_check,
     (log_probs,),
     explain,
     f"{name} (shape {expected}) must be log-probabilities normalised"
     " over the class axis, but logsumexp is off by up to {err}; pass"
     " jax.nn.log_softmax(logits).",
+    quick=_log_prob_quick,
+    params=dict(tol=tol),
   )
   return log_probs
 
@@ -241,12 +310,8 @@ def check_probs(probs, n: int, name: str = "probs") -> jax.Array:
     raise ValueError(
       f"{name} must have at least one class, got {_shape_str(probs)}."
     )
-  check_finite(probs, name, expected)
+  check_finite(probs, name, expected, covered=True)
   tol = tolerance(probs.dtype)
-
-  def fn(p):
-    lo, err, lse = _prob_stats(p)
-    return (lo >= 0) & (err <= tol), dict(lo=lo, err=err, lse=lse)
 
   def explain(v):
     msg = (
@@ -259,11 +324,13 @@ def check_probs(probs, n: int, name: str = "probs") -> jax.Array:
     return f"{msg}; pass jax.nn.softmax(logits)."
 
   value_check(
-    fn,
+    _prob_check,
     (probs,),
     explain,
     f"{name} (shape {expected}) must be probabilities: min {{lo}},"
     " largest deviation of a row sum from 1 {err}.",
+    quick=_prob_quick,
+    params=dict(tol=tol),
   )
   return probs
 
@@ -339,11 +406,6 @@ def check_batch_size(
     raise ValueError(f"{name}={batch_size} is larger than the pool (N={n}).")
   args = (mask,) if labeled is None else (mask, labeled)
 
-  def fn(mask, labeled=None):
-    count = count_selectable(mask)
-    free = count if labeled is None else count_selectable(mask, labeled)[1]
-    return free >= batch_size, dict(count=count, free=free)
-
   def explain(v):
     if v["count"] == 0:
       return "mask selects no points: the pool of selectable points is empty."
@@ -364,11 +426,12 @@ def check_batch_size(
     )
 
   value_check(
-    fn,
+    _selectable_check,
     args,
     explain,
     f"{name}={batch_size} is larger than the number of selectable"
     " points ({free}).",
+    params=dict(batch_size=batch_size),
   )
   return batch_size
 

@@ -222,6 +222,7 @@ def draw_labels(key, lp, strata):
   return lp.T[y]
 
 
+@_validation.fused_checks
 def batchbald(
   log_probs: ArrayLike,
   batch_size: int,

@@ -87,6 +87,7 @@ def _kbald_leading(state, marginal, cond):
   return lambda t: -cond + state.coefficients[t][0] * marginal
 
 
+@_validation.fused_checks
 def kbald(
   log_probs: ArrayLike,
   batch_size: int,
@@ -179,6 +180,7 @@ def _kbald(log_probs, mask, batch_size, order, chunk_size, axis_name=None):
 # Top-k BALD: k-BALD of order 1.
 
 
+@_validation.fused_checks
 def topk_bald(
   log_probs: ArrayLike, batch_size: int, *, mask: ArrayLike | None = None
 ) -> _selection.Selection:
@@ -221,6 +223,7 @@ def _triple_information(picked, lp, t, batch_size):
   return jnp.sum(jnp.where(jnp.asarray(pairs[:, 1]) < t, co, 0))
 
 
+@_validation.fused_checks
 def kbald_dynamic(
   log_probs: ArrayLike,
   batch_size: int,
@@ -340,6 +343,7 @@ def _kbald_dynamic(
   return _selection.Selection(indices, scores, valid)
 
 
+@_validation.fused_checks
 def conservative_bald(
   log_probs: ArrayLike,
   batch_size: int,

@@ -19,6 +19,7 @@ from alfx.baselines._distances import sq_norms
 from alfx.baselines._distances import SQUARE_HEADROOM
 
 
+@_validation.fused_checks
 def badge(
   embeddings: ArrayLike,
   probs: ArrayLike,

@@ -55,6 +55,7 @@ def _min_sq_dist_to_set(
   return _pool.chunked_map(per_chunk, x, chunk_size=chunk_size)
 
 
+@_validation.fused_checks
 def coreset(
   embeddings: ArrayLike,
   batch_size: int,

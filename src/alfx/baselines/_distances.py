@@ -81,10 +81,6 @@ def check_embeddings(embeddings, name: str = "embeddings") -> jax.Array:
   finfo = jnp.finfo(x.dtype)
   limit = float(finfo.max) / SQUARE_HEADROOM
 
-  def fn(x):
-    largest = _max_sq_norm(x)  # inf fails the test too
-    return largest <= limit, dict(largest=largest)
-
   def explain(v):
     largest = v["largest"]
     if not largest < float("inf"):  # the exact value, as a Python float
@@ -101,14 +97,20 @@ def check_embeddings(embeddings, name: str = "embeddings") -> jax.Array:
     )
 
   _validation.value_check(
-    fn,
+    _sq_norm_check,
     (x,),
     explain,
     f"{name} (shape [N, D]) are too large for {x.dtype}: the largest"
     " squared row norm {largest} overflows the squared distances; rescale"
     f" {name} or pass them as float64.",
+    params=dict(limit=limit),
   )
   return x
+
+
+def _sq_norm_check(x, limit):
+  largest = _max_sq_norm(x)  # inf fails the test too
+  return largest <= limit, dict(largest=largest)
 
 
 def check_labeled_and_mask(labeled, mask, n, batch_size):

@@ -104,6 +104,7 @@ def _most_typical(
   return _pool.argmax(typicality, axis_name)
 
 
+@_validation.fused_checks
 def typiclust(
   embeddings: ArrayLike,
   batch_size: int,

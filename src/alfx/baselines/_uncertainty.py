@@ -54,6 +54,7 @@ def _mean_probs(log_probs: jax.Array) -> jax.Array:
 # Scores.
 
 
+@_validation.fused_checks
 def predictive_entropy(log_probs: ArrayLike) -> jax.Array:
   """Entropy of the mean predictive, ``H[mean_k p_k]`` (max-entropy sampling).
 
@@ -86,6 +87,7 @@ def _predictive_entropy(log_probs):
   return jnp.maximum(-jnp.sum(plogp_from_log(log_mean), axis=-1), 0)
 
 
+@_validation.fused_checks
 def margin(log_probs: ArrayLike) -> jax.Array:
   """Margin utility ``-(pbar_(1) - pbar_(2))`` of the mean predictive.
 
@@ -127,6 +129,7 @@ def _margin(log_probs):
   return p2 - p1
 
 
+@_validation.fused_checks
 def least_confidence(log_probs: ArrayLike) -> jax.Array:
   """Least-confidence utility ``1 - max_c pbar_c`` of the mean predictive.
 
@@ -151,6 +154,7 @@ def _least_confidence(log_probs):
   return 1 - jnp.max(_mean_probs(log_probs), axis=-1)
 
 
+@_validation.fused_checks
 def variation_ratios(log_probs: ArrayLike) -> jax.Array:
   """Variation ratio ``1 - f_mode / K`` of the samples' predicted classes.
 
@@ -186,6 +190,7 @@ def _variation_ratios(log_probs):
   return jnp.where(jnp.any(jnp.isnan(log_probs), axis=(-2, -1)), jnp.nan, ratio)
 
 
+@_validation.fused_checks
 def mean_std(log_probs: ArrayLike) -> jax.Array:
   """Mean over classes of the standard deviation of ``p_k(c)`` over samples.
 

@@ -36,6 +36,7 @@ def plogp_from_log(log_p: jax.Array) -> jax.Array:
   return jnp.where(impossible, 0, jnp.exp(safe) * safe)
 
 
+@_validation.fused_checks
 def entropy(log_probs: ArrayLike, axis: int = -1) -> jax.Array:
   """Shannon entropy ``H = -sum_c p_c log p_c`` of categorical distributions.
 
@@ -62,6 +63,7 @@ def _mean_log_probs(log_probs: jax.Array) -> jax.Array:
   return jax.nn.logsumexp(log_probs, axis=-2) - math.log(k)
 
 
+@_validation.fused_checks
 def bald(log_probs: ArrayLike) -> jax.Array:
   """BALD score: mutual information between a label and the parameters.
 
@@ -132,6 +134,7 @@ def _log_mean_table(table: jax.Array) -> jax.Array:
   return jax.nn.logsumexp(table, axis=-1) - math.log(table.shape[-1])
 
 
+@_validation.fused_checks
 def joint_entropy(
   log_probs: ArrayLike, *, max_configurations: int = MAX_CONFIGURATIONS
 ) -> jax.Array:
@@ -171,6 +174,7 @@ def _joint_entropy(log_probs: jax.Array) -> jax.Array:
   return -jnp.sum(plogp_from_log(log_joint))
 
 
+@_validation.fused_checks
 def mutual_information(
   log_probs_a: ArrayLike, log_probs_b: ArrayLike
 ) -> jax.Array:
@@ -226,6 +230,7 @@ def _mutual_information(
   return jnp.maximum(jnp.sum(terms, axis=(-2, -1)), 0)
 
 
+@_validation.fused_checks
 def co_information(
   log_probs: ArrayLike, *, max_configurations: int = MAX_CONFIGURATIONS
 ) -> jax.Array:
