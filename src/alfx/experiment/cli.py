@@ -531,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   title = (
     (f"{preset}: " if preset else "")
-    + f"{args.model} {args.hidden or ''} {posterior}; B={args.batch_size},"
+    + f"{args.model}{f' {args.hidden}' if args.model == 'mlp' else ''}"
+    f" {posterior}; B={args.batch_size},"
     f" {args.rounds} rounds from {args.initial} labels;"
     f" {args.seeds} seeds; {args.train_steps} Adam steps"
     f" (lr {args.lr}, batch {args.train_batch_size})"
