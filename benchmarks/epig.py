@@ -21,18 +21,35 @@ EPIG is one kernel call on ``R = M C`` rows; a BatchEPIG step ``s`` on
 ``C**s (1 + M C)`` rows while exact (``M C**(s+1) <= 10,000``) and on
 ``2 * 10,000`` sampled rows after; a 2-EPIG step on ``C (1 + M C)`` rows.
 
+Side by side with baal (the one peer that ships EPIG; it needs torch and
+numpy < 2, so it runs in its own interpreter, given by ``--baal-python``):
+the same predictions are saved, `peers/baal_epig.py` times
+``baal.active.heuristics.EPIG().compute_score`` there (best of 3 after a
+warm-up; the conversion to its ``[N, C, K]`` probabilities not timed), and
+this script compares its scores with ``jax.jit(alfx.epig)``'s, timed in the
+same run: the ratio of the times, the largest score difference, whether the
+top-B points agree and the rank correlation. baal forms the whole ``[N, C,
+M C]`` joint at once (4 GB at M = 1,000); alfx's memory is bounded by
+``chunk_size``.
+
 Usage:
   python benchmarks/epig.py           # both M for every method, eager runs
   python benchmarks/epig.py --quick   # no eager runs of the scans; the
                                       # scans at M = 100 only
+  python benchmarks/epig.py --baal-python /path/to/venv/bin/python \\
+      --peers-only                    # EPIG against baal's only
 """
 
 import argparse
 import inspect
+import json
 import os
+import subprocess
 import sys
+import tempfile
 
 import jax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -142,6 +159,48 @@ def run(quick):
   return rows
 
 
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers")
+
+
+def baal_rows(python, quick):
+  """EPIG side by side with baal's on the same inputs (module docstring)."""
+  rows = []
+  lp = bald_family.make_log_probs(N, K, C, seed=0)
+  fn = jax.jit(epig)
+  for m in (100,) if quick else (100, 1_000):
+    tlp = bald_family.make_log_probs(m, K, C, seed=1)
+    compiled, _, _ = harness.time_compiled(fn, lp, tlp)
+    ours = np.asarray(fn(lp, tlp), np.float64)
+    with tempfile.TemporaryDirectory() as folder:
+      np.save(os.path.join(folder, "log_probs.npy"), np.asarray(lp))
+      np.save(os.path.join(folder, "target_log_probs.npy"), np.asarray(tlp))
+      subprocess.run(
+        [python, os.path.join(PEER, "baal_epig.py"), folder],
+        check=True,
+        timeout=1800,
+      )
+      theirs = np.load(os.path.join(folder, "baal_scores.npy"))
+      with open(os.path.join(folder, "baal.json")) as f:
+        info = json.load(f)
+    ranks = [np.argsort(np.argsort(-v)) for v in (ours, theirs)]
+    top = [set(np.argsort(-v)[:B].tolist()) for v in (ours, theirs)]
+    row = {
+      "method": "EPIG",
+      "config": f"N={N} M={m} K={K} C={C}",
+      "alfx": harness.fmt_seconds(compiled),
+      "baal": harness.fmt_seconds(info["seconds"]),
+      "baal / alfx": f"{info['seconds'] / compiled:.1f}",
+      "max abs diff": f"{np.max(np.abs(ours - theirs)):.1e}",
+      "top-B equal": str(top[0] == top[1]),
+      "rank corr.": f"{np.corrcoef(*ranks)[0, 1]:.6f}",
+      "note": f"baal {info['baal']}, torch {info['torch']}"
+      f" ({info['threads']} threads)",
+    }
+    print(row, flush=True)
+    rows.append(row)
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
@@ -149,18 +208,30 @@ def main():
     action="store_true",
     help="no eager runs of the scans; scans at M=100 only",
   )
+  parser.add_argument(
+    "--baal-python",
+    help="an interpreter with baal installed: EPIG side by side with baal's",
+  )
+  parser.add_argument(
+    "--peers-only", action="store_true", help="only the side by side"
+  )
   args = parser.parse_args()
+  if args.peers_only and not args.baal_python:
+    parser.error("--peers-only needs --baal-python")
   started, load_start, machine = harness.start()
-  rows = run(args.quick)
-  command = f"python benchmarks/epig.py{' --quick' if args.quick else ''}"
-  out = [
-    *harness.report_head(
-      "EPIG benchmark", machine, load_start, command, started
-    ),
-    harness.print_table(rows, COLUMNS),
-    "",
-  ]
+  rows = [] if args.peers_only else run(args.quick)
+  peers = baal_rows(args.baal_python, args.quick) if args.baal_python else []
+  command = " ".join(["python benchmarks/epig.py", *sys.argv[1:]])
+  out = harness.report_head(
+    "EPIG benchmark", machine, load_start, command, started
+  )
+  if rows:
+    out += [harness.print_table(rows, COLUMNS), ""]
+  if peers:
+    out += ["Side by side with baal:", ""]
+    out += [harness.print_table(peers, list(peers[0])), ""]
   path = RESULTS.replace(".md", "_quick.md") if args.quick else RESULTS
+  path = path.replace(".md", "_peers.md") if args.peers_only else path
   harness.write_page(path, out)
 
 
