@@ -66,6 +66,10 @@ def write_atomic(path: str, data: bytes) -> None:
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
   try:
+    # mkstemp's file is private (0600); give it an ordinary file's mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
