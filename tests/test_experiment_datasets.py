@@ -218,6 +218,9 @@ def test_missing_files_say_where_to_put_them(tmp_path):
   folder = os.path.join(str(tmp_path), "cifar10", images.CIFAR_FOLDER)
   assert os.path.join(folder, "test_batch") in str(e.value)
   assert "cifar-10-python.tar.gz" in str(e.value)
+  with pytest.raises(ValueError, match="built from MNIST's files") as e:
+    datasets.load_dataset("repeated-mnist", data_dir=str(tmp_path))
+  assert os.path.join(str(tmp_path), "mnist", STEMS[0] + ".gz") in str(e.value)
 
 
 def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):

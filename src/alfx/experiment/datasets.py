@@ -262,9 +262,14 @@ def load_image_data(
       f"unknown image dataset {name!r}; valid: {', '.join(IMAGE_DATASETS)}."
     )
   source = "mnist" if name == "repeated-mnist" else name
-  train_x, train_y, test_x, test_y = downloads.load_raw(
-    source, data_dir, download
-  )
+  try:
+    train_x, train_y, test_x, test_y = downloads.load_raw(
+      source, data_dir, download
+    )
+  except ValueError as e:
+    if source == name:
+      raise
+    raise ValueError(f"{name} is built from MNIST's files. {e}") from e
   keep = subsample_indices(len(train_x), subsample, "subsample")
   keep_test = subsample_indices(len(test_x), test_subsample, "test_subsample")
   pool_x = train_x[keep].astype(np.float32)

@@ -231,12 +231,26 @@ def download(
 
 
 def _missing_message(name, folder, missing, root):
-  listing = "\n".join(f"  {os.path.join(folder, m)}" for m in missing)
+  """Every missing file with its full path, and the ways to provide it."""
+  cifar = name == "cifar10"
+  paths = [
+    os.path.join(folder, images.CIFAR_FOLDER, m)
+    if cifar
+    else os.path.join(folder, m + ".gz")
+    for m in missing
+  ]
+  listing = "\n".join(f"  {p}" for p in paths)
+  alternative = (
+    f"\n(or the archive {os.path.join(folder, SOURCES[name].files[0].name)},"
+    " extracted on first use)"
+    if cifar
+    else " (gzipped or not)"
+  )
   return (
-    f"dataset {name!r}: these files are missing:\n{listing}\n"
-    f"Download them with --download (download=True in Python), or place"
-    f" them there by hand (gzipped or not), or point --data-dir at a folder"
-    f" that holds them (looked in {root} and {folder})."
+    f"dataset {name!r}: these files are missing:\n{listing}{alternative}.\n"
+    f"Download them with --download (download=True in Python; checked by"
+    f" SHA-256), place them there by hand, or point --data-dir at a folder"
+    f" that holds them (looked in {folder} and {root})."
   )
 
 
@@ -312,14 +326,7 @@ def find_files(
       return found
   if not download_missing:
     missing = [w for w in wanted if w not in found]
-    shown = (
-      [os.path.join(images.CIFAR_FOLDER, m) for m in missing]
-      if cifar
-      else [m + ".gz" for m in missing]
-    )
-    if cifar:
-      shown.append(f"(or the archive {SOURCES['cifar10'].files[0].name})")
-    raise ValueError(_missing_message(name, home, shown, root))
+    raise ValueError(_missing_message(name, home, missing, root))
   source = SOURCES[name]
   for remote in source.files:
     target = os.path.join(home, remote.name)
