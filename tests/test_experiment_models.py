@@ -132,6 +132,32 @@ def test_dropout_is_active_only_in_training(architecture):
   )
 
 
+def test_cnn_dropout_order_equals_the_papers():
+  # The CNN drops channels after pooling and ReLU; the paper's code drops
+  # them before. A channel scale >= 0 commutes with both: same outputs, with
+  # the same masks (the same module names draw the same keys).
+  import flax.linen as nn
+
+  class PaperOrder(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+      for width in (32, 64):
+        x = nn.Conv(width, (5, 5), padding="VALID")(x)
+        x = nn.Dropout(0.5, broadcast_dims=(1, 2), deterministic=not train)(x)
+        x = nn.relu(nn.max_pool(x, (2, 2), strides=(2, 2)))
+      x = nn.Dense(128)(x.reshape(x.shape[0], -1))
+      x = nn.relu(nn.Dropout(0.5, deterministic=not train)(x))
+      return nn.Dense(10, name="head")(x)
+
+  model, variables, x = build("cnn", (28, 28, 1), batch=3)
+  for key in (jax.random.key(3), jax.random.key(4)):
+    rngs = {"dropout": key}
+    ours = model.apply(variables, x, train=True, rngs=rngs)
+    paper = PaperOrder().apply(variables, x, train=True, rngs=rngs)
+    np.testing.assert_allclose(ours, paper, rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(ours - model.apply(variables, x)).max()) > 1e-3
+
+
 def test_mc_dropout_samples_differ_and_are_consistent_across_the_pool():
   model, variables, x = build("cnn", (28, 28, 1), batch=3)
   pool = jnp.concatenate([x, x[:1]])  # point 3 is a copy of point 0

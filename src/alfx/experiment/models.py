@@ -75,7 +75,10 @@ def make_model(
   of [5x5 convolution (32, then 64 channels), dropout, 2x2 max-pooling,
   ReLU], then a 128-unit dense layer, dropout, ReLU, and the class layer.
   The convolutions' dropout drops whole channels (``Dropout2d``), the dense
-  one single units. Convolutions are unpadded (``VALID``) when the image is
+  one single units. The channel dropout is applied after the pooling and
+  ReLU: scaling a channel by a factor >= 0 commutes with both, so the
+  output is the reference order's exactly, while MC dropout's ``K`` copies
+  of the activations start from a 4x smaller map. Convolutions are unpadded (``VALID``) when the image is
   at least 16 pixels on each side (MNIST: 28 -> 24 -> 12 -> 8 -> 4, a 1024
   feature map; CIFAR-10: 32 -> 5, 1600), padded (``SAME``) for smaller ones
   such as the 8x8 digits. It takes any channel count, so it also runs on
@@ -173,8 +176,11 @@ def make_model(
       small = min(x.shape[1:3]) < 16
       for width in (32, 64):
         x = nn.Conv(width, (5, 5), padding="SAME" if small else "VALID")(x)
-        x = drop(self.rate, x, train, channels=True)
         x = nn.relu(nn.max_pool(x, (2, 2), strides=(2, 2)))
+        # After pooling: a per-channel scale >= 0 commutes with max-pooling
+        # and ReLU, so this is the paper's conv-dropout-pool-ReLU exactly,
+        # on a tensor 4x smaller (MC dropout's K copies start here).
+        x = drop(self.rate, x, train, channels=True)
       x = x.reshape(x.shape[0], -1)
       x = nn.relu(drop(self.rate, nn.Dense(128)(x), train, channels=False))
       return nn.Dense(self.classes, name="head")(x)
