@@ -204,6 +204,9 @@ def test_subsample_keeps_a_fixed_subset(tmp_path, rng):
   assert digits.pool_x.shape == (60, 64) and digits.image_shape == (8, 8, 1)
   with pytest.raises(ValueError, match="subsample must be >= 1"):
     datasets.load_dataset("digits", subsample=0)
+  with pytest.raises(ValueError, match="test_subsample must be an int"):
+    datasets.load_dataset("digits", test_subsample="10")
+  assert len(datasets.load_dataset("digits", subsample=10**6).pool_y) == 1297
 
 
 def test_missing_files_say_where_to_put_them(tmp_path):

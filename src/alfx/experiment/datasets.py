@@ -123,12 +123,14 @@ def subsample_indices(n: int, size: int | None, name: str) -> np.ndarray:
     >>> datasets.subsample_indices(10, 3, "subsample").tolist()
     [1, 4, 8]
   """
-  if size is None or size >= n:
+  if size is None:
     return np.arange(n)
   if isinstance(size, bool) or not isinstance(size, int | np.integer):
     raise ValueError(f"{name} must be an int or None, got {size!r}.")
   if size < 1:
     raise ValueError(f"{name} must be >= 1 (or None for all), got {size}.")
+  if size >= n:
+    return np.arange(n)
   rng = np.random.default_rng([DATA_SEED, n, size])
   return np.sort(rng.choice(n, size, replace=False))
 
