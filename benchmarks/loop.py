@@ -31,6 +31,7 @@ import optax
 
 import alfx
 from alfx.experiment.datasets import load_digits_data
+from alfx.experiment.datasets import loop_data
 
 
 class MLP(nn.Module):
@@ -68,13 +69,7 @@ def main():
     __doc__.split("\n")[0], "loop.md", "one configuration, no eager runs"
   )
   started, load_start, machine = harness.start()
-  digits = load_digits_data(repeated=True)
-  data = alfx.Data(
-    jnp.asarray(digits.pool_x),
-    jnp.asarray(digits.pool_y),
-    jnp.asarray(digits.test_x),
-    jnp.asarray(digits.test_y),
-  )
+  data = loop_data(load_digits_data(repeated=True))
   n, d = data.pool_inputs.shape
   c, b, train_batch = 10, 10, 64
   configs = (

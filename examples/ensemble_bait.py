@@ -12,11 +12,11 @@ import argparse
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 
 import alfx
 from alfx.experiment.datasets import load_digits_data
+from alfx.experiment.datasets import loop_data
 
 
 class MLP(nn.Module):
@@ -32,13 +32,7 @@ def main():
   parser.add_argument("--rounds", type=int, default=10)
   args = parser.parse_args()
 
-  digits = load_digits_data()
-  data = alfx.Data(
-    jnp.asarray(digits.pool_x),
-    jnp.asarray(digits.pool_y),
-    jnp.asarray(digits.test_x),
-    jnp.asarray(digits.test_y),
-  )
+  data = loop_data(load_digits_data())
   mlp = MLP()
   forward = alfx.linen_forward(mlp)
   init_key, state_key = jax.random.split(jax.random.key(0))

@@ -19,6 +19,7 @@ import optax
 
 import alfx
 from alfx.experiment.datasets import load_digits_data
+from alfx.experiment.datasets import loop_data
 
 
 class Conv3x3(nn.Module):
@@ -65,13 +66,7 @@ def main():
   parser.add_argument("--rounds", type=int, default=8)
   args = parser.parse_args()
 
-  digits = load_digits_data()
-  data = alfx.Data(
-    jnp.asarray(digits.pool_x),
-    jnp.asarray(digits.pool_y),
-    jnp.asarray(digits.test_x),
-    jnp.asarray(digits.test_y),
-  )
+  data = loop_data(load_digits_data())
   cnn = CNN()
   # With a key the model runs with dropout (training and MC samples); without
   # one, deterministically (embeddings and probs for BAIT-like strategies).

@@ -13,11 +13,11 @@ import argparse
 
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import optax
 
 import alfx
 from alfx.experiment.datasets import load_digits_data
+from alfx.experiment.datasets import loop_data
 
 
 class MLP(nnx.Module):
@@ -36,13 +36,7 @@ def main():
   parser.add_argument("--rounds", type=int, default=8)
   args = parser.parse_args()
 
-  digits = load_digits_data(repeated=True)
-  data = alfx.Data(
-    jnp.asarray(digits.pool_x),
-    jnp.asarray(digits.pool_y),
-    jnp.asarray(digits.test_x),
-    jnp.asarray(digits.test_y),
-  )
+  data = loop_data(load_digits_data(repeated=True))
   state = alfx.initial_state(
     data.pool_labels, 20, key=jax.random.key(1), per_class=True
   )

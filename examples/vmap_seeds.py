@@ -20,6 +20,7 @@ import optax
 
 import alfx
 from alfx.experiment.datasets import load_digits_data
+from alfx.experiment.datasets import loop_data
 
 
 class MLP(nn.Module):
@@ -35,13 +36,7 @@ def main():
   parser.add_argument("--rounds", type=int, default=5)
   args = parser.parse_args()
 
-  digits = load_digits_data(repeated=True)
-  data = alfx.Data(
-    jnp.asarray(digits.pool_x),
-    jnp.asarray(digits.pool_y),
-    jnp.asarray(digits.test_x),
-    jnp.asarray(digits.test_y),
-  )
+  data = loop_data(load_digits_data(repeated=True))
   mlp = MLP()
   loop = alfx.make_loop(
     alfx.linen_forward(mlp),
@@ -83,7 +78,7 @@ def main():
   )
   print(
     f"{args.seeds} seeds x {args.rounds} rounds ({args.strategy}, ensemble"
-    f" of 8, pool {len(digits.pool_y)}): vmapped {vmapped:.2f} s, Python"
+    f" of 8, pool {data.pool_inputs.shape[0]}): vmapped {vmapped:.2f} s, Python"
     f" loop {looped:.2f} s, speed-up {looped / vmapped:.2f}x; same picks:"
     f" {same}"
   )

@@ -39,7 +39,7 @@ the examples and benchmarks load their data here too.
 
 May import: numpy, `alfx.experiment.images`,
 `alfx.experiment.downloads`, scikit-learn (inside
-`load_digits_data` only).
+`load_digits_data` only), jax and `alfx` (inside `loop_data` only).
 """
 
 import dataclasses
@@ -472,3 +472,24 @@ def check_budget(
       f" budget needs {need} (--initial {initial} + --rounds {rounds} x"
       f" --batch-size {batch_size}); lower the budget or use more data."
     )
+
+
+def loop_data(dataset: Dataset) -> Any:
+  """The dataset as the compiled loop's `alfx.Data` (JAX arrays).
+
+  Example:
+    >>> from alfx.experiment import datasets
+    >>> data = datasets.loop_data(datasets.load_digits_data())
+    >>> data.pool_inputs.shape[1], data.test_labels.dtype
+    (64, dtype('int32'))
+  """
+  import jax.numpy as jnp
+
+  import alfx
+
+  return alfx.Data(
+    jnp.asarray(dataset.pool_x),
+    jnp.asarray(dataset.pool_y),
+    jnp.asarray(dataset.test_x),
+    jnp.asarray(dataset.test_y),
+  )
