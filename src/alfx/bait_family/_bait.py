@@ -365,6 +365,8 @@ def _bait(
     chunk_size,
     axis_name,
     noise=size,
+    # Structured full: the factors' structure shortens A_n^T x.
+    full=(probs, scale) if method == "structured" and kind == "full" else None,
   )
   size = jnp.max(state["sizes"])
   # Rank-r Woodbury updates by a pick j cancel terms of size ~|U_j| (U) and

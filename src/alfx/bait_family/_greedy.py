@@ -67,12 +67,8 @@ def trace_solve(u, w, sign):
   if sign > 0 and r <= _UNROLL_MAX_RANK:
     return _trace_solve_unrolled(s, w)
   if sign > 0:
-    chol = jnp.linalg.cholesky(s)
-    y = lax.linalg.triangular_solve(chol, w, left_side=True, lower=True)
-    z = lax.linalg.triangular_solve(
-      chol, jnp.swapaxes(y, -1, -2), left_side=True, lower=True
-    )
-    return jnp.trace(z, axis1=-2, axis2=-1)
+    # tr(S^-1 W) = sum(S^-1 * W) for symmetric W.
+    return jnp.sum(_blocks.spd_inverse(s, _UNROLL_MAX_RANK) * w, axis=(-2, -1))
   return jnp.trace(jnp.linalg.solve(s, w), axis1=-2, axis2=-1)
 
 
@@ -181,6 +177,7 @@ def greedy(
   chunk_size,
   axis_name,
   noise=None,
+  full=None,
 ):
   """Forward picks and backward drops, as two ``lax.scan``s.
 
@@ -195,6 +192,9 @@ def greedy(
     axis_name: the pool's mesh axis under ``shard_map``, or None.
     noise: optional ``[N]``, a per-point size that the picks' sizes must
       cover (the structured set-up's cancellations).
+    full: optional ``(probs [N, C], s)`` when ``scaled`` is full's ``s
+      sqrt(p_k) (e_k - p)`` (structured path): ``A_n^T x`` is then ``s
+      sqrt(p) * (x - p^T x)``, ``O(C r)`` a point instead of ``O(C r^2)``.
 
   Returns:
     ``(Selection, state)``; ``state`` (for tests and the resolution check)
@@ -217,32 +217,50 @@ def greedy(
   # matvec over contiguous rows, and applied by one plain GEMM (at C=100 these
   # history ops took ~1.1 s per step against ~2 s with ``[T, C_f, D, r]``,
   # which XLA transposed each step).
+  # Slots are applied in blocks of ~128 rows, and only the blocks already
+  # written (a loop bounded by the step): the later slots are still zero.
+  per_block = max(1, -(-128 // r))
+  n_slots = -(-n_steps // per_block) * per_block
   history = dict(
-    z=jnp.zeros((n_steps, r, c_f, dim), dtype),
-    y=jnp.zeros((n_steps, r, c_f, dim), dtype),
-    s_inv=jnp.zeros((n_steps, r, r), dtype),
-    wj=jnp.zeros((n_steps, r, r), dtype),
+    z=jnp.zeros((n_slots, r, c_f, dim), dtype),
+    y=jnp.zeros((n_slots, r, c_f, dim), dtype),
+    s_inv=jnp.zeros((n_slots, r, r), dtype),
+    wj=jnp.zeros((n_slots, r, r), dtype),
   )
 
-  def directions(hist, hj, aj, valid):
+  def directions(hist, t, hj, aj, valid):
     """``[M_t^-1 X_j | G_t X_j]``, transposed: ``[2r, C_f, D]``."""
     z0, y0 = apply0(hj, aj)
     zy0 = jnp.moveaxis(jnp.concatenate([z0, y0], axis=-1), -1, 0)
-    ztx = jnp.einsum("kqai,i,ar->kqr", hist["z"], hj, aj)  # Z_k^T X_j
-    ytx = jnp.einsum("kqai,i,ar->kqr", hist["y"], hj, aj)
-    s_ztx = jnp.einsum("kqs,ksr->kqr", hist["s_inv"], ztx)
-    y_coef = jnp.einsum(
-      "kqs,ksr->kqr",
-      hist["s_inv"],
-      ytx - jnp.einsum("kst,ktr->ksr", hist["wj"], s_ztx),
+    flat = lambda x: x.reshape(per_block * r, c_f * dim)
+
+    def block(i, correction):
+      part = {
+        k: lax.dynamic_slice_in_dim(v, i * per_block, per_block)
+        for k, v in hist.items()
+      }
+      ztx = jnp.einsum("kqai,i,ar->kqr", part["z"], hj, aj)  # Z_k^T X_j
+      ytx = jnp.einsum("kqai,i,ar->kqr", part["y"], hj, aj)
+      s_ztx = jnp.einsum("kqs,ksr->kqr", part["s_inv"], ztx)
+      y_coef = jnp.einsum(
+        "kqs,ksr->kqr",
+        part["s_inv"],
+        ytx - jnp.einsum("kst,ktr->ksr", part["wj"], s_ztx),
+      )
+      # Z = Z_0 - sum_k Z_k s_ztx_k; Y = Y_0 - sum_k (Z_k y_coef_k + Y_k
+      # s_ztx_k).
+      from_z = jnp.concatenate([s_ztx, y_coef], axis=-1).reshape(
+        per_block * r, 2 * r
+      ).T @ flat(part["z"])
+      from_y = s_ztx.reshape(per_block * r, r).T @ flat(part["y"])
+      return correction + from_z + jnp.pad(from_y, ((r, 0), (0, 0)))
+
+    correction = lax.fori_loop(
+      0,
+      (t + per_block - 1) // per_block,
+      block,
+      jnp.zeros((2 * r, c_f * dim), dtype),
     )
-    # Z = Z_0 - sum_k Z_k s_ztx_k; Y = Y_0 - sum_k (Z_k y_coef_k + Y_k s_ztx_k).
-    flat = lambda x: x.reshape(n_steps * r, c_f * dim)
-    from_z = jnp.concatenate([s_ztx, y_coef], axis=-1).reshape(
-      n_steps * r, 2 * r
-    ).T @ flat(hist["z"])
-    from_y = s_ztx.reshape(n_steps * r, r).T @ flat(hist["y"])
-    correction = from_z + jnp.pad(from_y, ((r, 0), (0, 0)))
     return (zy0 - correction.reshape(2 * r, c_f, dim)) * valid
 
   def commit(hist, t, hj, aj, zy, sign):
@@ -274,10 +292,15 @@ def greedy(
 
     def one(hc, ac, uc, wc):
       proj = (hc @ zy).reshape(hc.shape[0], c_f, 2 * r)
-      ab = _contract_factors(ac, proj)
+      if full is None:
+        ab = _contract_factors(ac, proj)
+      else:  # ac: the probabilities
+        mean = jnp.einsum("na,naq->nq", ac, proj)
+        ab = (full[1] * jnp.sqrt(ac))[:, :, None] * (proj - mean[:, None, :])
       return update(uc, wc, ab[..., :r], ab[..., r:], s_inv, wj)
 
-    return _blocks.map_rows(one, (h, scaled, u, w), rows)
+    factors = scaled if full is None else full[0]
+    return _blocks.map_rows(one, (h, factors, u, w), rows)
 
   def forward_step(carry, t):
     u, w, selectable, hist = carry
@@ -289,7 +312,7 @@ def greedy(
     if noise is not None:
       size = jnp.maximum(size, _pool.take(noise, j, axis_name))
     size = size * valid
-    zy = directions(hist, hj, aj, valid)
+    zy = directions(hist, t, hj, aj, valid)
     hist, s_inv, wj = commit(hist, t, hj, aj, zy, 1.0)
     u, w = pool_update(u, w, zy, s_inv, wj)
     return (u, w, selectable, hist), (j, gain, valid, hj, aj, size)
@@ -309,7 +332,7 @@ def greedy(
 
   def drop(state, t, k, active):
     up, wp, hist = state
-    zy = directions(hist, hp[k], ap[k], active)
+    zy = directions(hist, n_forward + t, hp[k], ap[k], active)
     hist, s_inv, wj = commit(hist, n_forward + t, hp[k], ap[k], zy, -1.0)
     ab = jnp.einsum("kar,qai,ki->krq", ap, zy, hp)
     up, wp = update(up, wp, ab[..., :r], ab[..., r:], s_inv, wj)

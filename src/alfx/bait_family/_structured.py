@@ -12,7 +12,6 @@ devices.
 May import: `alfx._core`, `alfx.bait_family._blocks`.
 """
 
-import jax
 from jax import lax
 import jax.numpy as jnp
 
@@ -88,13 +87,10 @@ def structured_setup(
     def kinv_dense(v):  # pyright: ignore[reportRedeclaration] (one per branch)
       return v / lam
   else:
-    k_blocks = _blocks.weighted_gram(hl, dbl * (ok / denom)[:, None])
+    k_weights = dbl * (ok / denom)[:, None]  # K_a = lam I + Hl^T W_a Hl
+    k_blocks = _blocks.weighted_gram(hl, k_weights)
     k_blocks = k_blocks + lam * jnp.eye(dim, dtype=dtype)
-    k_chol = jnp.linalg.cholesky(k_blocks)
-    k_inv = jax.vmap(
-      lambda l: jax.scipy.linalg.cho_solve((l, True), jnp.eye(dim, dtype=dtype))
-    )(k_chol)
-    k_inv = _blocks.sym(k_inv)  # [C, D, D]
+    k_inv = _blocks.spd_inverse(k_blocks)  # [C, D, D]
 
     def kinv_h(x):
       return jnp.einsum("aij,...j->...ai", k_inv, x)
@@ -219,8 +215,11 @@ def structured_setup(
     w_n = w_n + _full_kfk(
       h,
       u_f[:, :, 0],
+      probs,
+      jnp.sqrt(s2),
       scaled,
       kinv_h,
+      _kernel(hl, k_weights, lam) if capacity < dim else None,
       f_blocks,
       sign / n_total,
       chunk_size,
@@ -238,12 +237,50 @@ def structured_setup(
   return _blocks.sym(u_n), _blocks.sym(w_n), apply0, overflow, size
 
 
-def _full_kfk(h, probs, scaled, kinv_h, f_blocks, coef, chunk_size, axis_name):
+def _kernel(hl, weights, lam):
+  """``(h_n, h_m) -> h_n^T K_a^-1 h_m`` ``[n, C, m]`` without ``K_a^-1``.
+
+  ``K_a = lam I + Hl^T W_a Hl`` (``W_a = diag(weights[:, a])``, ``Hl`` the
+  ``cap`` labelled rows), so by Woodbury ``h_n^T K_a^-1 h_m = (h_n . h_m) /
+  lam - g_n^T Q_a g_m`` with ``g = Hl h`` and ``Q_a = W_a^1/2 (lam I + W_a^1/2
+  Hl Hl^T W_a^1/2)^-1 W_a^1/2 / lam``: ``2 n m (D + C cap)`` FLOPs instead
+  of ``2 n m C D`` (for ``cap < D``).
+  """
+  cap = hl.shape[0]
+  root = jnp.sqrt(weights.T)  # [C, cap]
+  inner = root[:, :, None] * (hl @ hl.T) * root[:, None, :]
+  inner = inner + lam * jnp.eye(cap, dtype=hl.dtype)
+  q = root[:, :, None] * _blocks.spd_inverse(inner) * root[:, None, :] / lam
+
+  def kern(hn, hm):
+    gq = jnp.einsum("nl,alk->nak", hn @ hl.T, q)
+    low = jnp.einsum("nak,mk->nam", gq, hm @ hl.T)
+    return (hn @ hm.T)[:, None, :] / lam - low
+
+  return kern
+
+
+def _full_kfk(
+  h,
+  probs_f,
+  probs,
+  scale,
+  scaled,
+  kinv_h,
+  kern_fn,
+  f_blocks,
+  coef,
+  chunk_size,
+  axis_name,
+):
   """``X_n^T K^-1 F K^-1 X_n`` for full: block-diagonal part + the N^2 term.
 
-  With ``v_nm = X_n^T K^-1 (p_m (x) h_m)``, ``v_nm[r] = sum_a As_n[a, r] p_ma
-  (K_a^-1 h_n . h_m)``, the low-rank part is ``coef sum_m v_nm v_nm^T``
-  (``coef = sign / N``; ``probs`` are zero on rows outside the pool).
+  With ``v_nm = X_n^T K^-1 (p_m (x) h_m)`` and full's factors ``s sqrt(p_nk)
+  (e_k - p_n)``, ``v_nm[k] = s sqrt(p_nk) (w_nm[k] - p_n . w_nm)`` where
+  ``w_nm[a] = p_ma (K_a^-1 h_n . h_m)``: ``O(C)`` per pair instead of the
+  ``O(C r)`` of a general factor. The low-rank part is ``coef sum_m v_nm
+  v_nm^T`` (``coef = sign / N``; ``probs_f`` are zero on rows outside the
+  pool). ``kern_fn``: `_kernel`, or None to use ``K^-1 h_n`` directly.
   """
   n, dim = h.shape
   c = probs.shape[1]
@@ -251,23 +288,29 @@ def _full_kfk(h, probs, scaled, kinv_h, f_blocks, coef, chunk_size, axis_name):
   rows = _blocks.chunk_rows(chunk_size, n, n * (c + r) + c * dim)
 
   def pairs(hm, pm, with_diag):  # the pool's rows m in one shard's block
-    def one(hc, sc):
-      kh = kinv_h(hc)  # [rows, C, D]
-      kern = jnp.einsum("nai,mi->nam", kh, hm)
-      v = jnp.einsum("nar,ma,nam->nmr", sc, pm, kern)
-      out = coef * jnp.einsum("nmr,nms->nrs", v, v)
+    def one(hc, pc, sc):
+      if kern_fn is None or with_diag:
+        kh = kinv_h(hc)  # [rows, C, D]
+      if kern_fn is None:
+        kern = jnp.einsum("nai,mi->nam", kh, hm)
+      else:
+        kern = kern_fn(hc, hm)
+      w = kern * pm.T  # [rows, C, m]
+      mean = jnp.einsum("na,nam->nm", pc, w)
+      v = (scale * jnp.sqrt(pc))[:, :, None] * (w - mean[:, None, :])
+      out = coef * jnp.einsum("nrm,nsm->nrs", v, v)
       if not with_diag:
         return out
       # The block-diagonal part, once, reusing K^-1 h_n.
-      diag = jnp.einsum("nai,aij,naj->na", kh, f_blocks, kh)
+      diag = jnp.einsum("nai,aij,naj->na", kh, f_blocks, kh)  # pyright: ignore[reportPossiblyUnbound]
       return out, jnp.einsum("nar,na,nas->nrs", sc, diag, sc)
 
-    return _blocks.map_rows(one, (h, scaled), rows)
+    return _blocks.map_rows(one, (h, probs, scaled), rows)
 
   low_rank, diag = _ring_sum(
     lambda hm, pm: pairs(hm, pm, False),
     h,
-    probs,
+    probs_f,
     axis_name=axis_name,
     own=lambda hm, pm: pairs(hm, pm, True),
   )
