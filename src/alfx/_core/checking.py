@@ -242,8 +242,7 @@ def flush_checks() -> None:
     _run(checks)
 
 
-@functools.partial(jax.jit, static_argnames=("plan",))
-def _all_ok(arrays, plan):
+def _oks(arrays, plan):
   """``bool[len(plan)]``: the quick test of every planned check."""
   oks = []
   for stats, quick, idx, params in plan:
@@ -255,8 +254,16 @@ def _all_ok(arrays, plan):
   return jnp.stack(oks)
 
 
-def _quick_ok(checks) -> bool:
-  """All quick tests of ``checks`` in one jitted call and one transfer."""
+_all_ok = jax.jit(_oks, static_argnames=("plan",))
+
+
+@functools.partial(jax.jit, static_argnames=("core", "statics", "plan"))
+def _core_and_checks(args, arrays, core, statics, plan):
+  return core(*args, **dict(statics)), _oks(arrays, plan)
+
+
+def _plan(checks):
+  """``(arrays, plan)``: each checked array once, and what each check reads."""
   arrays, ids, plan = [], {}, []
   for c in checks:
     idx = []
@@ -266,7 +273,59 @@ def _quick_ok(checks) -> bool:
         arrays.append(a)
       idx.append(ids[id(a)])
     plan.append((c.stats, c.quick, tuple(idx), c.params))
-  return bool(np.all(_host(_all_ok, tuple(arrays), plan=tuple(plan))))
+  return tuple(arrays), tuple(plan)
+
+
+def _quick_ok(checks) -> bool:
+  """All quick tests of ``checks`` in one jitted call and one transfer."""
+  arrays, plan = _plan(checks)
+  return bool(np.all(_host(_all_ok, arrays, plan=plan)))
+
+
+def _one_device(leaves) -> bool:
+  """Every array on the same single device (one plain jitted program)."""
+  devices = set()
+  for a in leaves:
+    if isinstance(a, jax.core.Tracer):
+      return False
+    sharding = getattr(a, "sharding", None)
+    if sharding is not None:
+      if len(sharding.device_set) != 1 or not a.is_fully_addressable:
+        return False
+      devices |= sharding.device_set
+  return len(devices) <= 1
+
+
+def run_core(core, *args, **statics):
+  """``core(*args, **statics)`` (jitted) with the call's queued checks fused in.
+
+  On one device, the queued value checks of the current `fused_checks` call
+  are compiled into the core's program: they read the inputs while the core
+  does (XLA shares the common work, such as ``exp(log_probs)``), and only
+  their ``bool[checks]`` verdict comes back to the host. The result is
+  returned only when the checks pass (on failure the core's work is thrown
+  away and the first failing check raises). Otherwise (sharded or traced
+  arguments, no queued checks) the checks run first, then the core.
+  """
+  pending = getattr(_STATE, "pending", None)
+  if pending and _one_device(
+    jax.tree.leaves((args, [c.args for c in pending]))
+  ):
+    checks = tuple(pending)
+    pending.clear()
+    arrays, plan = _plan(checks)
+    out, oks = _core_and_checks(
+      args, arrays, core=core, statics=tuple(sorted(statics.items())), plan=plan
+    )
+    if isinstance(oks, jax.core.Tracer):
+      # Concrete arrays closed over in someone's trace: the program was
+      # staged into it (the unused verdict is pruned there); check eagerly.
+      _run(checks)
+    elif not np.all(jax.device_get(oks)):
+      _explain(checks)
+    return out
+  flush_checks()
+  return core(*args, **statics)
 
 
 def _run(checks) -> None:
@@ -274,9 +333,14 @@ def _run(checks) -> None:
   # process-local ones (a jit cannot mix the two).
   spread = tuple(c for c in checks if not _fully_addressable(c.args))
   local = tuple(c for c in checks if _fully_addressable(c.args))
-  if all(_quick_ok(group) for group in (local, spread) if group):
-    return
-  for c in checks:  # the error path: precise statistics, in call order
+  if not all(_quick_ok(group) for group in (local, spread) if group):
+    _explain(checks)
+
+
+def _explain(checks) -> None:
+  """Raises the error of the first check (in call order) whose precise
+  statistics fail; a quick test may fail where they pass (no error)."""
+  for c in checks:
     ok, values = to_host(functools.partial(c.stats, **dict(c.params)), *c.args)
     if not bool(ok):
       raise ValueError(

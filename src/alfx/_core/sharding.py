@@ -368,7 +368,6 @@ def pool_core(
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-      _checking.flush_checks()  # the call's queued value checks come first
       bound = signature.bind(*args, **kwargs)
       bound.apply_defaults()
       arrays = tuple(bound.arguments[n] for n in names)
@@ -376,6 +375,11 @@ def pool_core(
       if selection and _has_tracer(arrays):
         statics["nan_guard"] = True
       axis_name = bound.arguments.get("axis_name")
+      pooled = (a for a, p in zip(arrays, is_pool) if p)
+      if axis_name is None and pool_axis(*pooled) is None:
+        # One device: the call's queued value checks join the program.
+        return _checking.run_core(jitted, *arrays, **statics)
+      _checking.flush_checks()  # the call's queued value checks come first
       if axis_name is not None:  # already inside the caller's shard_map
         return jitted(*arrays, axis_name=axis_name, **statics)
       return _dispatch(jitted, arrays, is_pool, out_specs, statics)

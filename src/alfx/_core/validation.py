@@ -39,6 +39,7 @@ from alfx._core.checking import fused_checks  # noqa: F401 (re-exported)
 from alfx._core.checking import implied
 from alfx._core.checking import is_concrete
 from alfx._core.checking import NORMALISATION_TOLERANCE  # noqa: F401
+from alfx._core.checking import run_core  # noqa: F401 (re-exported)
 from alfx._core.checking import to_host  # noqa: F401 (re-exported)
 from alfx._core.checking import tolerance
 from alfx._core.checking import value_check

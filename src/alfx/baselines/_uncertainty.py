@@ -77,7 +77,7 @@ def predictive_entropy(log_probs: ArrayLike) -> jax.Array:
     [0.5, 0.688]
   """
   log_probs = _check_scored_log_probs(log_probs, "predictive_entropy", True)
-  return _predictive_entropy(log_probs)
+  return _validation.run_core(_predictive_entropy, log_probs)
 
 
 @jax.jit
@@ -114,7 +114,7 @@ def margin(log_probs: ArrayLike) -> jax.Array:
       "margin needs at least two classes: log_probs must have"
       f" shape [N, K, C] with C >= 2, got C={log_probs.shape[-1]}."
     )
-  return _margin(log_probs)
+  return _validation.run_core(_margin, log_probs)
 
 
 @jax.jit
@@ -146,7 +146,7 @@ def least_confidence(log_probs: ArrayLike) -> jax.Array:
     [0.2, 0.45]
   """
   log_probs = _check_scored_log_probs(log_probs, "least_confidence", True)
-  return _least_confidence(log_probs)
+  return _validation.run_core(_least_confidence, log_probs)
 
 
 @jax.jit
@@ -176,7 +176,7 @@ def variation_ratios(log_probs: ArrayLike) -> jax.Array:
     [0.0, 0.5]
   """
   log_probs = _check_scored_log_probs(log_probs, "variation_ratios", False)
-  return _variation_ratios(log_probs)
+  return _validation.run_core(_variation_ratios, log_probs)
 
 
 @jax.jit
@@ -212,7 +212,7 @@ def mean_std(log_probs: ArrayLike) -> jax.Array:
     [0.1, 0.15]
   """
   log_probs = _check_scored_log_probs(log_probs, "mean_std", False)
-  return _mean_std(log_probs)
+  return _validation.run_core(_mean_std, log_probs)
 
 
 @jax.jit
