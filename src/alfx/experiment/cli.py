@@ -9,10 +9,8 @@ May import: `alfx` (the public API), the other `alfx.experiment` modules.
 
 import argparse
 from collections.abc import Sequence
-import datetime
 import json
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -360,85 +358,6 @@ def run_config(
   return config
 
 
-def _keep_finished_rows(args, dataset_names, strategies):
-  """Cuts ``results.csv`` back to the rounds the checkpoints cover (a round
-  whose rows were written but whose checkpoint was not is run again; a
-  torn last line goes); returns an error message or None."""
-  done = {}
-  for d in dataset_names:
-    for s in strategies:
-      ckpt = durable.load_checkpoint(durable.checkpoint_path(args.out, d, s))
-      if ckpt is not None:
-        done[(d, s)] = int(ckpt["next_round"])
-  path = os.path.join(args.out, durable.RESULTS)
-  rows = durable.rows_covered(durable.read_rows(path), done)
-  for (d, s), n in done.items():
-    have = sum(1 for r in rows if r["dataset"] == d and r["strategy"] == s)
-    if have != n * args.seeds:
-      return (
-        f"--resume: {path} holds {have} rows of {d}/{s} but its checkpoint"
-        f" covers {n} rounds of {args.seeds} seeds ({n * args.seeds} rows);"
-        " the CSV was edited or lost: start afresh with --overwrite."
-      )
-  durable.rewrite_rows(path, rows, report.CSV_COLUMNS)
-  return None
-
-
-def _prepare_out(args, config, dataset_names, strategies):
-  """Readies ``--out`` for this run; returns an error message or None."""
-  os.makedirs(args.out, exist_ok=True)
-  old = durable.read_manifest(args.out)
-  if old is not None and args.resume:
-    diffs = durable.config_differences(old["config"], config)
-    if diffs:
-      return (
-        f"--resume: {args.out} holds a run with a different configuration"
-        f" ({'; '.join(diffs)}); rerun with its flags to continue it, or"
-        " choose another --out (or --overwrite to replace it)."
-      )
-    error = _keep_finished_rows(args, dataset_names, strategies)
-    if error:
-      return error
-    print(
-      f"resuming the run started {old.get('started', '?')} in {args.out}",
-      file=sys.stderr,
-    )
-    now = datetime.datetime.now(datetime.timezone.utc)
-    resumed = old.get("resumed", []) + [now.isoformat(timespec="seconds")]
-    durable.write_manifest(
-      args.out, {**old, "finished": False, "resumed": resumed}
-    )
-    return None
-  if old is not None and not old.get("finished") and not args.overwrite:
-    return (
-      f"{args.out} holds an unfinished run (started"
-      f" {old.get('started', '?')}): add --resume to continue it, or"
-      " --overwrite to delete it and start afresh."
-    )
-  if args.resume:
-    print(f"--resume: no run in {args.out}; starting one", file=sys.stderr)
-  durable.clear(args.out, (durable.RESULTS, PLOT, durable.MANIFEST))
-  durable.write_manifest(args.out, durable.new_manifest(config))
-  return None
-
-
-PLOT = "learning_curves.png"
-
-
-def _interrupt_on_sigterm():
-  """Makes SIGTERM raise KeyboardInterrupt; returns the undo (a no-op off
-  the main thread, where signal handlers cannot be set)."""
-
-  def handler(signum, frame):
-    raise KeyboardInterrupt
-
-  try:
-    previous = signal.signal(signal.SIGTERM, handler)
-  except ValueError:  # not the main thread
-    return lambda: None
-  return lambda: signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   p = build_parser()
@@ -516,7 +435,16 @@ def main(argv: Sequence[str] | None = None) -> int:
           " W(, C)], or use --model mlp or linear."
         )
     config = run_config(args, strategies)
-    error = _prepare_out(args, config, [d.name for d in datasets], strategies)
+    error = durable.prepare(
+      args.out,
+      config,
+      resume=args.resume,
+      overwrite=args.overwrite,
+      dataset_names=[d.name for d in datasets],
+      strategies=strategies,
+      seeds=args.seeds,
+      columns=report.CSV_COLUMNS,
+    )
   except ValueError as e:
     print(f"alfx-experiment: error: {e}", file=sys.stderr)
     return 2
@@ -554,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   summary, compiles, interrupted = [], [], False
   # A batch scheduler's SIGTERM (a job's time limit) stops the run like
   # Ctrl-C: the report of what finished is written before the exit.
-  on_term = _interrupt_on_sigterm()
+  on_term = durable.interrupt_on_sigterm()
   try:
     for d in datasets:
       _, s, c = run.run_dataset(d, strategies, args, progress, out=args.out)
@@ -572,14 +500,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   csv_path = os.path.join(args.out, durable.RESULTS)
   rows = report.parse_rows(durable.read_rows(csv_path))
   if not interrupted:
-    manifest = durable.read_manifest(args.out) or {}
-    manifest["finished"] = datetime.datetime.now(
-      datetime.timezone.utc
-    ).isoformat(timespec="seconds")
-    durable.write_manifest(args.out, manifest)
+    durable.mark_finished(args.out)
   outputs = [csv_path, os.path.join(args.out, durable.MANIFEST)]
   if not args.no_plot and rows:
-    png_path = os.path.join(args.out, PLOT)
+    png_path = os.path.join(args.out, durable.PLOT)
     report.plot(rows, png_path, title=title)
     outputs.append(png_path)
   print()

@@ -6,6 +6,7 @@ A run's ``--out`` folder holds:
   and Python versions, the start time, and whether the run finished;
 * ``results.csv`` (`append_rows`): one row per dataset, strategy, seed and
   round, appended and flushed to disk (``fsync``) as each round finishes;
+* ``learning_curves.png`` (`PLOT`), written by the report;
 * ``checkpoints/<dataset>__<strategy>.npz`` (`save_checkpoint`): the loop
   state after the last finished round (the labelled masks and the PRNG key
   data of every seed) and the timings so far, replaced atomically (a
@@ -13,12 +14,14 @@ A run's ``--out`` folder holds:
 
 ``--resume`` reads them back: a checkpoint says which rounds finished, rows
 the checkpoints do not cover (a round cut off between its rows and its
-checkpoint) are dropped (`rows_covered`), and the run continues from the
-saved state, so the resumed CSV equals an uninterrupted run's.
+checkpoint) are dropped (`rows_covered`, `keep_finished_rows`), and the run
+continues from the saved state, so the resumed CSV equals an uninterrupted
+run's. `prepare` readies ``--out`` for a new or a resumed run.
 
 May import: numpy and the standard library.
 """
 
+from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
 import csv
@@ -28,6 +31,8 @@ import json
 import os
 import platform
 import re
+import signal
+import sys
 import tempfile
 from typing import Any
 
@@ -36,6 +41,7 @@ import numpy as np
 MANIFEST = "run.json"
 RESULTS = "results.csv"
 CHECKPOINTS = "checkpoints"
+PLOT = "learning_curves.png"
 
 
 def _fsync_dir(path: str) -> None:
@@ -359,3 +365,163 @@ def clear(out: str, names: Sequence[str]) -> None:
       os.rmdir(folder)
     except OSError:
       pass  # something else lives there: leave it
+
+
+def _now() -> str:
+  now = datetime.datetime.now(datetime.timezone.utc)
+  return now.isoformat(timespec="seconds")
+
+
+def mark_finished(out: str) -> None:
+  """Records in ``out/run.json`` that the run finished (and when).
+
+  Example:
+    >>> import tempfile
+    >>> from alfx.experiment import durable
+    >>> out = tempfile.mkdtemp()
+    >>> durable.write_manifest(out, durable.new_manifest({}))
+    >>> durable.mark_finished(out)
+    >>> bool(durable.read_manifest(out)["finished"])
+    True
+  """
+  manifest = read_manifest(out) or {}
+  write_manifest(out, {**manifest, "finished": _now()})
+
+
+def keep_finished_rows(
+  out: str,
+  dataset_names: Sequence[str],
+  strategies: Sequence[str],
+  seeds: int,
+  columns: Sequence[str],
+) -> str | None:
+  """Cuts ``out/results.csv`` back to the rounds the checkpoints cover.
+
+  A round whose rows were written but whose checkpoint was not runs again
+  (its rows go), and so does a torn last line. Returns an error message
+  when the CSV lacks rows a checkpoint covers (edited or lost), else None.
+
+  Example:
+    >>> import tempfile, os
+    >>> from alfx.experiment import durable
+    >>> out = tempfile.mkdtemp()
+    >>> rows = [{"dataset": "d", "strategy": "s", "round": r} for r in (0, 1)]
+    >>> durable.append_rows(os.path.join(out, durable.RESULTS), rows,
+    ...                     ("dataset", "strategy", "round"))
+    >>> durable.save_checkpoint(durable.checkpoint_path(out, "d", "s"),
+    ...                         next_round=1)  # round 1's state was lost
+    >>> durable.keep_finished_rows(out, ["d"], ["s"], 1,
+    ...                            ("dataset", "strategy", "round"))
+    >>> [r["round"] for r in durable.read_rows(os.path.join(out, "results.csv"))]
+    ['0']
+  """
+  done = {}
+  for d in dataset_names:
+    for s in strategies:
+      ckpt = load_checkpoint(checkpoint_path(out, d, s))
+      if ckpt is not None:
+        done[(d, s)] = int(ckpt["next_round"])
+  path = os.path.join(out, RESULTS)
+  rows = rows_covered(read_rows(path), done)
+  for (d, s), n in done.items():
+    have = sum(1 for r in rows if r["dataset"] == d and r["strategy"] == s)
+    if have != n * seeds:
+      return (
+        f"--resume: {path} holds {have} rows of {d}/{s} but its checkpoint"
+        f" covers {n} rounds of {seeds} seeds ({n * seeds} rows); the CSV"
+        " was edited or lost: start afresh with --overwrite."
+      )
+  rewrite_rows(path, rows, columns)
+  return None
+
+
+def prepare(
+  out: str,
+  config: Mapping[str, Any],
+  *,
+  resume: bool,
+  overwrite: bool,
+  dataset_names: Sequence[str],
+  strategies: Sequence[str],
+  seeds: int,
+  columns: Sequence[str],
+) -> str | None:
+  """Readies ``out`` for a run of ``config``; returns an error message or
+  None.
+
+  * ``resume`` and a run in ``out``: refused (naming the keys that differ)
+    unless its configuration equals ``config``; else the CSV is cut back to
+    the checkpoints (`keep_finished_rows`) and the resume is recorded.
+  * an unfinished run in ``out`` and neither flag: refused (nothing is
+    deleted without ``overwrite``).
+  * otherwise a new run: the old files go, a new manifest is written.
+
+  Example:
+    >>> import tempfile
+    >>> from alfx.experiment import durable
+    >>> out, kw = tempfile.mkdtemp(), dict(dataset_names=["d"],
+    ...   strategies=["s"], seeds=1, columns=("dataset",))
+    >>> durable.prepare(out, {"rounds": 2}, resume=False, overwrite=False,
+    ...                 **kw) is None  # a new run
+    True
+    >>> print(durable.prepare(out, {"rounds": 3}, resume=True,
+    ...                       overwrite=False, **kw))
+    --resume: ... a different configuration (rounds: 2 -> 3); ...
+  """
+  os.makedirs(out, exist_ok=True)
+  old = read_manifest(out)
+  if old is not None and resume:
+    diffs = config_differences(old["config"], config)
+    if diffs:
+      return (
+        f"--resume: {out} holds a run with a different configuration"
+        f" ({'; '.join(diffs)}); rerun with its flags to continue it, or"
+        " choose another --out (or --overwrite to replace it)."
+      )
+    error = keep_finished_rows(out, dataset_names, strategies, seeds, columns)
+    if error:
+      return error
+    print(
+      f"resuming the run started {old.get('started', '?')} in {out}",
+      file=sys.stderr,
+    )
+    resumed = old.get("resumed", []) + [_now()]
+    write_manifest(out, {**old, "finished": False, "resumed": resumed})
+    return None
+  if old is not None and not old.get("finished") and not overwrite:
+    return (
+      f"{out} holds an unfinished run (started {old.get('started', '?')}):"
+      " add --resume to continue it, or --overwrite to delete it and start"
+      " afresh."
+    )
+  if resume:
+    print(f"--resume: no run in {out}; starting one", file=sys.stderr)
+  clear(out, (RESULTS, PLOT, MANIFEST))
+  write_manifest(out, new_manifest(config))
+  return None
+
+
+def interrupt_on_sigterm() -> Callable[[], Any]:
+  """Makes SIGTERM raise KeyboardInterrupt (a batch scheduler's time limit
+  then stops a run like Ctrl-C, with its report); returns the undo.
+
+  Off the main thread, where handlers cannot be set, it does nothing.
+
+  Example:
+    >>> import signal
+    >>> from alfx.experiment.durable import interrupt_on_sigterm
+    >>> before = signal.getsignal(signal.SIGTERM)
+    >>> undo = interrupt_on_sigterm()
+    >>> _ = undo()
+    >>> signal.getsignal(signal.SIGTERM) == before
+    True
+  """
+
+  def handler(signum, frame):
+    raise KeyboardInterrupt
+
+  try:
+    previous = signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # not the main thread
+    return lambda: None
+  return lambda: signal.signal(signal.SIGTERM, previous)
