@@ -64,6 +64,7 @@ def _draw_targets(key, target_log_probs, strata):
   return target_log_probs[targets, :, y]  # [R, K]
 
 
+@_validation.fused_checks
 def batch_epig(
   log_probs: ArrayLike,
   target_log_probs: ArrayLike,

@@ -52,6 +52,7 @@ DEFAULT_NUM_TARGETS = 100
 # EPIG.
 
 
+@_validation.fused_checks
 def epig(
   log_probs: ArrayLike,
   target_log_probs: ArrayLike,
@@ -132,6 +133,7 @@ def _epig(log_probs, target_log_probs, chunk_size, axis_name=None):
 # Target inputs from the pool, and the registry strategies.
 
 
+@_validation.fused_checks
 def pool_targets(
   log_probs: ArrayLike,
   num_targets: int,

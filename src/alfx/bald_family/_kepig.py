@@ -69,6 +69,7 @@ class _KEpigIncrements(_increments.SubsetIncrements):
     return _tables.gain_table(log_tables, self.target_rows, self.m)
 
 
+@_validation.fused_checks
 def kepig(
   log_probs: ArrayLike,
   target_log_probs: ArrayLike,
