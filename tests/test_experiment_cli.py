@@ -524,3 +524,34 @@ def test_killed_run_resumes_to_the_uninterrupted_csv(tmp_path):
   progress = [line for line in err.splitlines() if " rounds" in line]
   assert len(progress) == 3 * 4 and "\r" not in err
   assert "resuming the run started" in (tmp_path / "c.err").read_text()
+
+
+def test_image_datasets_from_a_data_dir_subsampled(tmp_path, capsys, rng):
+  # Tiny MNIST files in the exact IDX format; nothing touches the network.
+  from tests.test_experiment_datasets import fake_idx_dataset
+
+  folder = tmp_path / "data" / "mnist"
+  folder.mkdir(parents=True)
+  fake_idx_dataset(str(folder), rng, n_train=40, n_test=20)
+  out = tmp_path / "run"
+  argv = ["--datasets", "mnist", "--data-dir", str(tmp_path / "data")]
+  argv += ["--pool-size", "30", "--test-size", "10", "--strategies"]
+  argv += ["random", "--rounds", "1", "--seeds", "1", "--initial", "10"]
+  argv += ["--batch-size", "2", "--train-steps", "2", "--no-plot"]
+  argv += ["--no-progress", "--out", str(out)]
+  assert experiment.main(argv) == 0
+  printed = capsys.readouterr().out
+  assert "mnist: pool 30, test 10, inputs [28, 28, 1], 10 classes" in printed
+  config = json.loads((out / "run.json").read_text())["config"]
+  assert config["pool_size"] == 30 and config["test_size"] == 10
+  assert "data_dir" not in config  # where the files are is not the config
+  assert len(read_csv(out / "results.csv")) == 2
+  # Missing files: the error names where to put them and --download.
+  empty = tmp_path / "empty"
+  argv[3] = str(empty)
+  assert experiment.main(argv[:-1] + [str(tmp_path / "run2")]) == 2
+  err = capsys.readouterr().err
+  assert str(empty / "mnist") in err and "--download" in err
+  with pytest.raises(SystemExit):
+    experiment.main(["--pool-size", "0"])
+  assert "--pool-size must be >= 1" in capsys.readouterr().err

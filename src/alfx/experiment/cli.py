@@ -68,6 +68,35 @@ def build_parser() -> argparse.ArgumentParser:
     " [N], optionally x_test and y_test",
   )
   p.add_argument(
+    "--data-dir",
+    metavar="DIR",
+    default=None,
+    help="where the image datasets' files are (mnist, fashion-mnist,"
+    " cifar10, repeated-mnist; one folder each); default $ALFX_DATA_DIR,"
+    " else the user's cache (~/.cache/alfx/datasets)",
+  )
+  p.add_argument(
+    "--download",
+    action="store_true",
+    help="fetch missing image-dataset files from their canonical sources"
+    " and check their SHA-256 (off by default: nothing is fetched)",
+  )
+  p.add_argument(
+    "--pool-size",
+    type=int,
+    default=None,
+    metavar="N",
+    help="keep N training images of each built-in dataset (drawn once,"
+    " fixed seed; before repeated-* datasets repeat them); default all",
+  )
+  p.add_argument(
+    "--test-size",
+    type=int,
+    default=None,
+    metavar="N",
+    help="keep N test images of each built-in dataset; default all",
+  )
+  p.add_argument(
     "--test-fraction",
     type=float,
     default=0.2,
@@ -279,6 +308,14 @@ def _check_args(p, args, argv=()):
   if args.datasets is None:
     args.datasets = ",".join(_datasets.DEFAULT_DATASETS)
   args.strategy_options = _strategy_options(p, args.strategy_option)
+  for name in ("pool_size", "test_size"):
+    if getattr(args, name) is not None and getattr(args, name) < 1:
+      p.error(f"--{name.replace('_', '-')} must be >= 1.")
+  if args.data and (args.pool_size or args.test_size):
+    p.error(
+      "--pool-size and --test-size apply to the built-in datasets; with"
+      " --data FILE.npz subsample the file yourself."
+    )
   if args.seeds_per_batch is not None and args.seeds_per_batch < 1:
     p.error("--seeds-per-batch must be >= 1.")
   if args.chunk_size is not None and args.chunk_size < 1:
@@ -425,7 +462,16 @@ def main(argv: Sequence[str] | None = None) -> int:
       datasets = [_datasets.load_npz_data(args.data, args.test_fraction)]
     else:
       names = [d.strip() for d in args.datasets.split(",") if d.strip()]
-      datasets = [_datasets.load_dataset(n) for n in names]
+      datasets = [
+        _datasets.load_dataset(
+          n,
+          data_dir=args.data_dir,
+          download=args.download,
+          subsample=args.pool_size,
+          test_subsample=args.test_size,
+        )
+        for n in names
+      ]
     for d in datasets:
       _datasets.check_budget(d, args.initial, args.rounds, args.batch_size)
       if args.model in _models.IMAGE_MODELS and d.image_shape is None:
@@ -469,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   for d in datasets:
     print(
       f"  {d.name}: pool {len(d.pool_y)}, test {len(d.test_y)},"
-      f" {d.pool_x.shape[1]} features, {d.num_classes} classes"
+      f" inputs {list(d.input_shape)}, {d.num_classes} classes"
     )
   print(f"  strategies: {', '.join(strategies)}")
   for s, options in args.strategy_options.items():
