@@ -145,12 +145,7 @@ def run_dataset(
     model, train_kwargs={"train": True}, eval_kwargs={"train": False}
   )
   optimizer = optax.adam(args.lr)
-  data = alfx.Data(
-    jnp.asarray(dataset.pool_x),
-    jnp.asarray(dataset.pool_y),
-    jnp.asarray(dataset.test_x),
-    jnp.asarray(dataset.test_y),
-  )
+  data = datasets.loop_data(dataset)
   seeds = [args.seed + s for s in range(args.seeds)]
   per_class = (
     args.initial % dataset.num_classes == 0
