@@ -197,16 +197,24 @@ def print_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def script_args(description: str, out_name: str, quick_help: str):
-  """``--quick`` and ``--out`` (default ``results/<out_name>``), parsed."""
+  """``--quick`` and ``--out``, parsed.
+
+  ``--out`` defaults to ``results/<out_name>``, or ``results/<stem>_quick.md``
+  with ``--quick``, so that a quick run never overwrites the full page.
+  """
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--quick", action="store_true", help=quick_help)
   parser.add_argument(
-    "--out",
-    default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), "results", out_name
-    ),
+    "--out", default=None, help="the results page (default: results/)"
   )
-  return parser.parse_args()
+  args = parser.parse_args()
+  if args.out is None:
+    stem, ext = os.path.splitext(out_name)
+    name = f"{stem}_quick{ext}" if args.quick else out_name
+    args.out = os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), "results", name
+    )
+  return args
 
 
 def load_average() -> str:
