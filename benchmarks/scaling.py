@@ -359,7 +359,7 @@ def main():
   skipped += [
     f"{s} on forced devices (minutes per call)" for s in names if s in dev_skip
   ]
-  for p in (1, 2, 4):
+  for p in (1, 2, 4) if dev_names else ():
     cmd = [
       sys.executable,
       os.path.abspath(__file__),
