@@ -15,14 +15,19 @@ own time in ``pool_fisher``). Compiled time is the best of a few runs after a
 compiling call; eager time is one call under ``jax.disable_jit()`` (op by op);
 peak memory is the resident-set growth during the compiled runs, inputs
 excluded (harness.py). The floor is the roofline of the FLOPs and bytes
-counted in `count` (the FLOPs this algorithm executes: block products of
-symmetric ``D x D`` matrices at ``(nb + 1) / (2 nb)`` of the full product
-with ``nb = D / 64`` block rows) on this machine's measured peaks.
+counted in `count` on this machine's measured peaks. `terms` lists the FLOPs
+term by term as the code executes them (``--count`` prints them, no
+timing): each names where in ``alfx.bait_family`` it runs. At N=500,
+counting each loop body once, their sum is 0.96-1.01 of XLA's
+``cost_analysis`` of the compiled call for structured full and topc and
+dense full (tests/test_benchmarks_bait.py), 0.89 for dense topc: XLA counts
+no LAPACK call (``M``'s Cholesky) but every elementwise operation.
 
 Usage:
   python benchmarks/bait.py            # everything (ImageNet needs ~12 GB)
   python benchmarks/bait.py --quick    # CIFAR-10 shape at N=5,000 only
   python benchmarks/bait.py --only cifar10-full imagenet-binary
+  python benchmarks/bait.py --count c100-n5000-full  # FLOPs by term only
 """
 
 import argparse
@@ -45,6 +50,8 @@ F32 = 4
 L = 100
 B = 10
 CAPACITY = 128  # static bound on the labelled set (structured path, jit)
+# alfx.bait_family._blocks: the default working set (floats) of a chunk
+CHUNK_FLOATS = 1 << 24
 RESULTS = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), "results", "bait.md"
 )
@@ -93,76 +100,350 @@ def make_inputs(n, dim, c, seed=0):
   return jax.block_until_ready((emb, probs, labeled))
 
 
-def count(kind, method, n, dim, c, top_c=2, oversample=2, b=B, lab=L):
-  """(FLOPs, bytes, divisions) of one `alfx.bait` call with `pool_fisher`."""
+def _chunks(n, per_row, chunk_size=None, most=None):
+  """``(rows per chunk, chunks)`` of a pass over ``n`` rows
+  (`_blocks.chunk_rows`: the given size, or a working set of 2^24 floats).
+
+  Every chunk has the same static size and the last one overlaps its
+  predecessor (`alfx._core.pool.chunked_map`): ``rows * chunks >= n`` rows
+  are computed.
+  """
+  if chunk_size is not None:
+    rows = max(1, min(chunk_size, n))
+  else:
+    rows = max(1, min(n, CHUNK_FLOATS // max(per_row, 1)))
+  if most is not None:
+    rows = min(rows, most)
+  return rows, -(-n // rows)
+
+
+def _sym_rows(dim):
+  """``sum_I b_I (D - e_I)`` over `_blocks`' block rows (~64 wide): the
+  entries of a ``D x D`` block that a block-triangular product multiplies,
+  ``~ D^2 (nb + 1) / (2 nb)``."""
   nb = max(1, round(dim / 64))
-  sym = (nb + 1) / (2 * nb)  # block products of symmetric D x D matrices
+  edges = [int(e) for e in np.linspace(0, dim, nb + 1).round()]
+  return sum((e1 - e0) * (dim - e0) for e0, e1 in zip(edges[:-1], edges[1:]))
+
+
+def _lu(m, rhs=None):
+  """``jnp.linalg.inv``/``solve`` of ``m x m``: LU, then two triangular
+  solves with ``rhs`` (default ``m``) right-hand sides."""
+  return 2 * m**3 / 3 + 2 * m * m * (m if rhs is None else rhs)
+
+
+def _spd_inverse(m, leaf=12):
+  """`_blocks.spd_inverse`: per level, four products of the 2 x 2 blocks
+  (``A^-1 B``, ``B^T A^-1 B``, ``A^-1 B S^-1``, that times ``(A^-1 B)^T``:
+  ``~ 4 m^3 / 3`` over all levels); LU inverses at the leaves."""
+  if m <= leaf:
+    return _lu(m)
+  h, k = m // 2, m - m // 2
+  products = 2 * h * h * k + 2 * k * h * k + 2 * h * k * k + 2 * h * k * h
+  return products + _spd_inverse(h, leaf) + _spd_inverse(k, leaf)
+
+
+def _trace_solve(r, sign=1):
+  """`_greedy.trace_solve` of one ``r x r`` pair, by the branch it takes."""
+  if r == 1:
+    return 2
+  if sign < 0:  # S = U - I; LU solve with r right-hand sides, then the trace
+    return r * r + _lu(r) + r
+  if r > 12:  # S^-1 by `_blocks.spd_inverse`, then sum(S^-1 * W)
+    return r * r + _spd_inverse(r) + 2 * r * r
+  # `_greedy._trace_solve_unrolled`, operation by operation: the Cholesky
+  # (a sqrt and a reciprocal per column), Y = L^-1 W and L^-1 Y^T (every
+  # entry of both is formed), the diagonal's sum; S = U + I first.
+  chol = sum(2 * j + 2 + (r - j - 1) * (2 * j + 1) for j in range(r))
+  solve = r * r * r  # r columns of sum_i (2 i + 1)
+  return r * r + chol + 2 * solve + r
+
+
+def _update(r):
+  """`_greedy.greedy`'s ``update`` of one ``U_n, W_n``: ``a_s = a S^-1``,
+  ``e = b - a_s W_j / 2``, ``x = a_s e^T`` (``2 r^3`` each), ``U - a_s a^T``,
+  ``W - x - x^T``."""
+  return 8 * r**3 + 5 * r * r
+
+
+def terms(
+  kind,
+  method,
+  n,
+  dim,
+  c,
+  top_c=2,
+  oversample=2,
+  b=B,
+  lab=L,
+  cap=CAPACITY,
+  chunk_size=None,
+  loops_once=False,
+):
+  """The FLOPs of one `alfx.bait` call, term by term, as the code runs them.
+
+  Returns ``[(phase, what, flops)]``. ``phase``: ``'pool_fisher'`` (what
+  `alfx.pool_fisher` computes; skipped when it is passed in), ``'setup'``,
+  ``'forward'`` (every forward step) or ``'backward'``. ``what`` names the
+  place in ``alfx.bait_family`` that runs it. Products count 2 FLOPs a
+  multiply-add, in the order ``jnp.einsum`` contracts them and with no
+  symmetry that the code does not use, over the rows that the chunked
+  passes compute (their last chunk overlaps). Left out: terms below ``N C
+  r`` or ``N D`` (picks, gathers, the rotation of the embeddings, the class
+  factors, scaling by ``s``) and the SVD of the ``R x R`` matrix ``T``.
+
+  ``loops_once``: each ``lax.scan``/``fori_loop`` body once (one forward and
+  one backward step, one history block each, one chunk of the labelled
+  Gram), as XLA's ``cost_analysis`` counts a compiled program; for checking
+  against it at shapes where every chunked pass is one chunk.
+  """
+  out = []
+
+  def add(phase, what, flops):
+    out.append((phase, what, float(flops)))
+
+  def rows(per_row, most=None):  # rows a chunked pass computes
+    chunk, chunks = _chunks(n, per_row, chunk_size, most)
+    return chunk * chunks
+
+  steps = oversample * b  # forward steps; the backward drops (o - 1) b
+  n_back = (oversample - 1) * b
+  if loops_once:
+    steps_run, back_run = 1, min(1, n_back)
+  else:
+    steps_run, back_run = steps, n_back
+  if method == "diagonal":
+    fisher = 2 * n * c * dim
+    add("pool_fisher", "diag(F)", fisher)
+    add("setup", "diag(M)", fisher)
+    # x and F/M x/(M + x): mul, mul, add, mul, add
+    add("forward", "elementwise gains and updates", steps * 5 * n * c * dim)
+    return out
+  # dense drops the class null space 1_C of full/topc (C_f = C - 1); r
+  # columns per point (full: C, topc: top_c, binary: 1).
+  dense = method == "dense"
+  c_f = 1 if kind == "binary" else (c - 1 if dense else c)
+  r = {"full": c, "topc": top_c, "binary": 1}[kind]
+  d = c_f * dim
+  t_c = c_f * (c_f + 1) // 2
+  sym = _sym_rows(dim)
+  # _greedy.greedy: history slots, applied in blocks of ~128 rows, only the
+  # blocks already written (a loop bounded by the step).
+  per_block = max(1, -(-128 // r))
+
+  def slots(t):
+    return (1 if loops_once else -(-t // per_block)) * per_block
+
+  history_slot = (
+    4 * r * d  # directions: Z_k^T X_j, Y_k^T X_j (slot . h_j ...)
+    + 4 * r * r * c_f  # ... then . a_j
+    + 6 * r**3  # s_ztx, W_k s_ztx, y_coef: r x r products
+    + 6 * r * r * d  # from_z [2r, r] and from_y [r, r] times the slot
+  )
+  # commit: Z^T X_j, Y^T X_j, then S^-1 (jnp.linalg.inv)
+  commit = 4 * r * d + 4 * r * r * c_f + _lu(r)
+
+  if dense:
+    # _pool_fisher.pool_fisher_core: A_n A_n^T as packed pairs, then
+    # _blocks.pool_gram, the upper block triangle of sum_n w_nt h_n h_n^T.
+    add("pool_fisher", "class_outer A_n A_n^T", 2 * n * c_f * c_f * r)
+    add(
+      "pool_fisher", "pool_gram: blocks of F", 2 * rows(t_c * dim) * t_c * sym
+    )
+    # _dense.dense_setup
+    add("setup", "class_outer A_n A_n^T (every row)", 2 * n * c_f**2 * r)
+    lab_rows, _ = _chunks(n, t_c * dim, chunk_size, 256)
+    lab_chunks = 1 if loops_once else -(-lab // lab_rows)
+    add(
+      "setup",
+      "labeled_gram: blocks of M (whole chunks)",
+      2 * lab_chunks * lab_rows * t_c * sym,
+    )
+    add("setup", "M^-1: Cholesky and cho_solve(I)", d**3 / 3 + 2 * d**3)
+    add("setup", "G = M^-1 (F M^-1)", 4 * d**3)
+    q_rows = rows(2 * t_c * dim)
+    add(
+      "setup",
+      "quad_forms: h_n^T (M^-1)_ab h_n, h_n^T G_ab h_n",
+      2 * q_rows * 2 * t_c * sym + 2 * q_rows * 2 * t_c * dim,
+    )
+    add("setup", "U_n, W_n = A_n^T (.) A_n", 4 * n * c_f * r * (c_f + r))
+    # apply0: M_0^-1 X_j and G_0 X_j, [d, d] . h_j, then . a_j
+    apply0 = 4 * d * d + 4 * d * c_f * r
+    contraction = 4 * c_f * r * r  # _greedy._contract_factors: A_n^T proj
+  else:
+    k_at = 1 if kind == "full" else top_c  # atoms per labelled point
+    big_r = cap * k_at  # R: the labelled set's Woodbury rank
+    f_rows = rows(2 * c * max(big_r, c))  # f_dense, f_kron: pool sums
+    pp_rows = rows(2 * c * big_r + 2 * big_r * r)  # per_point
+    if kind == "full":
+      # pool_fisher_core: F's block-diagonal part, pool_gram of C weights.
+      add("pool_fisher", "pool_gram: F_b blocks", 2 * rows(c * dim) * c * sym)
+      # _structured.structured_setup: K_a = lam I + Hl^T W_a Hl and K^-1.
+      add("setup", "weighted_gram: K blocks", 2 * cap * c * sym)
+      add("setup", "spd_inverse of K (C blocks D x D)", c * _spd_inverse(dim))
+      add("setup", "kinv_h(hl)", 2 * cap * c * dim * dim)
+      kinv_h = 2 * c * dim * dim  # a row h: einsum aij,...j
+      kinv_dense = 2 * c * dim * dim  # a column of V [C, D, q]
+    else:
+      # pool_fisher_core: _structured.topc_pool_quad, the N^2 term.
+      add("pool_fisher", "topc_pool_quad: (h_n . h_m)^2", 2 * n * n * dim)
+      add("pool_fisher", "topc_pool_quad: A_n^T A_m", 2 * n * n * c * r * r)
+      add("pool_fisher", "topc_pool_quad: contraction", 2 * n * n * r**3)
+      kinv_h = dim  # K = lam I: divisions
+      kinv_dense = c * dim
+    add("setup", "E^T K^-1 E", 2 * cap * k_at * c * dim * big_r)
+    add("setup", "T = inv(sign I + E^T K^-1 E)", _lu(big_r))
+    add(
+      "setup",
+      "f_dense(Ek) = F K^-1 E (a pool sum)",
+      4 * f_rows * dim * c * big_r  # h_m . Ek, then sum_m h_m (.)
+      + 4 * f_rows * c * k_at * big_r  # the atoms u_m
+      + (2 * c * dim * dim * big_r if kind == "full" else 0),  # F_b Ek
+    )
+    add("setup", "Ek^T F Ek", 2 * c * dim * big_r**2)
+    add("setup", "K^-1 F Ek", kinv_dense * big_r)
+    # per_point: ex = Ek^T X_n, c_n = T ex_n, X_n^T K^-1 X_n, U_n, W_n
+    if kind == "full":
+      ex = 2 * pp_rows * dim * c * big_r + 2 * pp_rows * c * big_r * r
+      kq = 2 * pp_rows * c * dim * dim + 2 * pp_rows * c * dim
+    else:  # K = lam I: h_n . h_l / lam, then the atoms
+      ex = 2 * pp_rows * dim * cap + 2 * pp_rows * cap * k_at * c * r
+      kq = 2 * pp_rows * dim
+    add("setup", "per_point: Ek^T X_n", ex)
+    add("setup", "per_point: h_n^T K_a^-1 h_n", kq)
+    add("setup", "per_point: c_n = T ex_n", 2 * pp_rows * big_r**2 * r)
+    add("setup", "per_point: X_n^T K^-1 X_n", 2 * pp_rows * c * r * r)
+    add("setup", "per_point: U_n", 2 * pp_rows * big_r * r * r)
+    add(
+      "setup",
+      "per_point: X_n^T K^-1 F Ek c_n",
+      2 * pp_rows * dim * c * big_r  # h_n . K^-1 F Ek (a GEMM)
+      + 2 * pp_rows * c * big_r * r
+      + 2 * pp_rows * big_r * r * r,
+    )
+    add(
+      "setup",
+      "per_point: c_n^T Ek^T F Ek c_n",
+      2 * pp_rows * big_r**2 * r + 2 * pp_rows * big_r * r * r,
+    )
+    if kind == "full":
+      # _full_kfk: coef sum_m v_nm v_nm^T over the pool, h_n^T K_a^-1 h_m by
+      # _kernel (Woodbury through the labelled rows) when cap < D.
+      k_rows = rows(n * (c + r) + c * dim)
+      if cap < dim:
+        add("setup", "_kernel: Q_a (C blocks cap x cap)", c * _spd_inverse(cap))
+        add("setup", "_kernel: h_n . h_m (N^2)", 2 * k_rows * n * dim)
+        add("setup", "_kernel: g_n^T Q_a g_m (N^2)", 2 * k_rows * n * c * cap)
+        add(
+          "setup",
+          "_kernel: g_n = Hl h_n, g_n^T Q_a",
+          2 * k_rows * cap * dim + 2 * k_rows * c * cap * cap,
+        )
+        # Hl h_m of the whole pool: loop-invariant, XLA computes it once
+        # (hoisted out of the chunks' loop; seen in the compiled HLO)
+        add("setup", "_kernel: Hl h_m (once)", 2 * n * cap * dim)
+      else:
+        add("setup", "K^-1 h_n . h_m (N^2)", 2 * k_rows * n * c * dim)
+      # w_nm = p_m k_nm, its mean over classes, v_nm (and _kernel's difference)
+      elementwise = 6 if cap < dim else 5
+      add(
+        "setup", "w_nm, v_nm: elementwise (N^2)", elementwise * k_rows * n * c
+      )
+      add("setup", "sum_m v_nm v_nm^T (N^2)", 2 * k_rows * n * r * r)
+      add(
+        "setup",
+        "h_n^T K^-1 F_b K^-1 h_n (kinv_h again)",
+        4 * k_rows * c * dim * dim + 2 * k_rows * c * r * r,
+      )
+    # apply0: M_0^-1 X_j and G_0 X_j from Ek, T and F Ek (every step)
+    apply0 = (
+      kinv_h  # g = K_a^-1 h_j
+      + 2 * c * dim * big_r  # Ek^T X_j
+      + 8 * c * dim * big_r * r  # Ek c_j, F Ek c_j, Ek^T v, Ek coef
+      + 2 * f_rows * dim * c  # f_kron: h_m . g_a over the pool
+      + 4 * f_rows * c * k_at * r  # f_kron: the atoms' coefficients
+      + 2 * f_rows * dim * c * r  # f_kron: sum_m h_m coef_m (a GEMM)
+      + kinv_dense * r  # minv_dense: K^-1 v
+      + (2 * c * dim * dim if kind == "full" else 0)  # F_b K^-1 X_j
+    )
+    # pool_update's A_n^T proj: full's factors give s sqrt(p) (x - p^T x)
+    contraction = 8 * c * r + 2 * c if kind == "full" else 4 * c_f * r * r
+
+  # _greedy.greedy's forward steps.
+  add("forward", "gains: trace_solve", steps_run * n * _trace_solve(r))
+  add("forward", "directions: apply0", steps_run * apply0)
+  add(
+    "forward",
+    "directions: history slots",
+    sum(slots(t) for t in range(steps_run)) * history_slot,
+  )
+  add("forward", "commit", steps_run * commit)
+  u_rows = rows(4 * c_f * r + 4 * r * r)
+  add(
+    "forward",
+    "pool_update: h_n^T [Z | Y] (a GEMM)",
+    steps_run * 4 * u_rows * dim * c_f * r,
+  )
+  add("forward", "pool_update: A_n^T proj", steps_run * u_rows * contraction)
+  add("forward", "pool_update: Woodbury", steps_run * u_rows * _update(r))
+  # Backward steps: the forward picks only; the history keeps growing.
+  add("backward", "drop values", back_run * steps * _trace_solve(r, -1))
+  add("backward", "directions: apply0", back_run * apply0)
+  add(
+    "backward",
+    "directions: history slots",
+    sum(slots(t) for t in range(steps, steps + back_run)) * history_slot,
+  )
+  picks = steps * (4 * r * d + 4 * c_f * r * r + _update(r))
+  add("backward", "commit, the picks' updates", back_run * (commit + picks))
+  return out
+
+
+def count(kind, method, n, dim, c, top_c=2, oversample=2, b=B, lab=L):
+  """(FLOPs, bytes, divisions) of one `alfx.bait` call with `pool_fisher`
+  computed in it (`terms`: the FLOPs term by term)."""
+  flops = sum(
+    f for _, _, f in terms(kind, method, n, dim, c, top_c, oversample, b, lab)
+  )
   steps = oversample * b
   h_bytes = n * dim * F32
   if method == "diagonal":
-    fisher = 2 * n * c * dim
-    step = 5 * n * c * dim  # x and F/M x/(M + x): mul, mul, add, mul, add
-    flops = 2 * fisher + steps * step
     bytes_ = 2 * h_bytes + steps * n * (c + dim) * F32
     # One division per element and step, counted at the measured x log x
     # rate (the division runs on the same vector units, at a similar rate).
     return flops, bytes_, steps * n * c * dim
-  # The dense path drops the class null space 1_C of full/topc: C_f = C - 1.
-  c_f = 1 if kind == "binary" else (c - 1 if method == "dense" else c)
   r = {"full": c, "topc": top_c, "binary": 1}[kind]
-  d = c_f * dim
-  t_c = c_f * (c_f + 1) // 2
-  per_step = (
-    4 * n * dim * c_f * r  # X_n^T [Z | Y]
-    + 4 * n * c_f * r * r  # contraction with A_n
-    + 10 * n * r * r
-    + 2 * n * r**3
-  )  # updates, r x r solves
+  # Per step: h again and U_n, W_n read and written.
   if method == "dense":
-    setup = (
-      2 * n * t_c * dim**2 * sym  # F
-      + 2 * lab * t_c * dim**2 * sym  # labelled M
-      + 2 * d**3  # LU inverse
-      + 4 * d**3  # G = M^-1 F M^-1
-      + 4 * n * t_c * dim**2 * sym  # block quadratic forms of M^-1, G
-      + 4 * n * c_f * r * (c_f + r)
-    )  # U_n, W_n
-    per_step += 4 * d * d + 8 * steps * d * r * r
+    c_f = 1 if kind == "binary" else c - 1
+    d = c_f * dim
     bytes_ = (
       3 * h_bytes
       + 4 * d * d * F32  # F, quad pass; M^-1, G
       + steps * (h_bytes + 4 * n * r * r * F32)
     )
-    return setup + steps * per_step, bytes_, 0
-  # Structured (C = 100 shapes).
-  cap = CAPACITY
-  k_at = 1 if kind == "full" else top_c
-  big_r = cap * k_at
-  setup = (
-    4 * n * dim * c * big_r  # F Ek
-    + 2 * n * dim * c * big_r  # X_n^T K^-1 F Ek
-    + 2 * n * big_r * big_r * r
-    + 4 * n * c * big_r * r
-  )
-  per_step += 2 * n * dim * c * r + 4 * c * dim * dim * r + 4 * d * big_r * r
-  if kind == "full":
-    setup += (
-      2 * n * n * c * dim
-      + 4 * n * n * c * r  # the N^2 term
-      + 2 * n * dim * c * big_r  # Ek^T X_n
-      + 4 * n * c * dim * dim  # h^T K_a^-1 h, h^T K^-1 Fb K^-1 h
-      + 2 * n * c * dim**2 * sym
-      + 6 * c * dim**3
-    )  # Fb, K^-1
   else:
-    setup += (
-      2 * n * n * dim
-      + 2 * n * n * top_c * c * top_c  # pool quad
-      + 2 * n * n * top_c**3
-      + 2 * n * dim * cap
-    )
-  bytes_ = 4 * h_bytes + steps * (h_bytes + 4 * n * r * r * F32)
-  return setup + steps * per_step, bytes_, 0
+    bytes_ = 4 * h_bytes + steps * (h_bytes + 4 * n * r * r * F32)
+  return flops, bytes_, 0
+
+
+def print_terms(name, kind, n, dim, c):
+  """`terms` of a configuration as a table, by phase."""
+  emb = jax.ShapeDtypeStruct((n, dim), jnp.float32)
+  probs = jax.ShapeDtypeStruct((n, c), jnp.float32)
+  method = jax.eval_shape(
+    functools.partial(alfx.pool_fisher, fisher=kind), emb, probs
+  ).method
+  rows = terms(kind, method, n, dim, c)
+  total = sum(f for _, _, f in rows)
+  print(f"\n{name}: {kind}, {method}, N={n} D={dim} C={c} L={L} B={B}")
+  for phase in ("pool_fisher", "setup", "forward", "backward"):
+    part = [(w, f) for p, w, f in rows if p == phase]
+    print(f"  {phase}: {sum(f for _, f in part) / 1e9:,.1f} GFLOP")
+    for what, flops in part:
+      print(f"    {what:50s} {flops / 1e9:12,.1f}")
+  print(f"  total: {total / 1e9:,.1f} GFLOP")
 
 
 def run_config(name, kind, n, dim, c, eager, with_eager):
@@ -239,7 +520,14 @@ def main():
   parser.add_argument("--no-eager", action="store_true")
   parser.add_argument("--only", nargs="*")
   parser.add_argument("--out", default=None)
+  parser.add_argument(
+    "--count", nargs="+", metavar="CONFIG", help="print the FLOPs by term"
+  )
   args = parser.parse_args()
+  if args.count:
+    for name in args.count:
+      print_terms(name, *{**CONFIGS, **QUICK}[name][:4])
+    return
   configs = QUICK if args.quick else CONFIGS
   if args.only:
     configs = {k: v for k, v in {**CONFIGS, **QUICK}.items() if k in args.only}
