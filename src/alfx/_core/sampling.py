@@ -80,8 +80,9 @@ def stochastic_batch(
     ((2,), True)
   """
   utilities = _validation.check_utilities(utilities)
-  mask = _validation.check_mask(mask, utilities.shape[0])
-  batch_size = _validation.check_batch_size(batch_size, mask)
+  n = utilities.shape[0]
+  mask = _validation.check_optional_mask(mask, n)
+  batch_size = _validation.check_batch_size(batch_size, mask, n=n)
   key = _validation.check_key(key)
   _validation.check_choice(mode, "mode", STOCHASTIC_MODES)
   beta = _validation.check_scalar(beta, "beta", minimum=0)
@@ -94,7 +95,11 @@ def stochastic_batch(
 def _stochastic_batch(
   utilities, mask, key, beta, batch_size, mode, axis_name=None
 ):
-  """`stochastic_batch` without checks; shardable over the pool."""
+  """`stochastic_batch` without checks; shardable over the pool.
+
+  ``mask=None`` selects every point (built here, not eagerly per call).
+  """
+  mask = _selection.all_selectable(utilities, mask)
   dtype = utilities.dtype
   beta = jnp.asarray(beta, dtype)
   noise = _pool.gumbel(key, utilities.shape, dtype, axis_name=axis_name)

@@ -67,14 +67,19 @@ def top_b(
     Array([1, 2], dtype=int32)
   """
   utilities = _validation.check_utilities(utilities)
-  mask = _validation.check_mask(mask, utilities.shape[0])
-  _validation.check_batch_size(batch_size, mask)
+  n = utilities.shape[0]
+  mask = _validation.check_optional_mask(mask, n)
+  _validation.check_batch_size(batch_size, mask, n=n)
   return _top_b(utilities, mask, batch_size=batch_size)
 
 
 @_sharding.pool_core(pool=("utilities", "mask"), static=("batch_size",))
 def _top_b(utilities, mask, batch_size, axis_name=None):
-  """`top_b` without input checks; jit/vmap friendly, shards over the pool."""
+  """`top_b` without input checks; jit/vmap friendly, shards over the pool.
+
+  ``mask=None`` selects every point (built here, not eagerly per call).
+  """
+  mask = all_selectable(utilities, mask)
   lowest = jnp.finfo(utilities.dtype).min
   # Selectable -inf is lifted to the lowest finite value so that it still
   # outranks the masked-out points (which become -inf).
@@ -84,6 +89,11 @@ def _top_b(utilities, mask, batch_size, axis_name=None):
   return Selection(
     indices=indices, scores=take(indices), valid=values > -jnp.inf
   )
+
+
+def all_selectable(pool, mask):
+  """``mask``, or for ``None`` an all-True ``bool[N]`` over the (local) pool."""
+  return jnp.ones(pool.shape[:1], bool) if mask is None else mask
 
 
 def pick(gains, available, axis_name=None):

@@ -172,13 +172,26 @@ def _log_prob_check(lp, tol):
   return err <= tol, dict(err=err, lo=lo, hi=hi, sum_err=sum_err)
 
 
+def log_prob_quick_bound(tol: float, c: int, dtype) -> float:
+  """The quick test's bound on ``max |sum_c exp(lp) - 1|``.
+
+  ``|s - 1| <= 1 - exp(-tol)`` implies ``|log s| <= tol`` in exact
+  arithmetic; the margin covers the rounding of both the row sum and the
+  precise test's ``logsumexp`` (each ``<= (C + 2) eps`` relative), so that
+  a row passing the quick test always passes the precise one.
+  """
+  eps = float(jnp.finfo(jnp.promote_types(dtype, jnp.float32)).eps)
+  return -math.expm1(-tol) - 2 * (c + 4) * eps
+
+
 def _log_prob_quick(lp, tol):
   # Row sums of exp without the logsumexp shift, and no statistics for the
-  # message: |s - 1| <= 1 - exp(-tol) implies |log s| <= tol. NaN and +inf
-  # fail it too (a NaN sum compares False).
+  # message (log_prob_quick_bound). NaN and +inf fail it too (a NaN sum
+  # compares False).
+  bound = log_prob_quick_bound(tol, lp.shape[-1], lp.dtype)
   lp = lp.astype(jnp.promote_types(lp.dtype, jnp.float32))
   dev = jnp.max(jnp.abs(jnp.sum(jnp.exp(lp), axis=-1) - 1))
-  return dev <= -math.expm1(-tol)
+  return dev <= bound
 
 
 @jax.jit
@@ -364,6 +377,15 @@ def check_utilities(utilities, name: str = "utilities") -> jax.Array:
   return utilities
 
 
+def check_optional_mask(mask, n: int, name: str = "mask") -> jax.Array | None:
+  """`check_mask`, but ``None`` stays ``None`` (every point selectable).
+
+  For cores that build the all-True mask inside their own program
+  (`alfx._core.selection.all_selectable`): no eager array op per call.
+  """
+  return None if mask is None else check_mask(mask, n, name)
+
+
 def check_mask(
   mask, n: int, name: str = "mask", default: bool = True
 ) -> jax.Array:
@@ -385,13 +407,15 @@ def check_mask(
 
 
 def check_batch_size(
-  batch_size, mask, name: str = "batch_size", *, labeled=None
+  batch_size, mask, name: str = "batch_size", *, labeled=None, n=None
 ) -> int:
   """Checks a static batch size against the selectable points.
 
   The static part (an ``int`` in ``[1, N]``) is always checked; the count of
   selectable points (``mask``, less ``labeled`` when given) only when the
-  masks are concrete.
+  masks are concrete. ``mask=None`` (with the pool size ``n``, from
+  `check_optional_mask`) selects every point: ``batch_size <= N`` is then
+  enough.
   """
   if isinstance(batch_size, bool) or not isinstance(
     batch_size, (int, np.integer)
@@ -400,11 +424,18 @@ def check_batch_size(
       f"{name} must be a static Python int, got {type(batch_size).__name__}."
     )
   batch_size = int(batch_size)
-  n = mask.shape[0]
+  if mask is None and labeled is not None:
+    mask = check_mask(None, labeled.shape[0])
+  if mask is not None:
+    n = mask.shape[0]
+  elif n is None:
+    raise TypeError("check_batch_size: mask=None needs the pool size n.")
   if batch_size < 1:
     raise ValueError(f"{name} must be >= 1, got {batch_size}.")
   if batch_size > n:
     raise ValueError(f"{name}={batch_size} is larger than the pool (N={n}).")
+  if mask is None:
+    return batch_size  # every point selectable: batch_size <= N suffices
   args = (mask,) if labeled is None else (mask, labeled)
 
   def explain(v):

@@ -1,0 +1,81 @@
+"""The quick value tests are sound, and a missing mask costs no eager op.
+
+A quick test may only say "certainly fine": wherever it passes, the precise
+statistics (the ones that decide the error) must pass too, also for rows at
+the tolerance boundary where rounding decides. ``mask=None`` in `top_b` and
+`stochastic_batch` selects every point, built inside the core's program.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import alfx
+from alfx._core import validation
+
+
+def _boundary_rows(rng, rows, c, tol, dtype):
+  """``[rows, 1, 1, C]`` log-probabilities whose logsumexp is ``+-tol``
+  times a factor ``1 +- 10**u``, ``u`` uniform in ``[-7, 0]`` (half
+  inside, half outside; most within a few percent of the boundary)."""
+  logits = rng.standard_normal((rows, c)) * 3
+  lp = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
+  side = rng.choice([-1.0, 1.0], rows)
+  factor = 1 + rng.choice([-1, 1], rows) * 10 ** rng.uniform(-7, 0, rows)
+  lp = lp + (side * factor * tol)[:, None]
+  return jnp.asarray(lp[:, None, None, :], dtype)
+
+
+def _verdicts(lp, tol):
+  """(quick, precise) verdict of every row of ``lp[rows, 1, 1, C]``."""
+  quick = jax.vmap(lambda x: validation._log_prob_quick(x, tol))(lp)
+  precise = jax.vmap(lambda x: validation._log_prob_check(x, tol)[0])(lp)
+  return np.asarray(quick), np.asarray(precise)
+
+
+@pytest.mark.parametrize("c", [2, 10, 100, 1000])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_quick_log_prob_test_never_passes_what_the_precise_test_refuses(
+  rng, c, dtype
+):
+  with jax.enable_x64(dtype == "float64"):
+    tol = validation.tolerance(jnp.dtype(dtype))
+    lp = _boundary_rows(rng, 4000, c, tol, jnp.dtype(dtype))
+    quick, precise = _verdicts(lp, tol)
+  assert not np.any(quick & ~precise), np.flatnonzero(quick & ~precise)
+  # Not vacuous: rows on both sides of the boundary, some passing quickly.
+  assert quick.sum() > 100 and (~precise).sum() > 100
+
+
+def test_valid_log_probs_with_many_classes_take_the_quick_path(rng):
+  """The rounding margin grows with C; log_softmax rows still pass."""
+  logits = jnp.asarray(rng.standard_normal((50, 3, 1000)) * 3, jnp.float32)
+  lp = jax.nn.log_softmax(logits)
+  assert bool(validation._log_prob_quick(lp, validation.tolerance(lp.dtype)))
+  bound = validation.log_prob_quick_bound(1e-3, 1000, jnp.float32)
+  assert 0 < bound < -math.expm1(-1e-3)
+
+
+@pytest.mark.parametrize(
+  "select",
+  [
+    lambda u, mask: alfx.top_b(u, 4, mask=mask),
+    lambda u, mask: alfx.stochastic_batch(
+      u, 4, key=jax.random.key(3), mask=mask
+    ),
+  ],
+  ids=["top_b", "stochastic_batch"],
+)
+def test_no_mask_selects_every_point(rng, select):
+  u = jnp.asarray(rng.standard_normal(50), jnp.float32)
+  expected = select(u, jnp.ones(50, bool))
+  for got in (select(u, None), jax.jit(lambda u: select(u, None))(u)):
+    for a, b in zip(got, expected):
+      np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="larger than the pool"):
+    select(u[:3], None)
+  with pytest.raises(ValueError, match="contains 1 NaN"):
+    select(u.at[7].set(jnp.nan), None)
