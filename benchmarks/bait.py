@@ -18,10 +18,10 @@ excluded (harness.py). The floor is the roofline of the FLOPs and bytes
 counted in `count` on this machine's measured peaks. `terms` lists the FLOPs
 term by term as the code executes them (``--count`` prints them, no
 timing): each names where in ``alfx.bait_family`` it runs. At N=500,
-counting each loop body once, their sum is 0.96-1.01 of XLA's
-``cost_analysis`` of the compiled call for structured full and topc and
-dense full (tests/test_benchmarks_bait.py), 0.89 for dense topc: XLA counts
-no LAPACK call (``M``'s Cholesky) but every elementwise operation.
+counting each loop body once, their sum is 0.89-1.02 of XLA's
+``cost_analysis`` of the compiled call (structured full and topc, dense full
+and topc; tests/test_benchmarks_bait.py): XLA counts no LAPACK call (the
+dense path's Cholesky of ``M``) but every elementwise operation.
 
 Usage:
   python benchmarks/bait.py            # everything (ImageNet needs ~12 GB)
@@ -151,18 +151,22 @@ def _trace_solve(r, sign=1):
     return r * r + _lu(r) + r
   if r > 12:  # S^-1 by `_blocks.spd_inverse`, then sum(S^-1 * W)
     return r * r + _spd_inverse(r) + 2 * r * r
-  # `_greedy._trace_solve_unrolled`, operation by operation: the Cholesky
-  # (a sqrt and a reciprocal per column), Y = L^-1 W and L^-1 Y^T (every
-  # entry of both is formed), the diagonal's sum; S = U + I first.
-  chol = sum(2 * j + 2 + (r - j - 1) * (2 * j + 1) for j in range(r))
-  solve = r * r * r  # r columns of sum_i (2 i + 1)
-  return r * r + chol + 2 * solve + r
+  # `_greedy._trace_solve_unrolled`, operation by operation: S = U + I, the
+  # Cholesky (a rsqrt per column), M = L^-1 row by row, sum_k m_k^T W m_k
+  # over the upper triangle of W, doubled.
+  chol = sum((r - j) * (2 * j + 1) for j in range(r))
+  inverse = sum(2 * (k - j) + 1 for k in range(r) for j in range(k))
+  quad = sum(4 + 2 * (k - i) for k in range(r) for i in range(k + 1))
+  return r * r + chol + inverse + quad + 1
 
 
-def _update(r):
-  """`_greedy.greedy`'s ``update`` of one ``U_n, W_n``: ``a_s = a S^-1``,
-  ``e = b - a_s W_j / 2``, ``x = a_s e^T`` (``2 r^3`` each), ``U - a_s a^T``,
-  ``W - x - x^T``."""
+def _update(r, whitened=True):
+  """`_greedy.greedy`'s update of one ``U_n, W_n``. Forward (whitened):
+  ``U - a a^T``, ``W - x - x^T`` with ``x = a e^T``. Backward (`update`):
+  ``a_s = a S^-1``, ``e = b - a_s W_j / 2``, ``x = a_s e^T`` (``2 r^3``
+  each), ``U - a_s a^T``, ``W - x - x^T``."""
+  if whitened:
+    return 4 * r**3 + 3 * r * r
   return 8 * r**3 + 5 * r * r
 
 
@@ -242,6 +246,8 @@ def terms(
   )
   # commit: Z^T X_j, Y^T X_j, then S^-1 (jnp.linalg.inv)
   commit = 4 * r * d + 4 * r * r * c_f + _lu(r)
+  # forward: whiten, S = L L^T, L^-1 [Z^T | Y^T], L^-1 W_j L^-T, W~ L^-1 Z^T
+  whiten = r**3 / 3 + 2 * r * r * d + 2 * r**3 + 2 * r * r * d
 
   if dense:
     # _pool_fisher.pool_fisher_core: A_n A_n^T as packed pairs, then
@@ -370,15 +376,17 @@ def terms(
     # pool_update's A_n^T proj: full's factors give s sqrt(p) (x - p^T x)
     contraction = 8 * c * r + 2 * c if kind == "full" else 4 * c_f * r * r
 
-  # _greedy.greedy's forward steps.
-  add("forward", "gains: trace_solve", steps_run * n * _trace_solve(r))
+  # _greedy.greedy's forward steps; the gains once before them and then in
+  # each step's pool_update, chunk by chunk.
+  gains = (steps_run + 1) * n * _trace_solve(r)
+  add("forward", "gains: trace_solve", gains)
   add("forward", "directions: apply0", steps_run * apply0)
   add(
     "forward",
     "directions: history slots",
     sum(slots(t) for t in range(steps_run)) * history_slot,
   )
-  add("forward", "commit", steps_run * commit)
+  add("forward", "commit, whiten", steps_run * (commit + whiten))
   u_rows = rows(4 * c_f * r + 4 * r * r)
   add(
     "forward",
@@ -395,7 +403,7 @@ def terms(
     "directions: history slots",
     sum(slots(t) for t in range(steps, steps + back_run)) * history_slot,
   )
-  picks = steps * (4 * r * d + 4 * c_f * r * r + _update(r))
+  picks = steps * (4 * r * d + 4 * c_f * r * r + _update(r, False))
   add("backward", "commit, the picks' updates", back_run * (commit + picks))
   return out
 

@@ -22,7 +22,7 @@ from alfx.bait_family import _blocks
 from alfx.bait_family import _greedy
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-_ARITHMETIC = {"add", "sub", "mul", "div", "sqrt", "neg"}
+_ARITHMETIC = {"add", "sub", "mul", "div", "sqrt", "rsqrt", "neg"}
 
 
 @functools.cache
@@ -97,7 +97,7 @@ def _xla_flops(fn, *args):
 )
 def test_count_matches_xla_cost_analysis(kind, method, dim, c, cap):
   """Within 10% of XLA's count, which has every elementwise operation that
-  `terms` leaves out and none of the LAPACK calls (measured: 0.96 and 1.00
+  `terms` leaves out and none of the LAPACK calls (measured: 0.95 and 0.92
   of `terms`, pool_fisher 1.01 and 1.07)."""
   n, lab, b = 500, 20, 10
   emb, probs, labeled = _inputs(n, dim, c, lab)

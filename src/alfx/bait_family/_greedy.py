@@ -13,10 +13,14 @@ with ``a_n = X_n^T Z`` and ``b_n = X_n^T G X_j`` (``G = M^-1 F M^-1``)
     W_n <- W_n - a_n S^-1 b_n^T - b_n S^-1 a_n^T + a_n S^-1 W_j S^-1 a_n^T,
 
 and ``X_n^T Z`` costs one ``[N, D] @ [D, C_f r]`` product thanks to the
-Kronecker structure. ``M^-1`` and ``G`` themselves are never rewritten: the
-picks so far are kept as a low-rank history (``Z_k``, ``G_k X_k``,
-``S_k^-1``, ``W_k``), from which ``M_t^-1 X_j`` and ``G_t X_j`` follow in
-``O(t d r^2)``. The backward pass is the same update with ``S = U_j - I``.
+Kronecker structure. Forward steps fold ``S^-1 = L^-T L^-1`` and ``W_j``
+into that product (``whiten``: ``U_n -= a~ a~^T``, ``W_n -= a~ e~^T + e~
+a~^T``, half the per-point FLOPs) and compute the next gains in the same
+chunked pass over the pool. ``M^-1`` and ``G`` themselves are never
+rewritten: the picks so far are kept as a low-rank history (``Z_k``, ``G_k
+X_k``, ``S_k^-1``, ``W_k``), from which ``M_t^-1 X_j`` and ``G_t X_j``
+follow in ``O(t d r^2)``. The backward pass is the same update with ``S =
+U_j - I``.
 
 May import: `alfx._core`, `alfx.bait_family._blocks`.
 """
@@ -73,46 +77,43 @@ def trace_solve(u, w, sign):
 
 
 def _trace_solve_unrolled(s, w):
-  """``tr(S^-1 W)``, ``S`` SPD, by a Cholesky unrolled over the small rank.
+  """``tr(S^-1 W)``, ``S`` SPD, ``W`` symmetric, unrolled over the small rank.
 
-  Each entry is a vector over the batch, so XLA fuses the whole solve into a
-  few elementwise loops instead of one LAPACK call per point.
+  ``S = L L^T``, ``M = L^-1`` (lower triangular) and ``tr(S^-1 W) = sum_k
+  m_k^T W m_k`` over the rows ``m_k`` of ``M`` (zero past ``k``), with ``W``'s
+  symmetry: ``~r^3`` operations against ``7 r^3 / 3`` for two triangular
+  solves. Each entry is a vector over the batch, so XLA fuses the whole
+  solve into a few elementwise loops instead of one LAPACK call per point.
   """
   r = s.shape[-1]
-  # L L^T = S.
   low = [[None] * r for _ in range(r)]
   inv_diag = [None] * r
-  for j in range(r):
+  for j in range(r):  # L L^T = S, keeping 1 / L_jj
     acc = s[..., j, j]
     for k in range(j):
       acc = acc - low[j][k] * low[j][k]
-    diag = jnp.sqrt(acc)
-    inv_diag[j] = 1 / diag
-    low[j][j] = diag
+    inv_diag[j] = lax.rsqrt(acc)
     for i in range(j + 1, r):
       acc = s[..., i, j]
       for k in range(j):
         acc = acc - low[i][k] * low[j][k]
       low[i][j] = acc * inv_diag[j]
-  # tr(S^-1 W) = tr(L^-1 W L^-T) = sum_ij (L^-1 W L^-T)_ii; Y = L^-1 W.
-  y = [[None] * r for _ in range(r)]
-  for col in range(r):
-    for i in range(r):
-      acc = w[..., i, col]
-      for k in range(i):
-        acc = acc - low[i][k] * y[k][col]
-      y[i][col] = acc * inv_diag[i]
-  # (L^-1 Y^T)_ii summed: solve L Q = Y^T row by row, keep the diagonal.
   total = 0
-  q = [[None] * r for _ in range(r)]
-  for col in range(r):
-    for i in range(r):
-      acc = y[col][i]
-      for k in range(i):
-        acc = acc - low[i][k] * q[k][col]
-      q[i][col] = acc * inv_diag[i]
-    total = total + q[col][col]
-  return total
+  m = [[None] * r for _ in range(r)]  # M = L^-1, row by row
+  for k in range(r):
+    m[k][k] = inv_diag[k]
+    for j in range(k):
+      acc = low[k][j] * m[j][j]
+      for i in range(j + 1, k):
+        acc = acc + low[k][i] * m[i][j]
+      m[k][j] = -acc * inv_diag[k]
+    # m_k^T W m_k = sum_i m_ki (m_ki W_ii + 2 sum_{j > i} m_kj W_ij)
+    for i in range(k + 1):
+      acc = 0.5 * m[k][i] * w[..., i, i]
+      for j in range(i + 1, k + 1):
+        acc = acc + m[k][j] * w[..., i, j]
+      total = total + m[k][i] * acc
+  return 2 * total
 
 
 def _drop_index(values, picks):
@@ -265,7 +266,8 @@ def greedy(
 
   def commit(hist, t, hj, aj, zy, sign):
     proj = jnp.einsum("qai,i,ar->qr", zy, hj, aj)  # Z^T X_j; Y^T X_j
-    s_inv = _blocks.sym(jnp.linalg.inv(_blocks.sym(sign * eye + proj[:r])))
+    s = _blocks.sym(sign * eye + proj[:r])
+    s_inv = _blocks.sym(jnp.linalg.inv(s))
     wj = _blocks.sym(proj[r:])
     hist = dict(
       z=hist["z"].at[t].set(zy[:r]),
@@ -273,7 +275,7 @@ def greedy(
       s_inv=hist["s_inv"].at[t].set(s_inv),
       wj=hist["wj"].at[t].set(wj),
     )
-    return hist, s_inv, wj
+    return hist, s, s_inv, wj
 
   def update(u, w, a, b, s_inv, wj):
     """Woodbury change of ``U``, ``W`` given ``a = X^T Z``, ``b = X^T Y``.
@@ -287,7 +289,28 @@ def greedy(
     x = _outer_sum(a_s, e)
     return u - _outer_sum(a_s, a), w - x - jnp.swapaxes(x, -1, -2)
 
-  def pool_update(u, w, zy, s_inv, wj):
+  def whiten(zy, s, wj):
+    """``[Z L^-T | Y L^-T - Z L^-T W~ / 2]``, transposed, for ``S = L L^T``
+    and ``W~ = L^-1 W_j L^-T``.
+
+    With ``a~ = X^T Z L^-T`` and ``e~ = X^T (Y L^-T - Z L^-T W~ / 2)`` the
+    forward update (``S`` SPD) is ``U -= a~ a~^T``, ``W -= a~ e~^T + e~
+    a~^T``: the ``r x r`` factors of `update` move into the pool's one
+    projection, half the per-point FLOPs.
+    """
+    low = jnp.linalg.cholesky(s)
+    solve = lambda x: lax.linalg.triangular_solve(
+      low, x, left_side=True, lower=True
+    )
+    flat = zy.reshape(2 * r, c_f * dim)
+    z = solve(flat[:r])  # L^-1 Z^T
+    w_t = solve(solve(wj).T)  # L^-1 W_j L^-T (symmetric)
+    y = solve(flat[r:]) - 0.5 * (w_t @ z)
+    return jnp.concatenate([z, y]).reshape(zy.shape)
+
+  def pool_update(u, w, zy):
+    """The whitened update of every ``U_n``, ``W_n`` and their next gains,
+    chunk by chunk (one pass over the pool's state)."""
     zy = jnp.transpose(zy, (2, 1, 0)).reshape(dim, c_f * 2 * r)
 
     def one(hc, ac, uc, wc):
@@ -297,14 +320,17 @@ def greedy(
       else:  # ac: the probabilities
         mean = jnp.einsum("na,naq->nq", ac, proj)
         ab = (full[1] * jnp.sqrt(ac))[:, :, None] * (proj - mean[:, None, :])
-      return update(uc, wc, ab[..., :r], ab[..., r:], s_inv, wj)
+      a, e = ab[..., :r], ab[..., r:]
+      x = _outer_sum(a, e)
+      uc = uc - _outer_sum(a, a)
+      wc = wc - x - jnp.swapaxes(x, -1, -2)
+      return uc, wc, trace_solve(uc, wc, 1.0)
 
     factors = scaled if full is None else full[0]
     return _blocks.map_rows(one, (h, factors, u, w), rows)
 
   def forward_step(carry, t):
-    u, w, selectable, hist = carry
-    gains = trace_solve(u, w, 1.0)
+    u, w, gains, selectable, hist = carry
     j, gain, valid, selectable = _selection.pick(gains, selectable, axis_name)
     hj = _pool.take(h, j, axis_name)
     aj = _pool.take(scaled, j, axis_name)
@@ -313,12 +339,14 @@ def greedy(
       size = jnp.maximum(size, _pool.take(noise, j, axis_name))
     size = size * valid
     zy = directions(hist, t, hj, aj, valid)
-    hist, s_inv, wj = commit(hist, t, hj, aj, zy, 1.0)
-    u, w = pool_update(u, w, zy, s_inv, wj)
-    return (u, w, selectable, hist), (j, gain, valid, hj, aj, size)
+    hist, s, _, wj = commit(hist, t, hj, aj, zy, 1.0)
+    u, w, gains = pool_update(u, w, whiten(zy, s, wj))
+    return (u, w, gains, selectable, hist), (j, gain, valid, hj, aj, size)
 
-  (u, w, _, history), (picks, gains, valid, hp, ap, sizes) = lax.scan(
-    forward_step, (u, w, mask, history), jnp.arange(n_forward)
+  (u, w, _, _, history), (picks, gains, valid, hp, ap, sizes) = lax.scan(
+    forward_step,
+    (u, w, trace_solve(u, w, 1.0), mask, history),
+    jnp.arange(n_forward),
   )
   # The picks' own U, W after the forward pass (small, replicated).
   up = jax.vmap(lambda i: _pool.take(u, i, axis_name))(picks)
@@ -333,7 +361,7 @@ def greedy(
   def drop(state, t, k, active):
     up, wp, hist = state
     zy = directions(hist, n_forward + t, hp[k], ap[k], active)
-    hist, s_inv, wj = commit(hist, n_forward + t, hp[k], ap[k], zy, -1.0)
+    hist, _, s_inv, wj = commit(hist, n_forward + t, hp[k], ap[k], zy, -1.0)
     ab = jnp.einsum("kar,qai,ki->krq", ap, zy, hp)
     up, wp = update(up, wp, ab[..., :r], ab[..., r:], s_inv, wj)
     return up, wp, hist
