@@ -79,3 +79,54 @@ def test_no_mask_selects_every_point(rng, select):
     select(u[:3], None)
   with pytest.raises(ValueError, match="contains 1 NaN"):
     select(u.at[7].set(jnp.nan), None)
+
+
+def _single_sample(rng, n=30, c=5, dtype=jnp.float32):
+  logits = jnp.asarray(rng.standard_normal((n, 1, c)) * 3, jnp.float32)
+  return jax.nn.log_softmax(logits).astype(dtype)
+
+
+@pytest.mark.parametrize(
+  "dtype, offered", [(jnp.float32, True), (jnp.bfloat16, False)]
+)
+def test_single_sample_entropy_shares_its_row_sums(rng, dtype, offered):
+  """K = 1: the normalisation check reads the core's row sums (float32 and
+  wider) instead of a pass of its own; same values as float64."""
+  got = []
+  lp = _single_sample(rng, n=37 if offered else 39, c=7, dtype=dtype)
+  original = validation.shared
+  try:
+    validation.shared = _recording(original, got)
+    h = alfx.predictive_entropy(lp)  # a new shape: traced here
+  finally:
+    validation.shared = original
+  assert got and all((s is not None) == offered for s in got), got
+  p = np.exp(np.asarray(lp, np.float64))[:, 0]
+  expected = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), -1)
+  atol = 1e-5 if offered else 5e-2
+  np.testing.assert_allclose(np.asarray(h, np.float64), expected, atol=atol)
+
+
+def _recording(fn, log):
+  def call(key, x):
+    log.append(fn(key, x))
+    return log[-1]
+
+  return call
+
+
+@pytest.mark.parametrize(
+  "corrupt, match",
+  [
+    (lambda lp: lp.at[3, 0, 1].set(jnp.nan), "contains 1 NaN"),
+    (lambda lp: lp.at[3, 0, 1].set(jnp.inf), r"contains 1 \+inf"),
+    (lambda lp: jnp.exp(lp), "looks like probabilities"),
+    (lambda lp: lp + 5.0, "looks like logits"),
+    (lambda lp: lp.at[4].add(1.0002e-3), "off by up to 0.001"),
+  ],
+)
+def test_single_sample_checks_keep_their_messages(rng, corrupt, match):
+  lp = _single_sample(rng)
+  alfx.predictive_entropy(lp.at[4].add(0.95e-3))  # inside: no error
+  with pytest.raises(ValueError, match=match):
+    alfx.top_b(alfx.predictive_entropy(corrupt(lp)), 2)

@@ -257,9 +257,56 @@ def _oks(arrays, plan):
 _all_ok = jax.jit(_oks, static_argnames=("plan",))
 
 
-@functools.partial(jax.jit, static_argnames=("core", "statics", "plan"))
-def _core_and_checks(args, arrays, core, statics, plan):
-  return core(*args, **dict(statics)), _oks(arrays, plan)
+def share(key: str, x, value) -> None:
+  """Offers ``value``, computed by a core from its input ``x``, to the checks.
+
+  Inside the program of `run_core` (a core and the value checks of its
+  call), a quick test may read it (`shared`) instead of a second pass over
+  ``x``: e.g. the row sums of ``exp(log_probs)`` that a core forms anyway.
+  ``value`` must be what the quick test would compute, to within the
+  rounding its bound allows. Anywhere else (the caller's ``jit``, a core
+  run on its own) it does nothing.
+  """
+  offered = getattr(_STATE, "shared", None)
+  if offered is not None:
+    offered[key, id(x)] = (x, value)
+
+
+def shared(key: str, x):
+  """The value a core offered for ``x`` under ``key`` (`share`), else None."""
+  entry = (getattr(_STATE, "shared", None) or {}).get((key, id(x)))
+  return entry[1] if entry is not None and entry[0] is x else None
+
+
+#: `share` key: ``sum_c exp(log_probs)`` per row, computed in the dtype
+#: ``promote_types(log_probs.dtype, float32)`` (any shape).
+ROW_SUMS = "exp_row_sums"
+
+
+def offer_row_sums(log_probs, sums) -> None:
+  """A core's ``sum_c exp(log_probs)`` per row, offered to the quick test of
+  the call's normalisation check (`share`): one pass, not two.
+
+  Only offered when computed in the quick test's own dtype (float32 or
+  wider); a bfloat16 core's sums would be too coarse for its bound.
+  """
+  if sums.dtype == jnp.promote_types(log_probs.dtype, jnp.float32):
+    share(ROW_SUMS, log_probs, sums)
+
+
+@functools.partial(jax.jit, static_argnames=("core", "statics", "plan", "refs"))
+def _core_and_checks(args, extra, core, statics, plan, refs):
+  # The core is traced inline (not as a nested jit), so that a checked array
+  # that is also a core argument is one tracer in both and the core can
+  # `share` what it computes from it.
+  leaves = jax.tree.leaves(args)
+  arrays = tuple(leaves[i] if is_arg else extra[i] for is_arg, i in refs)
+  _STATE.shared = {}
+  try:
+    out = getattr(core, "__wrapped__", core)(*args, **dict(statics))
+    return out, _oks(arrays, plan)
+  finally:
+    _STATE.shared = None
 
 
 def _plan(checks):
@@ -300,9 +347,11 @@ def run_core(core, *args, **statics):
   """``core(*args, **statics)`` (jitted) with the call's queued checks fused in.
 
   On one device, the queued value checks of the current `fused_checks` call
-  are compiled into the core's program: they read the inputs while the core
-  does (XLA shares the common work, such as ``exp(log_probs)``), and only
-  their ``bool[checks]`` verdict comes back to the host. The result is
+  are compiled into the core's program, and only their ``bool[checks]``
+  verdict comes back to the host. XLA does not share work between the
+  core's reductions and the checks' (two passes of ``exp(log_probs)`` stay
+  two), but a core may `share` what it computes anyway, such as the row
+  sums of ``exp(log_probs)``, and the quick tests read it. The result is
   returned only when the checks pass (on failure the core's work is thrown
   away and the first failing check raises). Otherwise (sharded or traced
   arguments, no queued checks) the checks run first, then the core.
@@ -314,8 +363,23 @@ def run_core(core, *args, **statics):
     checks = tuple(pending)
     pending.clear()
     arrays, plan = _plan(checks)
+    # Checked arrays that are core arguments are passed once (as arguments).
+    position = {id(a): i for i, a in enumerate(jax.tree.leaves(args))}
+    extra = tuple(a for a in arrays if id(a) not in position)
+    refs, j = [], 0
+    for a in arrays:
+      if id(a) in position:
+        refs.append((True, position[id(a)]))
+      else:
+        refs.append((False, j))
+        j += 1
     out, oks = _core_and_checks(
-      args, arrays, core=core, statics=tuple(sorted(statics.items())), plan=plan
+      args,
+      extra,
+      core=core,
+      statics=tuple(sorted(statics.items())),
+      plan=plan,
+      refs=tuple(refs),
     )
     if isinstance(oks, jax.core.Tracer):
       # Concrete arrays closed over in someone's trace: the program was

@@ -39,7 +39,10 @@ from alfx._core.checking import fused_checks  # noqa: F401 (re-exported)
 from alfx._core.checking import implied
 from alfx._core.checking import is_concrete
 from alfx._core.checking import NORMALISATION_TOLERANCE  # noqa: F401
+from alfx._core.checking import offer_row_sums  # noqa: F401 (re-exported)
+from alfx._core.checking import ROW_SUMS
 from alfx._core.checking import run_core  # noqa: F401 (re-exported)
+from alfx._core.checking import shared
 from alfx._core.checking import to_host  # noqa: F401 (re-exported)
 from alfx._core.checking import tolerance
 from alfx._core.checking import value_check
@@ -185,13 +188,15 @@ def log_prob_quick_bound(tol: float, c: int, dtype) -> float:
 
 
 def _log_prob_quick(lp, tol):
-  # Row sums of exp without the logsumexp shift, and no statistics for the
-  # message (log_prob_quick_bound). NaN and +inf fail it too (a NaN sum
-  # compares False).
+  # Row sums of exp without the logsumexp shift (or the core's, `share`d),
+  # and no statistics for the message (log_prob_quick_bound). NaN and +inf
+  # fail it too (a NaN sum compares False).
   bound = log_prob_quick_bound(tol, lp.shape[-1], lp.dtype)
-  lp = lp.astype(jnp.promote_types(lp.dtype, jnp.float32))
-  dev = jnp.max(jnp.abs(jnp.sum(jnp.exp(lp), axis=-1) - 1))
-  return dev <= bound
+  sums = shared(ROW_SUMS, lp)
+  if sums is None:
+    lp = lp.astype(jnp.promote_types(lp.dtype, jnp.float32))
+    sums = jnp.sum(jnp.exp(lp), axis=-1)
+  return jnp.max(jnp.abs(sums - 1)) <= bound
 
 
 @jax.jit

@@ -83,8 +83,32 @@ def predictive_entropy(log_probs: ArrayLike) -> jax.Array:
 @jax.jit
 def _predictive_entropy(log_probs):
   k = log_probs.shape[-2]
+  if k == 1:
+    return _single_sample_entropy(log_probs)
   log_mean = jax.nn.logsumexp(log_probs, axis=-2) - math.log(k)
   return jnp.maximum(-jnp.sum(plogp_from_log(log_mean), axis=-1), 0)
+
+
+def _single_sample_entropy(log_probs):
+  """``H[p]`` of ``log_probs[N, 1, C]`` (the mean of one sample is itself).
+
+  One variadic reduction over the ``[N, C]`` rows forms ``sum_c p log p``
+  and ``sum_c p`` from one ``exp``: the row sums are offered to the call's
+  normalisation check (`alfx._core.validation.offer_row_sums`), which then
+  needs no pass of its own. (XLA:CPU also runs this form ~2x faster than a
+  plain sum of ``plogp_from_log``.)
+  """
+  x = log_probs.reshape(-1, log_probs.shape[-1])
+  p = jnp.exp(x)
+  plogp = jnp.where(x == -jnp.inf, 0, p * x)  # 0 log 0 = 0
+  zero = jnp.zeros((), x.dtype)
+  neg_entropy, mass = jax.lax.reduce((plogp, p), (zero, zero), _add_pairs, (1,))
+  _validation.offer_row_sums(log_probs, mass)
+  return jnp.maximum(-neg_entropy, 0)
+
+
+def _add_pairs(a, b):
+  return a[0] + b[0], a[1] + b[1]
 
 
 @_validation.fused_checks
