@@ -259,6 +259,21 @@ ROWS = [
     ),
     ("log_probs",),
   ),
+  # One target label drawn per row of the increment tables (C = 3).
+  Row(
+    "kepig2_sampled",
+    lambda a, b, key: alfx.kepig(
+      a["log_probs"],
+      a["target_log_probs"],
+      b,
+      key=key,
+      order=2,
+      mask=a["mask"],
+      target_label_samples=1,
+    ),
+    ("log_probs",),
+    random=True,
+  ),
 ]
 
 # --------------------------------------------------------------------------

@@ -278,18 +278,25 @@ def batch_epig_strategy(
 
 
 def kepig_strategy(order: int):
-  """Registry factory of ``"kepig-<order>"`` (`kepig`, pool targets)."""
+  """Registry factory of ``"kepig-<order>"`` (`kepig`, pool targets;
+  option ``target_label_samples`` as `kepig`'s)."""
 
-  def factory(num_targets=DEFAULT_NUM_TARGETS, chunk_size=None):
+  def factory(
+    num_targets=DEFAULT_NUM_TARGETS, target_label_samples=None, chunk_size=None
+  ):
 
     def strategy(context, batch_size, *, key, mask):
-      targets, _ = _targets_and_key(context, key, mask, num_targets)
+      targets, key = _targets_and_key(context, key, mask, num_targets)
       return _kepig.kepig(
         context.log_probs,
         targets,
         batch_size,
+        # The key left after drawing the targets; used only to sample
+        # target labels.
+        key=key,
         order=order,
         mask=mask,
+        target_label_samples=target_label_samples,
         chunk_size=chunk_size,
       )
 

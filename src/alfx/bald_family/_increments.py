@@ -86,18 +86,21 @@ class SubsetIncrements:
       for u in range(1, order)
     }
 
-  def table(self, log_tables):
+  def table(self, log_tables, t, u: int):
     """The stacked tables of the new subsets.
 
     Args:
       log_tables: ``[n_sub, C**u, K]``, ``log p(y_U | omega_k)`` of each
         subset ``U = U' + {j}``.
+      t: the step (traced): sampled tables draw fresh rows per step.
+      u: the subset size (static).
 
     Returns:
       ``(W[n_sub, R, K], rho[n_sub, R])``, ``R`` rows per subset. Here
       k-BALD's ``H[Y_n | Y_U]`` (`alfx.bald_family._batchbald.posterior_table`,
       ``R = C**u``); k-EPIG overrides it.
     """
+    del t, u
     return _bald.posterior_table(log_tables)
 
   def increment(self, probs_t, picked, t, u):
@@ -117,30 +120,31 @@ class SubsetIncrements:
       axis=1,
     )  # [n_sub, u, K, C]
     log_tables = jax.vmap(_information.log_joint_table)(members)
-    weights, rho = self.table(log_tables)
+    weights, rho = self.table(log_tables, t, u)
     count = self.counts[u][t]
     rho = jnp.where((jnp.arange(n_sub) < count)[:, None], rho, 0)
-    per = rho.shape[-1]
-    rows = n_sub * per
-
-    def compute(operands):
-      weights, rho, count = operands
-      return _bald.table_entropy(
-        probs_t,
-        weights.reshape(rows, -1),
-        rho.reshape(rows),
-        chunk_size=self.chunk_size,
-        num_rows=count * per,
-        block_rows=per * -(-MIN_BLOCK_ROWS // per),
-      )
 
     # No previous pick at t = 0. The predicate is the step counter, so this
     # stays a real conditional (a skipped pass over the pool) under vmap.
     return lax.cond(
       t > 0,
-      compute,
+      lambda operands: self.kernel(probs_t, *operands),
       lambda _: jnp.zeros(probs_t.shape[:1], probs_t.dtype),
       (weights, rho, count),
+    )
+
+  def kernel(self, probs_t, weights, rho, count):
+    """The table kernel on the stacked tables ``W[n_sub, R, K]``,
+    ``rho[n_sub, R]`` of which the first ``count`` subsets are active:
+    ``[N]``. k-EPIG's sampled tables add a correction."""
+    n_sub, per = rho.shape
+    return _bald.table_entropy(
+      probs_t,
+      weights.reshape(n_sub * per, -1),
+      rho.reshape(n_sub * per),
+      chunk_size=self.chunk_size,
+      num_rows=count * per,
+      block_rows=per * -(-MIN_BLOCK_ROWS // per),
     )
 
   def gains_and_update(self, probs_t, leading, d, picked, t):

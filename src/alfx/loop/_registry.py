@@ -508,7 +508,8 @@ register_strategy(
   "kepig-2",
   _epig.kepig_strategy(2),
   description="EPIG minus the co-information with each pick"
-  " and the targets (k-EPIG, order 2), option num_targets",
+  " and the targets (k-EPIG, order 2), options num_targets,"
+  " target_label_samples",
 )
 register_strategy(
   "powerepig",
