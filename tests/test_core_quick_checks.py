@@ -86,18 +86,20 @@ def _single_sample(rng, n=30, c=5, dtype=jnp.float32):
   return jax.nn.log_softmax(logits).astype(dtype)
 
 
+@pytest.mark.parametrize("rank", [2, 3])
 @pytest.mark.parametrize(
   "dtype, offered", [(jnp.float32, True), (jnp.bfloat16, False)]
 )
-def test_single_sample_entropy_shares_its_row_sums(rng, dtype, offered):
-  """K = 1: the normalisation check reads the core's row sums (float32 and
-  wider) instead of a pass of its own; same values as float64."""
+def test_single_sample_entropy_shares_its_row_sums(rng, dtype, offered, rank):
+  """K = 1 or rank 2: the normalisation check reads the core's row sums
+  (float32 and wider) instead of a pass of its own; float64 values."""
   got = []
-  lp = _single_sample(rng, n=37 if offered else 39, c=7, dtype=dtype)
+  lp = _single_sample(rng, n=37 + 2 * rank + offered, c=7, dtype=dtype)
   original = validation.shared
   try:
     validation.shared = _recording(original, got)
-    h = alfx.predictive_entropy(lp)  # a new shape: traced here
+    # A new shape: traced here.
+    h = alfx.predictive_entropy(lp[:, 0] if rank == 2 else lp)
   finally:
     validation.shared = original
   assert got and all((s is not None) == offered for s in got), got

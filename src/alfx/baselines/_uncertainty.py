@@ -27,14 +27,15 @@ from alfx.information._kernels import plogp_from_log
 
 
 def _check_scored_log_probs(
-  log_probs, name: str, allow_rank_2: bool
+  log_probs, name: str, allow_rank_2: bool, expand: bool = True
 ) -> jax.Array:
-  """``log_probs[N, K, C]`` (or ``[N, C]``, as ``K = 1``) -> ``[N, K, C]``."""
+  """``log_probs[N, K, C]`` (or ``[N, C]``, as ``K = 1``) -> ``[N, K, C]``
+  (rank-2 input stays ``[N, C]`` unless ``expand``)."""
   expected = "[N, K, C] or [N, C]" if allow_rank_2 else "[N, K, C]"
   x = _validation.as_float_array(log_probs, "log_probs", expected)
   if allow_rank_2 and x.ndim == 2:
     x = _validation.check_log_probs(x, expected="[N, C]", rank=2)
-    return x[:, None, :]
+    return x[:, None, :] if expand else x
   if x.ndim == 2:
     raise ValueError(
       f"{name} needs posterior samples: log_probs must have shape [N, K, C]"
@@ -76,21 +77,25 @@ def predictive_entropy(log_probs: ArrayLike) -> jax.Array:
     >>> [round(float(s), 3) for s in alfx.predictive_entropy(lp)]
     [0.5, 0.688]
   """
-  log_probs = _check_scored_log_probs(log_probs, "predictive_entropy", True)
+  log_probs = _check_scored_log_probs(
+    log_probs, "predictive_entropy", True, expand=False
+  )
   return _validation.run_core(_predictive_entropy, log_probs)
 
 
 @jax.jit
 def _predictive_entropy(log_probs):
+  """``[N, K, C]`` or ``[N, C]`` (one sample) -> ``[N]``."""
   k = log_probs.shape[-2]
-  if k == 1:
+  if log_probs.ndim == 2 or k == 1:
     return _single_sample_entropy(log_probs)
   log_mean = jax.nn.logsumexp(log_probs, axis=-2) - math.log(k)
   return jnp.maximum(-jnp.sum(plogp_from_log(log_mean), axis=-1), 0)
 
 
 def _single_sample_entropy(log_probs):
-  """``H[p]`` of ``log_probs[N, 1, C]`` (the mean of one sample is itself).
+  """``H[p]`` of ``log_probs[N, 1, C]`` or ``[N, C]`` (one sample: the
+  mean predictive is the sample itself).
 
   One variadic reduction over the ``[N, C]`` rows forms ``sum_c p log p``
   and ``sum_c p`` from one ``exp``: the row sums are offered to the call's
