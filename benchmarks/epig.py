@@ -19,7 +19,9 @@ FLOP and logarithm times (on a CPU both run on the same vector units).
 Work of the table kernel on R rows: ``2 R K C N`` FLOPs, ``R C N`` logs.
 EPIG is one kernel call on ``R = M C`` rows; a BatchEPIG step ``s`` on
 ``C**s (1 + M C)`` rows while exact (``M C**(s+1) <= 10,000``) and on
-``2 * 10,000`` sampled rows after; a 2-EPIG step on ``C (1 + M C)`` rows.
+``2 * 10,000`` sampled rows after; a 2-EPIG step on ``C (1 + M C)`` rows,
+and with ``S`` sampled target labels per row (``kepig(...,
+target_label_samples=S)``, the row "2-EPIG (S=1)") on ``C (1 + M S)`` rows.
 
 Side by side with baal (the one peer that ships EPIG; it needs torch and
 numpy < 2, so it runs in its own interpreter, given by ``--baal-python``):
@@ -38,6 +40,8 @@ Usage:
                                       # scans at M = 100 only
   python benchmarks/epig.py --baal-python /path/to/venv/bin/python \\
       --peers-only                    # EPIG against baal's only
+  python benchmarks/epig.py --quick --targets 100 \\
+      --methods "2-EPIG,2-EPIG (S=1)" --out /tmp/epig.md   # two rows
 """
 
 import argparse
@@ -94,10 +98,12 @@ def work_batch_epig(n, k, c, m, b, r=R):
   return bald_family.add_work(*works)
 
 
-def work_kepig2(n, k, c, m, b):
+def work_kepig2(n, k, c, m, b, s=None):
+  """2-EPIG, exact (``s=None``) or with ``s`` sampled target labels."""
+  s = c if s is None else s
   works = [work_epig(n, k, c, m)]
   for _ in range(1, b):
-    works.append(bald_family.table_work(n, k, c, c * (1 + m * c)))
+    works.append(bald_family.table_work(n, k, c, c * (1 + m * s)))
   return bald_family.add_work(*works)
 
 
@@ -105,11 +111,12 @@ def work_kepig2(n, k, c, m, b):
 COLUMNS = bald_family.COLUMNS[:4] + ["compile+run"] + bald_family.COLUMNS[4:]
 
 
-def run(quick):
+def run(quick, only=None, targets=(100, 1_000)):
+  """The table's rows; ``only``: the methods to time (all when None)."""
   rows = []
   lp = bald_family.make_log_probs(N, K, C, seed=0)
   key = jax.random.key(0)
-  for m in (100, 1_000):
+  for m in targets:
     tlp = bald_family.make_log_probs(m, K, C, seed=1)
     config = f"N={N} M={m} K={K} C={C} B={B}"
     n_exact = exact_steps(C, m, R, B)
@@ -138,9 +145,21 @@ def run(quick):
         False,
         "",
       ),
+      "2-EPIG (S=1)": (
+        jax.jit(
+          lambda x, t, key: kepig(
+            x, t, B, key=key, order=2, target_label_samples=1
+          )
+        ),
+        work_kepig2(N, K, C, m, B, s=1),
+        False,
+        "1 sampled target label per row",
+      ),
     }
     for method, (fn, work, cheap, note) in methods.items():
       if quick and not cheap and method != "PowerEPIG" and m > 100:
+        continue
+      if only is not None and method not in only:
         continue
       slow = bald_family.floors(work)[1] > 4
       eager = cheap or not quick
@@ -215,11 +234,26 @@ def main():
   parser.add_argument(
     "--peers-only", action="store_true", help="only the side by side"
   )
+  parser.add_argument(
+    "--methods",
+    help="comma-separated methods to time (e.g. '2-EPIG,2-EPIG (S=1)');"
+    " default all",
+  )
+  parser.add_argument(
+    "--targets",
+    default="100,1000",
+    help="comma-separated numbers of targets M (default 100,1000)",
+  )
+  parser.add_argument(
+    "--out", help="write the table here instead of benchmarks/results/"
+  )
   args = parser.parse_args()
   if args.peers_only and not args.baal_python:
     parser.error("--peers-only needs --baal-python")
   started, load_start, machine = harness.start()
-  rows = [] if args.peers_only else run(args.quick)
+  only = None if args.methods is None else args.methods.split(",")
+  targets = tuple(int(m) for m in args.targets.split(","))
+  rows = [] if args.peers_only else run(args.quick, only, targets)
   peers = baal_rows(args.baal_python, args.quick) if args.baal_python else []
   command = " ".join(["python benchmarks/epig.py", *sys.argv[1:]])
   out = harness.report_head(
@@ -232,6 +266,7 @@ def main():
     out += [harness.print_table(peers, list(peers[0])), ""]
   path = RESULTS.replace(".md", "_quick.md") if args.quick else RESULTS
   path = path.replace(".md", "_peers.md") if args.peers_only else path
+  path = args.out or path
   harness.write_page(path, out)
 
 
