@@ -102,7 +102,8 @@ def make_inputs(n, dim, c, seed=0):
 
 def _chunks(n, per_row, chunk_size=None, most=None):
   """``(rows per chunk, chunks)`` of a pass over ``n`` rows
-  (`_blocks.chunk_rows`: the given size, or a working set of 2^24 floats).
+  (`_blocks.chunk_rows`: the given size, or chunks filled evenly with at
+  most a working set of 2^24 floats).
 
   Every chunk has the same static size and the last one overlaps its
   predecessor (`alfx._core.pool.chunked_map`): ``rows * chunks >= n`` rows
@@ -110,8 +111,9 @@ def _chunks(n, per_row, chunk_size=None, most=None):
   """
   if chunk_size is not None:
     rows = max(1, min(chunk_size, n))
-  else:
+  else:  # evenly filled chunks of at most the working set
     rows = max(1, min(n, CHUNK_FLOATS // max(per_row, 1)))
+    rows = -(-n // -(-n // rows))
   if most is not None:
     rows = min(rows, most)
   return rows, -(-n // rows)

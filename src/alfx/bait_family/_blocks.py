@@ -35,10 +35,16 @@ def pool_rows(in_pool, n_local, dtype, axis_name):
 
 
 def chunk_rows(chunk_size, n, per_row):
-  """Rows per chunk: the given size, or a ~64 MB working set."""
+  """Rows per chunk: the given size, or at most a ~64 MB working set.
+
+  The default fills its chunks evenly: the last chunk overlaps its
+  predecessor (`alfx._core.pool.chunked_map`), so ``N = 100,000`` in chunks
+  of 22,075 would compute 10% more rows than in five of 20,000.
+  """
   if chunk_size is not None:
     return max(1, min(chunk_size, n))
-  return max(1, min(n, _CHUNK_FLOATS // max(per_row, 1)))
+  most = max(1, min(n, _CHUNK_FLOATS // max(per_row, 1)))
+  return -(-n // -(-n // most))
 
 
 def map_rows(fn, arrays, rows):
