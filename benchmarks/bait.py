@@ -314,14 +314,24 @@ def terms(
     # per_point: ex = Ek^T X_n, c_n = T ex_n, X_n^T K^-1 X_n, U_n, W_n
     if kind == "full":
       ex = 2 * pp_rows * dim * c * big_r + 2 * pp_rows * c * big_r * r
-      kq = 2 * pp_rows * c * dim * dim + 2 * pp_rows * c * dim
+      # _blocks.quad_forms of the 2C blocks [K_a^-1 | K_a^-1 F_b K_a^-1]
+      # (one GEMM per block row), after the C products K^-1 F_b K^-1.
+      add("setup", "K_a^-1 F_b K_a^-1 (C blocks D x D)", 4 * c * dim**3)
+      q_rows = rows(2 * c * dim)
+      kq = 2 * q_rows * 2 * c * sym + 2 * q_rows * 2 * c * dim
+      label = "quad forms h_n^T [K_a^-1 | K_a^-1 F_b K_a^-1] h_n"
     else:  # K = lam I: h_n . h_l / lam, then the atoms
       ex = 2 * pp_rows * dim * cap + 2 * pp_rows * cap * k_at * c * r
-      kq = 2 * pp_rows * dim
+      kq = 2 * n * dim
+      label = "h_n . h_n / lam"
     add("setup", "per_point: Ek^T X_n", ex)
-    add("setup", "per_point: h_n^T K_a^-1 h_n", kq)
+    add("setup", label, kq)
     add("setup", "per_point: c_n = T ex_n", 2 * pp_rows * big_r**2 * r)
     add("setup", "per_point: X_n^T K^-1 X_n", 2 * pp_rows * c * r * r)
+    if kind == "full":
+      add(
+        "setup", "per_point: X_n^T K^-1 F_b K^-1 X_n", 2 * pp_rows * c * r * r
+      )
     add("setup", "per_point: U_n", 2 * pp_rows * big_r * r * r)
     add(
       "setup",
@@ -359,11 +369,6 @@ def terms(
         "setup", "w_nm, v_nm: elementwise (N^2)", elementwise * k_rows * n * c
       )
       add("setup", "sum_m v_nm v_nm^T (N^2)", 2 * k_rows * n * r * r)
-      add(
-        "setup",
-        "h_n^T K^-1 F_b K^-1 h_n (kinv_h again)",
-        4 * k_rows * c * dim * dim + 2 * k_rows * c * r * r,
-      )
     # apply0: M_0^-1 X_j and G_0 X_j from Ek, T and F Ek (every step)
     apply0 = (
       kinv_h  # g = K_a^-1 h_j

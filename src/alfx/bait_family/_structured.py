@@ -81,7 +81,7 @@ def structured_setup(
 
   if scalar_k:
 
-    def kinv_h(x):  # K_a^-1 x for every class: [..., C, D]
+    def kinv_h(x):  # pyright: ignore[reportRedeclaration] (one per branch)
       return jnp.broadcast_to((x / lam)[..., None, :], x.shape[:-1] + (c, dim))
 
     def kinv_dense(v):  # pyright: ignore[reportRedeclaration] (one per branch)
@@ -90,10 +90,13 @@ def structured_setup(
     k_weights = dbl * (ok / denom)[:, None]  # K_a = lam I + Hl^T W_a Hl
     k_blocks = _blocks.weighted_gram(hl, k_weights)
     k_blocks = k_blocks + lam * jnp.eye(dim, dtype=dtype)
-    k_inv = _blocks.spd_inverse(k_blocks)  # [C, D, D]
+    k_inv = _blocks.spd_inverse(k_blocks)  # [C, D, D], exactly symmetric
+    # Row j of K_a^-1 for every class, as one [D, C D] operand built once:
+    # XLA otherwise re-lays K^-1 out (59 MB at C=100) in each chunk's loop.
+    k_inv_rows = jnp.transpose(k_inv, (1, 0, 2)).reshape(dim, c * dim)
 
-    def kinv_h(x):
-      return jnp.einsum("aij,...j->...ai", k_inv, x)
+    def kinv_h(x):  # K_a^-1 x for every class: [..., C, D]
+      return (x @ k_inv_rows).reshape(x.shape[:-1] + (c, dim))
 
     def kinv_dense(v):
       return jnp.einsum("aij,ajq->aiq", k_inv, v)
@@ -168,18 +171,29 @@ def structured_setup(
   efe = jnp.einsum("aiR,aiS->RS", ek, f_ek)
   kf_ek = kinv_dense(f_ek)
 
+  # h_n^T K_a^-1 h_n and (full) h_n^T K_a^-1 F_b K_a^-1 h_n: quadratic forms
+  # of C (2C) symmetric D x D blocks, one GEMM per block row, instead of
+  # K_a^-1 h_n for every point and class.
+  if scalar_k:
+    kq_all = jnp.broadcast_to(jnp.sum(h * h, -1, keepdims=True) / lam, (n, c))
+    fq_all = jnp.zeros((n, 0), dtype)
+  else:
+    kfk = jnp.einsum("aij,ajk,akl->ail", k_inv, f_blocks, k_inv)  # pyright: ignore[reportPossiblyUnbound, reportArgumentType]
+    quad_all = _blocks.quad_forms(
+      h,
+      jnp.concatenate([k_inv, _blocks.sym(kfk)]),
+      chunk_size,  # pyright: ignore[reportPossiblyUnbound]
+    )
+    kq_all, fq_all = quad_all[:, :c], quad_all[:, c:]
+
   # Per point: ex_n = Ek^T X_n [R, r], c_n = T ex_n, U_n, W_n.
-  def per_point(hc, ac, sc):
+  def per_point(hc, sc, kq, fq):
     if scalar_k:
       kern = hc @ hl.T / lam  # [rows, cap]
       ex = jnp.einsum("nl,lak,nar->nlkr", kern, ul, sc)
       ex = ex.reshape(hc.shape[0], r_cols, -1)
-      kq = jnp.broadcast_to(
-        jnp.sum(hc * hc, -1, keepdims=True) / lam, (hc.shape[0], c)
-      )
     else:
       ex = jnp.einsum("ni,aiR,nar->nRr", hc, ek, sc)
-      kq = jnp.einsum("nai,ni->na", kinv_h(hc), hc)
     cn = jnp.einsum("RS,nSr->nRr", t_inv, ex)
     kx = jnp.einsum("nar,na,nas->nrs", sc, kq, sc)  # X_n^T K^-1 X_n
     u_n = kx - jnp.einsum("nRr,nRs->nrs", ex, cn)
@@ -189,11 +203,15 @@ def structured_setup(
       - cross
       - jnp.swapaxes(cross, -1, -2)
     )
+    if not scalar_k:  # X_n^T K^-1 F_b K^-1 X_n, F's block-diagonal part
+      w_n = w_n + jnp.einsum("nar,na,nas->nrs", sc, fq, sc)
     return u_n, w_n, _blocks.norm(kx)
 
   r = scaled.shape[2]
   rows_pp = _blocks.chunk_rows(chunk_size, n, 2 * c * r_cols + 2 * r_cols * r)
-  u_n, w_n, kx = _blocks.map_rows(per_point, (h, factors, scaled), rows_pp)
+  u_n, w_n, kx = _blocks.map_rows(
+    per_point, (h, scaled, kq_all, fq_all), rows_pp
+  )
   # The sizes that the Woodbury identities cancel (see `alfx.bait_family._bait`):
   # U_n is X_n^T K^-1 X_n less a term of the same size, and T carries the
   # cancellation of sign I + E^T K^-1 E; that error enters once, not
@@ -217,10 +235,8 @@ def structured_setup(
       u_f[:, :, 0],
       probs,
       jnp.sqrt(s2),
-      scaled,
       kinv_h,
-      _kernel(hl, k_weights, lam) if capacity < dim else None,
-      f_blocks,
+      _kernel(hl, k_weights, lam) if capacity < dim else None,  # pyright: ignore[reportPossiblyUnbound]
       sign / n_total,
       chunk_size,
       axis_name,
@@ -261,78 +277,50 @@ def _kernel(hl, weights, lam):
 
 
 def _full_kfk(
-  h,
-  probs_f,
-  probs,
-  scale,
-  scaled,
-  kinv_h,
-  kern_fn,
-  f_blocks,
-  coef,
-  chunk_size,
-  axis_name,
+  h, probs_f, probs, scale, kinv_h, kern_fn, coef, chunk_size, axis_name
 ):
-  """``X_n^T K^-1 F K^-1 X_n`` for full: block-diagonal part + the N^2 term.
+  """The ``N^2`` term of ``X_n^T K^-1 F K^-1 X_n`` for full (F's low rank).
 
   With ``v_nm = X_n^T K^-1 (p_m (x) h_m)`` and full's factors ``s sqrt(p_nk)
   (e_k - p_n)``, ``v_nm[k] = s sqrt(p_nk) (w_nm[k] - p_n . w_nm)`` where
   ``w_nm[a] = p_ma (K_a^-1 h_n . h_m)``: ``O(C)`` per pair instead of the
-  ``O(C r)`` of a general factor. The low-rank part is ``coef sum_m v_nm
-  v_nm^T`` (``coef = sign / N``; ``probs_f`` are zero on rows outside the
-  pool). ``kern_fn``: `_kernel`, or None to use ``K^-1 h_n`` directly.
+  ``O(C r)`` of a general factor. Returns ``coef sum_m v_nm v_nm^T`` (``coef
+  = sign / N``; ``probs_f`` are zero on rows outside the pool); F's
+  block-diagonal part is added by the caller. ``kern_fn``: `_kernel`, or
+  None to use ``K^-1 h_n`` directly.
   """
   n, dim = h.shape
   c = probs.shape[1]
-  r = scaled.shape[2]
-  rows = _blocks.chunk_rows(chunk_size, n, n * (c + r) + c * dim)
+  rows = _blocks.chunk_rows(chunk_size, n, n * (c + c) + c * dim)
 
-  def pairs(hm, pm, with_diag):  # the pool's rows m in one shard's block
-    def one(hc, pc, sc):
-      if kern_fn is None or with_diag:
-        kh = kinv_h(hc)  # [rows, C, D]
+  def pairs(hm, pm):  # the pool's rows m in one shard's block
+    def one(hc, pc):
       if kern_fn is None:
-        kern = jnp.einsum("nai,mi->nam", kh, hm)
+        kern = jnp.einsum("nai,mi->nam", kinv_h(hc), hm)
       else:
         kern = kern_fn(hc, hm)
       w = kern * pm.T  # [rows, C, m]
       mean = jnp.einsum("na,nam->nm", pc, w)
       v = (scale * jnp.sqrt(pc))[:, :, None] * (w - mean[:, None, :])
-      out = coef * jnp.einsum("nrm,nsm->nrs", v, v)
-      if not with_diag:
-        return out
-      # The block-diagonal part, once, reusing K^-1 h_n.
-      diag = jnp.einsum("nai,aij,naj->na", kh, f_blocks, kh)  # pyright: ignore[reportPossiblyUnbound]
-      return out, jnp.einsum("nar,na,nas->nrs", sc, diag, sc)
+      return coef * jnp.einsum("nrm,nsm->nrs", v, v)
 
-    return _blocks.map_rows(one, (h, probs, scaled), rows)
+    return _blocks.map_rows(one, (h, probs), rows)
 
-  low_rank, diag = _ring_sum(
-    lambda hm, pm: pairs(hm, pm, False),
-    h,
-    probs_f,
-    axis_name=axis_name,
-    own=lambda hm, pm: pairs(hm, pm, True),
-  )
-  return low_rank + diag
+  return _ring_sum(pairs, h, probs_f, axis_name=axis_name)
 
 
-def _ring_sum(fn, *blocks, axis_name, own=None):
+def _ring_sum(fn, *blocks, axis_name):
   """`_pool.ring_sum` with the shards' terms added in shard order.
 
   ``_pool.ring_sum`` adds them in ring order, which starts at each device's
   own shard: equal rows on different devices then round differently, and
   exact ties (duplicated points) between shards break either way. Here every
   device keeps the ``P`` partial sums by their source shard (``P`` times the
-  output's memory) and adds them in one order. ``own`` (default ``fn``) may
-  return ``(part, extra)``: ``extra`` is returned as is, outside the sum.
+  output's memory) and adds them in one order.
   """
-  first = (fn if own is None else own)(*blocks)
-  extra = None
-  if own is not None and isinstance(first, tuple):
-    first, extra = first
+  first = fn(*blocks)
   if axis_name is None:
-    return first if extra is None else (first, extra)
+    return first
   devices = lax.axis_size(axis_name)
   me = lax.axis_index(axis_name)
   ring = [(i, (i + 1) % devices) for i in range(devices)]
@@ -348,7 +336,7 @@ def _ring_sum(fn, *blocks, axis_name, own=None):
   total = parts[0]
   for i in range(1, devices):
     total = total + parts[i]
-  return total if extra is None else (total, extra)
+  return total
 
 
 def topc_pool_quad(h, factors, factors_f, n_total, chunk_size, axis_name):
