@@ -249,5 +249,15 @@ def test_woodbury_state_float32_drift_is_small(rng):
   r = st["zy"].shape[-1] // 2
   z = st["zy"][..., :r].reshape(len(st["zy"]), d, r).astype(np.float64)
   m_inv = m0_inv - sum(zk @ sk @ zk.T for zk, sk in zip(z, st["s_inv"]))
-  direct = basis @ np.linalg.inv(want["M_final"]) @ basis.T
+  s2 = B / (labeled.sum() + B)
+  m_fwd = want["M0"] + sum(
+    s2 * ref.fisher_matrix(emb[j], probs[j], "full") for j in want["forward"]
+  )
+  direct = basis @ np.linalg.inv(m_fwd) @ basis.T
   assert np.abs(m_inv - direct).max() < 1e-5 * np.abs(direct).max()
+  # The picks' blocks after the backward drops, against the final M.
+  final = basis @ np.linalg.inv(want["M_final"]) @ basis.T
+  x = np.einsum("ed,ndr->ner", basis, ref.dense_x(emb, probs, "full", s2))
+  xp = x[np.asarray(st["picks"])]
+  want_u = np.einsum("pdk,de,qel->pqkl", xp, final, xp)
+  assert np.abs(st["pick_u"] - want_u).max() < 1e-5 * np.abs(want_u).max()

@@ -123,25 +123,38 @@ def test_woodbury_state_equals_direct_inverse(rng, kind, method):
       st["w0"], np.einsum("ndr,de,nes->nrs", x, g0, x), atol=1e-10
     )
 
-    # M^-1 and G after all forward picks and backward drops, rebuilt from the
-    # low-rank history, equal the direct inverse of the reference's final M.
+    # M^-1 and G after all forward picks, rebuilt from the low-rank history,
+    # equal the direct inverse of the reference's M after the forward pass.
+    m_fwd = want["M0"] + sum(
+      s2 * ref.fisher_matrix(emb[j], probs[j], kind) for j in want["forward"]
+    )
+    fwd_inv = basis @ np.linalg.inv(m_fwd) @ basis.T
     d = big_f.shape[0]
     r = st["zy"].shape[-1] // 2
+    assert len(st["zy"]) == len(want["forward"])
     z = st["zy"][..., :r].reshape(len(st["zy"]), d, r)
     y = st["zy"][..., r:].reshape(len(st["zy"]), d, r)
     m_inv, g = m0_inv.copy(), g0.copy()
     for zk, yk, sk, wk in zip(z, y, st["s_inv"], st["wj"]):
       m_inv -= zk @ sk @ zk.T
       g += -zk @ sk @ yk.T - yk @ sk @ zk.T + zk @ sk @ wk @ sk @ zk.T
+    np.testing.assert_allclose(m_inv, fwd_inv, atol=1e-10)
+    np.testing.assert_allclose(g, fwd_inv @ big_f @ fwd_inv, atol=1e-10)
+
+    # The picks' blocks after the backward drops: X_p^T M^-1 X_q and X_p^T G
+    # X_q for the reference's final M (the one the drops were chosen on).
     direct = basis @ np.linalg.inv(want["M_final"]) @ basis.T
-    np.testing.assert_allclose(m_inv, direct, atol=1e-10)
-    np.testing.assert_allclose(g, direct @ big_f @ direct, atol=1e-10)
+    xp = x[np.asarray(st["picks"])]
+    np.testing.assert_allclose(
+      st["pick_u"], np.einsum("pdk,de,qel->pqkl", xp, direct, xp), atol=1e-9
+    )
+    np.testing.assert_allclose(
+      st["pick_w"],
+      np.einsum("pdk,de,qel->pqkl", xp, direct @ big_f @ direct, xp),
+      atol=1e-9,
+    )
 
     # Per-point U_n, W_n after the forward pass.
-    m_fwd = want["M0"] + sum(
-      s2 * ref.fisher_matrix(emb[j], probs[j], kind) for j in want["forward"]
-    )
-    fwd_inv = basis @ np.linalg.inv(m_fwd) @ basis.T
     np.testing.assert_allclose(
       st["u"], np.einsum("ndr,de,nes->nrs", x, fwd_inv, x), atol=1e-9
     )

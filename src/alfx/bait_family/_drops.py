@@ -30,7 +30,11 @@ def pick_blocks(z, y, s_inv, wj, hp, ap):
       W[p, q] = yx[q, p]^T - sum_{s >= q} (b[s, p]^T f[s, q]
                                            + f[s, p]^T b[s, q]).
 
-  Both are then made exactly block-symmetric (``U[q, p] = U[p, q]^T``).
+  Row ``p`` of blocks depends on ``X_p`` only through ``zx[:, p]``,
+  ``yx[:, p]``: equal picks (duplicated points) get bit-equal rows, so
+  their drop values tie exactly when their own blocks do (the caller puts
+  the per-point ``U_p``, ``W_p`` on the diagonal). ``U[q, p]^T`` equals
+  ``U[p, q]`` up to rounding.
 
   Args:
     z, y: ``[T, r, C_f, D]`` the forward directions ``Z_s^T``, ``Y_s^T``
@@ -59,8 +63,7 @@ def pick_blocks(z, y, s_inv, wj, hp, ap):
     - jnp.einsum("spik,sqil->pqkl", b, f_later)
     - jnp.einsum("spik,sqil->pqkl", f, b_later)
   )
-  flip = lambda x: jnp.einsum("qpkl->pqlk", x)  # block [p, q] <- [q, p]^T
-  return 0.5 * (u + flip(u)), 0.5 * (w + flip(w))
+  return u, w
 
 
 def drop_pick(u, w, k, active):

@@ -20,9 +20,10 @@ chunked pass over the pool. ``M^-1`` and ``G`` themselves are never
 rewritten: the picks so far are kept as a low-rank history (``Z_k``, ``G_k
 X_k``, ``S_k^-1``, ``W_k``), from which ``M_t^-1 X_j`` and ``G_t X_j``
 follow in ``O(t d r^2)``. The backward pass is the same update with ``S =
-U_j - I``.
+U_j - I``, applied only to the picks' own blocks ``X_p^T M^-1 X_q``,
+``X_p^T G X_q`` (`alfx.bait_family._drops`).
 
-May import: `alfx._core`, `alfx.bait_family._blocks`.
+May import: `alfx._core`, `alfx.bait_family._blocks`, `alfx.bait_family._drops`.
 """
 
 import jax
@@ -33,6 +34,7 @@ from alfx._core import pool as _pool
 from alfx._core import selection as _selection
 from alfx._core.selection import Selection
 from alfx.bait_family import _blocks
+from alfx.bait_family import _drops
 
 # r x r systems up to this size are solved by an unrolled Cholesky that is
 # vectorised over the pool; larger ones use the batched LAPACK kernels.
@@ -201,13 +203,13 @@ def greedy(
     ``(Selection, state)``; ``state`` (for tests and the resolution check)
     holds the per-point ``u``, ``w`` after the forward pass, the forward
     ``picks``, their ``valid``, ``sizes`` (``|U_j|``), the kept ``alive``,
-    the ``dropped`` positions and the history ``zy``, ``s_inv``, ``wj``.
+    the ``dropped`` positions, the forward history ``zy``, ``s_inv``, ``wj``
+    and the picks' blocks ``pick_u``, ``pick_w`` after the backward pass.
   """
   n, dim = h.shape
   c_f, r = scaled.shape[1:]
   dtype = h.dtype
   n_forward = oversample * batch_size
-  n_steps = n_forward + (oversample - 1) * batch_size
   eye = jnp.eye(r, dtype=dtype)
   rows = _blocks.chunk_rows(chunk_size, n, 4 * c_f * r + 4 * r * r)
 
@@ -221,7 +223,7 @@ def greedy(
   # Slots are applied in blocks of ~128 rows, and only the blocks already
   # written (a loop bounded by the step): the later slots are still zero.
   per_block = max(1, -(-128 // r))
-  n_slots = -(-n_steps // per_block) * per_block
+  n_slots = -(-n_forward // per_block) * per_block
   history = dict(
     z=jnp.zeros((n_slots, r, c_f, dim), dtype),
     y=jnp.zeros((n_slots, r, c_f, dim), dtype),
@@ -264,9 +266,9 @@ def greedy(
     )
     return (zy0 - correction.reshape(2 * r, c_f, dim)) * valid
 
-  def commit(hist, t, hj, aj, zy, sign):
+  def commit(hist, t, hj, aj, zy):
     proj = jnp.einsum("qai,i,ar->qr", zy, hj, aj)  # Z^T X_j; Y^T X_j
-    s = _blocks.sym(sign * eye + proj[:r])
+    s = _blocks.sym(eye + proj[:r])
     s_inv = _blocks.sym(jnp.linalg.inv(s))
     wj = _blocks.sym(proj[r:])
     hist = dict(
@@ -275,19 +277,7 @@ def greedy(
       s_inv=hist["s_inv"].at[t].set(s_inv),
       wj=hist["wj"].at[t].set(wj),
     )
-    return hist, s, s_inv, wj
-
-  def update(u, w, a, b, s_inv, wj):
-    """Woodbury change of ``U``, ``W`` given ``a = X^T Z``, ``b = X^T Y``.
-
-    ``U -= a_s a^T`` and ``W -= x + x^T`` with ``a_s = a S^-1``, ``x = a_s
-    (b - a_s W_j / 2)^T``, which is ``a S^-1 b^T + b S^-1 a^T - a S^-1 W_j
-    S^-1 a^T``.
-    """
-    a_s = jnp.einsum("...rq,qs->...rs", a, s_inv)
-    e = b - 0.5 * jnp.einsum("...rq,qs->...rs", a_s, wj)
-    x = _outer_sum(a_s, e)
-    return u - _outer_sum(a_s, a), w - x - jnp.swapaxes(x, -1, -2)
+    return hist, s, wj
 
   def whiten(zy, s, wj):
     """``[Z L^-T | Y L^-T - Z L^-T W~ / 2]``, transposed, for ``S = L L^T``
@@ -295,8 +285,8 @@ def greedy(
 
     With ``a~ = X^T Z L^-T`` and ``e~ = X^T (Y L^-T - Z L^-T W~ / 2)`` the
     forward update (``S`` SPD) is ``U -= a~ a~^T``, ``W -= a~ e~^T + e~
-    a~^T``: the ``r x r`` factors of `update` move into the pool's one
-    projection, half the per-point FLOPs.
+    a~^T``: the ``r x r`` factors of the Woodbury update (``a S^-1 b^T``
+    ...) move into the pool's one projection, half the per-point FLOPs.
     """
     low = jnp.linalg.cholesky(s)
     solve = lambda x: lax.linalg.triangular_solve(
@@ -339,7 +329,7 @@ def greedy(
       size = jnp.maximum(size, _pool.take(noise, j, axis_name))
     size = size * valid
     zy = directions(hist, t, hj, aj, valid)
-    hist, s, _, wj = commit(hist, t, hj, aj, zy, 1.0)
+    hist, s, wj = commit(hist, t, hj, aj, zy)
     u, w, gains = pool_update(u, w, whiten(zy, s, wj))
     return (u, w, gains, selectable, hist), (j, gain, valid, hj, aj, size)
 
@@ -348,37 +338,50 @@ def greedy(
     (u, w, trace_solve(u, w, 1.0), mask, history),
     jnp.arange(n_forward),
   )
-  # The picks' own U, W after the forward pass (small, replicated).
-  up = jax.vmap(lambda i: _pool.take(u, i, axis_name))(picks)
-  wp = jax.vmap(lambda i: _pool.take(w, i, axis_name))(picks)
+  # The backward pass needs only X_p^T M^-1 X_q and X_p^T G X_q between the
+  # picks (P x P blocks of r x r, replicated), formed once from the history;
+  # on the diagonal the picks' own U, W, so that equal points tie exactly.
+  pick_u, pick_w = _drops.pick_blocks(
+    history["z"][:n_forward],
+    history["y"][:n_forward],
+    history["s_inv"][:n_forward],
+    history["wj"][:n_forward],
+    hp,
+    ap,
+  )
+  own = jnp.arange(n_forward)
+  pick_u = pick_u.at[own, own].set(
+    jax.vmap(lambda i: _pool.take(u, i, axis_name))(picks)
+  )
+  pick_w = pick_w.at[own, own].set(
+    jax.vmap(lambda i: _pool.take(w, i, axis_name))(picks)
+  )
 
   def drop_values(state):
     # tr((U - I)^-1 W) = -tr((I - U)^-1 W): the largest is the pick whose
     # removal leaves the smallest tr((M - X X^T)^-1 F).
-    up, wp, _ = state
-    return trace_solve(up, wp, -1.0)
+    pick_u, pick_w = state
+    return trace_solve(pick_u[own, own], pick_w[own, own], -1.0)
 
   def drop(state, t, k, active):
-    up, wp, hist = state
-    zy = directions(hist, n_forward + t, hp[k], ap[k], active)
-    hist, _, s_inv, wj = commit(hist, n_forward + t, hp[k], ap[k], zy, -1.0)
-    ab = jnp.einsum("kar,qai,ki->krq", ap, zy, hp)
-    up, wp = update(up, wp, ab[..., :r], ab[..., r:], s_inv, wj)
-    return up, wp, hist
+    del t  # the blocks need no history
+    pick_u, pick_w = state
+    return _drops.drop_pick(pick_u, pick_w, k, active)
 
-  sel, (_, _, final_history), alive, dropped = backward(
+  sel, (pick_u, pick_w), alive, dropped = backward(
     drop_values,
     drop,
-    (up, wp, history),
+    (pick_u, pick_w),
     picks,
     gains,
     valid,
     batch_size,
     oversample,
   )
-  # For tests: the per-point state after the forward pass and the history.
+  # For tests: the per-point state and the history after the forward pass,
+  # and the picks' blocks after the backward pass.
   zy = jnp.transpose(
-    jnp.concatenate([final_history["z"], final_history["y"]], axis=1),
+    jnp.concatenate([history["z"], history["y"]], axis=1)[:n_forward],
     (0, 2, 3, 1),
   )
   state = dict(
@@ -390,7 +393,9 @@ def greedy(
     sizes=sizes,
     dropped=dropped,
     zy=zy,
-    s_inv=final_history["s_inv"],
-    wj=final_history["wj"],
+    s_inv=history["s_inv"][:n_forward],
+    wj=history["wj"][:n_forward],
+    pick_u=pick_u,
+    pick_w=pick_w,
   )
   return sel, state
