@@ -402,16 +402,25 @@ def terms(
   )
   add("forward", "pool_update: A_n^T proj", steps_run * u_rows * contraction)
   add("forward", "pool_update: Woodbury", steps_run * u_rows * _update(r))
-  # Backward steps: the forward picks only; the history keeps growing.
+  # Backward steps (_drops): the picks' P x P blocks of r x r, formed once
+  # from the forward history (V_s^T X_p for V = Z, Y; S_s^-1 and W_s times
+  # them; two GEMMs over (s, i)), then one Woodbury update of every block per
+  # drop. Unused without drops: XLA removes it.
+  p = steps
+  if n_back:
+    add(
+      "backward",
+      "pick_blocks: Z_s^T X_p, Y_s^T X_p",
+      4 * p * p * r * d + 4 * p * p * c_f * r * r,
+    )
+    add("backward", "pick_blocks: S_s^-1, W_s products", 4 * p * p * r**3)
+    add("backward", "pick_blocks: sums over s (GEMMs)", 6 * p**3 * r**3)
   add("backward", "drop values", back_run * steps * _trace_solve(r, -1))
-  add("backward", "directions: apply0", back_run * apply0)
   add(
     "backward",
-    "directions: history slots",
-    sum(slots(t) for t in range(steps, steps + back_run)) * history_slot,
+    "drop_pick: every pick's blocks",
+    back_run * (_lu(r) + 4 * p * r**3 + 4 * p * p * r**3),
   )
-  picks = steps * (4 * r * d + 4 * c_f * r * r + _update(r, False))
-  add("backward", "commit, the picks' updates", back_run * (commit + picks))
   return out
 
 
