@@ -95,10 +95,13 @@ def bait(
   * each forward step: ``4 N D C_f r`` (``X_n^T Z``, ``X_n^T G X_j``) ``+
     ~10 N r^3`` (updates and the ``r x r`` solves) ``+ 4 d^2`` (``M_0^-1
     X_j``, ``G_0 X_j``) ``+ 8 t d r^2`` (history): 8e9 at the CIFAR-10 shape,
-    1.6e11 for all 20 forward steps. Backward steps touch only the ``P``
-    picks.
-  * memory: ``2 N r^2`` (``U, W``) plus ``~3 d^2`` plus ``P d r`` (history)
-    plus the chunked working sets.
+    1.6e11 for all 20 forward steps.
+  * backward: only the picks' ``P x P`` blocks ``X_p^T M^-1 X_q``, ``X_p^T
+    G X_q`` (``r x r`` each), formed once from the history (``4 P^2 d r + 8
+    P^3 r^3``) and updated per drop (``4 P^2 r^3``): no pool pass.
+  * memory: ``2 N r^2`` (``U, W``) plus ``~3 d^2`` plus ``2 P d r``
+    (history) plus ``~8 P^2 r^2`` (the picks' blocks, while the backward
+    pass runs) plus the chunked working sets.
 
   Structured path (``full``/``topc`` for ``d > DENSE_MAX_DIM``): no ``d x d``
   matrix; the set-up has one ``O(N^2)`` term (``2 N^2 (C D + C^2)`` for full,
