@@ -97,7 +97,7 @@ def bait(
     X_j``, ``G_0 X_j``) ``+ 8 t d r^2`` (history): 8e9 at the CIFAR-10 shape,
     1.6e11 for all 20 forward steps.
   * backward: only the picks' ``P x P`` blocks ``X_p^T M^-1 X_q``, ``X_p^T
-    G X_q`` (``r x r`` each), formed once from the history (``4 P^2 d r + 8
+    G X_q`` (``r x r`` each), formed once from the history (``4 P^2 d r + 6
     P^3 r^3``) and updated per drop (``4 P^2 r^3``): no pool pass.
   * memory: ``2 N r^2`` (``U, W``) plus ``~3 d^2`` plus ``2 P d r``
     (history) plus ``~8 P^2 r^2`` (the picks' blocks, while the backward
