@@ -226,7 +226,7 @@ def norm(x):
   return jnp.sqrt(jnp.sum(x * x, axis=(-2, -1)))
 
 
-def spd_inverse(s, leaf=12):
+def spd_inverse(s, leaf=12, symmetric=True):
   """The inverse of each SPD ``[..., r, r]`` matrix, by 2 x 2 blocks.
 
   ``S^-1`` from ``A^-1`` and the inverse of the Schur complement ``C - B^T
@@ -234,18 +234,24 @@ def spd_inverse(s, leaf=12):
   to blocks of at most ``leaf`` rows. Everything but the small leaves is a
   batched matmul: at ``r = 100`` about 9x faster than XLA's CPU Cholesky
   and triangular solves, which run one small LAPACK call per matrix.
+
+  With ``symmetric=False`` only the Schur complements are symmetrised (the
+  result is symmetric up to rounding): ~10% faster at ``r = 100``, as
+  accurate at condition numbers up to 1e8 (without that one the error grew
+  to O(1) there), for uses such as ``sum(S^-1 * W)``, ``W`` symmetric.
   """
   m = s.shape[-1]
+  sym_ = sym if symmetric else lambda x: x
   if m <= leaf:
-    return sym(jnp.linalg.inv(s))
+    return sym_(jnp.linalg.inv(s))
   half = m // 2
   a, b, c = s[..., :half, :half], s[..., :half, half:], s[..., half:, half:]
-  a_inv = spd_inverse(a, leaf)
+  a_inv = spd_inverse(a, leaf, symmetric)
   a_inv_b = a_inv @ b
   schur = sym(c - jnp.swapaxes(b, -1, -2) @ a_inv_b)
-  schur_inv = spd_inverse(schur, leaf)
+  schur_inv = spd_inverse(schur, leaf, symmetric)
   x = a_inv_b @ schur_inv  # A^-1 B S_c^-1
-  top_left = sym(a_inv + x @ jnp.swapaxes(a_inv_b, -1, -2))
+  top_left = sym_(a_inv + x @ jnp.swapaxes(a_inv_b, -1, -2))
   top = jnp.concatenate([top_left, -x], axis=-1)
   bottom = jnp.concatenate([-jnp.swapaxes(x, -1, -2), schur_inv], axis=-1)
   return jnp.concatenate([top, bottom], axis=-2)
