@@ -151,8 +151,8 @@ def _trace_solve(r, sign=1):
     return 2
   if sign < 0:  # S = U - I; LU solve with r right-hand sides, then the trace
     return r * r + _lu(r) + r
-  if r > 12:  # S^-1 by `_blocks.spd_inverse`, then sum(S^-1 * W)
-    return r * r + _spd_inverse(r) + 2 * r * r
+  if r > 12:  # S^-1 by `_blocks.spd_inverse` (leaves of 16), sum(S^-1 * W)
+    return r * r + _spd_inverse(r, 16) + 2 * r * r
   # `_greedy._trace_solve_unrolled`, operation by operation: S = U + I, the
   # Cholesky (a rsqrt per column), M = L^-1 row by row, sum_k m_k^T W m_k
   # over the upper triangle of W, doubled.
@@ -162,14 +162,10 @@ def _trace_solve(r, sign=1):
   return r * r + chol + inverse + quad + 1
 
 
-def _update(r, whitened=True):
-  """`_greedy.greedy`'s update of one ``U_n, W_n``. Forward (whitened):
-  ``U - a a^T``, ``W - x - x^T`` with ``x = a e^T``. Backward (`update`):
-  ``a_s = a S^-1``, ``e = b - a_s W_j / 2``, ``x = a_s e^T`` (``2 r^3``
-  each), ``U - a_s a^T``, ``W - x - x^T``."""
-  if whitened:
-    return 4 * r**3 + 3 * r * r
-  return 8 * r**3 + 5 * r * r
+def _update(r):
+  """`_greedy.greedy`'s whitened forward update of one ``U_n, W_n``: ``U - a
+  a^T``, ``W - x - x^T`` with ``x = a e^T``."""
+  return 4 * r**3 + 3 * r * r
 
 
 def terms(
