@@ -141,28 +141,19 @@ def test_woodbury_state_equals_direct_inverse(rng, kind, method):
     np.testing.assert_allclose(m_inv, fwd_inv, atol=1e-10)
     np.testing.assert_allclose(g, fwd_inv @ big_f @ fwd_inv, atol=1e-10)
 
-    # The picks' blocks after the backward drops: X_p^T M^-1 X_q and X_p^T G
-    # X_q for the reference's final M (the one the drops were chosen on).
+    def assert_forms(got_u, got_w, spec, xs, m_inv):
+      # X^T M^-1 X and X^T M^-1 F M^-1 X, contracted as ``spec`` says.
+      for got, mid in ((got_u, m_inv), (got_w, m_inv @ big_f @ m_inv)):
+        np.testing.assert_allclose(got, np.einsum(spec, xs, mid, xs), atol=1e-9)
+
+    # The picks' blocks after the backward drops (X_p^T M^-1 X_q for every
+    # pair) for the reference's final M, the one the drops were chosen on.
     direct = basis @ np.linalg.inv(want["M_final"]) @ basis.T
     xp = x[np.asarray(st["picks"])]
-    np.testing.assert_allclose(
-      st["pick_u"], np.einsum("pdk,de,qel->pqkl", xp, direct, xp), atol=1e-9
-    )
-    np.testing.assert_allclose(
-      st["pick_w"],
-      np.einsum("pdk,de,qel->pqkl", xp, direct @ big_f @ direct, xp),
-      atol=1e-9,
-    )
+    assert_forms(st["pick_u"], st["pick_w"], "pdk,de,qel->pqkl", xp, direct)
 
     # Per-point U_n, W_n after the forward pass.
-    np.testing.assert_allclose(
-      st["u"], np.einsum("ndr,de,nes->nrs", x, fwd_inv, x), atol=1e-9
-    )
-    np.testing.assert_allclose(
-      st["w"],
-      np.einsum("ndr,de,nes->nrs", x, fwd_inv @ big_f @ fwd_inv, x),
-      atol=1e-9,
-    )
+    assert_forms(st["u"], st["w"], "ndr,de,nes->nrs", x, fwd_inv)
 
 
 @pytest.mark.parametrize("r", [1, 2, 3, 7, 12, 13, 20])
