@@ -10,10 +10,12 @@ a drop in ``O(P^2 r^3)``. No ``d``-sized direction is formed per drop (the
 forward's ``M_t^-1 X_j``, ``G_t X_j`` cost ``O(N D C_f r)`` each at large
 ``d``: at C=100 most of a backward step).
 
-May import: nothing from the package (arrays in, arrays out).
+May import: `alfx.bait_family._blocks`.
 """
 
 import jax.numpy as jnp
+
+from alfx.bait_family import _blocks
 
 
 def pick_blocks(z, y, s_inv, wj, hp, ap):
@@ -85,8 +87,7 @@ def drop_pick(u, w, k, active):
   """
   r = u.shape[-1]
   s = u[k, k] - jnp.eye(r, dtype=u.dtype)
-  s_inv = jnp.linalg.inv(0.5 * (s + s.T))
-  s_inv = 0.5 * (s_inv + s_inv.T)
+  s_inv = _blocks.sym(jnp.linalg.inv(_blocks.sym(s)))
   a = u[:, k]  # [P, r, r]: X_p^T M^-1 X_k
   b = w[:, k]
   a_s = jnp.einsum("pij,jk->pik", a, s_inv)
