@@ -124,6 +124,11 @@ def _trace_solve_unrolled(s, w):
   return 2 * total
 
 
+def _gains(u, w):
+  """The forward gains ``tr((I + U_n)^-1 W_n)``, ``[N]``."""
+  return trace_solve(u, w, 1.0)
+
+
 def _drop_index(values, picks):
   """The pick to drop: the largest value; among equal values the highest
   pool index (ties go to the lower index: it is the one kept)."""
@@ -305,8 +310,13 @@ def greedy(
     return jnp.concatenate([z, y]).reshape(zy.shape)
 
   def pool_update(u, w, zy):
-    """The whitened update of every ``U_n``, ``W_n`` and their next gains,
-    chunk by chunk (one pass over the pool's state)."""
+    """The whitened update of every ``U_n``, ``W_n``, chunk by chunk, then
+    their next gains in a second pass over the new state.
+
+    In one pass, XLA:CPU formed the outer sums twice, once for the gains
+    and once inside the write of each chunk: at D=64, C=10, N=10^5 the
+    second pass made the whole call 12% faster.
+    """
     zy = jnp.transpose(zy, (2, 1, 0)).reshape(dim, c_f * 2 * r)
 
     def one(hc, ac, uc, wc):
@@ -318,12 +328,11 @@ def greedy(
         ab = (full[1] * jnp.sqrt(ac))[:, :, None] * (proj - mean[:, None, :])
       a, e = ab[..., :r], ab[..., r:]
       x = _outer_sum(a, e)
-      uc = uc - _outer_sum(a, a)
-      wc = wc - x - jnp.swapaxes(x, -1, -2)
-      return uc, wc, trace_solve(uc, wc, 1.0)
+      return uc - _outer_sum(a, a), wc - x - jnp.swapaxes(x, -1, -2)
 
     factors = scaled if full is None else full[0]
-    return _blocks.map_rows(one, (h, factors, u, w), rows)
+    u, w = _blocks.map_rows(one, (h, factors, u, w), rows)
+    return u, w, _blocks.map_rows(_gains, (u, w), rows)
 
   def forward_step(carry, t):
     u, w, gains, selectable, hist = carry
@@ -341,7 +350,7 @@ def greedy(
 
   (u, w, _, _, history), (picks, gains, valid, hp, ap, sizes) = lax.scan(
     forward_step,
-    (u, w, trace_solve(u, w, 1.0), mask, history),
+    (u, w, _gains(u, w), mask, history),
     jnp.arange(n_forward),
   )
   # The backward pass needs only X_p^T M^-1 X_q and X_p^T G X_q between the
