@@ -16,8 +16,8 @@ and ``X_n^T Z`` costs one ``[N, D] @ [D, C_f r]`` product thanks to the
 Kronecker structure. Forward steps fold ``S^-1 = L^-T L^-1`` and ``W_j``
 into that product (``whiten``: ``U_n -= a~ a~^T``, ``W_n -= a~ e~^T + e~
 a~^T``, half the per-point FLOPs), then compute the next gains in a
-second chunked pass over the new state. ``M^-1`` and ``G`` themselves are never
-rewritten: the picks so far are kept as a low-rank history (``Z_k``, ``G_k
+second chunked pass over the new state. ``M^-1`` and ``G`` themselves are
+never rewritten: the picks so far are kept as a low-rank history (``Z_k``, ``G_k
 X_k``, ``S_k^-1``, ``W_k``), from which ``M_t^-1 X_j`` and ``G_t X_j``
 follow in ``O(t d r^2)``. The backward pass is the same update with ``S =
 U_j - I``, applied only to the picks' own blocks ``X_p^T M^-1 X_q``,
