@@ -28,12 +28,15 @@ Usage:
   python benchmarks/bait.py --quick    # CIFAR-10 shape at N=5,000 only
   python benchmarks/bait.py --only cifar10-full imagenet-binary
   python benchmarks/bait.py --count c100-n5000-full  # FLOPs by term only
+  python benchmarks/bait.py --only cifar100-full  # full at C=100, timed once
+  python benchmarks/bait.py --once --only cifar100-topc5  # any config once
 """
 
 import argparse
 import functools
 import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -56,17 +59,23 @@ RESULTS = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), "results", "bait.md"
 )
 
-# name: (fisher, N, D, C, eager?)
+# name: (fisher, N, D, C, eager?[, top_c])
 CONFIGS = {
   "cifar10-full": ("full", 50_000, 384, 10, True),
   "cifar10-topc": ("topc", 50_000, 384, 10, True),
   "cifar10-binary": ("binary", 50_000, 384, 10, True),
   "cifar10-diagonal": ("diagonal", 50_000, 384, 10, True),
   "cifar100-topc": ("topc", 50_000, 384, 100, False),
+  "cifar100-topc5": ("topc", 50_000, 384, 100, False, 5),
   "cifar100-binary": ("binary", 50_000, 384, 100, True),
   "c100-n5000-full": ("full", 5_000, 384, 100, False),
   "c100-n5000-topc": ("topc", 5_000, 384, 100, True),
   "imagenet-binary": ("binary", 1_200_000, 384, 1_000, False),
+}
+# Only by --only: each call takes most of an hour on 2 cores, so it is timed
+# once (`run_once`).
+LONG = {
+  "cifar100-full": ("full", 50_000, 384, 100, False),
 }
 QUICK = {
   "quick-cifar10-full": ("full", 5_000, 384, 10, True),
@@ -448,16 +457,17 @@ def count(kind, method, n, dim, c, top_c=2, oversample=2, b=B, lab=L):
   return flops, bytes_, 0
 
 
-def print_terms(name, kind, n, dim, c):
+def print_terms(name, kind, n, dim, c, top_c=2):
   """`terms` of a configuration as a table, by phase."""
   emb = jax.ShapeDtypeStruct((n, dim), jnp.float32)
   probs = jax.ShapeDtypeStruct((n, c), jnp.float32)
   method = jax.eval_shape(
-    functools.partial(alfx.pool_fisher, fisher=kind), emb, probs
+    functools.partial(alfx.pool_fisher, fisher=kind, top_c=top_c), emb, probs
   ).method
-  rows = terms(kind, method, n, dim, c)
+  rows = terms(kind, method, n, dim, c, top_c)
   total = sum(f for _, _, f in rows)
-  print(f"\n{name}: {kind}, {method}, N={n} D={dim} C={c} L={L} B={B}")
+  shown = f" top_c={top_c}" if kind == "topc" else ""
+  print(f"\n{name}: {kind}{shown}, {method}, N={n} D={dim} C={c} L={L} B={B}")
   for phase in ("pool_fisher", "setup", "forward", "backward"):
     part = [(w, f) for p, w, f in rows if p == phase]
     print(f"  {phase}: {sum(f for _, f in part) / 1e9:,.1f} GFLOP")
@@ -466,28 +476,108 @@ def print_terms(name, kind, n, dim, c):
   print(f"  total: {total / 1e9:,.1f} GFLOP")
 
 
-def run_config(name, kind, n, dim, c, eager, with_eager):
-  print(
-    f"\n== {name}: fisher={kind}, N={n}, D={dim}, C={c}, L={L}, B={B}",
-    flush=True,
-  )
+def _calls(kind, n, dim, c, top_c):
+  """Inputs, path and the three jitted calls of a configuration: `alfx.bait`
+  with ``pool_fisher`` computed inside, ``alfx.pool_fisher`` alone, and
+  `alfx.bait` with it given."""
   emb, probs, labeled = make_inputs(n, dim, c)
   # The path method='auto' takes: PoolFisher.method (static), read off the
   # traced output types (nothing is computed).
-  pool_fisher = functools.partial(alfx.pool_fisher, fisher=kind)
+  pool_fisher = functools.partial(alfx.pool_fisher, fisher=kind, top_c=top_c)
   method = jax.eval_shape(pool_fisher, emb, probs).method
   capacity = CAPACITY if method == "structured" else None
-  fn = jax.jit(
-    lambda e, p, l: alfx.bait(
-      e, p, B, labeled=l, fisher=kind, labeled_capacity=capacity
-    )
-  )
+  options = dict(fisher=kind, top_c=top_c, labeled_capacity=capacity)
+  fn = jax.jit(lambda e, p, l: alfx.bait(e, p, B, labeled=l, **options))
   stats_fn = jax.jit(pool_fisher)
   given_fn = jax.jit(
-    lambda e, p, l, s: alfx.bait(
-      e, p, B, labeled=l, fisher=kind, pool_fisher=s, labeled_capacity=capacity
-    )
+    lambda e, p, l, s: alfx.bait(e, p, B, labeled=l, pool_fisher=s, **options)
   )
+  return (emb, probs, labeled), method, fn, stats_fn, given_fn
+
+
+def _header(name, kind, n, dim, c, top_c):
+  shown = f", top_c={top_c}" if kind == "topc" else ""
+  print(
+    f"\n== {name}: fisher={kind}{shown}, N={n}, D={dim}, C={c}, L={L}, B={B}",
+    flush=True,
+  )
+
+
+def _work(row, kind, method, n, dim, c, top_c, seconds):
+  flops, bytes_, divisions = count(kind, method, n, dim, c, top_c)
+  floor = harness.floor_seconds(
+    flops=flops, transcendentals=divisions, bytes_moved=bytes_
+  )
+  row.update(
+    {
+      "GFLOP": f"{flops / 1e9:.0f}",
+      "GB": f"{bytes_ / 1e9:.1f}",
+      "floor": harness.fmt_seconds(floor),
+      "ratio": f"{seconds / floor:.2f}",
+    }
+  )
+  return row
+
+
+def _report(row, sel):
+  print(row, flush=True)
+  print(
+    "picks",
+    np.asarray(sel.indices),
+    "valid",
+    bool(np.all(sel.valid)),
+    flush=True,
+  )
+  return row
+
+
+def run_once(name, kind, n, dim, c, eager, with_eager, top_c=2):
+  """A `LONG` configuration (or any, with ``--once``): ``alfx.pool_fisher``
+  and then `alfx.bait` with it given, each compiled ahead of time (compile
+  timed apart) and run once.
+
+  ``compiled`` is not measured (``-``); ``F given`` and ``pool_fisher`` are
+  the single runs, and ``first call`` is the compiles plus both runs. The
+  ratio is their sum against the floor of the whole call (``pool_fisher``
+  included), as `run_config`'s ``compiled`` is.
+  """
+  del eager, with_eager  # never eager: hours op by op
+  _header(name, kind, n, dim, c, top_c)
+  args, method, _, stats_fn, given_fn = _calls(kind, n, dim, c, top_c)
+  t0 = time.perf_counter()
+  stats_compiled = stats_fn.lower(*args[:2]).compile()
+  t1 = time.perf_counter()
+  stats = harness.block(stats_compiled(*args[:2]))
+  t2 = time.perf_counter()
+  compiled = given_fn.lower(*args, stats).compile()
+  t3 = time.perf_counter()
+  print(
+    f"pool_fisher: compile {t1 - t0:.1f} s, run {t2 - t1:.1f} s;"
+    f" bait: compile {t3 - t2:.1f} s",
+    flush=True,
+  )
+  with harness.PeakMemory() as mem:
+    sel = harness.block(compiled(*args, stats))
+  run = time.perf_counter() - t3
+  row = {
+    "config": name,
+    "fisher": kind if kind != "topc" else f"topc c={top_c}",
+    "method": method,
+    "N x D x C": f"{n} x {dim} x {c}",
+    "compiled": "-",
+    "first call": harness.fmt_seconds(t3 - t0 + run),
+    "pool_fisher": harness.fmt_seconds(t2 - t1),
+    "F given": harness.fmt_seconds(run),
+    "eager": "-",
+    "peak mem": harness.fmt_bytes(mem.peak_bytes),
+  }
+  return _report(_work(row, kind, method, n, dim, c, top_c, run + t2 - t1), sel)
+
+
+def run_config(name, kind, n, dim, c, eager, with_eager, top_c=2):
+  _header(name, kind, n, dim, c, top_c)
+  args, method, fn, stats_fn, given_fn = _calls(kind, n, dim, c, top_c)
+  emb, probs, labeled = args
   repeats = 1 if n * c > 20_000_000 or method == "structured" else 3
   best, first, peak = harness.time_compiled(
     fn, emb, probs, labeled, repeats=repeats
@@ -501,13 +591,9 @@ def run_config(name, kind, n, dim, c, eager, with_eager):
   eager_t = None
   if with_eager and eager:
     eager_t = harness.time_eager(fn, emb, probs, labeled)
-  flops, bytes_, divisions = count(kind, method, n, dim, c)
-  floor = harness.floor_seconds(
-    flops=flops, transcendentals=divisions, bytes_moved=bytes_
-  )
   row = {
     "config": name,
-    "fisher": kind,
+    "fisher": kind if kind != "topc" else f"topc c={top_c}",
     "method": method,
     "N x D x C": f"{n} x {dim} x {c}",
     "compiled": harness.fmt_seconds(best),
@@ -518,20 +604,8 @@ def run_config(name, kind, n, dim, c, eager, with_eager):
     if eager_t
     else ("skipped" if with_eager else "-"),
     "peak mem": harness.fmt_bytes(peak),
-    "GFLOP": f"{flops / 1e9:.0f}",
-    "GB": f"{bytes_ / 1e9:.1f}",
-    "floor": harness.fmt_seconds(floor),
-    "ratio": f"{best / floor:.2f}",
   }
-  print(row, flush=True)
-  print(
-    "picks",
-    np.asarray(sel.indices),
-    "valid",
-    bool(np.all(sel.valid)),
-    flush=True,
-  )
-  return row
+  return _report(_work(row, kind, method, n, dim, c, top_c, best), sel)
 
 
 def main():
@@ -541,19 +615,31 @@ def main():
   parser.add_argument("--only", nargs="*")
   parser.add_argument("--out", default=None)
   parser.add_argument(
+    "--once",
+    action="store_true",
+    help="time every config as the long ones are (`run_once`)",
+  )
+  parser.add_argument(
     "--count", nargs="+", metavar="CONFIG", help="print the FLOPs by term"
   )
   args = parser.parse_args()
   if args.count:
     for name in args.count:
-      print_terms(name, *{**CONFIGS, **QUICK}[name][:4])
+      spec = {**CONFIGS, **LONG, **QUICK}[name]
+      print_terms(name, *spec[:4], *spec[5:])
     return
   configs = QUICK if args.quick else CONFIGS
   if args.only:
-    configs = {k: v for k, v in {**CONFIGS, **QUICK}.items() if k in args.only}
+    every = {**CONFIGS, **LONG, **QUICK}
+    unknown = sorted(set(args.only) - set(every))
+    if unknown:
+      parser.error(f"unknown configs {unknown}; known: {sorted(every)}")
+    configs = {k: v for k, v in every.items() if k in args.only}
   print(harness.machine_description(), flush=True)
   rows = [
-    run_config(name, *spec, with_eager=not args.no_eager)
+    (run_once if args.once or name in LONG else run_config)(
+      name, *spec, with_eager=not args.no_eager
+    )
     for name, spec in configs.items()
   ]
   columns = [
