@@ -531,7 +531,7 @@ def _report(row, sel):
   return row
 
 
-def run_once(name, kind, n, dim, c, eager, with_eager, top_c=2):
+def run_once(name, kind, n, dim, c, eager, top_c=2, *, with_eager):
   """A `LONG` configuration (or any, with ``--once``): ``alfx.pool_fisher``
   and then `alfx.bait` with it given, each compiled ahead of time (compile
   timed apart) and run once.
@@ -574,7 +574,7 @@ def run_once(name, kind, n, dim, c, eager, with_eager, top_c=2):
   return _report(_work(row, kind, method, n, dim, c, top_c, run + t2 - t1), sel)
 
 
-def run_config(name, kind, n, dim, c, eager, with_eager, top_c=2):
+def run_config(name, kind, n, dim, c, eager, top_c=2, *, with_eager):
   _header(name, kind, n, dim, c, top_c)
   args, method, fn, stats_fn, given_fn = _calls(kind, n, dim, c, top_c)
   emb, probs, labeled = args

@@ -12,6 +12,7 @@ import pytest
 import alfx
 from alfx.bait_family import _greedy
 from alfx.bait_family import _pool_fisher
+from alfx.bait_family import _structured
 from tests import reference_bait as ref
 from tests.reference_bait import B
 from tests.reference_bait import C
@@ -85,6 +86,27 @@ def test_pool_fisher_matches_reference_and_can_be_passed(rng, kind, method):
     # A pytree: it goes through jit.
     leaves = jax.tree.leaves(jax.jit(lambda s: s)(stats))
     assert leaves and all(isinstance(x, jax.Array) for x in leaves)
+
+
+@pytest.mark.parametrize("unroll", [12, 0], ids=["row-sums", "einsum"])
+def test_topc_pool_quad_in_tiles_matches_reference(rng, monkeypatch, unroll):
+  # Tiles of 5 pool columns (the last one overlapping: N is not a multiple
+  # of 5) and chunks of 7 rows, with the Gram matrices of each row formed
+  # entry by entry or by one einsum: the same V_n^T F V_n.
+  monkeypatch.setattr(_structured, "_QUAD_COLS", 5)
+  monkeypatch.setattr(_structured, "_GRAM_UNROLL_MAX_RANK", unroll)
+  assert N % 5 != 0 and N % 7 != 0
+  with jax.enable_x64(True):
+    emb, probs, _ = ref.problem(rng)
+    stats = alfx.pool_fisher(
+      emb, probs, fisher="topc", method="structured", chunk_size=7
+    )
+    big_f = ref.fisher_matrices(emb, probs, "topc").mean(0)
+    v = ref.dense_x(emb, probs, "topc", 1.0)
+    np.testing.assert_allclose(
+      stats.quad, np.einsum("ndr,de,nes->nrs", v, big_f, v), atol=1e-10
+    )
+    np.testing.assert_array_equal(stats.quad, np.swapaxes(stats.quad, 1, 2))
 
 
 @pytest.mark.parametrize(

@@ -339,6 +339,33 @@ def _ring_sum(fn, *blocks, axis_name):
   return total
 
 
+# Pool columns m per tile of `topc_pool_quad`: each chunk of rows n reads
+# the pool's columns tile by tile, instead of forming [rows, r, N, r] at once
+# (which left ~12 rows per chunk at N = 50,000 and re-read the pool as often).
+_QUAD_COLS = 1024
+# Largest r whose row Gram matrices `_row_grams` forms entry by entry.
+_GRAM_UNROLL_MAX_RANK = 12
+
+
+def _row_grams(g):
+  """``g_n g_n^T`` for every row: ``[n, r, J] -> [n, r, r]``.
+
+  For small ``r`` as ``r (r + 1) / 2`` row sums of products, mirrored:
+  XLA:CPU's batched dot contracts ``[r, J] @ [J, r]`` per row 2-3x slower
+  (at r = 5, J = 10,240). Exactly symmetric either way for small ``r``.
+  """
+  r = g.shape[1]
+  if r > _GRAM_UNROLL_MAX_RANK:
+    return jnp.einsum("nrj,nsj->nrs", g, g)
+  entry = {}
+  for i in range(r):
+    for j in range(i, r):
+      entry[i, j] = entry[j, i] = jnp.sum(g[:, i] * g[:, j], axis=-1)
+  return jnp.stack(
+    [jnp.stack([entry[i, j] for j in range(r)], -1) for i in range(r)], -2
+  )
+
+
 def topc_pool_quad(h, factors, factors_f, n_total, chunk_size, axis_name):
   """``V_n^T F V_n = (1/N) sum_m (h_n . h_m)^2 (A_n^T A_m)(A_n^T A_m)^T``.
 
@@ -346,13 +373,21 @@ def topc_pool_quad(h, factors, factors_f, n_total, chunk_size, axis_name):
   """
   n, dim = h.shape
   _, c, r = factors.shape
-  rows = _blocks.chunk_rows(chunk_size, n, n * (r * r + 1))
 
   def block(hm, am):  # the pool's rows m in one shard's block
+    cols = min(hm.shape[0], _QUAD_COLS)
+    rows = _blocks.chunk_rows(chunk_size, n, cols * (r * r + 1))
+
     def one(hc, ac):
-      kern = (hc @ hm.T) ** 2  # [rows, n_block]
-      aa = jnp.einsum("nar,mak->nrmk", ac, am)
-      return jnp.einsum("nm,nrmk,nsmk->nrs", kern, aa, aa)
+      def tile(hmc, amc):
+        # g_nm = (h_n . h_m) A_n^T A_m: the square of the kernel split
+        # over the two factors of the outer sum g_nm g_nm^T.
+        g = jnp.einsum("nar,mak->nrmk", ac, amc)
+        g = g * (hc @ hmc.T)[:, None, :, None]
+        return _row_grams(g.reshape(g.shape[0], r, -1))
+
+      zero = jnp.zeros((hc.shape[0], r, r), h.dtype)
+      return _blocks.sum_rows(tile, (hm, am), cols, zero, masked=1)
 
     return _blocks.map_rows(one, (h, factors), rows)
 
