@@ -128,3 +128,25 @@ def test_count_matches_xla_cost_analysis(kind, method, dim, c, cap):
   assert _xla_flops(given, emb, probs, labeled, stats) == pytest.approx(
     ours["bait"], rel=0.1
   )
+
+
+@pytest.mark.parametrize("once", [False, True], ids=["repeated", "once"])
+def test_rows_time_the_call_they_name(once):
+  # A tiny topc with three classes kept, timed the way `--once` or the
+  # default times it: the row names the options and the path taken, and its
+  # floor is that configuration's count.
+  bench = _bench()
+  run = bench.run_once if once else bench.run_config
+  n, dim, c, top_c = 200, 8, 4, 3  # L = 100 of the pool labelled
+  row = run("tiny", "topc", n, dim, c, False, top_c, with_eager=False)
+  assert row["fisher"] == "topc c=3"
+  assert row["method"] == "dense"  # what method='auto' takes here
+  assert (row["compiled"] == "-") == once
+  flops, _, _ = bench.count("topc", "dense", n, dim, c, top_c)
+  assert row["GFLOP"] == f"{flops / 1e9:.0f}"
+  assert float(row["ratio"]) > 0
+  # Both calls get top_c: bait refuses a PoolFisher made with another one.
+  args, _, _, stats_fn, given_fn = bench._calls("topc", n, dim, c, top_c)
+  stats = stats_fn(*args[:2])
+  assert stats.top_c == top_c
+  assert given_fn(*args, stats).valid.all()
