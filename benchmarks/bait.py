@@ -4,8 +4,8 @@ Shapes: CIFAR-10 (N=50,000, D=384, C=10, L=100 labelled, B=10) for full,
 topc (c=2), binary and diagonal; CIFAR-100 (C=100) for topc (c=2 and 5)
 and binary, and for full only with ``--only cifar100-full`` (half an hour
 on 2 cores); ImageNet (N=1,200,000, D=384, C=1,000) for binary; full and
-topc at C=100 with N=5,000. Random embeddings (standard normal) and logits (2 * standard
-normal), softmaxed; the labelled set is 100 random points.
+topc at C=100 with N=5,000. Random embeddings (standard normal) and logits
+(2 * standard normal), softmaxed; the labelled set is 100 random points.
 
 Each configuration is timed as a user's jitted active-learning loop runs it:
 ``jax.jit`` around ``alfx.bait`` with the arrays as arguments (the
