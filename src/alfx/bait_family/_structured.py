@@ -350,9 +350,9 @@ _GRAM_UNROLL_MAX_RANK = 12
 def _row_grams(g):
   """``g_n g_n^T`` for every row: ``[n, r, J] -> [n, r, r]``.
 
-  For small ``r`` as ``r (r + 1) / 2`` row sums of products, mirrored:
-  XLA:CPU's batched dot contracts ``[r, J] @ [J, r]`` per row 2-3x slower
-  (at r = 5, J = 10,240). Exactly symmetric either way for small ``r``.
+  For ``r <= 12`` as ``r (r + 1) / 2`` row sums of products, mirrored, so
+  exactly symmetric: XLA:CPU's batched dot contracts ``[r, J] @ [J, r]``
+  per row 2-3x slower (at r = 5, J = 10,240). Larger ``r``: one einsum.
   """
   r = g.shape[1]
   if r > _GRAM_UNROLL_MAX_RANK:
