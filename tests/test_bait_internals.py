@@ -194,3 +194,40 @@ def test_trace_solve_against_numpy(rng, r):
       np.trace(np.linalg.solve(u_small[i] - np.eye(r), w[i])) for i in range(9)
     ]
     np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("woodbury", [True, False], ids=["woodbury", "dense"])
+def test_full_kfk_matches_reference(rng, woodbury):
+  # Full's N^2 term coef sum_m v_nm v_nm^T in chunks of 7 rows (the last
+  # one overlapping: 23 is not a multiple of 7), with rows outside the pool
+  # (p_m = 0 in F), K_a^-1 by Woodbury through the labelled rows or given,
+  # against dense float64 inverses.
+  n, dim, c, cap, lam, scale, coef = 23, 6, 3, 4, 0.7, 1.3, -0.25
+  with jax.enable_x64(True):
+    h = rng.normal(size=(n, dim))
+    probs = rng.dirichlet(np.ones(c), size=n)
+    probs_f = probs * (rng.random(n) > 0.3)[:, None]
+    hl = rng.normal(size=(cap, dim))
+    weights = rng.random((cap, c))
+    k = lam * np.eye(dim) + np.einsum("li,la,lj->aij", hl, weights, hl)
+    k_inv = np.linalg.inv(k)  # [C, D, D]
+    kern = np.einsum("ni,aij,mj->nam", h, k_inv, h)
+    w = kern * probs_f.T[None]
+    mean = np.einsum("na,nam->nm", probs, w)
+    v = scale * np.sqrt(probs)[:, :, None] * (w - mean[:, None, :])
+    want = coef * np.einsum("nrm,nsm->nrs", v, v)
+    k_inv_j = jnp.asarray(k_inv)
+    got = _structured._full_kfk(
+      jnp.asarray(h),
+      jnp.asarray(probs_f),
+      jnp.asarray(probs),
+      scale,
+      lambda x: jnp.einsum("aij,nj->nai", k_inv_j, x),
+      _structured._kernel(jnp.asarray(hl), jnp.asarray(weights), lam)
+      if woodbury
+      else None,
+      coef,
+      7,
+      None,
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
