@@ -451,6 +451,19 @@ def test_list_names_every_strategy(capsys):
   assert "[needs --embeddings]" in out and "[takes --targets]" in out
 
 
+def test_what_each_strategy_needs_agrees_with_the_conformance_table():
+  # alfx-select names the embedding and EPIG strategies by name; the
+  # conformance table says what each registered strategy reads. A new
+  # strategy must be added to both.
+  from tests import conformance_cases
+
+  for name in alfx.strategy_names():
+    needs = conformance_cases.STRATEGY_TRAITS[name][0]
+    assert strategies.needs_embeddings(name) == ("embeddings" in needs), name
+    epig = "epig" in name
+    assert strategies.is_epig(name) == epig, name
+
+
 def test_large_files_are_memory_mapped(rng, tmp_path, monkeypatch):
   lp = _log_probs(rng)
   np.save(tmp_path / "a.npy", lp)
