@@ -311,7 +311,6 @@ STRATEGY_TRAITS = {
   "powerepig": (_LP, True, False, None),
   "batch-epig": (_LP, True, False, "batch_epig"),
   "kepig-2": (_LP, True, False, "kepig2"),
-  "kepig-3": (_LP, True, False, "kepig2"),
 }
 
 

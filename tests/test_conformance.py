@@ -211,6 +211,8 @@ def test_table_covers_every_acquisition_and_strategy():
     f"strategies {sorted(missing)} have no entry in"
     " conformance_cases.STRATEGY_TRAITS"
   )
+  stale = set(cases.STRATEGY_TRAITS) - set(alfx.strategy_names())
+  assert not stale, f"STRATEGY_TRAITS names unregistered {sorted(stale)}"
   assert {r.name for r in ROWS} >= {
     f"strategy:{n}" for n in alfx.strategy_names()
   }
