@@ -18,6 +18,7 @@ from alfx.select import arrays
 from alfx.select import cli
 from alfx.select import inputs
 from alfx.select import strategies
+from tests import conformance_cases
 
 N, K, C, D, B = 24, 4, 3, 5, 3
 
@@ -455,13 +456,10 @@ def test_what_each_strategy_needs_agrees_with_the_conformance_table():
   # alfx-select names the embedding and EPIG strategies by name; the
   # conformance table says what each registered strategy reads. A new
   # strategy must be added to both.
-  from tests import conformance_cases
-
   for name in alfx.strategy_names():
     needs = conformance_cases.STRATEGY_TRAITS[name][0]
     assert strategies.needs_embeddings(name) == ("embeddings" in needs), name
-    epig = "epig" in name
-    assert strategies.is_epig(name) == epig, name
+    assert strategies.is_epig(name) == ("epig" in name), name
 
 
 def test_large_files_are_memory_mapped(rng, tmp_path, monkeypatch):
