@@ -122,6 +122,22 @@ def test_agreeing_samples_have_no_disagreement(rng):
   np.testing.assert_allclose(alfx.predictive_entropy(certain), [0.0])
 
 
+def test_underflowing_classes_count_as_zero(rng):
+  """Mean-predictive scores average ``exp(log_probs)`` directly: classes
+  whose probability underflows float32 (log-probabilities of -120 to -1e4,
+  and -inf) in every sample count as 0, with no NaN, as in float64."""
+  lp = ref.random_log_probs(rng, 40, 6, 5, scale=3.0)
+  lp[:, :, 3:] = rng.choice([-120.0, -1e4, -np.inf], (40, 6, 2))
+  lp[:, :, :3] -= np.logaddexp.reduce(lp[:, :, :3], axis=-1, keepdims=True)
+  for name in MEAN_SCORES + ("mean_std",):
+    fn, reference = SCORES[name]
+    for got in (fn(_f32(lp)), jax.jit(fn)(_f32(lp))):
+      assert np.all(np.isfinite(got)), name
+      np.testing.assert_allclose(
+        got, reference(lp), atol=3e-6, rtol=1e-5, err_msg=name
+      )
+
+
 def test_margin_of_tied_top_classes_is_zero():
   lp = jnp.log(jnp.array([[0.4, 0.2, 0.4], [0.5, 0.5, 0.0], [0.1, 0.2, 0.7]]))
   np.testing.assert_allclose(alfx.margin(lp), [0.0, 0.0, -0.5], atol=1e-7)

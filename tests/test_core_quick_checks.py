@@ -132,3 +132,56 @@ def test_single_sample_checks_keep_their_messages(rng, corrupt, match):
   alfx.predictive_entropy(lp.at[4].add(0.95e-3))  # inside: no error
   with pytest.raises(ValueError, match=match):
     alfx.top_b(alfx.predictive_entropy(corrupt(lp)), 2)
+
+
+@jax.jit
+def _row_sums_core(lp):
+  sums = jnp.sum(jnp.exp(lp), axis=-1)
+  validation.offer_row_sums(lp, sums)
+  return sums
+
+
+_apart_row_sums_core = validation.checks_apart(
+  jax.jit(_row_sums_core.__wrapped__)
+)
+
+
+def _public(core):
+  @validation.fused_checks
+  def call(lp):
+    return validation.run_core(core, validation.check_log_probs(lp))
+
+  return call
+
+
+@pytest.mark.parametrize("apart", [False, True])
+def test_checks_apart_read_their_own_parameter_and_still_share(
+  rng, monkeypatch, apart
+):
+  """`checks_apart`: the checked array enters the fused program as its own
+  parameter (the same buffer as the core's argument); the quick test still
+  finds the row sums the core offered for it, and bad input still raises."""
+  from alfx._core import checking
+
+  lp = jax.nn.log_softmax(jnp.asarray(rng.standard_normal((23, 3, 6))))
+  passed, found = [], []
+  fused = checking._core_and_checks
+
+  def spy(args, checked, **kw):
+    passed.append(checked)
+    return fused(args, checked, **kw)
+
+  def shared(key, x):
+    found.append(original(key, x))
+    return found[-1]
+
+  original = validation.shared
+  monkeypatch.setattr(checking, "_core_and_checks", spy)
+  monkeypatch.setattr(validation, "shared", shared)
+  call = _public(_apart_row_sums_core if apart else _row_sums_core)
+  np.testing.assert_allclose(call(lp), 1, atol=1e-6)
+  [checked] = passed
+  assert (checked[0] is lp) == apart and (checked[0] is None) != apart
+  assert found and all(s is not None for s in found), found
+  with pytest.raises(ValueError, match="looks like logits"):
+    call(lp + 1.0)

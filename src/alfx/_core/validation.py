@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alfx._core.checking import checked  # noqa: F401 (re-exported)
+from alfx._core.checking import checks_apart  # noqa: F401 (re-exported)
 from alfx._core.checking import flush_checks  # noqa: F401 (re-exported)
 from alfx._core.checking import fused_checks  # noqa: F401 (re-exported)
 from alfx._core.checking import implied

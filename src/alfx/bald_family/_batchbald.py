@@ -55,16 +55,11 @@ _MIN_CHUNK = 32
 # Entropy kernels.
 
 
-def _entropies(lp):
-  """``(H[Y_n], E_k H[Y_n | omega_k])`` of ``[m, K, C]`` log-probabilities."""
-  mean = jnp.sum(jnp.exp(lp), axis=1) / lp.shape[1]
-  marginal = -jnp.sum(_information.xlogx(mean), axis=-1)
-  return marginal, _information.conditional_entropy(lp)
-
-
 def pool_entropies(log_probs, chunk_size):
   """``(H[Y_n], E_k H[Y_n | omega_k])``, both ``[N]``, chunked over the pool."""
-  return _pool.chunked_map(_entropies, log_probs, chunk_size=chunk_size)
+  return _pool.chunked_map(
+    _information.entropy_terms, log_probs, chunk_size=chunk_size
+  )
 
 
 def prepare(log_probs, chunk_size: int = DEFAULT_CHUNK_SIZE):
@@ -78,7 +73,7 @@ def prepare(log_probs, chunk_size: int = DEFAULT_CHUNK_SIZE):
   """
 
   def fn(lp):
-    return (jnp.swapaxes(jnp.exp(lp), 1, 2),) + _entropies(lp)
+    return (jnp.swapaxes(jnp.exp(lp), 1, 2),) + _information.entropy_terms(lp)
 
   return _pool.chunked_map(fn, log_probs, chunk_size=chunk_size)
 

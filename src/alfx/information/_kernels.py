@@ -10,6 +10,7 @@ Zero-probability classes (``log_prob = -inf``) contribute ``0 log 0 = 0``.
 May import: `alfx._core`.
 """
 
+import functools
 import math
 
 import jax
@@ -54,6 +55,11 @@ def entropy(log_probs: ArrayLike, axis: int = -1) -> jax.Array:
     0.693...
   """
   log_probs = _validation.as_float_array(log_probs, "log_probs", "[..., C]")
+  return _validation.run_core(_entropy, log_probs, axis=axis)
+
+
+@functools.partial(jax.jit, static_argnames="axis")
+def _entropy(log_probs: jax.Array, axis: int) -> jax.Array:
   return -jnp.sum(plogp_from_log(log_probs), axis=axis)
 
 
@@ -85,13 +91,26 @@ def bald(log_probs: ArrayLike) -> jax.Array:
     [0.368, 0.0]
   """
   log_probs = _validation.check_log_probs(log_probs)
-  return _bald(log_probs)
+  return _validation.run_core(_bald, log_probs)
 
 
+@_validation.checks_apart
+@jax.jit
 def _bald(log_probs: jax.Array) -> jax.Array:
-  total = -jnp.sum(plogp_from_log(_mean_log_probs(log_probs)), axis=-1)
-  aleatoric = -jnp.mean(jnp.sum(plogp_from_log(log_probs), axis=-1), axis=-1)
+  total, aleatoric = entropy_terms(log_probs)
   return jnp.maximum(total - aleatoric, 0)
+
+
+def entropy_terms(log_probs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(H[mean_k p_k], mean_k H[p_k])`` of ``[..., K, C]``: ``[...]`` each.
+
+  The mean predictive is averaged in probability space: normalised
+  log-probabilities are ``<= 0`` (no ``exp`` overflows), and a mean that
+  underflows to 0 changes the entropy by less than ``C`` times the smallest
+  float. One pass of ``exp`` instead of a ``logsumexp``'s two.
+  """
+  mean = jnp.mean(jnp.exp(log_probs), axis=-2)
+  return -jnp.sum(xlogx(mean), axis=-1), conditional_entropy(log_probs)
 
 
 def conditional_entropy(log_probs: jax.Array) -> jax.Array:
@@ -166,9 +185,10 @@ def joint_entropy(
   )
   b, _, c = log_probs.shape
   _check_enumerable(b, c, max_configurations, "joint_entropy")
-  return _joint_entropy(log_probs)
+  return _validation.run_core(_joint_entropy, log_probs)
 
 
+@jax.jit
 def _joint_entropy(log_probs: jax.Array) -> jax.Array:
   log_joint = _log_mean_table(log_joint_table(log_probs))
   return -jnp.sum(plogp_from_log(log_joint))
@@ -211,9 +231,10 @@ def mutual_information(
       "log_probs_a [N, K, C] and log_probs_b [M, K, C] must share K and C,"
       f" got {list(log_probs_a.shape)} and {list(log_probs_b.shape)}."
     )
-  return _mutual_information(log_probs_a, log_probs_b)
+  return _validation.run_core(_mutual_information, log_probs_a, log_probs_b)
 
 
+@jax.jit
 def _mutual_information(
   log_probs_a: jax.Array, log_probs_b: jax.Array
 ) -> jax.Array:
@@ -269,7 +290,7 @@ def co_information(
   _check_enumerable(
     b, c, max_configurations, "co_information", entries=(c + 1) ** b
   )
-  return co_information_unchecked(log_probs)
+  return _validation.run_core(co_information_unchecked, log_probs)
 
 
 @jax.jit
