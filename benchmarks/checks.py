@@ -52,6 +52,7 @@ def calls():
       lambda lp: alfx.top_b(alfx.predictive_entropy(lp), B),
     ),
     ("topk_bald", 20, lambda lp: alfx.topk_bald(lp, B)),
+    ("top_b(bald)", 20, lambda lp: alfx.top_b(alfx.bald(lp), B)),
     ("top_b(margin)", 20, lambda lp: alfx.top_b(alfx.margin(lp), B)),
     (
       "stochastic_batch(predictive_entropy)",
