@@ -48,9 +48,9 @@ def _mean_probs(log_probs: jax.Array) -> jax.Array:
 
   No ``logsumexp`` shift is needed: normalised log-probabilities are
   ``<= 0``, so no ``exp`` overflows, and a ``pbar_c`` below the smallest
-  float becomes 0 (as ``exp(logsumexp)`` makes it too), which changes an
-  entropy by less than ``C`` times that float. One pass over the input
-  instead of two (a max over ``K``, then the shifted sum).
+  normal float becomes 0 (as ``exp(logsumexp)`` makes it too): in an
+  entropy it would have added less than 1e-35 nats (float32). One pass
+  over the input instead of two (a max over ``K``, then the shifted sum).
   """
   return jnp.mean(jnp.exp(log_probs), axis=-2)
 
@@ -64,8 +64,8 @@ def predictive_entropy(log_probs: ArrayLike) -> jax.Array:
   """Entropy of the mean predictive, ``H[mean_k p_k]`` (max-entropy sampling).
 
   ``H[pbar] = -sum_c pbar_c log pbar_c``, zero-probability classes
-  contributing 0 (a ``pbar_c`` that underflows adds less than ``C`` times
-  the smallest float). Equals BALD plus the expected aleatoric entropy
+  contributing 0 (a ``pbar_c`` that underflows float32 would have added
+  less than 1e-35 nats). Equals BALD plus the expected aleatoric entropy
   ``mean_k H[p_k]``. Cost: one pass of ``exp`` over ``N K C`` values.
 
   Args:
