@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import alfx
+from alfx._core import checking
 from alfx._core import validation
 
 
@@ -161,8 +162,6 @@ def test_checks_apart_read_their_own_parameter_and_still_share(
   """`checks_apart`: the checked array enters the fused program as its own
   parameter (the same buffer as the core's argument); the quick test still
   finds the row sums the core offered for it, and bad input still raises."""
-  from alfx._core import checking
-
   lp = jax.nn.log_softmax(jnp.asarray(rng.standard_normal((23, 3, 6))))
   passed, found = [], []
   fused = checking._core_and_checks
@@ -171,13 +170,10 @@ def test_checks_apart_read_their_own_parameter_and_still_share(
     passed.append(checked)
     return fused(args, checked, **kw)
 
-  def shared(key, x):
-    found.append(original(key, x))
-    return found[-1]
-
-  original = validation.shared
   monkeypatch.setattr(checking, "_core_and_checks", spy)
-  monkeypatch.setattr(validation, "shared", shared)
+  monkeypatch.setattr(
+    validation, "shared", _recording(validation.shared, found)
+  )
   call = _public(_apart_row_sums_core if apart else _row_sums_core)
   np.testing.assert_allclose(call(lp), 1, atol=1e-6)
   [checked] = passed
